@@ -1,0 +1,172 @@
+//! Labels: snapshots at cutoffs `t1 < t2 < ... <= as-of`. `label(c, t) = 1` when customer
+//! `c` places an order in `[t, t + horizon)`. The validation cutoff is the latest one whose
+//! label window is complete (`as-of - horizon`); training cutoffs end a full horizon before
+//! it, so no training label window overlaps the validation one (honest out-of-time).
+
+use chrono::{Duration, NaiveDate};
+use polars::prelude::*;
+
+use crate::config::ModelDef;
+use crate::error::{Context, ModelError, Result};
+use crate::schema::{EventType, event as ev, output};
+use crate::util::{MICROS_PER_DAY, date_to_micros};
+
+/// The cutoffs of one run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Cutoffs {
+    /// Oldest first.
+    pub training: Vec<NaiveDate>,
+    pub validation: NaiveDate,
+    /// The as-of date: features for scoring, no label.
+    pub scoring: NaiveDate,
+}
+
+impl Cutoffs {
+    /// Plans the cutoffs for events starting on `first_event` and a run as of `as_of`.
+    pub fn plan(first_event: NaiveDate, as_of: NaiveDate, def: &ModelDef) -> Result<Cutoffs> {
+        let horizon = Duration::days(def.horizon_days);
+        let earliest = first_event + Duration::days(def.min_history_days);
+        let validation = as_of - horizon;
+        let mut training: Vec<NaiveDate> = (0..def.training_cutoffs as i64)
+            .map(|k| validation - horizon - Duration::days(k * def.step_days))
+            .filter(|t| *t >= earliest)
+            .collect();
+        training.reverse();
+        if training.is_empty() {
+            return Err(ModelError::Ineligible {
+                what: "training cutoffs",
+                found: 0,
+                needed: 1,
+                hint: format!(
+                    "events start {first_event}; a training cutoff needs {} days of history and two horizons \
+                     of {} days before the as-of date {as_of}, so the data must start by {}",
+                    def.min_history_days,
+                    def.horizon_days,
+                    validation - horizon - Duration::days(def.min_history_days)
+                ),
+            }
+            .into());
+        }
+        Ok(Cutoffs {
+            training,
+            validation,
+            scoring: as_of,
+        })
+    }
+
+    /// Every cutoff, oldest first, as microseconds.
+    pub fn all_micros(&self) -> Vec<i64> {
+        self.training
+            .iter()
+            .chain([&self.validation, &self.scoring])
+            .map(|d| date_to_micros(*d))
+            .collect()
+    }
+
+    /// Cutoffs with a complete label window.
+    pub fn labelled_micros(&self) -> Vec<i64> {
+        self.training
+            .iter()
+            .chain([&self.validation])
+            .map(|d| date_to_micros(*d))
+            .collect()
+    }
+}
+
+/// Customers with an order in `[t, t + horizon)` for each labelled cutoff `t`:
+/// columns `customer_id`, `cutoff` (µs), `label` (true).
+pub fn positives(events: &DataFrame, cutoffs: &[i64], horizon_days: i64) -> Result<LazyFrame> {
+    let orders = events
+        .clone()
+        .lazy()
+        .filter(
+            col(ev::EVENT_TYPE)
+                .eq(lit(EventType::Order.name()))
+                .or(col(ev::EVENT_TYPE).eq(lit(EventType::OrderLine.name()))),
+        )
+        .select([
+            col(ev::CUSTOMER_ID),
+            col(ev::TSTAMP).cast(DataType::Int64).alias("_t"),
+        ]);
+    let per_cutoff: Vec<LazyFrame> = cutoffs
+        .iter()
+        .map(|&t| {
+            orders
+                .clone()
+                .filter(
+                    col("_t")
+                        .gt_eq(lit(t))
+                        .and(col("_t").lt(lit(t + horizon_days * MICROS_PER_DAY))),
+                )
+                .select([col(ev::CUSTOMER_ID)])
+                .unique(None, UniqueKeepStrategy::Any)
+                .with_columns([lit(t).alias(output::CUTOFF), lit(true).alias(output::LABEL)])
+        })
+        .collect();
+    concat(per_cutoff, UnionArgs::default()).ctx("labels")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+
+    fn def(text: &str) -> ModelDef {
+        ModelDef::parse(&Source::embedded("m.toml", text)).unwrap()
+    }
+
+    #[test]
+    fn cutoffs_leave_a_full_horizon_between_training_and_validation() {
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let m = def(
+            "[label]\nhorizon_days = 14\n[snapshots]\nstep_days = 7\ntraining_cutoffs = 3\nmin_history_days = 14\n",
+        );
+        let c = Cutoffs::plan(d("2026-01-01"), d("2026-04-01"), &m).unwrap();
+        assert_eq!(c.validation, d("2026-03-18"));
+        assert_eq!(
+            c.training,
+            vec![d("2026-02-18"), d("2026-02-25"), d("2026-03-04")]
+        );
+        assert_eq!(c.scoring, d("2026-04-01"));
+        // Too little history: refused with a hint.
+        let err = Cutoffs::plan(d("2026-03-01"), d("2026-04-01"), &m).unwrap_err();
+        assert!(err.to_string().contains("training cutoffs"), "{err}");
+    }
+
+    #[test]
+    fn labels_use_the_half_open_window() {
+        let day = MICROS_PER_DAY;
+        let events = DataFrame::new(
+            4,
+            vec![
+                Column::new(ev::CUSTOMER_ID.into(), ["a", "b", "c", "d"]),
+                Column::new(
+                    ev::EVENT_TYPE.into(),
+                    ["order", "order_line", "order", "page_view"],
+                ),
+                // a: exactly at t (in), b: t + 7d - 1µs (in), c: exactly t + 7d (out), d: not an order
+                Column::new(
+                    ev::TSTAMP.into(),
+                    [10 * day, 17 * day - 1, 17 * day, 11 * day],
+                )
+                .cast(&crate::util::utc())
+                .unwrap(),
+            ],
+        )
+        .unwrap();
+        let pos = positives(&events, &[10 * day], 7)
+            .unwrap()
+            .sort([ev::CUSTOMER_ID], Default::default())
+            .collect()
+            .unwrap();
+        let ids: Vec<&str> = pos
+            .column(ev::CUSTOMER_ID)
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+}

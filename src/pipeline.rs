@@ -1,0 +1,268 @@
+//! One run of the job, stage by stage in data-flow order:
+//! ingest -> identity -> sessions -> labels -> features -> model -> score -> audience -> publish.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use polars::prelude::*;
+use serde::Serialize;
+use tracing::info;
+
+use crate::audience::{self, AudienceSize};
+use crate::config::Job;
+use crate::error::{Context, Result};
+use crate::ingest::{self, IngestCounts};
+use crate::labels::{self, Cutoffs};
+use crate::model::{self, Artifact, Metrics};
+use crate::publish::Staging;
+use crate::schema::{event as ev, output};
+use crate::util::{date_to_micros, write_parquet};
+use crate::{features, identity, score, sessions};
+
+/// What a run is asked to do; `None` fields come from the job file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub job: Option<PathBuf>,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub as_of: Option<NaiveDate>,
+    pub horizon_days: Option<i64>,
+}
+
+/// What a run did, for the summary and for tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub output_dir: PathBuf,
+    pub as_of: NaiveDate,
+    pub customers_scored: usize,
+    pub validation: Metrics,
+    pub audiences: Vec<AudienceSize>,
+    pub counts: IngestCounts,
+}
+
+#[derive(Serialize)]
+struct MetricsFile<'a> {
+    propel_version: &'a str,
+    as_of: String,
+    horizon_days: i64,
+    cutoffs: &'a Cutoffs,
+    auc: f64,
+    pr_auc: f64,
+    log_loss: f64,
+    brier: f64,
+    lift_top_decile: f64,
+    positive_rate: f64,
+    n_train: usize,
+    n_train_positive: usize,
+    n_validation: usize,
+    rows: BTreeMap<&'static str, usize>,
+    ingest: &'a IngestCounts,
+    audiences: &'a [AudienceSize],
+    /// Wall-clock milliseconds per stage: the only part of the outputs that varies between
+    /// identical runs.
+    timings_ms: BTreeMap<&'static str, u128>,
+}
+
+struct Timer {
+    start: Instant,
+    timings: BTreeMap<&'static str, u128>,
+}
+
+impl Timer {
+    fn lap(&mut self, stage: &'static str) {
+        let ms = self.start.elapsed().as_millis();
+        info!(stage, ms, "stage done");
+        self.timings.insert(stage, ms);
+        self.start = Instant::now();
+    }
+}
+
+fn first_event_date(events: &DataFrame) -> Result<NaiveDate> {
+    let min = events
+        .column(ev::TSTAMP)
+        .ctx("tstamp")?
+        .as_materialized_series()
+        .cast(&DataType::Int64)
+        .ctx("tstamp")?
+        .i64()
+        .ctx("tstamp")?
+        .min()
+        .expect("events are not empty");
+    Ok(chrono::DateTime::from_timestamp_micros(min)
+        .expect("valid")
+        .date_naive())
+}
+
+/// Runs the whole job; see the module documentation.
+pub fn run(opts: &RunOptions) -> Result<RunSummary> {
+    let mut job = Job::load(opts.job.as_deref())?;
+    if let Some(h) = opts.horizon_days {
+        if h <= 0 {
+            return Err(crate::error::ConfigError(vec![crate::error::ConfigProblem {
+                file: "--horizon".into(),
+                key: String::new(),
+                message: format!("expected a positive number of days, found {h}"),
+            }])
+            .into());
+        }
+        job.model.horizon_days = h;
+    }
+    let input = opts.input.clone().or(job.input.clone()).ok_or_else(|| {
+        crate::error::ConfigError(vec![crate::error::ConfigProblem {
+            file: "job".into(),
+            key: "input.url".into(),
+            message: "no input: give --input URL or set input.url in the job file".into(),
+        }])
+    })?;
+    let output_root = PathBuf::from(opts.output.clone().unwrap_or(job.output.clone()));
+    let mut timer = Timer {
+        start: Instant::now(),
+        timings: BTreeMap::new(),
+    };
+
+    info!(input = %input, "ingest");
+    let ingested = ingest::ingest(&input, opts.as_of)?;
+    let as_of = ingested.as_of;
+    timer.lap("ingest");
+
+    let resolved = identity::resolve(&ingested.events)?;
+    timer.lap("identity");
+
+    let (events, sessions) =
+        sessions::sessionize(&resolved.events, job.session_inactivity_minutes)?;
+    timer.lap("sessions");
+
+    let cutoffs = Cutoffs::plan(first_event_date(&events)?, as_of, &job.model)?;
+    let positives = labels::positives(&events, &cutoffs.labelled_micros(), job.model.horizon_days)?;
+    timer.lap("labels");
+
+    let snapshots = features::compute(&events, &cutoffs.all_micros(), &job.features)?
+        .join(
+            positives,
+            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+            crate::util::left_join_ordered(),
+        )
+        .with_column(col(output::LABEL).fill_null(lit(false)))
+        .collect()
+        .ctx("computing features")?;
+    let at = |dates: &[NaiveDate]| -> Result<DataFrame> {
+        let micros: Vec<i64> = dates.iter().map(|d| date_to_micros(*d)).collect();
+        snapshots
+            .clone()
+            .lazy()
+            .filter(
+                col(output::CUTOFF)
+                    .is_in(lit(Series::new("c".into(), micros)).implode(false), false),
+            )
+            .collect()
+            .ctx("selecting snapshot")
+    };
+    let train = at(&cutoffs.training)?;
+    let validation = at(&[cutoffs.validation])?;
+    let scoring = at(&[cutoffs.scoring])?.drop_many([output::CUTOFF, output::LABEL]);
+    timer.lap("features");
+
+    let names = job.features.names();
+    let x_train = model::to_matrix(&train, &names)?;
+    let y_train = model::to_labels(&train, output::LABEL)?;
+    let (scaler, coefficients, intercept) = model::fit(&x_train, &y_train, &job.model)?;
+    let mut artifact = Artifact {
+        propel_version: env!("CARGO_PKG_VERSION").into(),
+        kind: "logistic_regression".into(),
+        feature_names: names.clone(),
+        feature_set_hash: job.features.hash.clone(),
+        scaler,
+        coefficients,
+        intercept,
+        l2: job.model.l2,
+        horizon_days: job.model.horizon_days,
+        training_cutoffs: cutoffs.training.iter().map(|d| d.to_string()).collect(),
+        validation_cutoff: cutoffs.validation.to_string(),
+        n_train: train.height(),
+        n_train_positive: y_train.iter().filter(|&&l| l).count(),
+        validation: Metrics::compute(&[], &[]),
+    };
+    let x_val = model::to_matrix(&validation, &names)?;
+    let y_val = model::to_labels(&validation, output::LABEL)?;
+    let p_val = artifact.predict(&x_val);
+    artifact.validation = Metrics::compute(&p_val, y_val.as_slice().expect("contiguous"));
+    info!(
+        auc = artifact.validation.auc,
+        n_train = artifact.n_train,
+        "model trained"
+    );
+    timer.lap("model");
+
+    let scores = score::score(&scoring, &artifact, &resolved.customers, job.model.reasons)?;
+    timer.lap("score");
+
+    let staging = Staging::create(&output_root, &as_of.to_string())?;
+    let ranked = score::ranked(&scores)?;
+    let audiences = audience::write_all(&ranked, &job.model.audiences, &staging.dir)?;
+    timer.lap("audience");
+
+    write_parquet(&mut scores.clone(), &staging.path("scores.parquet"))?;
+    write_parquet(&mut scoring.clone(), &staging.path("features.parquet"))?;
+    write_parquet(&mut sessions.clone(), &staging.path("sessions.parquet"))?;
+    write_parquet(
+        &mut resolved.identity.clone(),
+        &staging.path("identity.parquet"),
+    )?;
+    if ingested.quarantine.height() > 0 {
+        write_parquet(
+            &mut ingested.quarantine.clone(),
+            &staging.path("quarantine.parquet"),
+        )?;
+    }
+    let model_dir = staging.path("model");
+    std::fs::create_dir_all(&model_dir).ctx("creating model/")?;
+    std::fs::write(
+        model_dir.join("model.json"),
+        serde_json::to_string_pretty(&artifact).expect("json") + "\n",
+    )
+    .ctx("writing model/model.json")?;
+    let mut rows = BTreeMap::new();
+    rows.insert("events", events.height());
+    rows.insert("identifiers", resolved.identity.height());
+    rows.insert("customers", resolved.customers.height());
+    rows.insert("sessions", sessions.height());
+    rows.insert("snapshot_rows", snapshots.height());
+    rows.insert("scored", scores.height());
+    timer.lap("publish");
+    let metrics = MetricsFile {
+        propel_version: env!("CARGO_PKG_VERSION"),
+        as_of: as_of.to_string(),
+        horizon_days: job.model.horizon_days,
+        cutoffs: &cutoffs,
+        auc: artifact.validation.auc,
+        pr_auc: artifact.validation.pr_auc,
+        log_loss: artifact.validation.log_loss,
+        brier: artifact.validation.brier,
+        lift_top_decile: artifact.validation.lift_top_decile,
+        positive_rate: artifact.validation.positive_rate,
+        n_train: artifact.n_train,
+        n_train_positive: artifact.n_train_positive,
+        n_validation: artifact.validation.n,
+        rows,
+        ingest: &ingested.counts,
+        audiences: &audiences,
+        timings_ms: timer.timings.clone(),
+    };
+    std::fs::write(
+        staging.path("metrics.json"),
+        serde_json::to_string_pretty(&metrics).expect("json") + "\n",
+    )
+    .ctx("writing metrics.json")?;
+    let output_dir = staging.publish()?;
+    Ok(RunSummary {
+        output_dir,
+        as_of,
+        customers_scored: scores.height(),
+        validation: artifact.validation,
+        audiences,
+        counts: ingested.counts,
+    })
+}

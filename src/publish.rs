@@ -1,0 +1,103 @@
+//! Publish: a run writes everything into a staging directory beside its final place, then
+//! writes `manifest.json` (every file with size and SHA-256) and `_SUCCESS`, and only then
+//! renames the directory to `<output>/<as-of>/`. A crash leaves no half-written run visible;
+//! a rerun of the same date replaces the previous outputs.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Context, Result};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const SUCCESS: &str = "_SUCCESS";
+
+/// A run's output directory while it is being written.
+pub struct Staging {
+    pub dir: PathBuf,
+    target: PathBuf,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ManifestEntry {
+    path: String,
+    bytes: u64,
+    sha256: String,
+}
+
+impl Staging {
+    /// Creates `<root>/.staging-<name>-<pid>/`, removing leftovers of a crashed run first.
+    pub fn create(root: &Path, name: &str) -> Result<Staging> {
+        std::fs::create_dir_all(root).ctx(format!("creating {}", root.display()))?;
+        let prefix = format!(".staging-{name}-");
+        for entry in std::fs::read_dir(root).ctx(format!("listing {}", root.display()))? {
+            let entry = entry.ctx("listing output")?;
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                std::fs::remove_dir_all(entry.path())
+                    .ctx(format!("removing stale {}", entry.path().display()))?;
+            }
+        }
+        let dir = root.join(format!("{prefix}{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ctx(format!("creating {}", dir.display()))?;
+        Ok(Staging {
+            dir,
+            target: root.join(name),
+        })
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Writes the manifest and the success marker, then moves the run into place.
+    pub fn publish(self) -> Result<PathBuf> {
+        let mut files = Vec::new();
+        collect_files(&self.dir, &self.dir, &mut files)?;
+        files.sort();
+        let mut entries = Vec::new();
+        for rel in files {
+            let bytes = std::fs::read(self.dir.join(&rel)).ctx(format!("reading {rel}"))?;
+            entries.push(ManifestEntry {
+                path: rel,
+                bytes: bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+            });
+        }
+        let manifest = serde_json::json!({ "files": entries });
+        std::fs::write(
+            self.dir.join(MANIFEST),
+            serde_json::to_string_pretty(&manifest).expect("json") + "\n",
+        )
+        .ctx("writing manifest.json")?;
+        std::fs::write(self.dir.join(SUCCESS), b"").ctx("writing _SUCCESS")?;
+        if self.target.exists() {
+            let old = self.target.with_file_name(format!(
+                ".replaced-{}-{}",
+                self.target.file_name().expect("named").to_string_lossy(),
+                std::process::id()
+            ));
+            std::fs::rename(&self.target, &old)
+                .ctx(format!("moving aside {}", self.target.display()))?;
+            std::fs::rename(&self.dir, &self.target)
+                .ctx(format!("publishing {}", self.target.display()))?;
+            std::fs::remove_dir_all(&old).ctx(format!("removing {}", old.display()))?;
+        } else {
+            std::fs::rename(&self.dir, &self.target)
+                .ctx(format!("publishing {}", self.target.display()))?;
+        }
+        Ok(self.target)
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).ctx(format!("listing {}", dir.display()))? {
+        let path = entry.ctx("listing staging")?.path();
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).expect("under root");
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}

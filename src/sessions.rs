@@ -1,0 +1,292 @@
+//! Sessions: the tracker's `domain_sessionid` where it gave one; otherwise a new session
+//! starts after `inactivity_minutes` without events from the same customer. Each event gets
+//! a `session_id`; each session gets start, end, duration, counts, landing and exit page,
+//! traffic source and the navigation breadcrumb (page paths in order, at most 20).
+
+use polars::prelude::*;
+
+use crate::error::{Context, Result};
+use crate::schema::{EventType, event as ev};
+
+/// Maximum pages kept in a session's breadcrumb.
+pub const BREADCRUMB_MAX: usize = 20;
+
+pub const START: &str = "start_tstamp";
+pub const END: &str = "end_tstamp";
+pub const DURATION_S: &str = "duration_s";
+pub const EVENTS: &str = "events";
+pub const PAGE_VIEWS: &str = "page_views";
+pub const LANDING_PAGE: &str = "landing_page";
+pub const EXIT_PAGE: &str = "exit_page";
+pub const BREADCRUMB: &str = "breadcrumb";
+pub const HAS_CART_ADD: &str = "has_cart_add";
+pub const HAS_ORDER: &str = "has_order";
+
+/// Adds `session_id` to every event; returns (events, sessions).
+pub fn sessionize(events: &DataFrame, inactivity_minutes: i64) -> Result<(DataFrame, DataFrame)> {
+    let gap = inactivity_minutes * 60 * 1_000_000;
+    let t = || col(ev::TSTAMP).cast(DataType::Int64);
+    // Events without a tracker session: split each customer's stream at inactivity gaps.
+    let is_new = (t() - t().shift(lit(1)))
+        .over([col(ev::CUSTOMER_ID)])
+        .ctx("session gaps")?
+        .gt(lit(gap))
+        .fill_null(lit(true));
+    let fallback = events
+        .clone()
+        .lazy()
+        .filter(col(ev::DOMAIN_SESSIONID).is_null())
+        .sort_by_exprs(
+            [col(ev::CUSTOMER_ID), col(ev::TSTAMP), col(ev::EVENT_ID)],
+            SortMultipleOptions::default(),
+        )
+        .with_column(
+            is_new
+                .cast(DataType::UInt32)
+                .cum_sum(false)
+                .over([col(ev::CUSTOMER_ID)])
+                .ctx("session index")?
+                .alias("_idx"),
+        )
+        .with_column(
+            concat_str(
+                [
+                    lit("gap"),
+                    col(ev::CUSTOMER_ID),
+                    col("_idx").cast(DataType::String),
+                ],
+                ":",
+                false,
+            )
+            .alias(ev::SESSION_ID),
+        )
+        .drop(cols(["_idx"]));
+    let tracked = events
+        .clone()
+        .lazy()
+        .filter(col(ev::DOMAIN_SESSIONID).is_not_null())
+        .with_column(col(ev::DOMAIN_SESSIONID).alias(ev::SESSION_ID));
+    let events = concat([tracked, fallback], UnionArgs::default())
+        .ctx("sessions")?
+        .sort_by_exprs(
+            [col(ev::CUSTOMER_ID), col(ev::TSTAMP), col(ev::EVENT_ID)],
+            SortMultipleOptions::default(),
+        )
+        .collect()
+        .ctx("assigning sessions")?;
+
+    let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
+    let pv = || is(EventType::PageView);
+    let sessions = events
+        .clone()
+        .lazy()
+        .group_by_stable([col(ev::SESSION_ID)])
+        .agg([
+            col(ev::CUSTOMER_ID).first(),
+            col(ev::TSTAMP).min().alias(START),
+            col(ev::TSTAMP).max().alias(END),
+            ((col(ev::TSTAMP).max().cast(DataType::Int64)
+                - col(ev::TSTAMP).min().cast(DataType::Int64))
+                / lit(1_000_000i64))
+            .alias(DURATION_S),
+            len().alias(EVENTS),
+            pv().sum().alias(PAGE_VIEWS),
+            col(ev::PAGE_PATH).filter(pv()).first().alias(LANDING_PAGE),
+            col(ev::PAGE_PATH).filter(pv()).last().alias(EXIT_PAGE),
+            col(ev::PAGE_REFERRER)
+                .drop_nulls()
+                .first()
+                .alias(ev::PAGE_REFERRER),
+            col(ev::REFR_MEDIUM)
+                .drop_nulls()
+                .first()
+                .alias(ev::REFR_MEDIUM),
+            col(ev::MKT_SOURCE)
+                .drop_nulls()
+                .first()
+                .alias(ev::MKT_SOURCE),
+            col(ev::MKT_MEDIUM)
+                .drop_nulls()
+                .first()
+                .alias(ev::MKT_MEDIUM),
+            col(ev::MKT_CAMPAIGN)
+                .drop_nulls()
+                .first()
+                .alias(ev::MKT_CAMPAIGN),
+            col(ev::USERAGENT).drop_nulls().first().alias(ev::USERAGENT),
+            col(ev::PAGE_PATH)
+                .filter(pv())
+                .head(Some(BREADCRUMB_MAX))
+                .implode(true)
+                .alias(BREADCRUMB),
+            is(EventType::CartAdd).any(true).alias(HAS_CART_ADD),
+            is(EventType::Order)
+                .or(is(EventType::OrderLine))
+                .any(true)
+                .alias(HAS_ORDER),
+        ])
+        .sort([ev::CUSTOMER_ID, START, ev::SESSION_ID], Default::default())
+        .collect()
+        .ctx("building sessions")?;
+    Ok((events, sessions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::utc;
+
+    /// (event_id, customer, tracker session, minute, event_type, page path)
+    type Row<'a> = (&'a str, &'a str, Option<&'a str>, i64, &'a str, &'a str);
+
+    fn events(rows: &[Row]) -> DataFrame {
+        DataFrame::new(
+            rows.len(),
+            vec![
+                Column::new(
+                    ev::EVENT_ID.into(),
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::CUSTOMER_ID.into(),
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::DOMAIN_SESSIONID.into(),
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::TSTAMP.into(),
+                    rows.iter().map(|r| r.3 * 60_000_000).collect::<Vec<_>>(),
+                )
+                .cast(&utc())
+                .unwrap(),
+                Column::new(
+                    ev::EVENT_TYPE.into(),
+                    rows.iter().map(|r| r.4).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::PAGE_PATH.into(),
+                    rows.iter().map(|r| r.5).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::PAGE_REFERRER.into(),
+                    rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::REFR_MEDIUM.into(),
+                    rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::MKT_SOURCE.into(),
+                    rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::MKT_MEDIUM.into(),
+                    rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::MKT_CAMPAIGN.into(),
+                    rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::USERAGENT.into(),
+                    rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tracker_sessions_and_inactivity_gaps() {
+        // Minutes. Customer a: tracker session s1 (3 page views). Customer b: no tracker
+        // session; gaps of 10, 29, 31 minutes -> two sessions (the 31-minute gap splits).
+        let (ev_out, sessions) = sessionize(
+            &events(&[
+                ("e1", "a", Some("s1"), 0, "page_view", "/"),
+                ("e2", "a", Some("s1"), 5, "cart_add", "/p/1"),
+                ("e3", "a", Some("s1"), 7, "page_view", "/p/1"),
+                ("e4", "a", Some("s1"), 9, "page_view", "/cart"),
+                ("e5", "b", None, 100, "page_view", "/x"),
+                ("e6", "b", None, 110, "page_view", "/y"),
+                ("e7", "b", None, 139, "page_view", "/z"),
+                ("e8", "b", None, 170, "page_view", "/w"),
+            ]),
+            30,
+        )
+        .unwrap();
+        assert_eq!(
+            ev_out.height(),
+            8,
+            "every event lands in exactly one session"
+        );
+        assert_eq!(sessions.height(), 3);
+        let s1 = sessions
+            .clone()
+            .lazy()
+            .filter(col(ev::SESSION_ID).eq(lit("s1")))
+            .collect()
+            .unwrap();
+        assert_eq!(
+            s1.column(PAGE_VIEWS)
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .try_extract::<i64>()
+                .unwrap(),
+            3
+        );
+        assert_eq!(
+            s1.column(LANDING_PAGE).unwrap().str().unwrap().get(0),
+            Some("/")
+        );
+        assert_eq!(
+            s1.column(EXIT_PAGE).unwrap().str().unwrap().get(0),
+            Some("/cart")
+        );
+        assert_eq!(
+            s1.column(DURATION_S)
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .try_extract::<i64>()
+                .unwrap(),
+            9 * 60
+        );
+        assert!(
+            s1.column(HAS_CART_ADD)
+                .unwrap()
+                .bool()
+                .unwrap()
+                .get(0)
+                .unwrap()
+        );
+        let crumb = s1
+            .column(BREADCRUMB)
+            .unwrap()
+            .list()
+            .unwrap()
+            .get_as_series(0)
+            .unwrap();
+        let crumb: Vec<&str> = crumb.str().unwrap().iter().flatten().collect();
+        assert_eq!(crumb, ["/", "/p/1", "/cart"]);
+        let b: Vec<i64> = sessions
+            .clone()
+            .lazy()
+            .filter(col(ev::CUSTOMER_ID).eq(lit("b")))
+            .collect()
+            .unwrap()
+            .column(EVENTS)
+            .unwrap()
+            .as_materialized_series()
+            .cast(&DataType::Int64)
+            .unwrap()
+            .i64()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        assert_eq!(b, [3, 1]);
+    }
+}

@@ -1,0 +1,48 @@
+//! Small shared helpers: Parquet writing, hashing, time conversions.
+
+use std::path::Path;
+
+use polars::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Context, Result};
+
+/// Writes a frame as zstd Parquet with statistics. Output bytes depend only on the frame.
+pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::File::create(path).ctx(format!("creating {}", path.display()))?;
+    ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Zstd(None))
+        .finish(df)
+        .ctx(format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Hex SHA-256 of a string.
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Microseconds since the Unix epoch at midnight UTC of `date`.
+pub fn date_to_micros(date: chrono::NaiveDate) -> i64 {
+    date.and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc()
+        .timestamp_micros()
+}
+
+pub const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// The UTC timestamp type used for every time column.
+pub fn utc() -> DataType {
+    DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
+}
+
+/// Left join that keeps the left frame's row order (outputs must not depend on hash order).
+pub fn left_join_ordered() -> JoinArgs {
+    let mut args = JoinArgs::new(JoinType::Left);
+    args.maintain_order = MaintainOrderJoin::Left;
+    args
+}
