@@ -233,18 +233,26 @@ impl Reader<'_> {
             col(sp::EVENT)
         };
         let is = |n: &str| name.clone().eq(lit(n));
+        // The event name decides; a self-describing struct decides only where the name
+        // does not (e.g. a writer that left event_name empty).
         let event_type = when(is("page_view"))
             .then(lit(EventType::PageView.name()))
-            .when(self.is_set(sp::ADD_TO_CART).or(is("add_to_cart")))
+            .when(is("add_to_cart"))
             .then(lit(EventType::CartAdd.name()))
-            .when(self.is_set(sp::REMOVE_FROM_CART).or(is("remove_from_cart")))
+            .when(is("remove_from_cart"))
             .then(lit(EventType::CartRemove.name()))
-            .when(self.is_set(sp::SITE_SEARCH).or(is("site_search")))
+            .when(is("site_search"))
             .then(lit(EventType::Search.name()))
             .when(is("transaction"))
             .then(lit(EventType::Order.name()))
             .when(is("transaction_item"))
             .then(lit(EventType::OrderLine.name()))
+            .when(self.is_set(sp::ADD_TO_CART))
+            .then(lit(EventType::CartAdd.name()))
+            .when(self.is_set(sp::REMOVE_FROM_CART))
+            .then(lit(EventType::CartRemove.name()))
+            .when(self.is_set(sp::SITE_SEARCH))
+            .then(lit(EventType::Search.name()))
             .otherwise(lit(EventType::Other.name()));
         let f64t = DataType::Float64;
         let st = DataType::String;
