@@ -101,3 +101,39 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_is_all_or_nothing_and_a_rerun_replaces() {
+        let root = tempfile::tempdir().unwrap();
+        // A crashed run left a staging directory: it is never visible as a run and is cleaned.
+        std::fs::create_dir_all(root.path().join(".staging-2026-01-02-999")).unwrap();
+        let s = Staging::create(root.path(), "2026-01-02").unwrap();
+        assert!(!root.path().join(".staging-2026-01-02-999").exists());
+        std::fs::write(s.path("a.txt"), "one").unwrap();
+        assert!(
+            !root.path().join("2026-01-02").exists(),
+            "nothing visible before publish"
+        );
+        let out = s.publish().unwrap();
+        assert!(out.join(SUCCESS).exists());
+        let manifest = std::fs::read_to_string(out.join(MANIFEST)).unwrap();
+        assert!(
+            manifest.contains("\"a.txt\"")
+                && manifest.contains(&hex::encode(Sha256::digest(b"one")))
+        );
+        // Rerun: the old outputs are replaced as a whole.
+        let s = Staging::create(root.path(), "2026-01-02").unwrap();
+        std::fs::write(s.path("b.txt"), "two").unwrap();
+        let out = s.publish().unwrap();
+        assert!(out.join("b.txt").exists() && !out.join("a.txt").exists());
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("2026-01-02")]);
+    }
+}

@@ -91,3 +91,120 @@ pub fn ranked(scores: &DataFrame) -> Result<DataFrame> {
         .collect()
         .ctx("ranking scores")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Metrics, Scaler};
+
+    fn artifact() -> Artifact {
+        Artifact {
+            propel_version: "t".into(),
+            kind: "logistic_regression".into(),
+            feature_names: vec!["a".into(), "b".into()],
+            feature_set_hash: "h".into(),
+            scaler: Scaler {
+                mean: vec![0.0, 0.0],
+                scale: vec![1.0, 1.0],
+            },
+            coefficients: vec![1.0, -1.0],
+            intercept: 0.0,
+            l2: 1.0,
+            horizon_days: 7,
+            training_cutoffs: vec![],
+            validation_cutoff: String::new(),
+            n_train: 0,
+            n_train_positive: 0,
+            validation: Metrics::compute(&[], &[]),
+        }
+    }
+
+    #[test]
+    fn percentiles_deciles_and_reasons_by_hand() {
+        // Scores are sigmoid(a - b): c1 = s(2), c2 = s(0), c3 = s(0), c4 = s(-3).
+        let snapshot = df!(
+            "customer_id" => ["c3", "c1", "c4", "c2"],
+            "a" => [0.0, 3.0, 0.0, 1.0],
+            "b" => [0.0, 1.0, 3.0, 1.0]
+        )
+        .unwrap();
+        let customers = df!(
+            "customer_id" => ["c1", "c2", "c3", "c4"],
+            "user_id" => [Some("u1"), None, None, None],
+            "email_sha256" => [None, Some("h2"), None, None::<&str>]
+        )
+        .unwrap();
+        let s = score(&snapshot, &artifact(), &customers, 2).unwrap();
+        let ids: Vec<&str> = s
+            .column("customer_id")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        assert_eq!(ids, ["c1", "c2", "c3", "c4"]);
+        let pct: Vec<f64> = s
+            .column("percentile")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        // Share of customers scored strictly lower: c1 3/4, c2 and c3 tie at 1/4, c4 0.
+        assert_eq!(pct, [75.0, 25.0, 25.0, 0.0]);
+        // Deciles by position (ties by customer id): c1 pos 0, c2 pos 1, c3 pos 2, c4 pos 3.
+        let dec: Vec<i32> = s
+            .column("decile")
+            .unwrap()
+            .i32()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        assert_eq!(dec, [1, 3, 6, 8]);
+        // Reasons: positive contributions only, largest first.
+        let r1: Vec<Option<&str>> = s
+            .column("reason_1")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(r1, [Some("a"), Some("a"), None, None]);
+        let r2: Vec<Option<&str>> = s
+            .column("reason_2")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(r2, [None, None, None, None]);
+        assert_eq!(
+            s.column("user_id").unwrap().str().unwrap().get(0),
+            Some("u1")
+        );
+        assert_eq!(
+            s.column("email_sha256").unwrap().str().unwrap().get(1),
+            Some("h2")
+        );
+        // Audience cut: top 50% of 4 = the 2 best.
+        let ranked = ranked(&s).unwrap();
+        let def = crate::config::AudienceDef {
+            name: "x".into(),
+            description: String::new(),
+            top_percent: 50.0,
+        };
+        let m = crate::audience::members(&ranked, &def);
+        let ids: Vec<&str> = m
+            .column("customer_id")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        assert_eq!(ids, ["c1", "c2"]);
+    }
+}

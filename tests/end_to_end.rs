@@ -13,7 +13,16 @@ fn full_run_writes_every_output_consistently() {
     let tmp = tempfile::tempdir().unwrap();
     let events = small_events(tmp.path());
     let out = tmp.path().join("out");
-    let o = propel(tmp.path(), &["run", "--input", events.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let o = propel(
+        tmp.path(),
+        &[
+            "run",
+            "--input",
+            events.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let run = run_dir(&out);
     for f in [
@@ -31,24 +40,44 @@ fn full_run_writes_every_output_consistently() {
     }
 
     // The manifest lists every other file with its true size and checksum.
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("manifest.json")).unwrap()).unwrap();
     let files = manifest["files"].as_array().unwrap();
     assert!(files.len() >= 7);
     for f in files {
         let bytes = std::fs::read(run.join(f["path"].as_str().unwrap())).unwrap();
         assert_eq!(f["bytes"].as_u64().unwrap(), bytes.len() as u64);
-        assert_eq!(f["sha256"].as_str().unwrap(), hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(
+            f["sha256"].as_str().unwrap(),
+            hex::encode(Sha256::digest(&bytes))
+        );
     }
 
     // Row counts add up: every row read is used, a duplicate, quarantined or after as-of.
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
     let c = &m["ingest"];
     let n = |k: &str| c[k].as_u64().unwrap();
-    assert_eq!(n("read"), n("used") + n("duplicates") + n("quarantined") + n("after_as_of"));
+    assert_eq!(
+        n("read"),
+        n("used") + n("duplicates") + n("quarantined") + n("after_as_of")
+    );
     assert!(n("duplicates") > 0, "the generator plants duplicates");
-    let source_rows: usize = parquet_files(&events).iter().map(|p| read_parquet(p).height()).sum();
+    let source_rows: usize = parquet_files(&events)
+        .iter()
+        .map(|p| read_parquet(p).height())
+        .sum();
     assert_eq!(n("read") as usize, source_rows);
-    for k in ["auc", "pr_auc", "log_loss", "brier", "lift_top_decile", "n_train", "n_validation", "positive_rate"] {
+    for k in [
+        "auc",
+        "pr_auc",
+        "log_loss",
+        "brier",
+        "lift_top_decile",
+        "n_train",
+        "n_validation",
+        "positive_rate",
+    ] {
         assert!(m[k].is_number(), "metrics.json lacks {k}");
     }
     assert!(m["auc"].as_f64().unwrap() > 0.7, "auc {}", m["auc"]);
@@ -57,37 +86,92 @@ fn full_run_writes_every_output_consistently() {
     let scores = read_parquet(&run.join("scores.parquet"));
     let features = read_parquet(&run.join("features.parquet"));
     assert_eq!(scores.height(), features.height());
-    let ids: BTreeSet<String> =
-        scores.column("customer_id").unwrap().str().unwrap().iter().flatten().map(str::to_string).collect();
+    let ids: BTreeSet<String> = scores
+        .column("customer_id")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .map(str::to_string)
+        .collect();
     assert_eq!(ids.len(), scores.height());
     let score = scores.column("score").unwrap().f64().unwrap();
     assert!(score.iter().flatten().all(|s| (0.0..=1.0).contains(&s)));
     let pct = scores.column("percentile").unwrap().f64().unwrap();
     assert!(pct.iter().flatten().all(|p| (0.0..=100.0).contains(&p)));
-    let dec: BTreeSet<i32> = scores.column("decile").unwrap().i32().unwrap().iter().flatten().collect();
+    let dec: BTreeSet<i32> = scores
+        .column("decile")
+        .unwrap()
+        .i32()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect();
     assert_eq!(dec, (1..=10).collect());
     // Every customer in the identity map is scored.
     let identity = read_parquet(&run.join("identity.parquet"));
-    let idc: BTreeSet<String> =
-        identity.column("customer_id").unwrap().str().unwrap().iter().flatten().map(str::to_string).collect();
+    let idc: BTreeSet<String> = identity
+        .column("customer_id")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .map(str::to_string)
+        .collect();
     assert_eq!(idc, ids);
     // No raw e-mail anywhere in the identity map.
-    assert!(!identity.column("identifier").unwrap().str().unwrap().iter().flatten().any(|s| s.contains('@')));
+    assert!(
+        !identity
+            .column("identifier")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .flatten()
+            .any(|s| s.contains('@'))
+    );
 
     // The audience: top 10% by score, hashed identifiers only.
     let csv = std::fs::read_to_string(run.join("audiences/top_decile/customers.csv")).unwrap();
     let rows = csv.lines().count() - 1;
     assert_eq!(rows, (scores.height() as f64 * 0.1).ceil() as usize);
-    assert!(csv.lines().next().unwrap().starts_with("customer_id,email_sha256,score,percentile,decile"));
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .starts_with("customer_id,email_sha256,score,percentile,decile")
+    );
     assert!(!csv.contains('@'));
-    let top_min: f64 = csv.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse::<f64>().unwrap()).fold(1.0, f64::min);
+    let top_min: f64 = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap().parse::<f64>().unwrap())
+        .fold(1.0, f64::min);
     // (The CSV carries 6 decimals.) Nobody outside the audience scores above its lowest member.
-    let above = score.iter().flatten().filter(|s| *s > top_min + 1e-6).count();
-    assert!(above < rows, "audience holds the highest scores: {above} above {top_min}");
+    let above = score
+        .iter()
+        .flatten()
+        .filter(|s| *s > top_min + 1e-6)
+        .count();
+    assert!(
+        above < rows,
+        "audience holds the highest scores: {above} above {top_min}"
+    );
 
     // Sessions cover every event exactly once.
     let sessions = read_parquet(&run.join("sessions.parquet"));
-    let total: i64 = sessions.column("events").unwrap().as_materialized_series().cast(&DataType::Int64).unwrap().i64().unwrap().sum().unwrap();
+    let total: i64 = sessions
+        .column("events")
+        .unwrap()
+        .as_materialized_series()
+        .cast(&DataType::Int64)
+        .unwrap()
+        .i64()
+        .unwrap()
+        .sum()
+        .unwrap();
     assert_eq!(total as u64, n("used"));
 }
 
@@ -100,7 +184,15 @@ fn identical_runs_give_byte_identical_outputs() {
         let out = tmp.path().join(name);
         let o = propel(
             tmp.path(),
-            &["run", "--input", events.to_str().unwrap(), "--output", out.to_str().unwrap(), "--as-of", "2026-05-15"],
+            &[
+                "run",
+                "--input",
+                events.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--as-of",
+                "2026-05-15",
+            ],
         );
         assert!(o.status.success(), "{}", stderr(&o));
         let run = run_dir(&out);
@@ -112,7 +204,12 @@ fn identical_runs_give_byte_identical_outputs() {
             "model/model.json",
             "audiences/top_decile/customers.csv",
         ];
-        digests.push(files.map(|f| (f, hex::encode(Sha256::digest(std::fs::read(run.join(f)).unwrap())))));
+        digests.push(files.map(|f| {
+            (
+                f,
+                hex::encode(Sha256::digest(std::fs::read(run.join(f)).unwrap())),
+            )
+        }));
     }
     assert_eq!(digests[0], digests[1]);
 }
@@ -123,13 +220,37 @@ fn the_generator_is_deterministic_for_a_seed() {
     let mut all = Vec::new();
     for name in ["a", "b"] {
         let out = tmp.path().join(name);
-        let o = propel(tmp.path(), &["generate", "--customers", "50", "--days", "10", "--seed", "3", "--out", out.to_str().unwrap()]);
+        let o = propel(
+            tmp.path(),
+            &[
+                "generate",
+                "--customers",
+                "50",
+                "--days",
+                "10",
+                "--seed",
+                "3",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
         assert!(o.status.success(), "{}", stderr(&o));
         let files: Vec<(String, Vec<u8>)> = parquet_files(&out)
             .into_iter()
-            .map(|p| (p.strip_prefix(&out).unwrap().display().to_string(), std::fs::read(&p).unwrap()))
+            .map(|p| {
+                (
+                    p.strip_prefix(&out).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
             .collect();
-        assert!(files.iter().all(|(p, _)| p.starts_with("load_tstamp_date=2026-05-")), "{:?}", files.iter().map(|f| &f.0).collect::<Vec<_>>());
+        assert!(
+            files
+                .iter()
+                .all(|(p, _)| p.starts_with("load_tstamp_date=2026-05-")),
+            "{:?}",
+            files.iter().map(|f| &f.0).collect::<Vec<_>>()
+        );
         all.push(files);
     }
     assert_eq!(all[0], all[1]);
@@ -144,20 +265,45 @@ fn runs_on_transactions_only_and_scores_every_customer_in_them() {
     for p in parquet_files(&events) {
         let mut df = read_parquet(&p)
             .lazy()
-            .filter(col("event").eq(lit("transaction")).or(col("event").eq(lit("transaction_item"))))
+            .filter(
+                col("event")
+                    .eq(lit("transaction"))
+                    .or(col("event").eq(lit("transaction_item"))),
+            )
             // An offline source has no web cookies: identity comes from the customer number.
-            .select([all().exclude_cols(["domain_userid", "domain_sessionid", "network_userid", "^unstruct_.*$", "^contexts_.*$", "^page_.*$"]).as_expr()])
+            .select([all()
+                .exclude_cols([
+                    "domain_userid",
+                    "domain_sessionid",
+                    "network_userid",
+                    "^unstruct_.*$",
+                    "^contexts_.*$",
+                    "^page_.*$",
+                ])
+                .as_expr()])
             .collect()
             .unwrap();
         let rel = p.strip_prefix(&events).unwrap();
         let target = only_tx.join(rel);
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        ParquetWriter::new(std::fs::File::create(&target).unwrap()).finish(&mut df).unwrap();
+        ParquetWriter::new(std::fs::File::create(&target).unwrap())
+            .finish(&mut df)
+            .unwrap();
     }
     let out = tmp.path().join("out");
     let o = propel(
         tmp.path(),
-        &["run", "--input", only_tx.to_str().unwrap(), "--as-of", "2026-05-20", "--horizon", "7", "--output", out.to_str().unwrap()],
+        &[
+            "run",
+            "--input",
+            only_tx.to_str().unwrap(),
+            "--as-of",
+            "2026-05-20",
+            "--horizon",
+            "7",
+            "--output",
+            out.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let run = run_dir(&out);
@@ -169,13 +315,21 @@ fn runs_on_transactions_only_and_scores_every_customer_in_them() {
             .filter(col("derived_tstamp").lt(NaiveDateLit::parse("2026-05-20")))
             .collect()
             .unwrap();
-        for u in df.column("user_id").unwrap().str().unwrap().iter().flatten() {
+        for u in df
+            .column("user_id")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .flatten()
+        {
             buyers.insert(u.trim().to_lowercase());
         }
     }
     let scores = read_parquet(&run.join("scores.parquet"));
     assert_eq!(scores.height(), buyers.len());
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(m["horizon_days"], 7);
     assert!(m["n_train"].as_u64().unwrap() > 0);
 }
@@ -197,15 +351,24 @@ fn bad_inputs_and_configs_fail_with_one_line_and_an_exit_code() {
     let o = propel(tmp.path(), &["run", "--input", "no/such/dir"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("no/such/dir") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("no/such/dir") && err.lines().count() == 1,
+        "{err}"
+    );
     // A file without the mandatory event_id column.
     let bad = tmp.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();
     let mut df = df!("collector_tstamp" => [1i64], "event" => ["page_view"]).unwrap();
-    ParquetWriter::new(std::fs::File::create(bad.join("x.parquet")).unwrap()).finish(&mut df).unwrap();
+    ParquetWriter::new(std::fs::File::create(bad.join("x.parquet")).unwrap())
+        .finish(&mut df)
+        .unwrap();
     let o = propel(tmp.path(), &["run", "--input", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(3));
-    assert!(stderr(&o).contains("missing mandatory column `event_id`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("missing mandatory column `event_id`"),
+        "{}",
+        stderr(&o)
+    );
     // A broken job file: config error (2), every problem listed.
     let job = tmp.path().join("job.toml");
     std::fs::write(&job, "features = \"f.toml\"\n").unwrap();
@@ -213,5 +376,8 @@ fn bad_inputs_and_configs_fail_with_one_line_and_an_exit_code() {
     let o = propel(tmp.path(), &["validate", "--job", job.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    assert!(err.contains("`sum` needs a `field`") && err.contains("did you mean `add_to_cart`?"), "{err}");
+    assert!(
+        err.contains("`sum` needs a `field`") && err.contains("did you mean `add_to_cart`?"),
+        "{err}"
+    );
 }

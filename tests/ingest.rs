@@ -7,7 +7,9 @@ use polars::prelude::*;
 use propel::ingest::ingest;
 
 fn ts(v: Vec<Option<i64>>, name: &str) -> Column {
-    Column::new(name.into(), v).cast(&propel::util::utc()).unwrap()
+    Column::new(name.into(), v)
+        .cast(&propel::util::utc())
+        .unwrap()
 }
 
 /// Writes one Lake Loader-shaped file with a duplicate, bad rows, decimals and a struct.
@@ -17,24 +19,103 @@ fn write_fixture(dir: &std::path::Path) {
     let mut df = DataFrame::new(
         6,
         vec![
-            Column::new("event_id".into(), [Some("e1"), Some("e1"), Some("e2"), None, Some("e3"), Some("e4")]),
-            ts(vec![Some(base + 5 * min), Some(base), Some(base + min), Some(base), Some(base), Some(base + 2 * min)], "collector_tstamp"),
-            Column::new("event".into(), ["page_view", "page_view", "transaction", "page_view", "page_view", "unstruct"]),
-            Column::new("event_name".into(), ["page_view", "page_view", "transaction", "page_view", "page_view", "add_to_cart"]),
-            Column::new("domain_userid".into(), [Some("d1"), Some("d1"), Some("d1"), Some("d2"), None, Some("d1")]),
-            Column::new("user_id".into(), [None, None, Some("Jo@Example.com"), None, None, None::<&str>]),
-            Column::new("page_url".into(), [Some("https://shop/x?a=1"), Some("https://shop/y"), None, None, None, None]),
-            Column::new("tr_orderid".into(), [None, None, Some("o1"), None, None, None::<&str>]),
-            Column::new("tr_total".into(), [None, None, Some(1234i64), None, None, None])
-                .cast(&DataType::Int64)
-                .unwrap(),
+            Column::new(
+                "event_id".into(),
+                [
+                    Some("e1"),
+                    Some("e1"),
+                    Some("e2"),
+                    None,
+                    Some("e3"),
+                    Some("e4"),
+                ],
+            ),
+            ts(
+                vec![
+                    Some(base + 5 * min),
+                    Some(base),
+                    Some(base + min),
+                    Some(base),
+                    Some(base),
+                    Some(base + 2 * min),
+                ],
+                "collector_tstamp",
+            ),
+            Column::new(
+                "event".into(),
+                [
+                    "page_view",
+                    "page_view",
+                    "transaction",
+                    "page_view",
+                    "page_view",
+                    "unstruct",
+                ],
+            ),
+            Column::new(
+                "event_name".into(),
+                [
+                    "page_view",
+                    "page_view",
+                    "transaction",
+                    "page_view",
+                    "page_view",
+                    "add_to_cart",
+                ],
+            ),
+            Column::new(
+                "domain_userid".into(),
+                [
+                    Some("d1"),
+                    Some("d1"),
+                    Some("d1"),
+                    Some("d2"),
+                    None,
+                    Some("d1"),
+                ],
+            ),
+            Column::new(
+                "user_id".into(),
+                [None, None, Some("Jo@Example.com"), None, None, None::<&str>],
+            ),
+            Column::new(
+                "page_url".into(),
+                [
+                    Some("https://shop/x?a=1"),
+                    Some("https://shop/y"),
+                    None,
+                    None,
+                    None,
+                    None,
+                ],
+            ),
+            Column::new(
+                "tr_orderid".into(),
+                [None, None, Some("o1"), None, None, None::<&str>],
+            ),
+            Column::new(
+                "tr_total".into(),
+                [None, None, Some(1234i64), None, None, None],
+            )
+            .cast(&DataType::Int64)
+            .unwrap(),
         ],
     )
     .unwrap();
     // Money as decimal(18,2): 12.34
-    let cents = df.column("tr_total").unwrap().as_materialized_series().cast(&DataType::Float64).unwrap() / 100.0;
+    let cents = df
+        .column("tr_total")
+        .unwrap()
+        .as_materialized_series()
+        .cast(&DataType::Float64)
+        .unwrap()
+        / 100.0;
     df.with_column(Column::from(cents)).unwrap();
-    let money = df.column("tr_total").unwrap().cast(&DataType::Decimal(18, 2)).unwrap();
+    let money = df
+        .column("tr_total")
+        .unwrap()
+        .cast(&DataType::Decimal(18, 2))
+        .unwrap();
     df.with_column(money).unwrap();
     let cart = df!(
         "sku" => [None, None, None, None, None, Some("S1")],
@@ -47,7 +128,9 @@ fn write_fixture(dir: &std::path::Path) {
     df.with_column(Column::from(cart)).unwrap();
     let part = dir.join("load_tstamp_date=2026-05-28");
     std::fs::create_dir_all(&part).unwrap();
-    ParquetWriter::new(std::fs::File::create(part.join("a.parquet")).unwrap()).finish(&mut df).unwrap();
+    ParquetWriter::new(std::fs::File::create(part.join("a.parquet")).unwrap())
+        .finish(&mut df)
+        .unwrap();
 }
 
 #[test]
@@ -56,18 +139,56 @@ fn dedupes_quarantines_and_normalises_with_known_answers() {
     write_fixture(tmp.path());
     let got = ingest(tmp.path().to_str().unwrap(), None).unwrap();
     let c = &got.counts;
-    assert_eq!((c.read, c.used, c.duplicates, c.quarantined, c.after_as_of), (6, 3, 1, 2, 0));
-    let reasons: Vec<&str> = got.quarantine.column("quarantine_reason").unwrap().str().unwrap().iter().flatten().collect();
-    assert_eq!(reasons, ["missing event_id", "no identifier (domain_userid, user_id, network_userid all null)"]);
+    assert_eq!(
+        (c.read, c.used, c.duplicates, c.quarantined, c.after_as_of),
+        (6, 3, 1, 2, 0)
+    );
+    let reasons: Vec<&str> = got
+        .quarantine
+        .column("quarantine_reason")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "missing event_id",
+            "no identifier (domain_userid, user_id, network_userid all null)"
+        ]
+    );
     // The duplicate kept is the one with the earliest collector_tstamp (page /y).
     let e = got.events.sort(["event_id"], Default::default()).unwrap();
-    let col_str = |n: &str| e.column(n).unwrap().str().unwrap().iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>();
-    assert_eq!(col_str("event_id"), [Some("e1".into()), Some("e2".into()), Some("e4".into())]);
+    let col_str = |n: &str| {
+        e.column(n)
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        col_str("event_id"),
+        [Some("e1".into()), Some("e2".into()), Some("e4".into())]
+    );
     assert_eq!(col_str("page_path")[0].as_deref(), Some("/y"));
-    assert_eq!(col_str("event_type"), [Some("page_view".into()), Some("order".into()), Some("cart_add".into())]);
+    assert_eq!(
+        col_str("event_type"),
+        [
+            Some("page_view".into()),
+            Some("order".into()),
+            Some("cart_add".into())
+        ]
+    );
     let total = e.column("order_total").unwrap().f64().unwrap().get(1);
     assert_eq!(total, Some(12.34));
-    assert_eq!(e.column("line_value").unwrap().f64().unwrap().get(2), Some(9.0));
+    assert_eq!(
+        e.column("line_value").unwrap().f64().unwrap().get(2),
+        Some(9.0)
+    );
     assert_eq!(col_str("sku")[2].as_deref(), Some("S1"));
     // As-of defaults to the day after the newest event.
     assert_eq!(got.as_of.to_string(), "2026-05-29");
@@ -77,7 +198,10 @@ fn dedupes_quarantines_and_normalises_with_known_answers() {
 fn events_after_the_as_of_date_are_counted_not_lost() {
     let tmp = tempfile::tempdir().unwrap();
     write_fixture(tmp.path());
-    let err = ingest(tmp.path().to_str().unwrap(), Some(chrono::NaiveDate::from_ymd_opt(2026, 5, 1).unwrap()));
+    let err = ingest(
+        tmp.path().to_str().unwrap(),
+        Some(chrono::NaiveDate::from_ymd_opt(2026, 5, 1).unwrap()),
+    );
     assert!(err.is_err_and(|e| e.to_string().contains("no events before this date")));
     // Checked via the parquet files too: the fixture lies in one partition.
     assert_eq!(parquet_files(tmp.path()).len(), 1);
