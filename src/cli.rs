@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
 
-use crate::config::Job;
+use crate::config::{FeatureDef, FeatureKind, FeatureSet, Job, Over, Window};
 use crate::error::Result;
 use crate::generate::{GenerateOptions, generate};
 use crate::pipeline::{RunOptions, RunSummary, run};
@@ -70,6 +70,11 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Inspect and test feature definitions.
+    Features {
+        #[command(subcommand)]
+        command: FeaturesCommand,
+    },
     /// Check the job, feature and model files (and the input schema if an input is known)
     /// without running anything heavy. Reports every problem at once.
     Validate {
@@ -78,6 +83,85 @@ pub enum Command {
         #[arg(long)]
         input: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FeaturesCommand {
+    /// Print every feature with its definition and description.
+    List {
+        /// Feature file. Default: the job's (or the embedded default set).
+        #[arg(long)]
+        features: Option<PathBuf>,
+        #[arg(long)]
+        job: Option<PathBuf>,
+    },
+    /// Run every feature's examples; fails if any gives another value than expected.
+    Check {
+        #[arg(long)]
+        features: Option<PathBuf>,
+        #[arg(long)]
+        job: Option<PathBuf>,
+    },
+}
+
+fn feature_set(features: Option<PathBuf>, job: Option<PathBuf>) -> Result<FeatureSet> {
+    Ok(match features {
+        Some(path) => FeatureSet::load(&path)?,
+        None => Job::load(job.as_deref())?.features,
+    })
+}
+
+/// One line describing a feature's definition.
+pub fn describe(f: &FeatureDef) -> String {
+    match &f.kind {
+        FeatureKind::Aggregate(a) => {
+            let mut s = a.agg.name().to_string();
+            if let Some(field) = &a.field {
+                s += &format!("({field})");
+            }
+            if a.over == Over::Sessions {
+                s += " over sessions";
+            }
+            if !a.events.is_empty() {
+                s += &format!(
+                    " of {}",
+                    a.events
+                        .iter()
+                        .map(|e| e.name())
+                        .collect::<Vec<_>>()
+                        .join("|")
+                );
+            }
+            s += &match a.window {
+                Window::All => " in all history".to_string(),
+                Window::Range {
+                    from_days,
+                    to_days: 0,
+                } => format!(" in the last {from_days}d"),
+                Window::Range { from_days, to_days } => {
+                    format!(" in [t-{from_days}d, t-{to_days}d)")
+                }
+            };
+            if !a.filters.is_empty() {
+                s += &format!(
+                    " where {}",
+                    a.filters
+                        .iter()
+                        .map(|f| format!("{} {:?}", f.field, f.op))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                );
+            }
+            if let Some(w) = &a.weight {
+                s += &format!(" weighted by {w}");
+            }
+            if let Some(v) = a.fill {
+                s += &format!("; empty = {v}");
+            }
+            s
+        }
+        FeatureKind::Derived { op, inputs } => format!("{op:?}({})", inputs.join(", ")),
+    }
 }
 
 fn print_summary(s: &RunSummary) {
@@ -181,6 +265,57 @@ pub fn execute(cli: Cli) -> Result<()> {
                 out.display()
             );
             Ok(())
+        }
+        Command::Features {
+            command: FeaturesCommand::List { features, job },
+        } => {
+            let set = feature_set(features, job)?;
+            println!(
+                "{} features from {} (hash {})",
+                set.features.len(),
+                set.source,
+                &set.hash[..12]
+            );
+            for f in &set.features {
+                println!("{:<28} {}", f.name, describe(f));
+                if !f.description.is_empty() {
+                    println!("{:<28} {}", "", f.description);
+                }
+            }
+            Ok(())
+        }
+        Command::Features {
+            command: FeaturesCommand::Check { features, job },
+        } => {
+            let set = feature_set(features, job)?;
+            let outcomes = crate::features::check_examples(&set)?;
+            let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed()).collect();
+            for o in &failed {
+                println!(
+                    "FAIL {} example {}: expected {:?}, got {:?}",
+                    o.feature, o.index, o.expected, o.got
+                );
+            }
+            println!(
+                "{} passed, {} failed",
+                outcomes.len() - failed.len(),
+                failed.len()
+            );
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(crate::error::ConfigError(
+                    failed
+                        .iter()
+                        .map(|o| crate::error::ConfigProblem {
+                            file: set.source.clone(),
+                            key: format!("{}.example[{}]", o.feature, o.index),
+                            message: format!("expected {:?}, got {:?}", o.expected, o.got),
+                        })
+                        .collect(),
+                )
+                .into())
+            }
         }
         Command::Validate { job, input } => {
             let job = Job::load(job.as_deref())?;

@@ -5,19 +5,23 @@
 use polars::prelude::*;
 
 use crate::config::{
-    Agg, DeriveOp, FeatureDef, FeatureKind, FeatureSet, Filter, FilterOp, FilterValue, Window,
+    Agg, Aggregate, DeriveOp, FeatureDef, FeatureKind, FeatureSet, Filter, FilterOp, FilterValue,
+    Over, Population, Window, session_field as sf,
 };
 use crate::error::{Context, Result};
-use crate::schema::{event as ev, output};
+use crate::schema::{EventType, event as ev, output};
 use crate::util::MICROS_PER_DAY;
 
+/// Event (or session start) time in µs, the only clock features use.
 const T: &str = "_t";
 
-fn filter_expr(f: &Filter) -> Expr {
+/// Compiles a `where` filter.
+pub fn filter_expr(f: &Filter) -> Expr {
     let c = col(f.field.as_str());
     let value = |v: &FilterValue| match v {
         FilterValue::Number(x) => lit(*x),
         FilterValue::Text(s) => lit(s.clone()),
+        FilterValue::Bool(b) => lit(*b),
     };
     match &f.op {
         FilterOp::Eq(v) => c.eq(value(v)),
@@ -31,57 +35,160 @@ fn filter_expr(f: &Filter) -> Expr {
     }
 }
 
-/// The aggregation expression of one aggregate feature, evaluated per (customer, cutoff)
-/// group over the events before the cutoff.
-fn aggregate_expr(
-    name: &str,
-    agg: Agg,
-    field: &Option<String>,
-    events: &[crate::schema::EventType],
-    window: Window,
-    filters: &[Filter],
-) -> Expr {
-    let mut mask = lit(true);
-    if !events.is_empty() {
-        let names: Vec<&str> = events.iter().map(|t| t.name()).collect();
-        let any = names
-            .iter()
-            .map(|n| col(ev::EVENT_TYPE).eq(lit(*n)))
-            .reduce(|a, b| a.or(b))
-            .expect("non-empty");
-        mask = mask.and(any);
+/// Event-type condition (true when `events` is empty).
+pub fn events_expr(events: &[EventType]) -> Expr {
+    events
+        .iter()
+        .map(|t| col(ev::EVENT_TYPE).eq(lit(t.name())))
+        .reduce(|a, b| a.or(b))
+        .unwrap_or(lit(true))
+}
+
+fn window_expr(window: Window) -> Expr {
+    match window {
+        Window::All => lit(true),
+        Window::Range { from_days, to_days } => col(T)
+            .gt_eq(col(output::CUTOFF) - lit(from_days * MICROS_PER_DAY))
+            .and(col(T).lt(col(output::CUTOFF) - lit(to_days * MICROS_PER_DAY))),
     }
-    if let Window::Days(d) = window {
-        mask = mask.and(col(T).gt_eq(col(output::CUTOFF) - lit(d * MICROS_PER_DAY)));
+}
+
+/// Fixed-point scale of feature sums: values are summed as integer millionths, so a sum
+/// is exact and does not depend on the order polars adds rows in (floating-point addition
+/// does), which keeps outputs byte-identical run after run. Money has two decimals, so
+/// nothing is lost there; other fields are rounded to 1e-6.
+const SUM_SCALE: f64 = 1e6;
+
+fn fixed_point(e: Expr) -> Expr {
+    (e.cast(DataType::Float64) * lit(SUM_SCALE))
+        .round(0, RoundMode::default())
+        .cast(DataType::Int64)
+}
+
+/// Order-independent sum of a float expression (null when every value is null is 0).
+fn exact_sum(e: Expr) -> Expr {
+    fixed_point(e).sum().cast(DataType::Float64) / lit(SUM_SCALE)
+}
+
+/// Order-independent mean: exact sum over the count of non-null values.
+fn exact_mean(e: Expr) -> Expr {
+    let n = e.clone().count().cast(DataType::Float64);
+    when(n.clone().eq(lit(0.0)))
+        .then(lit(NULL).cast(DataType::Float64))
+        .otherwise(exact_sum(e) / n)
+}
+
+/// Rows of the group that the feature looks at: event types, window, then `where`.
+fn mask(a: &Aggregate, with_filters: bool) -> Expr {
+    let mut m = events_expr(&a.events).and(window_expr(a.window));
+    if with_filters {
+        for f in &a.filters {
+            m = m.and(filter_expr(f));
+        }
     }
-    for f in filters {
-        mask = mask.and(filter_expr(f));
-    }
-    let mask = mask.fill_null(lit(false));
-    let field_col =
-        || col(field.as_deref().expect("validated: field present")).filter(mask.clone());
+    m.fill_null(lit(false))
+}
+
+/// The aggregation expression of one aggregate feature over one (customer, cutoff) group.
+fn aggregate_expr(name: &str, a: &Aggregate) -> Expr {
+    let m = mask(a, true);
+    let field = || col(a.field.as_deref().expect("validated: field present")).filter(m.clone());
     let days = |e: Expr| {
         (col(output::CUTOFF).first() - e).cast(DataType::Float64) / lit(MICROS_PER_DAY as f64)
     };
-    let e = match agg {
-        Agg::Count => mask.clone().cast(DataType::Float64).sum(),
-        Agg::CountDistinct => field_col().drop_nulls().n_unique().cast(DataType::Float64),
-        Agg::Sum => field_col().sum().cast(DataType::Float64),
-        Agg::Mean => field_col().mean(),
-        Agg::Min => field_col().min().cast(DataType::Float64),
-        Agg::Max => field_col().max().cast(DataType::Float64),
-        Agg::DaysSinceFirst => days(col(T).filter(mask.clone()).min()),
-        Agg::DaysSinceLast => days(col(T).filter(mask.clone()).max()),
+    let by_time = |e: Expr| e.sort_by([col(T).filter(m.clone())], SortMultipleOptions::default());
+    let f64t = DataType::Float64;
+    let e = match a.agg {
+        Agg::Count => m.clone().cast(f64t).sum(),
+        Agg::CountDistinct => field().drop_nulls().n_unique().cast(f64t),
+        Agg::Sum => exact_sum(field()),
+        Agg::Mean => exact_mean(field()),
+        Agg::Min => field().min().cast(f64t),
+        Agg::Max => field().max().cast(f64t),
+        Agg::First => by_time(field()).first().cast(f64t),
+        Agg::Last => by_time(field()).last().cast(f64t),
+        Agg::DaysSinceFirst => days(col(T).filter(m.clone()).min()),
+        Agg::DaysSinceLast => days(col(T).filter(m.clone()).max()),
         Agg::ActiveDays => (col(T) / lit(MICROS_PER_DAY))
-            .filter(mask.clone())
+            .filter(m.clone())
             .n_unique()
-            .cast(DataType::Float64),
+            .cast(f64t),
+        Agg::Share => {
+            let all = mask(a, false);
+            let (num, den) = match &a.field {
+                Some(f) => (
+                    exact_sum(col(f.as_str()).filter(m.clone())),
+                    exact_sum(col(f.as_str()).filter(all)),
+                ),
+                None => (m.clone().cast(f64t.clone()).sum(), all.cast(f64t).sum()),
+            };
+            when(den.clone().eq(lit(0.0)))
+                .then(lit(NULL).cast(DataType::Float64))
+                .otherwise(num / den)
+        }
+        Agg::TopShare => unreachable!("computed in its own branch"),
     };
     e.alias(name)
 }
 
-fn derived_expr(f: &FeatureDef, op: DeriveOp, inputs: &[String]) -> Expr {
-    let a = || col(inputs[0].as_str());
+/// `top_share`: per (customer, cutoff, value of `field`) weights, then the largest share.
+fn top_share(name: &str, a: &Aggregate, rows: LazyFrame) -> LazyFrame {
+    let field = a.field.as_deref().expect("validated");
+    let weight = match &a.weight {
+        Some(w) => fixed_point(col(w.as_str())).fill_null(lit(0i64)),
+        None => lit(1i64),
+    };
+    rows.filter(mask(a, true).and(col(field).is_not_null()))
+        .group_by([col(ev::CUSTOMER_ID), col(output::CUTOFF), col(field)])
+        .agg([weight.sum().alias("_w")])
+        // Floating-point sums depend on order: fix it, so that identical inputs give
+        // identical bits whatever order the group-by emitted.
+        .sort([ev::CUSTOMER_ID, output::CUTOFF, field], Default::default())
+        .group_by([col(ev::CUSTOMER_ID), col(output::CUTOFF)])
+        .agg([
+            (col("_w").max().cast(DataType::Float64) / col("_w").sum().cast(DataType::Float64))
+                .alias(name),
+        ])
+        .with_column(
+            when(col(name).is_nan())
+                .then(lit(NULL).cast(DataType::Float64))
+                .otherwise(col(name))
+                .alias(name),
+        )
+}
+
+/// Sessions rebuilt at each cutoff from the events before it.
+fn sessions_at_cutoffs(rows: LazyFrame) -> LazyFrame {
+    let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
+    let n = |t: EventType| is(t).cast(DataType::Float64).sum();
+    rows.group_by([
+        col(ev::CUSTOMER_ID),
+        col(output::CUTOFF),
+        col(ev::SESSION_ID),
+    ])
+    .agg([
+        col(T).min().alias(T),
+        len().cast(DataType::Float64).alias(sf::EVENTS),
+        n(EventType::PageView).alias(sf::PAGE_VIEWS),
+        n(EventType::Search).alias(sf::SEARCHES),
+        n(EventType::CartAdd).alias(sf::CART_ADDS),
+        ((col(T).max() - col(T).min()).cast(DataType::Float64) / lit(1e6)).alias(sf::DURATION_S),
+        is(EventType::CartAdd).any(true).alias(sf::HAS_CART_ADD),
+        is(EventType::Search).any(true).alias(sf::HAS_SEARCH),
+        is(EventType::Order)
+            .or(is(EventType::OrderLine))
+            .any(true)
+            .alias(sf::HAS_ORDER),
+    ])
+    // A fixed session order, so that sums over sessions are bit-for-bit reproducible.
+    .sort(
+        [ev::CUSTOMER_ID, output::CUTOFF, T, ev::SESSION_ID],
+        Default::default(),
+    )
+}
+
+fn derived_expr(f: &FeatureDef, op: &DeriveOp, inputs: &[String]) -> Expr {
+    let a = || col(inputs[0].as_str()).cast(DataType::Float64);
     let e = match op {
         DeriveOp::Ratio => {
             let b = col(inputs[1].as_str());
@@ -91,15 +198,35 @@ fn derived_expr(f: &FeatureDef, op: DeriveOp, inputs: &[String]) -> Expr {
         }
         DeriveOp::Difference => a() - col(inputs[1].as_str()),
         DeriveOp::Log1p => (a() + lit(1.0)).log(lit(std::f64::consts::E)),
+        DeriveOp::Clip { min, max } => {
+            let mut e = a();
+            if let Some(lo) = min {
+                e = when(e.clone().lt(lit(*lo))).then(lit(*lo)).otherwise(e);
+            }
+            if let Some(hi) = max {
+                e = when(e.clone().gt(lit(*hi))).then(lit(*hi)).otherwise(e);
+            }
+            e
+        }
+        DeriveOp::Bucket { bounds } => bounds
+            .iter()
+            .map(|b| a().gt_eq(lit(*b)).cast(DataType::Float64))
+            .reduce(|x, y| x + y)
+            .expect("validated: bounds not empty"),
     };
     e.cast(DataType::Float64).alias(f.name.as_str())
 }
 
-/// Computes every feature for every customer with events before each cutoff.
-/// Returns `customer_id`, `cutoff` (µs), then one Float64 column per feature in
+/// Computes every feature for every customer in the population at each cutoff, in one
+/// lazy plan. Returns `customer_id`, `cutoff` (µs), then one Float64 column per feature in
 /// definition order, sorted by cutoff and customer.
-pub fn compute(events: &DataFrame, cutoffs: &[i64], set: &FeatureSet) -> Result<LazyFrame> {
-    let lookback = set.max_window_days();
+pub fn compute(
+    events: &DataFrame,
+    cutoffs: &[i64],
+    set: &FeatureSet,
+    population: Population,
+) -> Result<LazyFrame> {
+    let lookback = set.max_lookback_days();
     let base = events
         .clone()
         .lazy()
@@ -117,37 +244,54 @@ pub fn compute(events: &DataFrame, cutoffs: &[i64], set: &FeatureSet) -> Result<
                 .with_column(lit(t).alias(output::CUTOFF))
         })
         .collect();
-    let mut aggs = Vec::new();
+    let rows = concat(per_cutoff, UnionArgs::default())
+        .ctx("feature snapshots")?
+        .cache();
+    let keys = [col(ev::CUSTOMER_ID), col(output::CUTOFF)];
+
+    let mut event_aggs = vec![col(T).max().alias("_last_t")];
+    let mut session_aggs = Vec::new();
+    let mut branches = Vec::new();
     let mut fills = Vec::new();
     for f in &set.features {
-        if let FeatureKind::Aggregate {
-            agg,
-            field,
-            events,
-            window,
-            filters,
-            fill,
-        } = &f.kind
-        {
-            aggs.push(aggregate_expr(
-                &f.name, *agg, field, events, *window, filters,
-            ));
-            let c = col(f.name.as_str());
-            fills.push(match fill {
-                Some(v) => c.fill_null(lit(*v)),
-                None => c,
-            });
+        let FeatureKind::Aggregate(a) = &f.kind else {
+            continue;
+        };
+        match (a.over, a.agg) {
+            (_, Agg::TopShare) if a.over == Over::Events => {
+                branches.push(top_share(&f.name, a, rows.clone()))
+            }
+            (Over::Events, _) => event_aggs.push(aggregate_expr(&f.name, a)),
+            (Over::Sessions, Agg::TopShare) => {
+                branches.push(top_share(&f.name, a, sessions_at_cutoffs(rows.clone())))
+            }
+            (Over::Sessions, _) => session_aggs.push(aggregate_expr(&f.name, a)),
         }
+        let c = col(f.name.as_str());
+        fills.push(match a.fill {
+            Some(v) => c.fill_null(lit(v)),
+            None => c,
+        });
     }
-    let mut lf = concat(per_cutoff, UnionArgs::default())
-        .ctx("feature snapshots")?
-        .group_by([col(ev::CUSTOMER_ID), col(output::CUTOFF)])
-        .agg(aggs)
-        .with_columns(fills);
+    if !session_aggs.is_empty() {
+        branches.push(
+            sessions_at_cutoffs(rows.clone())
+                .group_by(keys.clone())
+                .agg(session_aggs),
+        );
+    }
+    let mut lf = rows.group_by(keys.clone()).agg(event_aggs);
+    for b in branches {
+        lf = lf.join(b, keys.clone(), keys.clone(), JoinArgs::new(JoinType::Left));
+    }
+    if let Population::ActiveDays(days) = population {
+        lf = lf.filter(col("_last_t").gt_eq(col(output::CUTOFF) - lit(days * MICROS_PER_DAY)));
+    }
+    lf = lf.with_columns(fills);
     // Derived features in definition order: each may use the ones above it.
     for f in &set.features {
         if let FeatureKind::Derived { op, inputs } = &f.kind {
-            lf = lf.with_column(derived_expr(f, *op, inputs));
+            lf = lf.with_column(derived_expr(f, op, inputs));
         }
     }
     let mut order = vec![col(ev::CUSTOMER_ID), col(output::CUTOFF)];
@@ -155,6 +299,104 @@ pub fn compute(events: &DataFrame, cutoffs: &[i64], set: &FeatureSet) -> Result<
     Ok(lf
         .select(order)
         .sort([output::CUTOFF, ev::CUSTOMER_ID], Default::default()))
+}
+
+/// The outcome of one feature example.
+#[derive(Debug, Clone)]
+pub struct ExampleOutcome {
+    pub feature: String,
+    pub index: usize,
+    pub expected: Option<f64>,
+    pub got: Option<f64>,
+}
+
+impl ExampleOutcome {
+    pub fn passed(&self) -> bool {
+        match (self.expected, self.got) {
+            (None, None) => true,
+            (Some(e), Some(g)) => (e - g).abs() <= 1e-9 * e.abs().max(1.0),
+            _ => false,
+        }
+    }
+}
+
+/// The canonical columns an example frame carries (missing fields are null).
+fn example_frame(ex: &crate::config::Example) -> Result<DataFrame> {
+    use crate::config::{EVENT_FIELDS, FieldType};
+    let n = ex.events.len();
+    let mut columns = vec![
+        Column::new(ev::CUSTOMER_ID.into(), vec!["example"; n]),
+        Column::new(
+            ev::TSTAMP.into(),
+            ex.events.iter().map(|e| e.at).collect::<Vec<_>>(),
+        )
+        .cast(&crate::util::utc())
+        .ctx("example times")?,
+        Column::new(
+            ev::EVENT_TYPE.into(),
+            ex.events
+                .iter()
+                .map(|e| e.event_type.name())
+                .collect::<Vec<_>>(),
+        ),
+    ];
+    for (name, t) in EVENT_FIELDS {
+        let c = match (name, t) {
+            (ev::SESSION_ID, _) => Column::new(
+                name.into(),
+                ex.events
+                    .iter()
+                    .map(|e| e.session.clone().or(Some("s1".into())))
+                    .collect::<Vec<_>>(),
+            ),
+            (_, FieldType::Number) => Column::new(
+                name.into(),
+                ex.events
+                    .iter()
+                    .map(|e| e.numbers.get(name).copied())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => Column::new(
+                name.into(),
+                ex.events
+                    .iter()
+                    .map(|e| e.texts.get(name).cloned())
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        columns.push(c);
+    }
+    DataFrame::new(n, columns).ctx("example events")
+}
+
+/// Runs every example of every feature in `set`.
+pub fn check_examples(set: &FeatureSet) -> Result<Vec<ExampleOutcome>> {
+    let mut out = Vec::new();
+    for f in &set.features {
+        let sub = set.closure(&f.name);
+        for (index, ex) in f.examples.iter().enumerate() {
+            let df = example_frame(ex)?;
+            let got = compute(&df, &[ex.cutoff], &sub, Population::AllSeen)?
+                .collect()
+                .ctx(format!("example {index} of {}", f.name))?;
+            let value = if got.height() == 0 {
+                None
+            } else {
+                got.column(f.name.as_str())
+                    .ctx("feature")?
+                    .f64()
+                    .ctx("feature")?
+                    .get(0)
+            };
+            out.push(ExampleOutcome {
+                feature: f.name.clone(),
+                index,
+                expected: ex.expect,
+                got: value,
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -297,7 +539,10 @@ inputs = ["pv_all"]
             // b: a single page view 50 days back.
             ("b", "page_view", t - 50 * DAY, None, None),
         ]);
-        let out = compute(&df, &[t], &set(DEFS)).unwrap().collect().unwrap();
+        let out = compute(&df, &[t], &set(DEFS), Population::AllSeen)
+            .unwrap()
+            .collect()
+            .unwrap();
         assert_eq!(out.height(), 2);
         let v = |c, f| value(&out, c, f);
         assert_eq!(v("a", "pv_30d"), Some(1.0));
@@ -339,11 +584,11 @@ inputs = ["pv_all"]
         after.push(("b", "search", t + 1, None, Some(0.0)));
         after.push(("c", "page_view", t, None, None));
         let f = set(DEFS);
-        let x = compute(&events(&before), &[t], &f)
+        let x = compute(&events(&before), &[t], &f, Population::AllSeen)
             .unwrap()
             .collect()
             .unwrap();
-        let y = compute(&events(&after), &[t], &f)
+        let y = compute(&events(&after), &[t], &f, Population::AllSeen)
             .unwrap()
             .collect()
             .unwrap();

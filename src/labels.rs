@@ -6,9 +6,9 @@
 use chrono::{Duration, NaiveDate};
 use polars::prelude::*;
 
-use crate::config::ModelDef;
+use crate::config::{LabelDef, ModelDef};
 use crate::error::{Context, ModelError, Result};
-use crate::schema::{EventType, event as ev, output};
+use crate::schema::{event as ev, output};
 use crate::util::{MICROS_PER_DAY, date_to_micros};
 
 /// The cutoffs of one run.
@@ -73,33 +73,51 @@ impl Cutoffs {
     }
 }
 
-/// Customers with an order in `[t, t + horizon)` for each labelled cutoff `t`:
-/// columns `customer_id`, `cutoff` (µs), `label` (true).
-pub fn positives(events: &DataFrame, cutoffs: &[i64], horizon_days: i64) -> Result<LazyFrame> {
-    let orders = events
+/// Customers whose label is 1 at each labelled cutoff `t` (see [`LabelDef`]): columns
+/// `customer_id`, `cutoff` (µs), `label` (true).
+pub fn positives(
+    events: &DataFrame,
+    cutoffs: &[i64],
+    horizon_days: i64,
+    def: &LabelDef,
+) -> Result<LazyFrame> {
+    let mut cond = crate::features::events_expr(&def.events);
+    for f in &def.filters {
+        cond = cond.and(crate::features::filter_expr(f));
+    }
+    let value = match &def.min_sum {
+        Some((field, _)) => col(field.as_str())
+            .cast(DataType::Float64)
+            .fill_null(lit(0.0)),
+        None => lit(1.0),
+    };
+    let targets = events
         .clone()
         .lazy()
-        .filter(
-            col(ev::EVENT_TYPE)
-                .eq(lit(EventType::Order.name()))
-                .or(col(ev::EVENT_TYPE).eq(lit(EventType::OrderLine.name()))),
-        )
+        .filter(cond.fill_null(lit(false)))
         .select([
             col(ev::CUSTOMER_ID),
             col(ev::TSTAMP).cast(DataType::Int64).alias("_t"),
+            value.alias("_v"),
         ]);
+    let threshold = def.min_sum.as_ref().map(|(_, m)| *m);
     let per_cutoff: Vec<LazyFrame> = cutoffs
         .iter()
         .map(|&t| {
-            orders
+            let in_window = targets
                 .clone()
                 .filter(
                     col("_t")
                         .gt_eq(lit(t))
                         .and(col("_t").lt(lit(t + horizon_days * MICROS_PER_DAY))),
                 )
-                .select([col(ev::CUSTOMER_ID)])
-                .unique(None, UniqueKeepStrategy::Any)
+                .group_by([col(ev::CUSTOMER_ID)])
+                .agg([col("_v").sum()]);
+            let hit = match threshold {
+                Some(m) => in_window.filter(col("_v").gt_eq(lit(m))),
+                None => in_window,
+            };
+            hit.select([col(ev::CUSTOMER_ID)])
                 .with_columns([lit(t).alias(output::CUTOFF), lit(true).alias(output::LABEL)])
         })
         .collect();
@@ -154,7 +172,8 @@ mod tests {
             ],
         )
         .unwrap();
-        let pos = positives(&events, &[10 * day], 7)
+        let label = def("").label;
+        let pos = positives(&events, &[10 * day], 7, &label)
             .unwrap()
             .sort([ev::CUSTOMER_ID], Default::default())
             .collect()
@@ -168,5 +187,69 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(ids, ["a", "b"]);
+    }
+
+    #[test]
+    fn labels_are_definitions_category_purchase_and_spend_threshold() {
+        let day = MICROS_PER_DAY;
+        let events = DataFrame::new(
+            5,
+            vec![
+                Column::new(ev::CUSTOMER_ID.into(), ["a", "a", "b", "c", "c"]),
+                Column::new(
+                    ev::EVENT_TYPE.into(),
+                    [
+                        "order_line",
+                        "order_line",
+                        "order_line",
+                        "order_line",
+                        "page_view",
+                    ],
+                ),
+                Column::new(
+                    ev::CATEGORY.into(),
+                    [
+                        Some("garden"),
+                        Some("toys"),
+                        Some("toys"),
+                        Some("garden"),
+                        None,
+                    ],
+                ),
+                Column::new(
+                    ev::LINE_VALUE.into(),
+                    [Some(30.0), Some(80.0), Some(120.0), Some(5.0), None],
+                ),
+                Column::new(ev::TSTAMP.into(), [11 * day; 5])
+                    .cast(&crate::util::utc())
+                    .unwrap(),
+            ],
+        )
+        .unwrap();
+        let ids = |text: &str| -> Vec<String> {
+            let label = def(text).label;
+            let pos = positives(&events, &[10 * day], 7, &label)
+                .unwrap()
+                .sort([ev::CUSTOMER_ID], Default::default())
+                .collect()
+                .unwrap();
+            pos.column(ev::CUSTOMER_ID)
+                .unwrap()
+                .str()
+                .unwrap()
+                .iter()
+                .flatten()
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            ids("[label]\nwhere = [{ field = \"category\", op = \"==\", value = \"garden\" }]\n"),
+            ["a", "c"]
+        );
+        // Spend of at least 100 in the window: a (30 + 80) and b (120), not c (5).
+        assert_eq!(
+            ids("[label]\nsum_field = \"line_value\"\nmin_sum = 100\n"),
+            ["a", "b"]
+        );
     }
 }

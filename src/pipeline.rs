@@ -135,19 +135,29 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     timer.lap("sessions");
 
     let cutoffs = Cutoffs::plan(first_event_date(&events)?, as_of, &job.model)?;
-    let positives = labels::positives(&events, &cutoffs.labelled_micros(), job.model.horizon_days)?;
+    let positives = labels::positives(
+        &events,
+        &cutoffs.labelled_micros(),
+        job.model.horizon_days,
+        &job.model.label,
+    )?;
     timer.lap("labels");
 
-    let snapshots = features::compute(&events, &cutoffs.all_micros(), &job.features)?
-        .join(
-            positives,
-            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
-            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
-            crate::util::left_join_ordered(),
-        )
-        .with_column(col(output::LABEL).fill_null(lit(false)))
-        .collect()
-        .ctx("computing features")?;
+    let snapshots = features::compute(
+        &events,
+        &cutoffs.all_micros(),
+        &job.features,
+        job.model.population,
+    )?
+    .join(
+        positives,
+        [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+        [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+        crate::util::left_join_ordered(),
+    )
+    .with_column(col(output::LABEL).fill_null(lit(false)))
+    .collect()
+    .ctx("computing features")?;
     let at = |dates: &[NaiveDate]| -> Result<DataFrame> {
         let micros: Vec<i64> = dates.iter().map(|d| date_to_micros(*d)).collect();
         snapshots

@@ -1,0 +1,323 @@
+//! Job, feature and model definitions: raw serde structs (unknown keys rejected) turned into
+//! validated types. Every problem in every file is collected and reported at once, with the
+//! file, the key path and, for a misspelt name, the nearest valid one.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{ConfigError, ConfigProblem};
+
+/// The default job, feature set and model shipped inside the binary (used by `propel run`
+/// without `--job`, and by the demo).
+pub const DEFAULT_JOB: &str = include_str!("../../jobs/default.toml");
+pub const DEFAULT_FEATURES: &str = include_str!("../../features/default.toml");
+pub const DEFAULT_MODEL: &str = include_str!("../../models/propensity.toml");
+
+// ---------------------------------------------------------------------------------------
+// Problem collection
+
+/// Collects problems for one file.
+pub struct Problems {
+    file: String,
+    list: Vec<ConfigProblem>,
+}
+
+impl Problems {
+    pub fn new(file: impl Into<String>) -> Self {
+        Problems {
+            file: file.into(),
+            list: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.list.push(ConfigProblem {
+            file: self.file.clone(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn into_vec(self) -> Vec<ConfigProblem> {
+        self.list
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// "did you mean `x`?" for the valid name closest to `found`, if any is close.
+pub fn did_you_mean<'a>(found: &str, valid: impl IntoIterator<Item = &'a str>) -> String {
+    let best = valid
+        .into_iter()
+        .map(|v| (strsim::levenshtein(found, v), v))
+        .min();
+    match best {
+        Some((d, v)) if d <= found.len().max(3) / 2 + 1 => format!("; did you mean `{v}`?"),
+        _ => String::new(),
+    }
+}
+
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let key = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}")
+            })
+            .unwrap_or_default();
+        ConfigError(vec![ConfigProblem {
+            file: file.to_string(),
+            key,
+            message: e.message().to_string(),
+        }])
+    })
+}
+
+/// A config text and where it came from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+    /// Directory that relative paths in this file are resolved against.
+    pub base: PathBuf,
+}
+
+impl Source {
+    pub fn read(path: &Path) -> Result<Source, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![ConfigProblem {
+                file: path.display().to_string(),
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Ok(Source {
+            name: path.display().to_string(),
+            text,
+            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        })
+    }
+
+    pub fn embedded(name: &str, text: &str) -> Source {
+        Source {
+            name: format!("<embedded {name}>"),
+            text: text.to_string(),
+            base: PathBuf::from("."),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Job
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    input: Option<RawInput>,
+    output: Option<RawOutput>,
+    features: Option<String>,
+    model: Option<String>,
+    sessions: Option<RawSessions>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    url: Option<String>,
+    layout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSessions {
+    inactivity_minutes: Option<i64>,
+}
+
+/// Input layout of the event files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Snowplow Lake Loader Parquet (atomic columns, unstruct structs, context lists).
+    LakeLoader,
+}
+
+/// A validated job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Where the events are (local path or URL). Default: none; `--input` must give it.
+    pub input: Option<String>,
+    /// Input layout. Default: `lake_loader`.
+    pub layout: Layout,
+    /// Where run outputs go; each run writes `<output>/<as-of>/`. Default: `propel-out`.
+    pub output: String,
+    pub features: FeatureSet,
+    pub model: ModelDef,
+    /// Gap that ends a session when the tracker gave no session id. Default: 30 minutes.
+    pub session_inactivity_minutes: i64,
+}
+
+impl Job {
+    /// Loads the job at `path`, or the embedded default job when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Job, ConfigError> {
+        let source = match path {
+            Some(p) => Source::read(p)?,
+            None => Source::embedded("jobs/default.toml", DEFAULT_JOB),
+        };
+        Job::parse(&source, path.is_none())
+    }
+
+    fn parse(source: &Source, embedded: bool) -> Result<Job, ConfigError> {
+        let raw: RawJob = parse_toml(&source.text, &source.name)?;
+        let mut problems = Problems::new(&source.name);
+        let input = raw.input.unwrap_or_default();
+        let layout = match input.layout.as_deref().unwrap_or("lake_loader") {
+            "lake_loader" => Layout::LakeLoader,
+            other => {
+                problems.push(
+                    "input.layout",
+                    format!(
+                        "unknown layout `{other}`, expected `lake_loader`{}",
+                        did_you_mean(other, ["lake_loader"])
+                    ),
+                );
+                Layout::LakeLoader
+            }
+        };
+        let inactivity = raw
+            .sessions
+            .and_then(|s| s.inactivity_minutes)
+            .unwrap_or(30);
+        if inactivity <= 0 {
+            problems.push(
+                "sessions.inactivity_minutes",
+                format!("expected a positive number of minutes, found {inactivity}"),
+            );
+        }
+        // The embedded job refers to the embedded feature and model files; a job file on
+        // disk refers to files relative to itself.
+        let features_src = match (&raw.features, embedded) {
+            (Some(p), false) => Some(Source::read(&source.base.join(p))),
+            _ => None,
+        };
+        let model_src = match (&raw.model, embedded) {
+            (Some(p), false) => Some(Source::read(&source.base.join(p))),
+            _ => None,
+        };
+        let mut all = problems.into_vec();
+        let features = match features_src {
+            Some(Ok(src)) => FeatureSet::parse(&src),
+            Some(Err(e)) => Err(e),
+            None => FeatureSet::parse(&Source::embedded("features/default.toml", DEFAULT_FEATURES)),
+        };
+        let model = match model_src {
+            Some(Ok(src)) => ModelDef::parse(&src),
+            Some(Err(e)) => Err(e),
+            None => ModelDef::parse(&Source::embedded("models/propensity.toml", DEFAULT_MODEL)),
+        };
+        if let Err(e) = &features {
+            all.extend(e.0.iter().cloned());
+        }
+        if let Err(e) = &model {
+            all.extend(e.0.iter().cloned());
+        }
+        if !all.is_empty() {
+            return Err(ConfigError(all));
+        }
+        Ok(Job {
+            input: input.url,
+            layout,
+            output: raw
+                .output
+                .and_then(|o| o.url)
+                .unwrap_or_else(|| "propel-out".to_string()),
+            features: features.expect("checked above"),
+            model: model.expect("checked above"),
+            session_inactivity_minutes: inactivity,
+        })
+    }
+}
+
+mod features;
+mod model;
+
+pub use features::*;
+pub use model::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn features(text: &str) -> Result<FeatureSet, ConfigError> {
+        FeatureSet::parse(&Source::embedded("test.toml", text))
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let job = Job::load(None).expect("default job");
+        assert!(job.features.features.len() >= 15);
+        assert!(!job.model.audiences.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_hints() {
+        let err = features(
+            r#"
+[[feature]]
+name = "a"
+agg = "cnt"
+
+[[feature]]
+name = "b"
+agg = "count"
+events = ["add_to_crat"]
+window = "30 days"
+
+[[feature]]
+name = "c"
+agg = "sum"
+field = "ordr_total"
+
+[[feature]]
+name = "d"
+derive = "ratio"
+inputs = ["c", "zz"]
+"#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 5, "{text}");
+        assert!(
+            text.contains("unknown aggregation `cnt`") && text.contains("did you mean `count`?"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "feature[1] (b).events[0]: unknown event `add_to_crat`; did you mean `add_to_cart`?"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("feature[1] (b).window"), "{text}");
+        assert!(text.contains("did you mean `order_total`?"), "{text}");
+        assert!(text.contains("unknown feature `zz`"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_a_line() {
+        let err =
+            features("[[feature]]\nname = \"a\"\nagg = \"count\"\nwindw = \"7d\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("line 4") && text.contains("windw"), "{text}");
+    }
+}

@@ -1,0 +1,250 @@
+//! The model definition (`models/*.toml`): label, snapshots, model, eligibility, audiences.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use super::features::{EVENT_FIELDS, FieldType, Filter, RawFilter, parse_events, parse_filters};
+use super::{Problems, Source, parse_toml};
+use crate::error::ConfigError;
+use crate::schema::EventType;
+
+// ---------------------------------------------------------------------------------------
+// Model
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModelFile {
+    label: Option<RawLabel>,
+    snapshots: Option<RawSnapshots>,
+    model: Option<RawModel>,
+    eligibility: Option<RawEligibility>,
+    #[serde(default)]
+    audience: Vec<RawAudience>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLabel {
+    horizon_days: Option<i64>,
+    events: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    filters: Option<Vec<RawFilter>>,
+    sum_field: Option<String>,
+    min_sum: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshots {
+    step_days: Option<i64>,
+    training_cutoffs: Option<usize>,
+    min_history_days: Option<i64>,
+    population_active_days: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    l2: Option<f64>,
+    max_iterations: Option<u64>,
+    reasons: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEligibility {
+    min_positives: Option<usize>,
+    min_negatives: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudience {
+    name: String,
+    description: Option<String>,
+    top_percent: f64,
+}
+
+/// Who is in the population at a cutoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Population {
+    /// Every customer with any event before the cutoff. Default.
+    #[default]
+    AllSeen,
+    /// Customers with an event in the `N` days before the cutoff (as GA4 does).
+    ActiveDays(i64),
+}
+
+/// What the label counts: `label(c, t) = 1` when the customer's events of `events` matching
+/// `filters` in `[t, t + horizon)` exist (or, with `min_sum`, their `sum_field` adds up to
+/// at least `min_sum`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelDef {
+    /// Default: `order` and `order_line` (a purchase).
+    pub events: Vec<EventType>,
+    /// Default: none.
+    pub filters: Vec<Filter>,
+    /// Default: none (any matching event).
+    pub min_sum: Option<(String, f64)>,
+}
+
+/// A validated model definition.
+#[derive(Debug, Clone)]
+pub struct ModelDef {
+    /// Label window length: `[t, t + horizon_days)`. Default: 30.
+    pub horizon_days: i64,
+    pub label: LabelDef,
+    /// Default: every customer seen before the cutoff.
+    pub population: Population,
+    /// Days between training cutoffs. Default: 7.
+    pub step_days: i64,
+    /// Number of training cutoffs before the validation cutoff. Default: 8.
+    pub training_cutoffs: usize,
+    /// A cutoff needs at least this many days of events before it. Default: 14.
+    pub min_history_days: i64,
+    /// L2 penalty of the logistic regression. Default: 1.0.
+    pub l2: f64,
+    /// Maximum solver iterations. Default: 200.
+    pub max_iterations: u64,
+    /// Reason codes per scored customer. Default: 3.
+    pub reasons: usize,
+    /// Refuse to train below this many positive training rows. Default: 20.
+    pub min_positives: usize,
+    /// Refuse to train below this many negative training rows. Default: 20.
+    pub min_negatives: usize,
+    pub audiences: Vec<AudienceDef>,
+}
+
+/// An audience: the customers in the top `top_percent` % of scores.
+#[derive(Debug, Clone)]
+pub struct AudienceDef {
+    pub name: String,
+    pub description: String,
+    pub top_percent: f64,
+}
+
+impl ModelDef {
+    pub fn parse(source: &Source) -> Result<ModelDef, ConfigError> {
+        let raw: RawModelFile = parse_toml(&source.text, &source.name)?;
+        let mut p = Problems::new(&source.name);
+        let label = raw.label.unwrap_or_default();
+        let snaps = raw.snapshots.unwrap_or_default();
+        let model = raw.model.unwrap_or_default();
+        let elig = raw.eligibility.unwrap_or_default();
+        let mut positive = |key: &str, v: i64| {
+            if v <= 0 {
+                p.push(
+                    key,
+                    format!("expected a positive number of days, found {v}"),
+                );
+            }
+            v
+        };
+        let horizon_days = positive("label.horizon_days", label.horizon_days.unwrap_or(30));
+        let step_days = positive("snapshots.step_days", snaps.step_days.unwrap_or(7));
+        let min_history_days = positive(
+            "snapshots.min_history_days",
+            snaps.min_history_days.unwrap_or(14),
+        );
+        let population = match snaps.population_active_days {
+            None => Population::AllSeen,
+            Some(d) => Population::ActiveDays(positive("snapshots.population_active_days", d)),
+        };
+        let training_cutoffs = snaps.training_cutoffs.unwrap_or(8);
+        if training_cutoffs == 0 {
+            p.push("snapshots.training_cutoffs", "expected at least 1, found 0");
+        }
+        let l2 = model.l2.unwrap_or(1.0);
+        if !(l2.is_finite() && l2 >= 0.0) {
+            p.push("model.l2", format!("expected a number >= 0, found {l2}"));
+        }
+        let events = match &label.events {
+            Some(raw) => parse_events(raw, "label", &mut p).unwrap_or_default(),
+            None => vec![EventType::Order, EventType::OrderLine],
+        };
+        let filters = parse_filters(
+            label.filters.as_deref().unwrap_or(&[]),
+            &EVENT_FIELDS,
+            "label",
+            &mut p,
+        )
+        .unwrap_or_default();
+        let min_sum = match (label.sum_field, label.min_sum) {
+            (None, None) => None,
+            (Some(f), Some(m)) => {
+                match EVENT_FIELDS.iter().find(|(n, _)| *n == f) {
+                    Some((_, FieldType::Number)) => {}
+                    _ => p.push(
+                        "label.sum_field",
+                        format!(
+                            "expected a numeric event field ({}), found `{f}`",
+                            EVENT_FIELDS
+                                .iter()
+                                .filter(|(_, t)| *t == FieldType::Number)
+                                .map(|(n, _)| *n)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ),
+                }
+                Some((f, m))
+            }
+            _ => {
+                p.push("label", "`sum_field` and `min_sum` go together");
+                None
+            }
+        };
+        let mut names = BTreeSet::new();
+        let mut audiences = Vec::new();
+        for (i, a) in raw.audience.into_iter().enumerate() {
+            let key = format!("audience[{i}] ({})", a.name);
+            if !names.insert(a.name.clone()) {
+                p.push(&key, format!("duplicate audience name `{}`", a.name));
+            }
+            if a.name.is_empty()
+                || !a
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                p.push(
+                    format!("{key}.name"),
+                    "expected a name of letters, digits, `_` and `-`",
+                );
+            }
+            if !(a.top_percent > 0.0 && a.top_percent <= 100.0) {
+                p.push(
+                    format!("{key}.top_percent"),
+                    format!("expected a number in (0, 100], found {}", a.top_percent),
+                );
+            }
+            audiences.push(AudienceDef {
+                name: a.name,
+                description: a.description.unwrap_or_default(),
+                top_percent: a.top_percent,
+            });
+        }
+        if !p.is_empty() {
+            return Err(ConfigError(p.into_vec()));
+        }
+        Ok(ModelDef {
+            horizon_days,
+            label: LabelDef {
+                events,
+                filters,
+                min_sum,
+            },
+            population,
+            step_days,
+            training_cutoffs,
+            min_history_days,
+            l2,
+            max_iterations: model.max_iterations.unwrap_or(200),
+            reasons: model.reasons.unwrap_or(3),
+            min_positives: elig.min_positives.unwrap_or(20),
+            min_negatives: elig.min_negatives.unwrap_or(20),
+            audiences,
+        })
+    }
+}
