@@ -521,6 +521,17 @@ inputs = ["spend", "orders"]
 name = "log_pv"
 derive = "log1p"
 inputs = ["pv_all"]
+[[feature]]
+name = "first_line"
+agg = "first"
+field = "line_value"
+events = ["order_line"]
+[[feature]]
+name = "spend_clipped"
+derive = "clip"
+inputs = ["spend"]
+min = 5
+max = 35
 "#;
 
     #[test]
@@ -561,6 +572,10 @@ inputs = ["pv_all"]
         assert_eq!(v("a", "zero_searches"), Some(1.0));
         assert_eq!(v("a", "spend_per_order"), Some(20.0));
         assert_eq!(v("a", "log_pv"), Some(3f64.ln()));
+        assert_eq!(v("a", "first_line"), Some(30.0));
+        assert_eq!(v("a", "spend_clipped"), Some(35.0));
+        assert_eq!(v("b", "spend_clipped"), Some(5.0));
+        assert_eq!(v("b", "first_line"), None);
         // Empty windows: counts and sums 0, means missing, recency filled.
         assert_eq!(v("b", "pv_30d"), Some(0.0));
         assert_eq!(v("b", "spend"), Some(0.0));
