@@ -55,6 +55,9 @@ pub enum Command {
         /// Label horizon in days. Default: the model file's.
         #[arg(long)]
         horizon: Option<i64>,
+        /// State location (identity graph). Default: the job's, else <output>/_state.
+        #[arg(long)]
+        state: Option<String>,
     },
     /// Write synthetic Snowplow Lake Loader Parquet with planted purchase behaviour.
     Generate {
@@ -201,6 +204,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             output,
             as_of,
             horizon,
+            state,
         } => {
             let demo = job.is_none() && input.is_none();
             let mut opts = RunOptions {
@@ -209,6 +213,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 output,
                 as_of,
                 horizon_days: horizon,
+                state,
             };
             if demo {
                 let events = PathBuf::from(DEMO_DIR).join("events");

@@ -1,42 +1,201 @@
-//! Identity: identifiers are nodes of a graph, events that carry two of them are edges, and
-//! each connected component is one customer. A cookie (`domain_userid`) that ever carried a
-//! `user_id` joins that user, transitively: cookie A -> user X <- cookie B is one customer.
-//! E-mail user ids are normalised (trimmed, lower case) and stored only as SHA-256.
-//! The customer id is derived from the component's earliest-seen identifier, so it does not
-//! depend on input order and stays the same while that identifier is in the data.
+//! Identity: a first-party identity graph. Identifiers of several kinds (cookies, user ids,
+//! hashed e-mails, mobile client-session user ids, offline loyalty numbers) are nodes; two
+//! identifiers carried by one event are an edge; each connected component is one customer.
+//! So cookie A -> user X <- cookie B -> e-mail E <- offline id O is one customer, where
+//! Snowplow's own models stitch a cookie to its latest user id only.
+//!
+//! **Persistence.** The graph (nodes and edges) is state kept between runs. A customer keeps
+//! its id night after night; when customers merge, the oldest id survives (the customer
+//! whose earliest identifier was seen first) and the merge is logged; if a guard later cuts
+//! a component in two, the part holding the oldest identifier keeps the id. Ids are derived
+//! from the earliest identifier, so one run over all days gives the ids that nightly runs do.
+//!
+//! **Guards.** A node linked to more distinct identifiers than its kind's limit (a shared
+//! computer, a test e-mail, a constant cookie) is *shared*: its edges are ignored, so it
+//! cannot glue people together. Shared nodes are reported.
+//!
+//! **Deletion.** Suppressed customers (listed by customer id or e-mail hash) are removed
+//! from the state, from the events and so from every output.
+//!
+//! E-mails are normalised (trimmed, lower case) and kept only as SHA-256.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 
 use polars::prelude::*;
 
 use crate::error::{Context, Result};
 use crate::schema::{event as ev, output};
-use crate::util::sha256_hex;
+use crate::util::{sha256_hex, write_parquet};
 
 /// Identifier kinds, as written to `identity.parquet`.
 pub mod kind {
     pub const DOMAIN_USERID: &str = "domain_userid";
     pub const NETWORK_USERID: &str = "network_userid";
+    pub const CLIENT_SESSION_USERID: &str = "client_session_userid";
     pub const USER_ID: &str = "user_id";
     pub const EMAIL_SHA256: &str = "email_sha256";
+    pub const LOYALTY_ID: &str = "loyalty_id";
+    pub const ALL: [&str; 6] = [
+        DOMAIN_USERID,
+        NETWORK_USERID,
+        CLIENT_SESSION_USERID,
+        USER_ID,
+        EMAIL_SHA256,
+        LOYALTY_ID,
+    ];
 }
 
 pub const KIND: &str = "kind";
 pub const IDENTIFIER: &str = "identifier";
 pub const FIRST_SEEN: &str = "first_seen";
 pub const LAST_SEEN: &str = "last_seen";
-const NODE: &str = "_node";
-const USER_NODE: &str = "_user_node";
-const COOKIE_NODE: &str = "_cookie_node";
+pub const NODE: &str = "node";
+pub const DEGREE: &str = "degree";
+pub const LIMIT: &str = "limit";
+const EDGE_A: &str = "a";
+const EDGE_B: &str = "b";
+
+/// Default guard limits: how many distinct identifiers one identifier of a kind may link.
+/// A device links few people; a person links many devices over the years.
+pub fn default_limits() -> BTreeMap<String, usize> {
+    [
+        (kind::DOMAIN_USERID, 10),
+        (kind::NETWORK_USERID, 10),
+        (kind::CLIENT_SESSION_USERID, 10),
+        (kind::USER_ID, 100),
+        (kind::EMAIL_SHA256, 100),
+        (kind::LOYALTY_ID, 100),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Who must be forgotten: customer ids and e-mail hashes.
+#[derive(Debug, Clone, Default)]
+pub struct Suppression {
+    pub customer_ids: BTreeSet<String>,
+    pub email_sha256: BTreeSet<String>,
+}
+
+impl Suppression {
+    pub fn is_empty(&self) -> bool {
+        self.customer_ids.is_empty() && self.email_sha256.is_empty()
+    }
+
+    /// Reads a CSV with any of the columns `customer_id`, `email_sha256`, `email` (raw
+    /// e-mails are normalised and hashed on reading).
+    pub fn load(path: &Path) -> Result<Suppression> {
+        let df = CsvReadOptions::default()
+            .with_has_header(true)
+            .with_infer_schema_length(Some(0))
+            .try_into_reader_with_file_path(Some(path.to_path_buf()))
+            .and_then(|r| r.finish())
+            .ctx(format!("reading suppression list {}", path.display()))?;
+        let values = |name: &str| -> Vec<String> {
+            df.column(name)
+                .ok()
+                .and_then(|c| {
+                    c.str()
+                        .ok()
+                        .map(|s| s.iter().flatten().map(|v| v.trim().to_string()).collect())
+                })
+                .unwrap_or_default()
+        };
+        let mut s = Suppression {
+            customer_ids: values("customer_id")
+                .into_iter()
+                .filter(|v| !v.is_empty())
+                .collect(),
+            email_sha256: values("email_sha256")
+                .into_iter()
+                .map(|v| v.to_lowercase())
+                .filter(|v| !v.is_empty())
+                .collect(),
+        };
+        s.email_sha256.extend(
+            values("email")
+                .iter()
+                .filter(|v| !v.is_empty())
+                .map(|e| sha256_hex(&normalise_email(e))),
+        );
+        if !["customer_id", "email_sha256", "email"]
+            .iter()
+            .any(|c| df.column(c).is_ok())
+        {
+            return Err(crate::error::ConfigError(vec![crate::error::ConfigProblem {
+                file: path.display().to_string(),
+                key: String::new(),
+                message: format!(
+                    "expected a column customer_id, email_sha256 or email; found {:?}",
+                    df.get_column_names()
+                ),
+            }])
+            .into());
+        }
+        Ok(s)
+    }
+}
+
+/// The identity graph kept between runs.
+#[derive(Debug, Clone)]
+pub struct IdentityState {
+    /// node, customer_id, first_seen, last_seen (µs).
+    pub nodes: DataFrame,
+    /// a, b: node keys, a < b.
+    pub edges: DataFrame,
+}
+
+impl IdentityState {
+    const NODES: &'static str = "identity_nodes.parquet";
+    const EDGES: &'static str = "identity_edges.parquet";
+
+    /// Loads the state from `dir`, or None on a first run.
+    pub fn load(dir: &Path) -> Result<Option<IdentityState>> {
+        let (n, e) = (dir.join(Self::NODES), dir.join(Self::EDGES));
+        if !n.exists() {
+            return Ok(None);
+        }
+        let read = |p: &Path| -> Result<DataFrame> {
+            let f = std::fs::File::open(p).ctx(format!("opening {}", p.display()))?;
+            ParquetReader::new(f)
+                .finish()
+                .ctx(format!("reading {}", p.display()))
+        };
+        Ok(Some(IdentityState {
+            nodes: read(&n)?,
+            edges: read(&e)?,
+        }))
+    }
+
+    /// Writes the state into `dir` (each file written aside, then renamed into place).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        for (name, df) in [(Self::NODES, &self.nodes), (Self::EDGES, &self.edges)] {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            write_parquet(&mut df.clone(), &tmp)?;
+            std::fs::rename(&tmp, dir.join(name)).ctx(format!("replacing {name}"))?;
+        }
+        Ok(())
+    }
+}
 
 /// Result of identity resolution.
 pub struct Resolved {
-    /// The events with a `customer_id` column.
+    /// The events with a `customer_id` column (suppressed customers' events removed).
     pub events: DataFrame,
     /// kind, identifier, customer_id, first_seen, last_seen: one row per identifier.
     pub identity: DataFrame,
     /// customer_id, user_id (latest non-e-mail user id), email_sha256 (latest e-mail).
     pub customers: DataFrame,
+    /// Customer ids that this run merged or split: previous_id, customer_id, reason.
+    pub changes: DataFrame,
+    /// Identifiers whose edges the guards ignore: kind, identifier, degree, limit.
+    pub shared: DataFrame,
+    /// The state to keep for the next run.
+    pub state: IdentityState,
+    pub suppressed_customers: usize,
+    pub suppressed_events: usize,
 }
 
 /// Normalises an e-mail for hashing: trimmed, lower case.
@@ -44,18 +203,12 @@ pub fn normalise_email(raw: &str) -> String {
     raw.trim().to_lowercase()
 }
 
-/// The graph node of a raw `user_id`: an e-mail becomes `email_sha256:<hash>`.
-fn user_node(raw: &str) -> String {
-    let trimmed = raw.trim();
-    if trimmed.contains('@') {
-        format!(
-            "{}:{}",
-            kind::EMAIL_SHA256,
-            sha256_hex(&normalise_email(trimmed))
-        )
-    } else {
-        format!("{}:{}", kind::USER_ID, trimmed)
-    }
+fn node(kind: &str, value: &str) -> String {
+    format!("{kind}:{value}")
+}
+
+fn kind_of(node: &str) -> &str {
+    node.split_once(':').map(|(k, _)| k).unwrap_or("")
 }
 
 /// Union-find with path halving and union by size.
@@ -118,165 +271,453 @@ fn micros(df: &DataFrame, name: &str) -> Result<Vec<i64>> {
         .collect())
 }
 
-/// Resolves identities; see the module documentation.
-pub fn resolve(events: &DataFrame) -> Result<Resolved> {
-    // Raw user id -> node, computed once per distinct value (hashing e-mails).
-    let raw_ids = events
-        .column(ev::USER_ID)
-        .ctx("user_id")?
+/// The node columns of an event, person-level identifiers first: an event is attached to
+/// its first non-null node, so that a login on a shared device goes to the person.
+const NODE_COLUMNS: [(&str, &str); 6] = [
+    ("_n_user", ev::USER_ID),
+    ("_n_email", ev::EMAIL),
+    ("_n_loyalty", ev::LOYALTY_ID),
+    ("_n_client", ev::CLIENT_USERID),
+    ("_n_cookie", ev::DOMAIN_USERID),
+    ("_n_network", ev::NETWORK_USERID),
+];
+const PRIMARY: &str = "_node";
+
+/// Maps distinct raw values of `column` to node keys with `f` (e-mail hashing happens once
+/// per distinct value, not per event).
+fn value_map(
+    events: &DataFrame,
+    column: &str,
+    alias: &str,
+    f: impl Fn(&str) -> Option<String>,
+) -> Result<LazyFrame> {
+    let raw = events
+        .column(column)
+        .ctx(column.to_string())?
         .as_materialized_series()
         .unique_stable()
-        .ctx("user_id")?
+        .ctx(column.to_string())?
         .drop_nulls();
-    let raw_ids: Vec<String> = raw_ids
+    let raw: Vec<String> = raw
         .str()
-        .ctx("user_id")?
+        .ctx(column.to_string())?
         .iter()
         .flatten()
         .map(str::to_string)
         .collect();
-    let nodes: Vec<String> = raw_ids.iter().map(|r| user_node(r)).collect();
-    let user_map = DataFrame::new(
-        raw_ids.len(),
+    let nodes: Vec<Option<String>> = raw.iter().map(|r| f(r)).collect();
+    Ok(DataFrame::new(
+        raw.len(),
         vec![
-            Column::new(ev::USER_ID.into(), raw_ids),
-            Column::new(USER_NODE.into(), nodes),
+            Column::new(column.into(), raw),
+            Column::new(alias.into(), nodes),
         ],
     )
-    .ctx("user map")?;
+    .ctx("identity values")?
+    .lazy())
+}
 
-    let with_nodes = events
+/// Resolves identities; see the module documentation.
+pub fn resolve(
+    events: &DataFrame,
+    previous: Option<&IdentityState>,
+    limits: &BTreeMap<String, usize>,
+    suppression: &Suppression,
+) -> Result<Resolved> {
+    let user = |raw: &str| {
+        let t = raw.trim();
+        (!t.is_empty()).then(|| {
+            if t.contains('@') {
+                node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(t)))
+            } else {
+                node(kind::USER_ID, t)
+            }
+        })
+    };
+    let email = |raw: &str| {
+        (!raw.trim().is_empty())
+            .then(|| node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(raw))))
+    };
+    let mut lf = events
         .clone()
         .lazy()
         .join(
-            user_map.lazy(),
+            value_map(events, ev::USER_ID, "_n_user", user)?,
             [col(ev::USER_ID)],
             [col(ev::USER_ID)],
             crate::util::left_join_ordered(),
         )
-        .with_columns([
-            (lit(format!("{}:", kind::DOMAIN_USERID)) + col(ev::DOMAIN_USERID)).alias(COOKIE_NODE),
-        ])
-        .with_columns([coalesce(&[
-            col(COOKIE_NODE),
-            col(USER_NODE),
-            lit(format!("{}:", kind::NETWORK_USERID)) + col(ev::NETWORK_USERID),
-        ])
-        .alias(NODE)])
+        .join(
+            value_map(events, ev::EMAIL, "_n_email", email)?,
+            [col(ev::EMAIL)],
+            [col(ev::EMAIL)],
+            crate::util::left_join_ordered(),
+        );
+    for (alias, column, k) in [
+        ("_n_loyalty", ev::LOYALTY_ID, kind::LOYALTY_ID),
+        ("_n_client", ev::CLIENT_USERID, kind::CLIENT_SESSION_USERID),
+        ("_n_cookie", ev::DOMAIN_USERID, kind::DOMAIN_USERID),
+        ("_n_network", ev::NETWORK_USERID, kind::NETWORK_USERID),
+    ] {
+        lf = lf.with_column((lit(format!("{k}:")) + col(column)).alias(alias));
+    }
+    let with_nodes = lf
+        .with_column(coalesce(&NODE_COLUMNS.map(|(a, _)| col(a))).alias(PRIMARY))
         .collect()
         .ctx("identity nodes")?;
 
-    // Every identifier with its first and last sighting.
-    let node_stats = concat(
-        [
+    // Nodes seen now, with first and last sighting.
+    let sightings: Vec<LazyFrame> = NODE_COLUMNS
+        .iter()
+        .map(|(a, _)| {
             with_nodes
                 .clone()
                 .lazy()
-                .select([col(NODE).alias(NODE), col(ev::TSTAMP)]),
-            with_nodes
-                .clone()
-                .lazy()
-                .select([col(USER_NODE).alias(NODE), col(ev::TSTAMP)]),
-        ],
-        UnionArgs::default(),
-    )
-    .ctx("identity nodes")?
-    .filter(col(NODE).is_not_null())
-    .group_by([col(NODE)])
-    .agg([
-        col(ev::TSTAMP).min().alias(FIRST_SEEN),
-        col(ev::TSTAMP).max().alias(LAST_SEEN),
-    ])
-    .sort([NODE], Default::default())
-    .collect()
-    .ctx("identity nodes")?;
-    let edges = with_nodes
-        .clone()
-        .lazy()
-        .filter(
-            col(COOKIE_NODE)
-                .is_not_null()
-                .and(col(USER_NODE).is_not_null()),
-        )
-        .select([col(COOKIE_NODE), col(USER_NODE)])
+                .select([col(*a).alias(NODE), col(ev::TSTAMP)])
+        })
+        .collect();
+    let nodes_now = concat(sightings, UnionArgs::default())
+        .ctx("identity nodes")?
+        .filter(col(NODE).is_not_null())
+        .group_by([col(NODE)])
+        .agg([
+            col(ev::TSTAMP)
+                .min()
+                .cast(DataType::Int64)
+                .alias(FIRST_SEEN),
+            col(ev::TSTAMP).max().cast(DataType::Int64).alias(LAST_SEEN),
+        ])
+        .collect()
+        .ctx("identity nodes")?;
+    // Edges seen now: every pair of identifiers on one event.
+    let mut pair_frames = Vec::new();
+    for (i, (a, _)) in NODE_COLUMNS.iter().enumerate() {
+        for (b, _) in &NODE_COLUMNS[i + 1..] {
+            let (a, b) = (*a, *b);
+            pair_frames.push(
+                with_nodes
+                    .clone()
+                    .lazy()
+                    .filter(col(a).is_not_null().and(col(b).is_not_null()))
+                    .select([col(a).alias(EDGE_A), col(b).alias(EDGE_B)]),
+            );
+        }
+    }
+    let edges_now = concat(pair_frames, UnionArgs::default())
+        .ctx("identity edges")?
         .unique(None, UniqueKeepStrategy::Any)
         .collect()
         .ctx("identity edges")?;
 
-    let names: Vec<String> = strings(&node_stats, NODE)?
+    // Combine with the previous state.
+    let mut first: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut previous_id: HashMap<String, String> = HashMap::new();
+    let mut add_node = |n: String, f: i64, l: i64| {
+        let e = first.entry(n).or_insert((f, l));
+        e.0 = e.0.min(f);
+        e.1 = e.1.max(l);
+    };
+    if let Some(prev) = previous {
+        let (names, ids) = (
+            strings(&prev.nodes, NODE)?,
+            strings(&prev.nodes, ev::CUSTOMER_ID)?,
+        );
+        for ((n, id), (f, l)) in names.into_iter().zip(ids).zip(
+            micros(&prev.nodes, FIRST_SEEN)?
+                .into_iter()
+                .zip(micros(&prev.nodes, LAST_SEEN)?),
+        ) {
+            if let (Some(n), Some(id)) = (n, id) {
+                previous_id.insert(n.clone(), id);
+                add_node(n, f, l);
+            }
+        }
+    }
+    for ((n, f), l) in strings(&nodes_now, NODE)?
         .into_iter()
-        .map(Option::unwrap_or_default)
-        .collect();
-    let first_seen = micros(&node_stats, FIRST_SEEN)?;
+        .zip(micros(&nodes_now, FIRST_SEEN)?)
+        .zip(micros(&nodes_now, LAST_SEEN)?)
+    {
+        add_node(n.expect("not null"), f, l);
+    }
+    let mut edge_set: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut add_edges = |df: &DataFrame| -> Result<()> {
+        for (a, b) in strings(df, EDGE_A)?.into_iter().zip(strings(df, EDGE_B)?) {
+            if let (Some(a), Some(b)) = (a, b)
+                && a != b
+            {
+                edge_set.insert(if a < b { (a, b) } else { (b, a) });
+            }
+        }
+        Ok(())
+    };
+    if let Some(prev) = previous {
+        add_edges(&prev.edges)?;
+    }
+    add_edges(&edges_now)?;
+
+    // Suppression: customers named by id, or owning a suppressed e-mail, are forgotten.
+    let names: Vec<String> = first.keys().cloned().collect();
     let index: HashMap<&str, usize> = names
         .iter()
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
         .collect();
-    let mut sets = DisjointSets::new(names.len());
-    for (a, b) in strings(&edges, COOKIE_NODE)?
-        .into_iter()
-        .zip(strings(&edges, USER_NODE)?)
-    {
-        if let (Some(a), Some(b)) = (a, b) {
-            sets.union(index[a.as_str()], index[b.as_str()]);
-        }
+
+    // Guards on the cumulative graph.
+    let mut neighbours: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); names.len()];
+    for (a, b) in &edge_set {
+        let (ia, ib) = (index[a.as_str()], index[b.as_str()]);
+        neighbours[ia].insert(ib);
+        neighbours[ib].insert(ia);
     }
-    // Representative: the earliest-seen identifier of the component (ties: by name).
-    let mut rep: HashMap<usize, usize> = HashMap::new();
-    for i in 0..names.len() {
-        let root = sets.find(i);
-        let best = rep.entry(root).or_insert(i);
-        if (first_seen[i], &names[i]) < (first_seen[*best], &names[*best]) {
-            *best = i;
-        }
-    }
-    let customer_ids: Vec<String> = (0..names.len())
-        .map(|i| format!("c_{}", &sha256_hex(&names[rep[&sets.find(i)]])[..16]))
-        .collect();
-    let (kinds, identifiers): (Vec<String>, Vec<String>) = names
+    let shared: Vec<bool> = names
         .iter()
-        .map(|n| {
-            let (k, v) = n.split_once(':').expect("node is kind:value");
-            (k.to_string(), v.to_string())
+        .enumerate()
+        .map(|(i, n)| {
+            limits
+                .get(kind_of(n))
+                .is_some_and(|&l| neighbours[i].len() > l)
         })
-        .unzip();
-    let node_map = DataFrame::new(
-        names.len(),
+        .collect();
+    let mut sets = DisjointSets::new(names.len());
+    for (a, b) in &edge_set {
+        let (ia, ib) = (index[a.as_str()], index[b.as_str()]);
+        if !shared[ia] && !shared[ib] {
+            sets.union(ia, ib);
+        }
+    }
+    let mut components: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for i in 0..names.len() {
+        components.entry(sets.find(i)).or_default().push(i);
+    }
+    let rank = |i: usize| (first[&names[i]].0, names[i].as_str());
+    let mut comps: Vec<Vec<usize>> = components.into_values().collect();
+    for c in &mut comps {
+        c.sort_by(|&a, &b| rank(a).cmp(&rank(b)));
+    }
+    comps.sort_by(|a, b| rank(a[0]).cmp(&rank(b[0])));
+
+    // Previous ids ranked by their oldest identifier: the older id survives a merge.
+    let mut id_rank: HashMap<&str, (i64, &str)> = HashMap::new();
+    for (i, n) in names.iter().enumerate() {
+        if let Some(id) = previous_id.get(n) {
+            let r = rank(i);
+            id_rank
+                .entry(id.as_str())
+                .and_modify(|x| *x = (*x).min(r))
+                .or_insert(r);
+        }
+    }
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut customer_of = vec![String::new(); names.len()];
+    let mut changes: Vec<(String, String, &'static str)> = Vec::new();
+    for c in &comps {
+        let mut claimed: Vec<&str> = c
+            .iter()
+            .filter_map(|&i| previous_id.get(&names[i]).map(String::as_str))
+            .collect();
+        claimed.sort_by(|a, b| id_rank[a].cmp(&id_rank[b]).then(a.cmp(b)));
+        claimed.dedup();
+        let id = match claimed.iter().find(|p| !taken.contains(**p)) {
+            Some(p) => p.to_string(),
+            None => {
+                let mut salt = 0;
+                loop {
+                    let seed = if salt == 0 {
+                        names[c[0]].clone()
+                    } else {
+                        format!("{}#{salt}", names[c[0]])
+                    };
+                    let id = format!("c_{}", &sha256_hex(&seed)[..16]);
+                    // Never reuse an id that is taken or that another component may claim.
+                    if !taken.contains(&id) && !id_rank.contains_key(id.as_str()) {
+                        break id;
+                    }
+                    salt += 1;
+                }
+            }
+        };
+        for p in &claimed {
+            if *p != id {
+                let reason = if taken.contains(*p) {
+                    "split"
+                } else {
+                    "merged"
+                };
+                changes.push((p.to_string(), id.clone(), reason));
+            }
+        }
+        taken.insert(id.clone());
+        for &i in c {
+            customer_of[i] = id.clone();
+        }
+    }
+    let suppressed_ids: BTreeSet<String> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            kind_of(n) == kind::EMAIL_SHA256
+                && suppression
+                    .email_sha256
+                    .contains(&n[kind::EMAIL_SHA256.len() + 1..])
+        })
+        .map(|(i, _)| customer_of[i].clone())
+        .chain(suppression.customer_ids.iter().cloned())
+        .collect();
+    let keep: Vec<bool> = customer_of
+        .iter()
+        .map(|c| !suppressed_ids.contains(c))
+        .collect();
+    let suppressed_customers = customer_of
+        .iter()
+        .filter(|c| suppressed_ids.contains(*c))
+        .collect::<BTreeSet<_>>()
+        .len();
+
+    let kept = |i: &usize| keep[*i];
+    let idx: Vec<usize> = (0..names.len()).filter(kept).collect();
+    let node_df = DataFrame::new(
+        idx.len(),
         vec![
-            Column::new(NODE.into(), names),
-            Column::new(ev::CUSTOMER_ID.into(), customer_ids),
+            Column::new(
+                NODE.into(),
+                idx.iter().map(|&i| names[i].clone()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                ev::CUSTOMER_ID.into(),
+                idx.iter()
+                    .map(|&i| customer_of[i].clone())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                FIRST_SEEN.into(),
+                idx.iter().map(|&i| first[&names[i]].0).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                LAST_SEEN.into(),
+                idx.iter().map(|&i| first[&names[i]].1).collect::<Vec<_>>(),
+            ),
         ],
     )
-    .ctx("identity map")?;
+    .ctx("identity state")?;
+    let kept_edges: Vec<&(String, String)> = edge_set
+        .iter()
+        .filter(|(a, b)| keep[index[a.as_str()]] && keep[index[b.as_str()]])
+        .collect();
+    let edge_df = DataFrame::new(
+        kept_edges.len(),
+        vec![
+            Column::new(
+                EDGE_A.into(),
+                kept_edges.iter().map(|e| e.0.clone()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                EDGE_B.into(),
+                kept_edges.iter().map(|e| e.1.clone()).collect::<Vec<_>>(),
+            ),
+        ],
+    )
+    .ctx("identity state")?;
+    let shared_idx: Vec<usize> = (0..names.len()).filter(|&i| shared[i] && keep[i]).collect();
+    let shared_df = DataFrame::new(
+        shared_idx.len(),
+        vec![
+            Column::new(
+                KIND.into(),
+                shared_idx
+                    .iter()
+                    .map(|&i| kind_of(&names[i]).to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                IDENTIFIER.into(),
+                shared_idx
+                    .iter()
+                    .map(|&i| names[i][kind_of(&names[i]).len() + 1..].to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                DEGREE.into(),
+                shared_idx
+                    .iter()
+                    .map(|&i| neighbours[i].len() as u64)
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                LIMIT.into(),
+                shared_idx
+                    .iter()
+                    .map(|&i| limits[kind_of(&names[i])] as u64)
+                    .collect::<Vec<_>>(),
+            ),
+        ],
+    )
+    .ctx("shared identifiers")?;
+    let changes_df = DataFrame::new(
+        changes.len(),
+        vec![
+            Column::new(
+                "previous_id".into(),
+                changes.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                ev::CUSTOMER_ID.into(),
+                changes.iter().map(|c| c.1.clone()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "reason".into(),
+                changes.iter().map(|c| c.2).collect::<Vec<_>>(),
+            ),
+        ],
+    )
+    .ctx("identity changes")?;
 
+    let map = node_df
+        .clone()
+        .lazy()
+        .select([col(NODE).alias(PRIMARY), col(ev::CUSTOMER_ID)]);
+    let before = with_nodes.height();
+    let drop: Vec<&str> = NODE_COLUMNS
+        .iter()
+        .map(|(a, _)| *a)
+        .chain([PRIMARY])
+        .collect();
     let events_out = with_nodes
         .lazy()
         .join(
-            node_map.clone().lazy(),
-            [col(NODE)],
-            [col(NODE)],
+            map,
+            [col(PRIMARY)],
+            [col(PRIMARY)],
             crate::util::left_join_ordered(),
         )
-        .drop(cols([NODE, USER_NODE, COOKIE_NODE]))
+        .filter(col(ev::CUSTOMER_ID).is_not_null())
+        .drop(cols(drop))
         .collect()
         .ctx("assigning customer ids")?;
+    let suppressed_events = before - events_out.height();
 
-    let mut identity = node_stats.clone();
-    identity
-        .with_column(Column::new(KIND.into(), kinds))
-        .ctx("identity")?;
-    identity
-        .with_column(Column::new(IDENTIFIER.into(), identifiers))
-        .ctx("identity")?;
-    let identity = identity
+    let identity = node_df
+        .clone()
         .lazy()
-        .join(
-            node_map.lazy(),
-            [col(NODE)],
-            [col(NODE)],
-            JoinArgs::new(JoinType::Left),
-        )
+        .with_columns([
+            lit(Series::new(
+                KIND.into(),
+                idx.iter()
+                    .map(|&i| kind_of(&names[i]).to_string())
+                    .collect::<Vec<_>>(),
+            ))
+            .alias(KIND),
+            lit(Series::new(
+                IDENTIFIER.into(),
+                idx.iter()
+                    .map(|&i| names[i][kind_of(&names[i]).len() + 1..].to_string())
+                    .collect::<Vec<_>>(),
+            ))
+            .alias(IDENTIFIER),
+            col(FIRST_SEEN).cast(crate::util::utc()),
+            col(LAST_SEEN).cast(crate::util::utc()),
+        ])
         .select([
             col(KIND),
             col(IDENTIFIER),
@@ -301,6 +742,7 @@ pub fn resolve(events: &DataFrame) -> Result<Resolved> {
             .group_by([col(ev::CUSTOMER_ID)])
             .agg([col(IDENTIFIER).last().alias(alias)])
     };
+    let on = || [col(ev::CUSTOMER_ID)];
     let customers = identity
         .clone()
         .lazy()
@@ -308,14 +750,14 @@ pub fn resolve(events: &DataFrame) -> Result<Resolved> {
         .unique(None, UniqueKeepStrategy::Any)
         .join(
             latest(kind::USER_ID, output::USER_ID),
-            [col(ev::CUSTOMER_ID)],
-            [col(ev::CUSTOMER_ID)],
+            on(),
+            on(),
             JoinArgs::new(JoinType::Left),
         )
         .join(
             latest(kind::EMAIL_SHA256, output::EMAIL_SHA256),
-            [col(ev::CUSTOMER_ID)],
-            [col(ev::CUSTOMER_ID)],
+            on(),
+            on(),
             JoinArgs::new(JoinType::Left),
         )
         .sort([ev::CUSTOMER_ID], Default::default())
@@ -325,6 +767,14 @@ pub fn resolve(events: &DataFrame) -> Result<Resolved> {
         events: events_out,
         identity,
         customers,
+        changes: changes_df,
+        shared: shared_df,
+        state: IdentityState {
+            nodes: node_df,
+            edges: edge_df,
+        },
+        suppressed_customers,
+        suppressed_events,
     })
 }
 
@@ -332,7 +782,17 @@ pub fn resolve(events: &DataFrame) -> Result<Resolved> {
 mod tests {
     use super::*;
 
-    fn events(rows: &[(&str, Option<&str>, Option<&str>, i64)]) -> DataFrame {
+    /// (event_id, cookie, user_id, loyalty_id, time)
+    type Row<'a> = (
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        i64,
+    );
+
+    fn events(rows: &[Row]) -> DataFrame {
+        let none = || rows.iter().map(|_| None::<&str>).collect::<Vec<_>>();
         DataFrame::new(
             rows.len(),
             vec![
@@ -349,16 +809,29 @@ mod tests {
                     rows.iter().map(|r| r.2).collect::<Vec<_>>(),
                 ),
                 Column::new(
-                    ev::NETWORK_USERID.into(),
-                    rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
+                    ev::LOYALTY_ID.into(),
+                    rows.iter().map(|r| r.3).collect::<Vec<_>>(),
                 ),
+                Column::new(ev::NETWORK_USERID.into(), none()),
+                Column::new(ev::CLIENT_USERID.into(), none()),
+                Column::new(ev::EMAIL.into(), none()),
                 Column::new(
                     ev::TSTAMP.into(),
-                    rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+                    rows.iter().map(|r| r.4).collect::<Vec<_>>(),
                 )
                 .cast(&crate::util::utc())
                 .unwrap(),
             ],
+        )
+        .unwrap()
+    }
+
+    fn run(rows: &[Row], prev: Option<&IdentityState>) -> Resolved {
+        resolve(
+            &events(rows),
+            prev,
+            &default_limits(),
+            &Suppression::default(),
         )
         .unwrap()
     }
@@ -380,54 +853,167 @@ mod tests {
             .to_string()
     }
 
+    /// identifier -> customer id
+    fn mapping(r: &Resolved) -> BTreeMap<String, String> {
+        let n = strings(&r.state.nodes, NODE).unwrap();
+        let c = strings(&r.state.nodes, ev::CUSTOMER_ID).unwrap();
+        n.into_iter()
+            .zip(c)
+            .map(|(a, b)| (a.unwrap(), b.unwrap()))
+            .collect()
+    }
+
+    const STORY: [Row<'static>; 7] = [
+        // cookie A -> user X <- cookie B -> e-mail E (typed two ways) <- offline id O
+        ("1", Some("A"), None, None, 10),
+        ("2", Some("A"), Some("X"), None, 20),
+        ("3", Some("B"), Some("X"), None, 30),
+        ("4", Some("B"), Some("Jane@Example.com "), None, 40),
+        ("5", None, Some("jane@example.com"), Some("O-77"), 50),
+        ("6", None, None, Some("O-77"), 60),
+        ("7", Some("D"), None, None, 5),
+    ];
+
     #[test]
-    fn cookies_join_through_users_transitively_and_emails_normalise() {
-        // cookie A -> user X <- cookie B -> e-mail E (typed two ways) <- cookie C; cookie D alone.
-        let r = resolve(&events(&[
-            ("1", Some("A"), None, 10),
-            ("2", Some("A"), Some("X"), 20),
-            ("3", Some("B"), Some("X"), 30),
-            ("4", Some("B"), Some("Jane@Example.com "), 40),
-            ("5", Some("C"), Some("jane@example.com"), 50),
-            ("6", Some("D"), None, 5),
-        ]))
-        .unwrap();
+    fn identities_join_transitively_across_on_and_offline() {
+        let r = run(&STORY, None);
         let a = customer_of(&r, "1");
-        for e in ["2", "3", "4", "5"] {
+        for e in ["2", "3", "4", "5", "6"] {
             assert_eq!(customer_of(&r, e), a, "event {e}");
         }
-        assert_ne!(customer_of(&r, "6"), a);
+        assert_ne!(customer_of(&r, "7"), a);
         assert_eq!(r.customers.height(), 2);
-        // The e-mail is stored hashed, never raw.
-        let ids: Vec<String> = r
-            .identity
-            .column(IDENTIFIER)
+        // The id comes from the earliest identifier (cookie D at t=5 for the other one).
+        assert_eq!(a, format!("c_{}", &sha256_hex("domain_userid:A")[..16]));
+        // E-mails are stored hashed only.
+        let ids: Vec<String> = strings(&r.identity, IDENTIFIER)
             .unwrap()
-            .str()
-            .unwrap()
-            .iter()
+            .into_iter()
             .flatten()
-            .map(str::to_string)
             .collect();
         assert!(ids.contains(&sha256_hex("jane@example.com")));
         assert!(!ids.iter().any(|i| i.contains('@')));
+        assert!(ids.contains(&"O-77".to_string()));
     }
 
     #[test]
-    fn customer_ids_do_not_depend_on_input_order() {
-        let rows = [
-            ("1", Some("A"), None, 10),
-            ("2", Some("A"), Some("X"), 20),
-            ("3", Some("B"), Some("X"), 30),
-            ("4", Some("C"), None, 40),
-        ];
-        let mut reversed = rows;
+    fn the_result_does_not_depend_on_input_order() {
+        let mut reversed = STORY;
         reversed.reverse();
-        let r1 = resolve(&events(&rows)).unwrap();
-        let r2 = resolve(&events(&reversed)).unwrap();
-        for e in ["1", "2", "3", "4"] {
-            assert_eq!(customer_of(&r1, e), customer_of(&r2, e));
-        }
+        let (r1, r2) = (run(&STORY, None), run(&reversed, None));
+        assert_eq!(mapping(&r1), mapping(&r2));
         assert!(r1.identity.equals_missing(&r2.identity));
+    }
+
+    #[test]
+    fn nightly_runs_with_state_equal_one_run_over_all_days() {
+        let full = run(&STORY, None);
+        let mut state: Option<IdentityState> = None;
+        let mut last = None;
+        // One "night" per event, in time order.
+        let mut nights = STORY;
+        nights.sort_by_key(|r| r.4);
+        for row in nights {
+            let r = run(&[row], state.as_ref());
+            state = Some(r.state.clone());
+            last = Some(r);
+        }
+        let last = last.unwrap();
+        assert_eq!(mapping(&full), mapping(&last));
+        // Merges happened along the way and were logged; none in the full run.
+        assert_eq!(full.changes.height(), 0);
+    }
+
+    #[test]
+    fn ids_are_stable_merges_keep_the_older_id_and_a_quiet_night_changes_nothing() {
+        let day1 = run(
+            &[
+                ("1", Some("A"), Some("X"), None, 10),
+                ("2", Some("B"), Some("Y"), None, 20),
+            ],
+            None,
+        );
+        let (a, b) = (
+            mapping(&day1)["user_id:X"].clone(),
+            mapping(&day1)["user_id:Y"].clone(),
+        );
+        assert_ne!(a, b);
+        // Night 2: cookie B logs in as X -> the customers merge; A's id (older) survives.
+        let day2 = run(&[("3", Some("B"), Some("X"), None, 30)], Some(&day1.state));
+        assert_eq!(mapping(&day2)["user_id:Y"], a);
+        let changes = day2.changes.clone();
+        assert_eq!(strings(&changes, "previous_id").unwrap(), [Some(b.clone())]);
+        assert_eq!(
+            strings(&changes, "reason").unwrap(),
+            [Some("merged".to_string())]
+        );
+        // Night 3 adds nothing new: the state is unchanged.
+        let day3 = run(&[("4", Some("A"), None, None, 40)], Some(&day2.state));
+        assert_eq!(mapping(&day3), mapping(&day2));
+        assert!(day3.state.edges.equals_missing(&day2.state.edges));
+        assert_eq!(day3.changes.height(), 0);
+    }
+
+    #[test]
+    fn a_cookie_shared_by_500_user_ids_does_not_merge_them() {
+        let ids: Vec<String> = (0..500).map(|i| format!("user{i}")).collect();
+        let eids: Vec<String> = (0..500).map(|i| format!("e{i}")).collect();
+        let mut rows: Vec<Row> = (0..500)
+            .map(|i| {
+                (
+                    eids[i].as_str(),
+                    Some("KIOSK"),
+                    Some(ids[i].as_str()),
+                    None,
+                    i as i64,
+                )
+            })
+            .collect();
+        // And one genuine person: cookie P with user P1.
+        rows.push(("p", Some("P"), Some("P1"), None, 1));
+        rows.push(("q", Some("P"), None, None, 2));
+        let r = run(&rows, None);
+        let customers: BTreeSet<String> = mapping(&r).into_values().collect();
+        // 500 users + the kiosk cookie alone + the genuine person.
+        assert_eq!(customers.len(), 502);
+        assert_eq!(customer_of(&r, "p"), customer_of(&r, "q"));
+        assert_ne!(customer_of(&r, "e1"), customer_of(&r, "e2"));
+        // The offending identifier is reported with its degree.
+        assert_eq!(
+            strings(&r.shared, IDENTIFIER).unwrap(),
+            [Some("KIOSK".to_string())]
+        );
+        assert_eq!(
+            r.shared.column(DEGREE).unwrap().u64().unwrap().get(0),
+            Some(500)
+        );
+    }
+
+    #[test]
+    fn suppressed_people_vanish_from_state_and_events() {
+        let first = run(&STORY, None);
+        let jane = mapping(&first)["user_id:X"].clone();
+        let s = Suppression {
+            customer_ids: BTreeSet::new(),
+            email_sha256: [sha256_hex("jane@example.com")].into(),
+        };
+        let r = resolve(&events(&STORY), Some(&first.state), &default_limits(), &s).unwrap();
+        assert_eq!(r.suppressed_customers, 1);
+        assert_eq!(r.suppressed_events, 6);
+        assert_eq!(r.events.height(), 1);
+        assert!(!mapping(&r).values().any(|c| *c == jane));
+        assert!(
+            !strings(&r.identity, ev::CUSTOMER_ID)
+                .unwrap()
+                .contains(&Some(jane.clone()))
+        );
+        assert_eq!(r.state.edges.height(), 0);
+        // By customer id too.
+        let s = Suppression {
+            customer_ids: [jane.clone()].into(),
+            email_sha256: BTreeSet::new(),
+        };
+        let r = resolve(&events(&STORY), None, &default_limits(), &s).unwrap();
+        assert_eq!(r.customers.height(), 1);
     }
 }

@@ -301,6 +301,12 @@ impl Reader<'_> {
             self.string(sp::NETWORK_USERID).alias(ev::NETWORK_USERID),
             self.string(sp::DOMAIN_SESSIONID)
                 .alias(ev::DOMAIN_SESSIONID),
+            self.context(sp::CLIENT_SESSION, "session_id", st.clone())
+                .alias(ev::CLIENT_SESSIONID),
+            self.context(sp::CLIENT_SESSION, "user_id", st.clone())
+                .alias(ev::CLIENT_USERID),
+            lit(NULL).cast(st.clone()).alias(ev::EMAIL),
+            lit(NULL).cast(st.clone()).alias(ev::LOYALTY_ID),
             self.string(sp::PAGE_URL).alias(ev::PAGE_URL),
             page_path.alias(ev::PAGE_PATH),
             self.string(sp::PAGE_REFERRER).alias(ev::PAGE_REFERRER),
@@ -363,7 +369,10 @@ fn quarantine_reason() -> Expr {
         .or(col(ev::USER_ID)
             .is_not_null()
             .and(col(ev::USER_ID).neq(lit(""))))
-        .or(col(ev::NETWORK_USERID).is_not_null());
+        .or(col(ev::NETWORK_USERID).is_not_null())
+        .or(col(ev::CLIENT_USERID).is_not_null())
+        .or(col(ev::EMAIL).is_not_null())
+        .or(col(ev::LOYALTY_ID).is_not_null());
     when(
         col(ev::EVENT_ID)
             .is_null()
@@ -374,7 +383,7 @@ fn quarantine_reason() -> Expr {
     .then(lit("missing collector_tstamp"))
     .when(has_identifier.not())
     .then(lit(
-        "no identifier (domain_userid, user_id, network_userid all null)",
+        "no identifier (user_id, domain_userid, network_userid, client session user, e-mail, loyalty id all null)",
     ))
     .when(col(ev::QUANTITY).lt(lit(0.0)))
     .then(lit("negative quantity"))

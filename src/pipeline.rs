@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub output: Option<String>,
     pub as_of: Option<NaiveDate>,
     pub horizon_days: Option<i64>,
+    /// State location; default: the job's, else `<output>/_state`.
+    pub state: Option<String>,
 }
 
 /// What a run did, for the summary and for tests.
@@ -127,7 +129,29 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let as_of = ingested.as_of;
     timer.lap("ingest");
 
-    let resolved = identity::resolve(&ingested.events)?;
+    let state_dir = PathBuf::from(
+        opts.state
+            .clone()
+            .or(job.state.clone())
+            .unwrap_or_else(|| output_root.join("_state").display().to_string()),
+    );
+    let previous = identity::IdentityState::load(&state_dir)?;
+    let suppression = match &job.suppression {
+        Some(p) => identity::Suppression::load(p)?,
+        None => identity::Suppression::default(),
+    };
+    let resolved = identity::resolve(
+        &ingested.events,
+        previous.as_ref(),
+        &job.identity_limits,
+        &suppression,
+    )?;
+    if resolved.shared.height() > 0 {
+        tracing::warn!(
+            count = resolved.shared.height(),
+            "shared identifiers ignored by the identity guards (see identity_shared.parquet)"
+        );
+    }
     timer.lap("identity");
 
     let (events, sessions) =
@@ -241,6 +265,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     rows.insert("sessions", sessions.height());
     rows.insert("snapshot_rows", snapshots.height());
     rows.insert("scored", scores.height());
+    rows.insert("identity_merges", resolved.changes.height());
+    rows.insert("identity_shared_identifiers", resolved.shared.height());
+    rows.insert("suppressed_customers", resolved.suppressed_customers);
+    rows.insert("suppressed_events", resolved.suppressed_events);
     timer.lap("publish");
     let metrics = MetricsFile {
         propel_version: env!("CARGO_PKG_VERSION"),
@@ -267,6 +295,9 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     )
     .ctx("writing metrics.json")?;
     let output_dir = staging.publish()?;
+    // State advances only once the run's outputs are published.
+    std::fs::create_dir_all(&state_dir).ctx(format!("creating {}", state_dir.display()))?;
+    resolved.state.write(&state_dir)?;
     Ok(RunSummary {
         output_dir,
         as_of,

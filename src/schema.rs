@@ -14,6 +14,13 @@ pub mod event {
     pub const DOMAIN_USERID: &str = "domain_userid";
     pub const NETWORK_USERID: &str = "network_userid";
     pub const DOMAIN_SESSIONID: &str = "domain_sessionid";
+    /// Mobile trackers' session id and user id (client_session context).
+    pub const CLIENT_SESSIONID: &str = "client_session_id";
+    pub const CLIENT_USERID: &str = "client_session_userid";
+    /// Raw e-mail (flat layout); hashed by identity, never written out.
+    pub const EMAIL: &str = "email";
+    /// Offline customer or loyalty number (flat layout).
+    pub const LOYALTY_ID: &str = "loyalty_id";
     pub const PAGE_URL: &str = "page_url";
     pub const PAGE_PATH: &str = "page_path";
     pub const PAGE_REFERRER: &str = "page_referrer";
@@ -158,6 +165,7 @@ pub mod snowplow {
         "unstruct_event_com_snowplowanalytics_snowplow_remove_from_cart_1";
     pub const SITE_SEARCH: &str = "unstruct_event_com_snowplowanalytics_snowplow_site_search_1";
     pub const WEB_PAGE: &str = "contexts_com_snowplowanalytics_snowplow_web_page_1";
+    pub const CLIENT_SESSION: &str = "contexts_com_snowplowanalytics_snowplow_client_session_1";
     pub const ECOMMERCE_TRANSACTION: &str =
         "contexts_com_snowplowanalytics_snowplow_ecommerce_transaction_1";
 

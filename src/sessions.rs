@@ -35,7 +35,11 @@ pub fn sessionize(events: &DataFrame, inactivity_minutes: i64) -> Result<(DataFr
     let fallback = events
         .clone()
         .lazy()
-        .filter(col(ev::DOMAIN_SESSIONID).is_null())
+        .filter(
+            col(ev::DOMAIN_SESSIONID)
+                .is_null()
+                .and(col(ev::CLIENT_SESSIONID).is_null()),
+        )
         .sort_by_exprs(
             [col(ev::CUSTOMER_ID), col(ev::TSTAMP), col(ev::EVENT_ID)],
             SortMultipleOptions::default(),
@@ -64,8 +68,14 @@ pub fn sessionize(events: &DataFrame, inactivity_minutes: i64) -> Result<(DataFr
     let tracked = events
         .clone()
         .lazy()
-        .filter(col(ev::DOMAIN_SESSIONID).is_not_null())
-        .with_column(col(ev::DOMAIN_SESSIONID).alias(ev::SESSION_ID));
+        .filter(
+            col(ev::DOMAIN_SESSIONID)
+                .is_not_null()
+                .or(col(ev::CLIENT_SESSIONID).is_not_null()),
+        )
+        .with_column(
+            coalesce(&[col(ev::DOMAIN_SESSIONID), col(ev::CLIENT_SESSIONID)]).alias(ev::SESSION_ID),
+        );
     let events = concat([tracked, fallback], UnionArgs::default())
         .ctx("sessions")?
         .sort_by_exprs(
@@ -154,6 +164,10 @@ mod tests {
                 Column::new(
                     ev::DOMAIN_SESSIONID.into(),
                     rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::CLIENT_SESSIONID.into(),
+                    rows.iter().map(|_| None::<&str>).collect::<Vec<_>>(),
                 ),
                 Column::new(
                     ev::TSTAMP.into(),

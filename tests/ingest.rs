@@ -156,7 +156,7 @@ fn dedupes_quarantines_and_normalises_with_known_answers() {
         reasons,
         [
             "missing event_id",
-            "no identifier (domain_userid, user_id, network_userid all null)"
+            "no identifier (user_id, domain_userid, network_userid, client session user, e-mail, loyalty id all null)"
         ]
     );
     // The duplicate kept is the one with the earliest collector_tstamp (page /y).

@@ -125,6 +125,27 @@ struct RawJob {
     features: Option<String>,
     model: Option<String>,
     sessions: Option<RawSessions>,
+    state: Option<RawState>,
+    identity: Option<RawIdentity>,
+    privacy: Option<RawPrivacy>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    limits: Option<std::collections::BTreeMap<String, usize>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    suppression: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -166,6 +187,12 @@ pub struct Job {
     pub model: ModelDef,
     /// Gap that ends a session when the tracker gave no session id. Default: 30 minutes.
     pub session_inactivity_minutes: i64,
+    /// Where state kept between runs lives (identity graph). Default: `<output>/_state`.
+    pub state: Option<String>,
+    /// Guard limits per identifier kind (see `identity::default_limits`).
+    pub identity_limits: std::collections::BTreeMap<String, usize>,
+    /// CSV of customers to forget (columns customer_id, email_sha256 or email). Default: none.
+    pub suppression: Option<PathBuf>,
 }
 
 impl Job {
@@ -205,6 +232,25 @@ impl Job {
                 format!("expected a positive number of minutes, found {inactivity}"),
             );
         }
+        let mut identity_limits = crate::identity::default_limits();
+        for (k, v) in raw.identity.and_then(|i| i.limits).unwrap_or_default() {
+            if let Some(limit) = identity_limits.get_mut(&k) {
+                *limit = v;
+            } else {
+                problems.push(
+                    format!("identity.limits.{k}"),
+                    format!(
+                        "unknown identifier kind `{k}`, expected one of {}{}",
+                        crate::identity::kind::ALL.join(", "),
+                        did_you_mean(&k, crate::identity::kind::ALL)
+                    ),
+                );
+            }
+        }
+        let suppression = raw
+            .privacy
+            .and_then(|p| p.suppression)
+            .map(|p| source.base.join(p));
         // The embedded job refers to the embedded feature and model files; a job file on
         // disk refers to files relative to itself.
         let features_src = match (&raw.features, embedded) {
@@ -245,6 +291,9 @@ impl Job {
             features: features.expect("checked above"),
             model: model.expect("checked above"),
             session_inactivity_minutes: inactivity,
+            state: raw.state.and_then(|s| s.url),
+            identity_limits,
+            suppression,
         })
     }
 }
