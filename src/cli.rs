@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
 
-use crate::config::{FeatureDef, FeatureKind, FeatureSet, Job, Over, Window};
+use crate::config::{FeatureDef, FeatureKind, FeatureSet, InputDef, Job, Layout, Over, Window};
 use crate::error::Result;
 use crate::generate::{GenerateOptions, generate};
 use crate::pipeline::{RunOptions, RunSummary, run};
@@ -43,9 +43,13 @@ pub enum Command {
         /// Job file (TOML). Default: the embedded default job.
         #[arg(long)]
         job: Option<PathBuf>,
-        /// Event location (directory of Parquet, optionally Hive-partitioned).
+        /// Snowplow Lake Loader event location (directory of Parquet, optionally
+        /// Hive-partitioned). Repeatable; replaces the job's inputs.
         #[arg(long)]
-        input: Option<String>,
+        input: Vec<String>,
+        /// Flat-layout event location (Parquet or CSV; offline sales, CRM, ...). Repeatable.
+        #[arg(long)]
+        flat_input: Vec<String>,
         /// Output location; the run writes <output>/<as-of>/.
         #[arg(long)]
         output: Option<String>,
@@ -83,8 +87,12 @@ pub enum Command {
     Validate {
         #[arg(long)]
         job: Option<PathBuf>,
+        /// Lake Loader input to check (repeatable). Default: the job's inputs.
         #[arg(long)]
-        input: Option<String>,
+        input: Vec<String>,
+        /// Flat-layout input to check (repeatable).
+        #[arg(long)]
+        flat_input: Vec<String>,
     },
 }
 
@@ -105,6 +113,15 @@ pub enum FeaturesCommand {
         #[arg(long)]
         job: Option<PathBuf>,
     },
+}
+
+fn cli_inputs(lake_loader: Vec<String>, flat: Vec<String>) -> Vec<InputDef> {
+    let one = |layout: Layout| move |url: String| InputDef { url, layout };
+    lake_loader
+        .into_iter()
+        .map(one(Layout::LakeLoader))
+        .chain(flat.into_iter().map(one(Layout::Flat)))
+        .collect()
 }
 
 fn feature_set(features: Option<PathBuf>, job: Option<PathBuf>) -> Result<FeatureSet> {
@@ -201,15 +218,16 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Run {
             job,
             input,
+            flat_input,
             output,
             as_of,
             horizon,
             state,
         } => {
-            let demo = job.is_none() && input.is_none();
+            let demo = job.is_none() && input.is_empty() && flat_input.is_empty();
             let mut opts = RunOptions {
                 job,
-                input,
+                inputs: cli_inputs(input, flat_input),
                 output,
                 as_of,
                 horizon_days: horizon,
@@ -238,7 +256,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                     "demo: {} events ({} duplicated), {} orders, {} files",
                     g.events, g.duplicates, g.orders, g.files
                 );
-                opts.input = Some(events.display().to_string());
+                opts.inputs = cli_inputs(vec![events.display().to_string()], vec![]);
                 opts.output = opts.output.or(Some(
                     PathBuf::from(DEMO_DIR).join("out").display().to_string(),
                 ));
@@ -322,7 +340,11 @@ pub fn execute(cli: Cli) -> Result<()> {
                 .into())
             }
         }
-        Command::Validate { job, input } => {
+        Command::Validate {
+            job,
+            input,
+            flat_input,
+        } => {
             let job = Job::load(job.as_deref())?;
             println!(
                 "job ok: {} features ({}), horizon {} days, {} audience(s)",
@@ -331,9 +353,17 @@ pub fn execute(cli: Cli) -> Result<()> {
                 job.model.horizon_days,
                 job.model.audiences.len()
             );
-            if let Some(location) = input.or(job.input) {
-                let n = crate::ingest::check_schemas(&location)?;
-                println!("input ok: {n} file(s) at {location} have the columns propel needs");
+            let inputs = cli_inputs(input, flat_input);
+            for i in if inputs.is_empty() {
+                &job.inputs
+            } else {
+                &inputs
+            } {
+                let n = crate::ingest::check_schemas(i)?;
+                println!(
+                    "input ok: {n} file(s) at {} ({:?}) have the columns propel needs",
+                    i.url, i.layout
+                );
             }
             Ok(())
         }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
+use crate::config::{InputDef, Layout};
 use crate::error::{Context, InputError, Result};
 use crate::schema::{EventType, event as ev, output, snowplow as sp};
 use crate::util::utc;
@@ -80,34 +81,70 @@ pub fn list_files(location: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads the file's schema and checks the mandatory columns.
-fn file_schema(path: &Path) -> Result<Schema> {
+fn is_csv(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+}
+
+/// Scans one file lazily: Parquet as is; CSV (flat layout) with every column as text, so
+/// that unparseable values are quarantined with a reason rather than failing the run.
+fn scan(path: &Path) -> Result<LazyFrame> {
+    let name = path.display().to_string();
+    let lf = if is_csv(path) {
+        LazyCsvReader::new(PlRefPath::new(name.as_str()))
+            .with_has_header(true)
+            .with_infer_schema_length(Some(0))
+            .finish()
+    } else {
+        LazyFrame::scan_parquet(PlRefPath::new(name.as_str()), ScanArgsParquet::default())
+    };
+    lf.map_err(|e| {
+        InputError::Unreadable {
+            location: name,
+            source: Box::new(e),
+        }
+        .into()
+    })
+}
+
+/// Reads the file's schema and checks the mandatory columns of its layout.
+fn file_schema(path: &Path, layout: Layout) -> Result<Schema> {
     let file = path.display().to_string();
-    let mut lf = LazyFrame::scan_parquet(PlRefPath::new(file.as_str()), ScanArgsParquet::default())
-        .and_then(|mut lf| lf.collect_schema().map(|_| lf))
+    let schema = scan(path)?
+        .collect_schema()
         .map_err(|e| InputError::Unreadable {
             location: file.clone(),
             source: Box::new(e),
         })?;
-    let schema = lf
-        .collect_schema()
-        .ctx(format!("reading schema of {file}"))?;
     let schema = (*schema).clone();
-    for column in sp::MANDATORY {
+    let mandatory: &[(&str, &str)] = match layout {
+        Layout::LakeLoader => &[
+            (sp::EVENT_ID, "a string event id"),
+            (sp::COLLECTOR_TSTAMP, "a UTC timestamp"),
+        ],
+        Layout::Flat => &[
+            (ev::EVENT_ID, "a string event id"),
+            (ev::TSTAMP, "a UTC timestamp (or RFC 3339 text in CSV)"),
+            (
+                ev::EVENT_TYPE,
+                "an event type such as order, order_line, page_view",
+            ),
+        ],
+    };
+    for (column, expected) in mandatory {
         if schema.get(column).is_none() {
             return Err(InputError::MissingColumn {
                 file,
-                column: column.into(),
-                expected: if column == sp::EVENT_ID {
-                    "a string event id".into()
-                } else {
-                    "a UTC timestamp".into()
-                },
+                column: column.to_string(),
+                expected: expected.to_string(),
             }
             .into());
         }
     }
-    if schema.get(sp::EVENT).is_none() && schema.get(sp::EVENT_NAME).is_none() {
+    if layout == Layout::LakeLoader
+        && schema.get(sp::EVENT).is_none()
+        && schema.get(sp::EVENT_NAME).is_none()
+    {
         return Err(InputError::MissingColumn {
             file,
             column: format!("{} or {}", sp::EVENT, sp::EVENT_NAME),
@@ -128,35 +165,201 @@ fn file_schema(path: &Path) -> Result<Schema> {
         }
     };
     let is_ts = |dt: &DataType| matches!(dt, DataType::Datetime(_, _));
+    let is_ts_or_text = |dt: &DataType| matches!(dt, DataType::Datetime(_, _) | DataType::String);
     let is_str = |dt: &DataType| matches!(dt, DataType::String);
     let is_num = |dt: &DataType| dt.is_primitive_numeric() || dt.is_decimal();
-    check(sp::EVENT_ID, is_str, "string")?;
-    for c in [
-        sp::COLLECTOR_TSTAMP,
-        sp::DERIVED_TSTAMP,
-        sp::DVCE_CREATED_TSTAMP,
-    ] {
-        check(c, is_ts, "timestamp")?;
-    }
-    for c in [
-        sp::EVENT,
-        sp::EVENT_NAME,
-        sp::USER_ID,
-        sp::DOMAIN_USERID,
-        sp::DOMAIN_SESSIONID,
-    ] {
-        check(c, is_str, "string")?;
-    }
-    for c in [
-        sp::TR_TOTAL,
-        sp::TR_TAX,
-        sp::TR_SHIPPING,
-        sp::TI_PRICE,
-        sp::TI_QUANTITY,
-    ] {
-        check(c, is_num, "a number (decimal, integer or float)")?;
+    let is_num_or_text = |dt: &DataType| {
+        dt.is_primitive_numeric() || dt.is_decimal() || matches!(dt, DataType::String)
+    };
+    match layout {
+        Layout::LakeLoader => {
+            check(sp::EVENT_ID, is_str, "string")?;
+            for c in [
+                sp::COLLECTOR_TSTAMP,
+                sp::DERIVED_TSTAMP,
+                sp::DVCE_CREATED_TSTAMP,
+            ] {
+                check(c, is_ts, "timestamp")?;
+            }
+            for c in [
+                sp::EVENT,
+                sp::EVENT_NAME,
+                sp::USER_ID,
+                sp::DOMAIN_USERID,
+                sp::DOMAIN_SESSIONID,
+            ] {
+                check(c, is_str, "string")?;
+            }
+            for c in [
+                sp::TR_TOTAL,
+                sp::TR_TAX,
+                sp::TR_SHIPPING,
+                sp::TI_PRICE,
+                sp::TI_QUANTITY,
+            ] {
+                check(c, is_num, "a number (decimal, integer or float)")?;
+            }
+        }
+        Layout::Flat => {
+            check(ev::EVENT_ID, is_str, "string")?;
+            check(ev::TSTAMP, is_ts_or_text, "timestamp")?;
+            for (c, t) in canonical_columns() {
+                if t == DataType::Float64 {
+                    check(c, is_num_or_text, "a number")?;
+                }
+            }
+        }
     }
     Ok(schema)
+}
+
+/// The canonical columns, in order, with their types.
+pub fn canonical_columns() -> Vec<(&'static str, DataType)> {
+    let (s, f, t) = (DataType::String, DataType::Float64, crate::util::utc());
+    vec![
+        (ev::EVENT_ID, s.clone()),
+        (ev::TSTAMP, t.clone()),
+        (ev::COLLECTOR_TSTAMP, t),
+        (ev::EVENT_TYPE, s.clone()),
+        (ev::CHANNEL, s.clone()),
+        (ev::USER_ID, s.clone()),
+        (ev::DOMAIN_USERID, s.clone()),
+        (ev::NETWORK_USERID, s.clone()),
+        (ev::DOMAIN_SESSIONID, s.clone()),
+        (ev::CLIENT_SESSIONID, s.clone()),
+        (ev::CLIENT_USERID, s.clone()),
+        (ev::EMAIL, s.clone()),
+        (ev::LOYALTY_ID, s.clone()),
+        (ev::PAGE_URL, s.clone()),
+        (ev::PAGE_PATH, s.clone()),
+        (ev::PAGE_REFERRER, s.clone()),
+        (ev::REFR_MEDIUM, s.clone()),
+        (ev::REFR_SOURCE, s.clone()),
+        (ev::MKT_MEDIUM, s.clone()),
+        (ev::MKT_SOURCE, s.clone()),
+        (ev::MKT_CAMPAIGN, s.clone()),
+        (ev::USERAGENT, s.clone()),
+        (ev::ORDER_ID, s.clone()),
+        (ev::ORDER_TOTAL, f.clone()),
+        (ev::ORDER_TAX, f.clone()),
+        (ev::ORDER_SHIPPING, f.clone()),
+        (ev::ORDER_DISCOUNT, f.clone()),
+        (ev::COUPON_CODE, s.clone()),
+        (ev::SKU, s.clone()),
+        (ev::PRODUCT_NAME, s.clone()),
+        (ev::CATEGORY, s.clone()),
+        (ev::QUANTITY, f.clone()),
+        (ev::UNIT_PRICE, f.clone()),
+        (ev::LINE_VALUE, f.clone()),
+        (ev::SEARCH_TERMS, s),
+        (ev::SEARCH_TOTAL_RESULTS, f.clone()),
+        (ev::SEARCH_PAGE_RESULTS, f),
+    ]
+}
+
+/// Column with the reason a value could not be parsed (flat CSV), else null.
+const PARSE_ERROR: &str = "_parse_error";
+
+/// Reads one flat-layout file: columns by their canonical names, absent ones null.
+/// Text values (CSV) are parsed; a value that does not parse is a quarantine reason.
+fn flat_exprs(schema: &Schema, file: &str) -> Vec<Expr> {
+    let mut exprs = Vec::new();
+    let mut errors = Vec::new();
+    let mut tstamp = col(ev::TSTAMP);
+    // Expressions built so far, by column: derived columns reuse the parsed values.
+    let mut made: std::collections::HashMap<&str, Expr> = std::collections::HashMap::new();
+    for (name, dt) in canonical_columns() {
+        let present = schema.get(name).cloned();
+        let e = match (name, &present) {
+            (ev::COLLECTOR_TSTAMP, None) => tstamp.clone(),
+            (ev::CHANNEL, None) => lit("offline"),
+            (ev::LINE_VALUE, None) => made[ev::QUANTITY].clone() * made[ev::UNIT_PRICE].clone(),
+            (_, None) => lit(NULL).cast(dt.clone()),
+            (ev::TSTAMP | ev::COLLECTOR_TSTAMP, Some(DataType::String)) => {
+                // RFC 3339 with an offset ("Z" or "+01:00"); naive times are refused.
+                let parsed = col(name)
+                    .str()
+                    .replace(lit("Z$"), lit("+00:00"), false)
+                    .str()
+                    .to_datetime(
+                        Some(TimeUnit::Microseconds),
+                        Some(TimeZone::UTC),
+                        StrptimeOptions {
+                            format: Some("%Y-%m-%dT%H:%M:%S%.f%:z".into()),
+                            strict: false,
+                            exact: true,
+                            cache: true,
+                        },
+                        lit("raise"),
+                    );
+                errors.push(
+                    when(col(name).is_not_null().and(parsed.clone().is_null()))
+                        .then(lit(format!("{name}: expected an RFC 3339 time with offset (e.g. 2026-11-21T10:00:00Z)")))
+                        .otherwise(lit(NULL).cast(DataType::String)),
+                );
+                if name == ev::TSTAMP {
+                    tstamp = parsed.clone();
+                }
+                parsed
+            }
+            (ev::TSTAMP, Some(_)) => {
+                tstamp = col(name).cast(dt.clone());
+                tstamp.clone()
+            }
+            (_, Some(DataType::String)) if dt == DataType::Float64 => {
+                let parsed = col(name)
+                    .str()
+                    .strip_chars(lit(NULL))
+                    .cast(DataType::Float64);
+                errors.push(
+                    when(col(name).is_not_null().and(parsed.clone().is_null()))
+                        .then(lit(format!("{name}: expected a number")))
+                        .otherwise(lit(NULL).cast(DataType::String)),
+                );
+                parsed
+            }
+            (ev::EVENT_TYPE, Some(_)) => {
+                let raw = col(name)
+                    .cast(DataType::String)
+                    .str()
+                    .strip_chars(lit(NULL))
+                    .str()
+                    .to_lowercase();
+                let names = EventType::ALL
+                    .map(|t| (t.name(), t))
+                    .into_iter()
+                    .chain(EventType::ALIASES);
+                let mapped = names.collect::<Vec<_>>().into_iter().rev().fold(
+                    lit(NULL).cast(DataType::String),
+                    |rest, (n, t)| {
+                        when(raw.clone().eq(lit(n)))
+                            .then(lit(t.name()))
+                            .otherwise(rest)
+                    },
+                );
+                errors.push(
+                    when(mapped.clone().is_null())
+                        .then(lit(format!(
+                            "event_type: expected one of {}",
+                            EventType::all_names().collect::<Vec<_>>().join(", ")
+                        )))
+                        .otherwise(lit(NULL).cast(DataType::String)),
+                );
+                mapped
+            }
+            (_, Some(_)) => col(name).cast(dt.clone()),
+        };
+        made.insert(name, e.clone());
+        exprs.push(e.alias(name));
+    }
+    let error = if errors.is_empty() {
+        lit(NULL).cast(DataType::String)
+    } else {
+        coalesce(&errors)
+    };
+    exprs.push(error.alias(PARSE_ERROR));
+    exprs.push(lit(file.to_string()).alias(SOURCE_FILE));
+    exprs
 }
 
 /// Builds the expressions that read one Lake Loader file into canonical columns.
@@ -353,6 +556,7 @@ impl Reader<'_> {
                 .alias(ev::SEARCH_TOTAL_RESULTS),
             self.unstruct(sp::SITE_SEARCH, "page_results", f64t)
                 .alias(ev::SEARCH_PAGE_RESULTS),
+            lit(NULL).cast(DataType::String).alias(PARSE_ERROR),
             lit(file.to_string()).alias(SOURCE_FILE),
         ]
     }
@@ -373,12 +577,10 @@ fn quarantine_reason() -> Expr {
         .or(col(ev::CLIENT_USERID).is_not_null())
         .or(col(ev::EMAIL).is_not_null())
         .or(col(ev::LOYALTY_ID).is_not_null());
-    when(
-        col(ev::EVENT_ID)
-            .is_null()
-            .or(col(ev::EVENT_ID).eq(lit(""))),
-    )
-    .then(lit("missing event_id"))
+    when(col(PARSE_ERROR).is_not_null())
+        .then(col(PARSE_ERROR))
+        .when(col(ev::EVENT_ID).is_null().or(col(ev::EVENT_ID).eq(lit(""))))
+        .then(lit("missing event_id"))
     .when(col(ev::COLLECTOR_TSTAMP).is_null())
     .then(lit("missing collector_tstamp"))
     .when(has_identifier.not())
@@ -397,34 +599,45 @@ fn quarantine_reason() -> Expr {
 }
 
 /// Reads and normalises the events at `location`; see the module documentation.
-pub fn ingest(location: &str, as_of: Option<chrono::NaiveDate>) -> Result<Ingested> {
-    let files = list_files(location)?;
-    let mut frames = Vec::with_capacity(files.len());
-    for (i, path) in files.iter().enumerate() {
-        let schema = file_schema(path)?;
-        let name = path.display().to_string();
-        // File and row position: the deterministic tie-break between duplicates.
-        let lf = LazyFrame::scan_parquet(PlRefPath::new(name.as_str()), ScanArgsParquet::default())
-            .ctx(format!("scanning {name}"))?
-            .with_row_index(ORDER, None)
-            .select(
-                Reader { schema: &schema }
-                    .canonical(&name)
-                    .into_iter()
-                    .chain([
-                        (lit(i as u64) * lit(1u64 << 40) + col(ORDER).cast(DataType::UInt64))
-                            .alias(ORDER),
-                    ])
-                    .collect::<Vec<_>>(),
-            );
-        frames.push(lf);
+pub fn ingest(inputs: &[InputDef], as_of: Option<chrono::NaiveDate>) -> Result<Ingested> {
+    let location = inputs
+        .iter()
+        .map(|i| i.url.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let order: Vec<Expr> = canonical_columns()
+        .into_iter()
+        .map(|(c, _)| col(c))
+        .chain([col(PARSE_ERROR), col(SOURCE_FILE), col(ORDER)])
+        .collect();
+    let mut frames = Vec::new();
+    let mut files_read = 0;
+    for input in inputs {
+        for path in list_files(&input.url)? {
+            let schema = file_schema(&path, input.layout)?;
+            let name = path.display().to_string();
+            let exprs = match input.layout {
+                Layout::LakeLoader => Reader { schema: &schema }.canonical(&name),
+                Layout::Flat => flat_exprs(&schema, &name),
+            };
+            // File and row position: the deterministic tie-break between duplicates.
+            let position = (lit(files_read as u64) * lit(1u64 << 40)
+                + col(ORDER).cast(DataType::UInt64))
+            .alias(ORDER);
+            let lf = scan(&path)?
+                .with_row_index(ORDER, None)
+                .select(exprs.into_iter().chain([position]).collect::<Vec<_>>())
+                .select(order.clone());
+            frames.push(lf);
+            files_read += 1;
+        }
     }
     let all = concat(frames, UnionArgs::default())
         .ctx("combining input files")?
         .with_column(quarantine_reason().alias(output::QUARANTINE_REASON))
         .collect()
         .map_err(|e| InputError::Unreadable {
-            location: location.to_string(),
+            location: location.clone(),
             source: Box::new(e),
         })?;
     let read = all.height();
@@ -433,7 +646,7 @@ pub fn ingest(location: &str, as_of: Option<chrono::NaiveDate>) -> Result<Ingest
         .lazy()
         .filter(col(output::QUARANTINE_REASON).is_not_null())
         .sort([ORDER], Default::default())
-        .drop(cols([ORDER]))
+        .drop(cols([ORDER, PARSE_ERROR]))
         .collect()
         .ctx("quarantine")?;
     let valid = all
@@ -447,7 +660,7 @@ pub fn ingest(location: &str, as_of: Option<chrono::NaiveDate>) -> Result<Ingest
         )
         .unique_stable(Some(cols([ev::EVENT_ID])), UniqueKeepStrategy::First)
         .sort([ORDER], Default::default())
-        .drop(cols([ORDER, SOURCE_FILE]))
+        .drop(cols([ORDER, SOURCE_FILE, PARSE_ERROR]))
         .collect()
         .ctx("deduplicating events")?;
     let valid_rows = read - quarantine.height();
@@ -487,7 +700,7 @@ pub fn ingest(location: &str, as_of: Option<chrono::NaiveDate>) -> Result<Ingest
         .collect()
         .ctx("as-of filter")?;
     let counts = IngestCounts {
-        files: files.len(),
+        files: files_read,
         read,
         used: events.height(),
         duplicates,
@@ -516,11 +729,11 @@ pub fn ingest(location: &str, as_of: Option<chrono::NaiveDate>) -> Result<Ingest
     })
 }
 
-/// Checks the schema of every file at `location` (no data read); returns the file count.
-pub fn check_schemas(location: &str) -> Result<usize> {
-    let files = list_files(location)?;
+/// Checks the schema of every file of `input` (no data read); returns the file count.
+pub fn check_schemas(input: &InputDef) -> Result<usize> {
+    let files = list_files(&input.url)?;
     for f in &files {
-        file_schema(f)?;
+        file_schema(f, input.layout)?;
     }
     Ok(files.len())
 }

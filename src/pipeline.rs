@@ -11,7 +11,7 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::audience::{self, AudienceSize};
-use crate::config::Job;
+use crate::config::{InputDef, Job};
 use crate::error::{Context, Result};
 use crate::ingest::{self, IngestCounts};
 use crate::labels::{self, Cutoffs};
@@ -25,7 +25,8 @@ use crate::{features, identity, score, sessions};
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub job: Option<PathBuf>,
-    pub input: Option<String>,
+    /// Event sources; when given, they replace the job's.
+    pub inputs: Vec<InputDef>,
     pub output: Option<String>,
     pub as_of: Option<NaiveDate>,
     pub horizon_days: Option<i64>,
@@ -111,21 +112,29 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         }
         job.model.horizon_days = h;
     }
-    let input = opts.input.clone().or(job.input.clone()).ok_or_else(|| {
-        crate::error::ConfigError(vec![crate::error::ConfigProblem {
+    let inputs = if opts.inputs.is_empty() {
+        job.inputs.clone()
+    } else {
+        opts.inputs.clone()
+    };
+    if inputs.is_empty() {
+        return Err(crate::error::ConfigError(vec![crate::error::ConfigProblem {
             file: "job".into(),
             key: "input.url".into(),
-            message: "no input: give --input URL or set input.url in the job file".into(),
+            message:
+                "no input: give --input URL (or --flat-input URL), or set input.url in the job file"
+                    .into(),
         }])
-    })?;
+        .into());
+    }
     let output_root = PathBuf::from(opts.output.clone().unwrap_or(job.output.clone()));
     let mut timer = Timer {
         start: Instant::now(),
         timings: BTreeMap::new(),
     };
 
-    info!(input = %input, "ingest");
-    let ingested = ingest::ingest(&input, opts.as_of)?;
+    info!(inputs = ?inputs, "ingest");
+    let ingested = ingest::ingest(&inputs, opts.as_of)?;
     let as_of = ingested.as_of;
     timer.lap("ingest");
 

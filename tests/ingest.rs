@@ -4,7 +4,22 @@ mod common;
 
 use common::*;
 use polars::prelude::*;
+use propel::config::{InputDef, Layout};
 use propel::ingest::ingest;
+
+fn lake(dir: &std::path::Path) -> Vec<InputDef> {
+    vec![InputDef {
+        url: dir.display().to_string(),
+        layout: Layout::LakeLoader,
+    }]
+}
+
+fn flat(path: &std::path::Path) -> Vec<InputDef> {
+    vec![InputDef {
+        url: path.display().to_string(),
+        layout: Layout::Flat,
+    }]
+}
 
 fn ts(v: Vec<Option<i64>>, name: &str) -> Column {
     Column::new(name.into(), v)
@@ -137,7 +152,7 @@ fn write_fixture(dir: &std::path::Path) {
 fn dedupes_quarantines_and_normalises_with_known_answers() {
     let tmp = tempfile::tempdir().unwrap();
     write_fixture(tmp.path());
-    let got = ingest(tmp.path().to_str().unwrap(), None).unwrap();
+    let got = ingest(&lake(tmp.path()), None).unwrap();
     let c = &got.counts;
     assert_eq!(
         (c.read, c.used, c.duplicates, c.quarantined, c.after_as_of),
@@ -199,10 +214,117 @@ fn events_after_the_as_of_date_are_counted_not_lost() {
     let tmp = tempfile::tempdir().unwrap();
     write_fixture(tmp.path());
     let err = ingest(
-        tmp.path().to_str().unwrap(),
+        &lake(tmp.path()),
         Some(chrono::NaiveDate::from_ymd_opt(2026, 5, 1).unwrap()),
     );
     assert!(err.is_err_and(|e| e.to_string().contains("no events before this date")));
     // Checked via the parquet files too: the fixture lies in one partition.
     assert_eq!(parquet_files(tmp.path()).len(), 1);
+}
+
+#[test]
+fn the_flat_layout_example_reads_without_loss() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/examples/store_sales.csv");
+    let got = ingest(&flat(&example), None).unwrap();
+    assert_eq!(
+        (got.counts.read, got.counts.used, got.counts.quarantined),
+        (5, 5, 0)
+    );
+    let e = got.events;
+    let types: Vec<&str> = e
+        .column("event_type")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        types,
+        ["order", "order_line", "order_line", "order", "order_line"]
+    );
+    // Line value derived from quantity x unit price; the +01:00 time converted to UTC.
+    let lv: Vec<Option<f64>> = e
+        .column("line_value")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(lv, [None, Some(19.9), Some(12.0), None, Some(12.5)]);
+    let t = e
+        .column("tstamp")
+        .unwrap()
+        .as_materialized_series()
+        .cast(&DataType::Int64)
+        .unwrap();
+    let t4 = t.i64().unwrap().get(3).unwrap();
+    assert_eq!(
+        chrono::DateTime::from_timestamp_micros(t4)
+            .unwrap()
+            .to_rfc3339(),
+        "2026-05-09T15:40:00+00:00"
+    );
+    assert_eq!(
+        e.column("channel").unwrap().str().unwrap().get(0),
+        Some("store")
+    );
+    assert_eq!(
+        e.column("loyalty_id").unwrap().str().unwrap().get(0),
+        Some("L-0042")
+    );
+}
+
+#[test]
+fn flat_rows_that_do_not_parse_are_quarantined_with_their_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bad.csv");
+    std::fs::write(
+        &path,
+        "event_id,tstamp,event_type,loyalty_id,order_total,quantity\n\
+         a,2026-05-02T10:15:00Z,order,L1,10.5,\n\
+         b,2026-05-02 10:15:00,order,L1,10.5,\n\
+         c,2026-05-02T10:15:00Z,purchase,L1,10.5,\n\
+         d,2026-05-02T10:15:00Z,order,L1,ten,\n\
+         e,2026-05-02T10:15:00Z,order_line,L1,,-2\n\
+         f,2026-05-02T10:15:00Z,order,,1,\n",
+    )
+    .unwrap();
+    let got = ingest(&flat(&path), None).unwrap();
+    let used: Vec<&str> = got
+        .events
+        .column("event_id")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        (got.counts.read, got.counts.used, got.counts.quarantined),
+        (6, 1, 5),
+        "used {used:?}, quarantine {:?}",
+        got.quarantine.column("quarantine_reason")
+    );
+    let reasons: Vec<&str> = got
+        .quarantine
+        .column("quarantine_reason")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect();
+    assert!(
+        reasons[0].starts_with("tstamp: expected an RFC 3339 time"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("event_type: expected one of page_view"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[2], "order_total: expected a number");
+    assert_eq!(reasons[3], "negative quantity");
+    assert!(reasons[4].starts_with("no identifier"), "{reasons:?}");
 }

@@ -120,7 +120,7 @@ impl Source {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawJob {
-    input: Option<RawInput>,
+    input: Option<RawInputs>,
     output: Option<RawOutput>,
     features: Option<String>,
     model: Option<String>,
@@ -148,6 +148,14 @@ struct RawPrivacy {
     suppression: Option<String>,
 }
 
+/// `[input]` (one source) or `[[input]]` (several, e.g. web events and store sales).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawInputs {
+    One(RawInput),
+    Many(Vec<RawInput>),
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawInput {
@@ -172,15 +180,24 @@ struct RawSessions {
 pub enum Layout {
     /// Snowplow Lake Loader Parquet (atomic columns, unstruct structs, context lists).
     LakeLoader,
+    /// propel's flat layout for offline and other sources: one row per event, canonical
+    /// column names, Parquet or CSV (see the README).
+    Flat,
+}
+
+/// One source of events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputDef {
+    /// Local path or URL of a directory of files (or one file).
+    pub url: String,
+    pub layout: Layout,
 }
 
 /// A validated job.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// Where the events are (local path or URL). Default: none; `--input` must give it.
-    pub input: Option<String>,
-    /// Input layout. Default: `lake_loader`.
-    pub layout: Layout,
+    /// Where the events are. Default: none; `--input` / `--flat-input` must give them.
+    pub inputs: Vec<InputDef>,
     /// Where run outputs go; each run writes `<output>/<as-of>/`. Default: `propel-out`.
     pub output: String,
     pub features: FeatureSet,
@@ -208,20 +225,37 @@ impl Job {
     fn parse(source: &Source, embedded: bool) -> Result<Job, ConfigError> {
         let raw: RawJob = parse_toml(&source.text, &source.name)?;
         let mut problems = Problems::new(&source.name);
-        let input = raw.input.unwrap_or_default();
-        let layout = match input.layout.as_deref().unwrap_or("lake_loader") {
-            "lake_loader" => Layout::LakeLoader,
-            other => {
-                problems.push(
-                    "input.layout",
-                    format!(
-                        "unknown layout `{other}`, expected `lake_loader`{}",
-                        did_you_mean(other, ["lake_loader"])
-                    ),
-                );
-                Layout::LakeLoader
-            }
+        let raw_inputs = match raw.input {
+            None => Vec::new(),
+            Some(RawInputs::One(i)) => vec![i],
+            Some(RawInputs::Many(v)) => v,
         };
+        let mut inputs = Vec::new();
+        for (i, input) in raw_inputs.into_iter().enumerate() {
+            let layout = match input.layout.as_deref().unwrap_or("lake_loader") {
+                "lake_loader" => Layout::LakeLoader,
+                "flat" => Layout::Flat,
+                other => {
+                    problems.push(
+                        format!("input[{i}].layout"),
+                        format!(
+                            "unknown layout `{other}`, expected `lake_loader` or `flat`{}",
+                            did_you_mean(other, ["lake_loader", "flat"])
+                        ),
+                    );
+                    continue;
+                }
+            };
+            // A relative local path is relative to the job file.
+            if let Some(url) = input.url {
+                let url = if url.contains("://") || Path::new(&url).is_absolute() || embedded {
+                    url
+                } else {
+                    source.base.join(&url).display().to_string()
+                };
+                inputs.push(InputDef { url, layout });
+            }
+        }
         let inactivity = raw
             .sessions
             .and_then(|s| s.inactivity_minutes)
@@ -282,8 +316,7 @@ impl Job {
             return Err(ConfigError(all));
         }
         Ok(Job {
-            input: input.url,
-            layout,
+            inputs,
             output: raw
                 .output
                 .and_then(|o| o.url)
