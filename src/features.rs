@@ -172,7 +172,9 @@ fn sessions_at_cutoffs(rows: LazyFrame) -> LazyFrame {
         n(EventType::PageView).alias(sf::PAGE_VIEWS),
         n(EventType::Search).alias(sf::SEARCHES),
         n(EventType::CartAdd).alias(sf::CART_ADDS),
-        ((col(T).max() - col(T).min()).cast(DataType::Float64) / lit(1e6)).alias(sf::DURATION_S),
+        ((col(T).max() - col(T).min()) / lit(1_000_000i64))
+            .cast(DataType::Float64)
+            .alias(sf::DURATION_S),
         is(EventType::CartAdd).any(true).alias(sf::HAS_CART_ADD),
         is(EventType::Search).any(true).alias(sf::HAS_SEARCH),
         is(EventType::Order)

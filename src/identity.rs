@@ -211,6 +211,23 @@ fn kind_of(node: &str) -> &str {
     node.split_once(':').map(|(k, _)| k).unwrap_or("")
 }
 
+/// Identifiers of a person (as opposed to a device or browser).
+fn is_person(kind: &str) -> bool {
+    matches!(kind, kind::USER_ID | kind::EMAIL_SHA256 | kind::LOYALTY_ID)
+}
+
+/// Whether a neighbour of kind `other` counts towards the guard limit of a node of kind
+/// `kind`: a device is judged by the people it is seen with (a browser whose network cookie
+/// rotates is still one browser); a network cookie also by the browser cookies it spans (a
+/// constant network id glues browsers); a person identifier by everything it links.
+fn counts_towards(kind: &str, other: &str) -> bool {
+    match kind {
+        kind::DOMAIN_USERID | kind::CLIENT_SESSION_USERID => is_person(other),
+        kind::NETWORK_USERID => is_person(other) || other == kind::DOMAIN_USERID,
+        _ => true,
+    }
+}
+
 /// Union-find with path halving and union by size.
 struct DisjointSets {
     parent: Vec<usize>,
@@ -471,14 +488,20 @@ pub fn resolve(
         neighbours[ia].insert(ib);
         neighbours[ib].insert(ia);
     }
-    let shared: Vec<bool> = names
+    let degree: Vec<usize> = names
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            limits
-                .get(kind_of(n))
-                .is_some_and(|&l| neighbours[i].len() > l)
+            neighbours[i]
+                .iter()
+                .filter(|&&j| counts_towards(kind_of(n), kind_of(&names[j])))
+                .count()
         })
+        .collect();
+    let shared: Vec<bool> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| limits.get(kind_of(n)).is_some_and(|&l| degree[i] > l))
         .collect();
     let mut sets = DisjointSets::new(names.len());
     for (a, b) in &edge_set {
@@ -641,7 +664,7 @@ pub fn resolve(
                 DEGREE.into(),
                 shared_idx
                     .iter()
-                    .map(|&i| neighbours[i].len() as u64)
+                    .map(|&i| degree[i] as u64)
                     .collect::<Vec<_>>(),
             ),
             Column::new(

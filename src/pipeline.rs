@@ -254,6 +254,14 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         &mut resolved.identity.clone(),
         &staging.path("identity.parquet"),
     )?;
+    write_parquet(
+        &mut resolved.changes.clone(),
+        &staging.path("identity_changes.parquet"),
+    )?;
+    write_parquet(
+        &mut resolved.shared.clone(),
+        &staging.path("identity_shared.parquet"),
+    )?;
     if ingested.quarantine.height() > 0 {
         write_parquet(
             &mut ingested.quarantine.clone(),
