@@ -21,6 +21,18 @@ pub const EXIT_PAGE: &str = "exit_page";
 pub const BREADCRUMB: &str = "breadcrumb";
 pub const HAS_CART_ADD: &str = "has_cart_add";
 pub const HAS_ORDER: &str = "has_order";
+pub const DEVICE: &str = "device";
+
+/// Device class from the user agent: tablet, mobile or desktop (null without a user agent).
+fn device_class(ua: Expr) -> Expr {
+    when(ua.clone().is_null())
+        .then(lit(NULL).cast(DataType::String))
+        .when(ua.clone().str().contains(lit("iPad|Tablet"), false))
+        .then(lit("tablet"))
+        .when(ua.str().contains(lit("Mobile|iPhone|Android"), false))
+        .then(lit("mobile"))
+        .otherwise(lit("desktop"))
+}
 
 /// Adds `session_id` to every event; returns (events, sessions).
 pub fn sessionize(events: &DataFrame, inactivity_minutes: i64) -> Result<(DataFrame, DataFrame)> {
@@ -124,6 +136,7 @@ pub fn sessionize(events: &DataFrame, inactivity_minutes: i64) -> Result<(DataFr
                 .first()
                 .alias(ev::MKT_CAMPAIGN),
             col(ev::USERAGENT).drop_nulls().first().alias(ev::USERAGENT),
+            device_class(col(ev::USERAGENT).drop_nulls().first()).alias(DEVICE),
             col(ev::PAGE_PATH)
                 .filter(pv())
                 .head(Some(BREADCRUMB_MAX))

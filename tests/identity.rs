@@ -35,12 +35,62 @@ fn fixture_to_lake_loader(csv: &Path, out: &Path) {
             )
             .alias(c)
     };
-    let mut df = LazyCsvReader::new(PlRefPath::new(csv.to_str().unwrap()))
+    let raw = LazyCsvReader::new(PlRefPath::new(csv.to_str().unwrap()))
         .with_has_header(true)
         .with_infer_schema_length(Some(0))
         .finish()
         .unwrap()
+        .collect()
+        .unwrap();
+    // Mobile events carry their user and session in a JSON client_session context; the Lake
+    // Loader writes it as a list of structs with snake_case fields.
+    let context = raw
+        .get_column_names()
+        .into_iter()
+        .find(|c| c.starts_with("contexts_com_snowplowanalytics_snowplow_client_session_1"))
+        .map(|c| c.to_string());
+    let (mut cs_user, mut cs_session) = (Vec::new(), Vec::new());
+    for i in 0..raw.height() {
+        let json = context
+            .as_ref()
+            .and_then(|c| raw.column(c).unwrap().str().unwrap().get(i));
+        let entity = json
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            .and_then(|v| v.get(0).cloned());
+        let field = |k: &str| {
+            entity
+                .as_ref()
+                .and_then(|e| e.get(k))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        cs_user.push(field("userId"));
+        cs_session.push(field("sessionId"));
+    }
+    let mut raw = raw;
+    raw.with_column(Column::new("_cs_user".into(), cs_user))
+        .unwrap();
+    raw.with_column(Column::new("_cs_session".into(), cs_session))
+        .unwrap();
+    let client_session = when(
+        col("_cs_user")
+            .is_not_null()
+            .or(col("_cs_session").is_not_null()),
+    )
+    .then(
+        concat_list([as_struct(vec![
+            lit("1-0-0").alias("_schema_version"),
+            col("_cs_session").alias("session_id"),
+            col("_cs_user").alias("user_id"),
+        ])])
+        .unwrap(),
+    )
+    .otherwise(lit(NULL))
+    .alias("contexts_com_snowplowanalytics_snowplow_client_session_1");
+    let mut df = raw
+        .lazy()
         .select([
+            client_session,
             col("event_id"),
             ts("collector_tstamp"),
             ts("derived_tstamp"),
@@ -185,6 +235,66 @@ fn store_sales(dir: &Path, email: &str) -> PathBuf {
     )
     .unwrap();
     path
+}
+
+/// dbt-snowplow-unified: web and mobile. A mobile event's user identifier is the
+/// client_session context's `userId`; propel reads it as a `client_session_userid` node.
+#[test]
+fn reproduces_dbt_snowplow_unified_stitched_users() {
+    let base = shared_reference().join("dbt-snowplow-unified/integration_tests/data");
+    let tmp = tempfile::tempdir().unwrap();
+    fixture_to_lake_loader(&base.join("source/snowplow_unified_events.csv"), tmp.path());
+    let inputs = vec![InputDef {
+        url: tmp.path().display().to_string(),
+        layout: Layout::LakeLoader,
+    }];
+    let ingested = propel::ingest::ingest(
+        &inputs,
+        Some(chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap()),
+    )
+    .unwrap();
+    let r = resolve(
+        &ingested.events,
+        None,
+        &default_limits(),
+        &Suppression::default(),
+    )
+    .unwrap();
+    let map = identity_map(&r.identity);
+    let customer = |id: &str| {
+        ["domain_userid", "client_session_userid"]
+            .iter()
+            .find_map(|k| map.get(&(k.to_string(), id.to_string())).cloned())
+    };
+    let expected = CsvReadOptions::default()
+        .with_infer_schema_length(Some(0))
+        .try_into_reader_with_file_path(Some(
+            base.join("expected/snowplow_unified_views_expected.csv"),
+        ))
+        .unwrap()
+        .finish()
+        .unwrap();
+    let ids = expected.column("user_identifier").unwrap().str().unwrap();
+    let stitched = expected.column("stitched_user_id").unwrap().str().unwrap();
+    let platform = expected.column("platform").unwrap().str().unwrap();
+    let (mut web, mut mobile) = (0, 0);
+    for ((id, user), p) in ids.iter().zip(stitched.iter()).zip(platform.iter()) {
+        let (Some(id), Some(user)) = (id, user) else {
+            continue;
+        };
+        let c = customer(id).unwrap_or_else(|| panic!("identifier {id} not in the identity map"));
+        assert_eq!(
+            map.get(&("user_id".to_string(), user.to_string())),
+            Some(&c),
+            "{id} should be with {user}"
+        );
+        if p == Some("mob") {
+            mobile += 1
+        } else {
+            web += 1
+        }
+    }
+    assert!(web >= 20 && mobile >= 20, "web {web}, mobile {mobile}");
 }
 
 #[test]
@@ -365,4 +475,150 @@ impl AllStrings for DataFrame {
 fn the_state_round_trips() {
     let tmp = tempfile::tempdir().unwrap();
     assert!(IdentityState::load(tmp.path()).unwrap().is_none());
+}
+
+mod properties {
+    use super::*;
+    use propel::schema::event as ev;
+    use proptest::prelude::*;
+
+    /// (cookie 0..6, user 0..4 or none, loyalty 0..3 or none, minute)
+    type E = (usize, Option<usize>, Option<usize>, i64);
+
+    fn frame(rows: &[E]) -> DataFrame {
+        let n = rows.len();
+        let s = |name: &str, v: Vec<Option<String>>| Column::new(name.into(), v);
+        DataFrame::new(
+            n,
+            vec![
+                s(
+                    ev::EVENT_ID,
+                    rows.iter()
+                        .enumerate()
+                        .map(|(i, r)| Some(format!("e{}-{i}", r.3)))
+                        .collect(),
+                ),
+                s(
+                    ev::DOMAIN_USERID,
+                    rows.iter()
+                        .map(|r| Some(format!("cookie{}", r.0)))
+                        .collect(),
+                ),
+                s(
+                    ev::USER_ID,
+                    rows.iter()
+                        .map(|r| r.1.map(|u| format!("user{u}")))
+                        .collect(),
+                ),
+                s(
+                    ev::LOYALTY_ID,
+                    rows.iter().map(|r| r.2.map(|l| format!("L{l}"))).collect(),
+                ),
+                s(ev::NETWORK_USERID, vec![None; n]),
+                s(ev::CLIENT_USERID, vec![None; n]),
+                s(ev::EMAIL, vec![None; n]),
+                Column::new(
+                    ev::TSTAMP.into(),
+                    rows.iter().map(|r| r.3 * 60_000_000).collect::<Vec<_>>(),
+                )
+                .cast(&propel::util::utc())
+                .unwrap(),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn mapping(state: &IdentityState) -> BTreeMap<String, String> {
+        let n = state.nodes.column("node").unwrap().str().unwrap();
+        let c = state.nodes.column("customer_id").unwrap().str().unwrap();
+        n.iter()
+            .zip(c.iter())
+            .map(|(a, b)| (a.unwrap().to_string(), b.unwrap().to_string()))
+            .collect()
+    }
+
+    fn run(rows: &[E], prev: Option<&IdentityState>) -> IdentityState {
+        resolve(
+            &frame(rows),
+            prev,
+            &default_limits(),
+            &Suppression::default(),
+        )
+        .unwrap()
+        .state
+    }
+
+    fn event() -> impl Strategy<Value = E> {
+        (
+            0..6usize,
+            prop::option::of(0..4usize),
+            prop::option::weighted(0.2, 0..3usize),
+            0..(10 * 24 * 60i64),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// The identity map does not depend on the order of the input rows.
+        #[test]
+        fn independent_of_input_order(rows in prop::collection::vec(event(), 1..40), seed in any::<u64>()) {
+            let mut shuffled = rows.clone();
+            let len = shuffled.len();
+            for i in 0..len {
+                let j = (seed as usize).wrapping_mul(i + 7) % len;
+                shuffled.swap(i, j);
+            }
+            prop_assert_eq!(mapping(&run(&rows, None)), mapping(&run(&shuffled, None)));
+        }
+
+        /// One run over all days gives the same ids as nightly runs day by day with state.
+        #[test]
+        fn nightly_runs_equal_one_full_run(rows in prop::collection::vec(event(), 1..40)) {
+            let full = mapping(&run(&rows, None));
+            let mut state: Option<IdentityState> = None;
+            for day in 0..10 {
+                let night: Vec<E> = rows.iter().filter(|r| r.3 / (24 * 60) == day).cloned().collect();
+                if !night.is_empty() {
+                    state = Some(run(&night, state.as_ref()));
+                }
+            }
+            prop_assert_eq!(full, mapping(&state.unwrap()));
+        }
+
+        /// Every event lands in exactly one session, with or without tracker session ids.
+        #[test]
+        fn every_event_in_exactly_one_session(
+            rows in prop::collection::vec((0..3usize, prop::option::of(0..4usize), 0..(3 * 24 * 60i64)), 1..60),
+            gap in 1..120i64,
+        ) {
+            let n = rows.len();
+            let s = |name: &str, v: Vec<Option<String>>| Column::new(name.into(), v);
+            let df = DataFrame::new(n, vec![
+                s(ev::EVENT_ID, (0..n).map(|i| Some(format!("e{i}"))).collect()),
+                s(ev::CUSTOMER_ID, rows.iter().map(|r| Some(format!("c{}", r.0))).collect()),
+                s(ev::DOMAIN_SESSIONID, rows.iter().map(|r| r.1.map(|x| format!("s{}-{x}", r.0))).collect()),
+                s(ev::CLIENT_SESSIONID, vec![None; n]),
+                Column::new(ev::TSTAMP.into(), rows.iter().map(|r| r.2 * 60_000_000).collect::<Vec<_>>()).cast(&propel::util::utc()).unwrap(),
+                s(ev::EVENT_TYPE, vec![Some("page_view".into()); n]),
+                s(ev::PAGE_PATH, vec![Some("/".into()); n]),
+                s(ev::PAGE_REFERRER, vec![None; n]),
+                s(ev::REFR_MEDIUM, vec![None; n]),
+                s(ev::MKT_SOURCE, vec![None; n]),
+                s(ev::MKT_MEDIUM, vec![None; n]),
+                s(ev::MKT_CAMPAIGN, vec![None; n]),
+                s(ev::USERAGENT, vec![None; n]),
+            ]).unwrap();
+            let (events, sessions) = propel::sessions::sessionize(&df, gap).unwrap();
+            prop_assert_eq!(events.height(), n);
+            prop_assert_eq!(events.column(ev::SESSION_ID).unwrap().null_count(), 0);
+            let ids: BTreeSet<&str> = events.column(ev::EVENT_ID).unwrap().str().unwrap().iter().flatten().collect();
+            prop_assert_eq!(ids.len(), n);
+            let total: i64 = sessions.column("events").unwrap().as_materialized_series().cast(&DataType::Int64).unwrap().i64().unwrap().sum().unwrap();
+            prop_assert_eq!(total as usize, n);
+            // A session belongs to one customer.
+            let per: DataFrame = events.clone().lazy().group_by([col(ev::SESSION_ID)]).agg([col(ev::CUSTOMER_ID).n_unique().alias("k")]).collect().unwrap();
+            prop_assert!(per.column("k").unwrap().as_materialized_series().cast(&DataType::UInt32).unwrap().u32().unwrap().iter().all(|k| k == Some(1)));
+        }
+    }
 }
