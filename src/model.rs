@@ -1,5 +1,11 @@
-//! Model: logistic regression (linfa-logistic) on standardised features, trained on the
-//! training cutoffs and validated out of time on the latest labelled cutoff.
+//! Model: logistic regression (linfa-logistic) on standardised features, validated out of
+//! time on the latest labelled cutoff, which nothing else touches.
+//!
+//! Selection and calibration use a held-out *calibration cutoff* (the latest training
+//! cutoff): models are fitted on the training cutoffs whose label windows end before it,
+//! the L2 penalty with the best AUC there wins, and a Platt scaling of the held-out scores
+//! makes `score` a probability. The final model is refitted on every training cutoff with
+//! the chosen penalty and keeps that calibration.
 //!
 //! Missing feature values (e.g. a ratio over zero orders) are imputed with the training
 //! mean, which is 0 after standardisation; constant features get scale 1 and so cannot
@@ -85,9 +91,38 @@ pub struct Metrics {
     pub pr_auc: f64,
     pub log_loss: f64,
     pub brier: f64,
+    /// Expected calibration error over 10 equal-width probability bins.
+    pub ece: f64,
     pub lift_top_decile: f64,
+    pub precision_at_5: f64,
+    pub precision_at_10: f64,
+    pub precision_at_20: f64,
     pub positive_rate: f64,
     pub n: usize,
+    /// Per score decile (1 = top): size, positives, rate, lift, cumulative gain.
+    pub deciles: Vec<Decile>,
+    /// Per probability bin: mean predicted and observed rate (the calibration curve).
+    pub calibration_curve: Vec<CalibrationBin>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Decile {
+    pub decile: usize,
+    pub n: usize,
+    pub positives: usize,
+    pub rate: f64,
+    pub lift: f64,
+    /// Share of all positives captured by deciles 1..=this one.
+    pub cumulative_gain: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CalibrationBin {
+    pub lower: f64,
+    pub upper: f64,
+    pub n: usize,
+    pub mean_predicted: f64,
+    pub observed_rate: f64,
 }
 
 /// ROC AUC by the rank-sum (Mann-Whitney) formula, ties counted half.
@@ -166,22 +201,99 @@ pub fn brier(p: &[f64], labels: &[bool]) -> f64 {
         / p.len() as f64
 }
 
-/// Positive rate among the top 10% by score, divided by the overall positive rate.
-/// Ties at the boundary are broken by input order (stable sort).
-pub fn lift_top_decile(scores: &[f64], labels: &[bool]) -> f64 {
+/// Calibration curve over `bins` equal-width probability bins (empty bins left out).
+pub fn calibration_curve(p: &[f64], labels: &[bool], bins: usize) -> Vec<CalibrationBin> {
+    let mut out = Vec::new();
+    for b in 0..bins {
+        let (lo, hi) = (b as f64 / bins as f64, (b + 1) as f64 / bins as f64);
+        let members: Vec<usize> = (0..p.len())
+            .filter(|&i| p[i] >= lo && (p[i] < hi || (b + 1 == bins && p[i] <= hi)))
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        let n = members.len() as f64;
+        out.push(CalibrationBin {
+            lower: lo,
+            upper: hi,
+            n: members.len(),
+            mean_predicted: members.iter().map(|&i| p[i]).sum::<f64>() / n,
+            observed_rate: members.iter().filter(|&&i| labels[i]).count() as f64 / n,
+        });
+    }
+    out
+}
+
+/// Expected calibration error: bin-size-weighted |mean predicted - observed rate|.
+pub fn ece(p: &[f64], labels: &[bool]) -> f64 {
+    if p.is_empty() {
+        return f64::NAN;
+    }
+    calibration_curve(p, labels, 10)
+        .iter()
+        .map(|b| b.n as f64 * (b.mean_predicted - b.observed_rate).abs())
+        .sum::<f64>()
+        / p.len() as f64
+}
+
+/// Indices by score, best first; ties by input order (stable).
+fn ranking(scores: &[f64]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    idx
+}
+
+/// Share of positives among the top `percent` % by score.
+pub fn precision_at(scores: &[f64], labels: &[bool], percent: f64) -> f64 {
     if scores.is_empty() {
         return f64::NAN;
     }
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let top = (scores.len() as f64 / 10.0).ceil().max(1.0) as usize;
-    let top_rate = idx[..top].iter().filter(|&&k| labels[k]).count() as f64 / top as f64;
-    let base = labels.iter().filter(|&&l| l).count() as f64 / labels.len() as f64;
+    let idx = ranking(scores);
+    let top = ((scores.len() as f64 * percent / 100.0).ceil() as usize).max(1);
+    idx[..top].iter().filter(|&&k| labels[k]).count() as f64 / top as f64
+}
+
+/// Positive rate among the top 10% by score, divided by the overall positive rate.
+pub fn lift_top_decile(scores: &[f64], labels: &[bool]) -> f64 {
+    let base = labels.iter().filter(|&&l| l).count() as f64 / labels.len().max(1) as f64;
     if base == 0.0 {
         f64::NAN
     } else {
-        top_rate / base
+        precision_at(scores, labels, 10.0) / base
     }
+}
+
+/// Lift and cumulative gain per score decile (decile d holds ranks [d-1, d) * n / 10).
+pub fn deciles(scores: &[f64], labels: &[bool]) -> Vec<Decile> {
+    let n = scores.len();
+    let total_pos = labels.iter().filter(|&&l| l).count();
+    if n == 0 || total_pos == 0 {
+        return Vec::new();
+    }
+    let base = total_pos as f64 / n as f64;
+    let idx = ranking(scores);
+    let mut out = Vec::new();
+    let mut cumulative = 0;
+    for d in 0..10 {
+        let (lo, hi) = (d * n / 10, (d + 1) * n / 10);
+        let positives = idx[lo..hi].iter().filter(|&&k| labels[k]).count();
+        cumulative += positives;
+        let size = hi - lo;
+        let rate = if size == 0 {
+            f64::NAN
+        } else {
+            positives as f64 / size as f64
+        };
+        out.push(Decile {
+            decile: d + 1,
+            n: size,
+            positives,
+            rate,
+            lift: rate / base,
+            cumulative_gain: cumulative as f64 / total_pos as f64,
+        });
+    }
+    out
 }
 
 impl Metrics {
@@ -192,11 +304,44 @@ impl Metrics {
             pr_auc: average_precision(p, labels),
             log_loss: log_loss(p, labels),
             brier: brier(p, labels),
+            ece: ece(p, labels),
             lift_top_decile: lift_top_decile(p, labels),
+            precision_at_5: precision_at(p, labels, 5.0),
+            precision_at_10: precision_at(p, labels, 10.0),
+            precision_at_20: precision_at(p, labels, 20.0),
             positive_rate: pos as f64 / labels.len().max(1) as f64,
             n: labels.len(),
+            deciles: deciles(p, labels),
+            calibration_curve: calibration_curve(p, labels, 10),
         }
     }
+}
+
+/// Platt scaling: `p = sigmoid(a * s + b)` of the model's raw logit `s`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Calibration {
+    pub a: f64,
+    pub b: f64,
+}
+
+impl Calibration {
+    pub const IDENTITY: Calibration = Calibration { a: 1.0, b: 0.0 };
+}
+
+/// How the L2 penalty was chosen.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Selection {
+    pub calibration_cutoff: String,
+    pub fit_cutoffs: Vec<String>,
+    /// Every candidate tried, with its AUC on the calibration cutoff.
+    pub tried: Vec<Candidate>,
+    pub chosen: Family,
+    pub chosen_l2: Option<f64>,
+    pub why: String,
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 /// The model artifact written to `model/model.json`.
@@ -209,7 +354,11 @@ pub struct Artifact {
     pub scaler: Scaler,
     pub coefficients: Vec<f64>,
     pub intercept: f64,
+    pub calibration: Calibration,
     pub l2: f64,
+    /// The gradient-boosted trees (perpetual's own serialisation), for that family.
+    pub booster: Option<serde_json::Value>,
+    pub selection: Option<Selection>,
     pub horizon_days: i64,
     pub training_cutoffs: Vec<String>,
     pub validation_cutoff: String,
@@ -219,25 +368,63 @@ pub struct Artifact {
 }
 
 impl Artifact {
-    /// Probability of a purchase for each row of the raw feature matrix.
-    pub fn predict(&self, x: &Array2<f64>) -> Vec<f64> {
+    /// The model's score in log-odds, before calibration, of each row of the raw features.
+    pub fn logits(&self, x: &Array2<f64>) -> Vec<f64> {
+        if let Some(b) = self.gbm() {
+            return b
+                .predict_proba(
+                    &gbm::Matrix::new(&gbm::column_major(x), x.nrows(), x.ncols()),
+                    true,
+                    false,
+                )
+                .into_iter()
+                .map(|p| {
+                    let p = p.clamp(1e-9, 1.0 - 1e-9);
+                    (p / (1.0 - p)).ln()
+                })
+                .collect();
+        }
         let z = self.scaler.transform(x);
         z.rows()
             .into_iter()
             .map(|row| {
-                let s: f64 = row
-                    .iter()
+                row.iter()
                     .zip(&self.coefficients)
                     .map(|(v, c)| v * c)
                     .sum::<f64>()
-                    + self.intercept;
-                1.0 / (1.0 + (-s).exp())
+                    + self.intercept
             })
             .collect()
     }
 
-    /// Per-feature contributions `coefficient x standardised value` for each row.
+    /// Calibrated probability of a purchase for each row of the raw feature matrix.
+    pub fn predict(&self, x: &Array2<f64>) -> Vec<f64> {
+        let c = self.calibration;
+        self.logits(x)
+            .into_iter()
+            .map(|s| sigmoid(c.a * s + c.b))
+            .collect()
+    }
+
+    fn gbm(&self) -> Option<gbm::Booster> {
+        self.booster
+            .as_ref()
+            .map(|v| serde_json::from_value(v.clone()).expect("booster serialised by propel"))
+    }
+
+    /// Per-feature contributions to each row's log-odds: `coefficient x standardised value`
+    /// for the linear model, exact tree-SHAP values for boosted trees.
     pub fn contributions(&self, x: &Array2<f64>) -> Array2<f64> {
+        if let Some(b) = self.gbm() {
+            let (n, k) = (x.nrows(), x.ncols());
+            let flat = b.predict_contributions(
+                &gbm::Matrix::new(&gbm::column_major(x), n, k),
+                gbm::ContributionsMethod::Shapley,
+                true,
+            );
+            // One row of k feature contributions and a bias per observation.
+            return Array2::from_shape_fn((n, k), |(i, j)| flat[i * (k + 1) + j]);
+        }
         let mut z = self.scaler.transform(x);
         for (j, mut col) in z.columns_mut().into_iter().enumerate() {
             col *= self.coefficients[j];
@@ -285,8 +472,8 @@ impl Artifact {
     }
 }
 
-/// Fits the logistic regression; refuses below the eligibility minimums.
-pub fn fit(x: &Array2<f64>, y: &Array1<bool>, def: &ModelDef) -> Result<(Scaler, Vec<f64>, f64)> {
+/// Refuses to train below the eligibility minimums.
+pub fn check_eligibility(y: &Array1<bool>, def: &ModelDef) -> Result<()> {
     let pos = y.iter().filter(|&&l| l).count();
     let neg = y.len() - pos;
     if pos < def.min_positives {
@@ -307,18 +494,283 @@ pub fn fit(x: &Array2<f64>, y: &Array1<bool>, def: &ModelDef) -> Result<(Scaler,
         }
         .into());
     }
+    Ok(())
+}
+
+/// Replicates positive rows so both classes weigh about the same (at most 20 copies).
+fn balance(x: &Array2<f64>, y: &Array1<bool>) -> (Array2<f64>, Array1<bool>) {
+    let pos = y.iter().filter(|&&l| l).count().max(1);
+    let copies = ((y.len() - pos) as f64 / pos as f64)
+        .round()
+        .clamp(1.0, 20.0) as usize;
+    let rows: Vec<usize> = (0..y.len())
+        .flat_map(|i| std::iter::repeat_n(i, if y[i] { copies } else { 1 }))
+        .collect();
+    (
+        x.select(ndarray::Axis(0), &rows),
+        rows.iter().map(|&i| y[i]).collect(),
+    )
+}
+
+/// Fits a logistic regression with L2 penalty `l2` on standardised features; returns the
+/// scaler, coefficients and intercept of P(label = true).
+pub fn fit_logistic(
+    x: &Array2<f64>,
+    y: &Array1<bool>,
+    l2: f64,
+    max_iterations: u64,
+) -> Result<(Scaler, Vec<f64>, f64)> {
     let scaler = Scaler::fit(x);
     let z = scaler.transform(x);
     let dataset = Dataset::new(z, y.clone());
     let fitted = LogisticRegression::default()
-        .alpha(def.l2)
-        .max_iterations(def.max_iterations)
+        .alpha(l2)
+        .max_iterations(max_iterations)
         .fit(&dataset)
         .map_err(|e| ModelError::Fit(e.to_string()))?;
     // linfa's "positive" class is the majority class; express the model as P(label = true).
     let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
     let coefficients = fitted.params().iter().map(|c| sign * c).collect();
     Ok((scaler, coefficients, sign * fitted.intercept()))
+}
+
+/// Platt scaling of held-out logits `s` against labels `y`.
+pub fn fit_platt(s: &[f64], y: &[bool]) -> Result<Calibration> {
+    let x = Array2::from_shape_vec((s.len(), 1), s.to_vec()).expect("one column");
+    let y: Array1<bool> = y.iter().copied().collect();
+    let fitted = LogisticRegression::default()
+        .alpha(1e-6)
+        .max_iterations(200)
+        .fit(&Dataset::new(x, y))
+        .map_err(|e| ModelError::Fit(format!("calibration: {e}")))?;
+    let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
+    Ok(Calibration {
+        a: sign * fitted.params()[0],
+        b: sign * fitted.intercept(),
+    })
+}
+
+/// Model families propel can train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    LogisticRegression,
+    GradientBoosting,
+}
+
+/// Gradient-boosted trees (perpetual: pure Rust, no hyperparameter search; NaN = missing).
+mod gbm {
+    pub use perpetual::booster::config::ContributionsMethod;
+    pub use perpetual::objective::Objective;
+    pub use perpetual::{Matrix, PerpetualBooster as Booster};
+
+    /// Column-major copy of a matrix, the layout perpetual reads.
+    pub fn column_major(x: &ndarray::Array2<f64>) -> Vec<f64> {
+        x.columns().into_iter().flat_map(|c| c.to_vec()).collect()
+    }
+
+    pub fn fit(
+        x: &ndarray::Array2<f64>,
+        y: &ndarray::Array1<bool>,
+        budget: f32,
+    ) -> crate::error::Result<Booster> {
+        let data = column_major(x);
+        let labels: Vec<f64> = y.iter().map(|&l| l as u8 as f64).collect();
+        let mut b = Booster::default()
+            .set_objective(Objective::LogLoss)
+            .set_budget(budget);
+        b.fit(
+            &Matrix::new(&data, x.nrows(), x.ncols()),
+            &labels,
+            None,
+            None,
+        )
+        .map_err(|e| crate::error::ModelError::Fit(format!("gradient boosting: {e}")))?;
+        Ok(b)
+    }
+}
+
+/// A trained model and what went into it.
+pub struct Trained {
+    pub family: Family,
+    pub scaler: Scaler,
+    pub coefficients: Vec<f64>,
+    pub intercept: f64,
+    pub booster: Option<serde_json::Value>,
+    pub calibration: Calibration,
+    pub l2: f64,
+    pub selection: Option<Selection>,
+}
+
+/// Fits one family on `x` / `y`; `l2` applies to the logistic regression.
+fn fit_family(
+    family: Family,
+    x: &Array2<f64>,
+    y: &Array1<bool>,
+    l2: f64,
+    def: &ModelDef,
+) -> Result<Artifact> {
+    Ok(match family {
+        Family::LogisticRegression => {
+            let (x, y) = if def.balance_classes {
+                balance(x, y)
+            } else {
+                (x.clone(), y.clone())
+            };
+            let (scaler, coefficients, intercept) = fit_logistic(&x, &y, l2, def.max_iterations)?;
+            Artifact::probe(scaler, coefficients, intercept)
+        }
+        Family::GradientBoosting => {
+            let booster = gbm::fit(x, y, def.gbm_budget)?;
+            let mut a = Artifact::probe(
+                Scaler {
+                    mean: vec![],
+                    scale: vec![],
+                },
+                vec![],
+                0.0,
+            );
+            a.booster =
+                Some(serde_json::to_value(&booster).map_err(|e| ModelError::Fit(e.to_string()))?);
+            a
+        }
+    })
+}
+
+/// Trains on the rows of `x` / `y` whose cutoffs are `cutoffs` (µs). When a training
+/// cutoff lies a full horizon before the latest one, the latest is held out: each family
+/// (and each L2 penalty of the logistic regression) is fitted on the earlier cutoffs, the
+/// best AUC on the held-out cutoff wins, and a Platt scaling is fitted on its held-out
+/// scores. The winner is then refitted on every training cutoff.
+pub fn train(
+    x: &Array2<f64>,
+    y: &Array1<bool>,
+    cutoffs: &[i64],
+    horizon_micros: i64,
+    def: &ModelDef,
+) -> Result<Trained> {
+    check_eligibility(y, def)?;
+    let latest = *cutoffs.iter().max().expect("training rows");
+    let held: Vec<usize> = (0..cutoffs.len())
+        .filter(|&i| cutoffs[i] == latest)
+        .collect();
+    let fit_rows: Vec<usize> = (0..cutoffs.len())
+        .filter(|&i| cutoffs[i] + horizon_micros <= latest)
+        .collect();
+    let y_fit: Array1<bool> = fit_rows.iter().map(|&i| y[i]).collect();
+    let y_held: Vec<bool> = held.iter().map(|&i| y[i]).collect();
+    let both = |v: &mut dyn Iterator<Item = bool>| {
+        let v: Vec<bool> = v.collect();
+        v.iter().any(|&l| l) && v.iter().any(|&l| !l)
+    };
+    let can_hold_out = !fit_rows.is_empty()
+        && both(&mut y_fit.iter().copied())
+        && both(&mut y_held.iter().copied());
+    let day = |t: i64| {
+        chrono::DateTime::from_timestamp_micros(t)
+            .expect("valid")
+            .date_naive()
+            .to_string()
+    };
+    let (family, l2, calibration, selection) = if can_hold_out {
+        let x_fit = x.select(ndarray::Axis(0), &fit_rows);
+        let x_held = x.select(ndarray::Axis(0), &held);
+        let mut candidates: Vec<(Family, f64)> = Vec::new();
+        // Larger penalties first: on a tie the simpler model wins.
+        let mut grid = def.l2_grid.clone();
+        grid.sort_by(|a, b| b.total_cmp(a));
+        for family in &def.families {
+            match family {
+                Family::LogisticRegression => candidates.extend(grid.iter().map(|&l| (*family, l))),
+                Family::GradientBoosting => candidates.push((*family, f64::NAN)),
+            }
+        }
+        let mut tried = Vec::new();
+        let mut best: Option<(Family, f64, f64, Vec<f64>)> = None;
+        for (family, l2) in candidates {
+            let s = fit_family(family, &x_fit, &y_fit, l2, def)?.logits(&x_held);
+            let a = auc(&s, &y_held);
+            tried.push(Candidate {
+                family,
+                l2: (!l2.is_nan()).then_some(l2),
+                auc: a,
+            });
+            if best.as_ref().is_none_or(|b| a > b.2 + 1e-9) {
+                best = Some((family, l2, a, s));
+            }
+        }
+        let (family, l2, best_auc, s) = best.expect("at least one candidate");
+        let calibration = fit_platt(&s, &y_held)?;
+        let fit_cutoffs: std::collections::BTreeSet<i64> =
+            fit_rows.iter().map(|&i| cutoffs[i]).collect();
+        let selection = Selection {
+            calibration_cutoff: day(latest),
+            fit_cutoffs: fit_cutoffs.into_iter().map(day).collect(),
+            tried,
+            chosen: family,
+            chosen_l2: (!l2.is_nan()).then_some(l2),
+            why: format!(
+                "best AUC {best_auc:.4} on the held-out calibration cutoff {}",
+                day(latest)
+            ),
+        };
+        (family, l2, calibration, Some(selection))
+    } else {
+        tracing::warn!(
+            "too few training cutoffs to hold one out: no model selection, scores not calibrated"
+        );
+        // The first family of the file; a fixed penalty if the file gives one, else 1.
+        let l2 = if def.l2_grid.len() == 1 {
+            def.l2_grid[0]
+        } else {
+            1.0
+        };
+        (def.families[0], l2, Calibration::IDENTITY, None)
+    };
+    let fitted = fit_family(family, x, y, l2, def)?;
+    Ok(Trained {
+        family,
+        scaler: fitted.scaler,
+        coefficients: fitted.coefficients,
+        intercept: fitted.intercept,
+        booster: fitted.booster,
+        calibration,
+        l2: if l2.is_nan() { 0.0 } else { l2 },
+        selection,
+    })
+}
+
+/// One candidate of the model selection and its held-out AUC.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Candidate {
+    pub family: Family,
+    pub l2: Option<f64>,
+    pub auc: f64,
+}
+
+impl Artifact {
+    /// A bare linear model (no names, hash or metrics): for selection and tests.
+    pub fn probe(scaler: Scaler, coefficients: Vec<f64>, intercept: f64) -> Artifact {
+        Artifact {
+            propel_version: String::new(),
+            kind: String::new(),
+            feature_names: Vec::new(),
+            feature_set_hash: String::new(),
+            scaler,
+            coefficients,
+            intercept,
+            calibration: Calibration::IDENTITY,
+            l2: 0.0,
+            booster: None,
+            selection: None,
+            horizon_days: 0,
+            training_cutoffs: Vec::new(),
+            validation_cutoff: String::new(),
+            n_train: 0,
+            n_train_positive: 0,
+            validation: Metrics::compute(&[], &[]),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -333,6 +785,44 @@ mod tests {
         assert!((auc(&s, &y) - 0.875).abs() < 1e-12);
         assert!((auc(&[0.1, 0.9], &[false, true]) - 1.0).abs() < 1e-12);
         assert!((auc(&[0.9, 0.1], &[false, true]) - 0.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn platt_scaling_recovers_a_known_calibration() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        // True probability sigmoid(2 s - 1) for logits s in [-3, 3].
+        let s: Vec<f64> = (0..20_000).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let y: Vec<bool> = s
+            .iter()
+            .map(|&s| rng.random::<f64>() < sigmoid(2.0 * s - 1.0))
+            .collect();
+        let c = fit_platt(&s, &y).unwrap();
+        assert!((c.a - 2.0).abs() < 0.1 && (c.b + 1.0).abs() < 0.1, "{c:?}");
+        // Calibrated scores then have a small ECE; the raw logits squashed as-is do not.
+        let calibrated: Vec<f64> = s.iter().map(|&v| sigmoid(c.a * v + c.b)).collect();
+        let raw: Vec<f64> = s.iter().map(|&v| sigmoid(v)).collect();
+        assert!(ece(&calibrated, &y) < 0.02, "{}", ece(&calibrated, &y));
+        assert!(ece(&raw, &y) > 0.05, "{}", ece(&raw, &y));
+    }
+
+    #[test]
+    fn ece_deciles_and_precision_by_hand() {
+        // All at 0.9 but none positive: ECE 0.9. Half positive at 0.5: 0.
+        assert!((ece(&[0.9; 4], &[false; 4]) - 0.9).abs() < 1e-12);
+        assert!(ece(&[0.5; 4], &[true, false, true, false]).abs() < 1e-12);
+        // 20 rows ranked by score; positives at ranks 0, 1, 10, 15.
+        let s: Vec<f64> = (0..20).map(|i| 1.0 - i as f64 / 20.0).collect();
+        let y: Vec<bool> = (0..20).map(|i| i < 2 || i == 10 || i == 15).collect();
+        let d = deciles(&s, &y);
+        assert_eq!(d.len(), 10);
+        assert_eq!((d[0].n, d[0].positives), (2, 2));
+        assert!((d[0].lift - 5.0).abs() < 1e-12);
+        assert!((d[0].cumulative_gain - 0.5).abs() < 1e-12);
+        assert!((d[5].cumulative_gain - 0.75).abs() < 1e-12);
+        assert!((d[9].cumulative_gain - 1.0).abs() < 1e-12);
+        assert!((precision_at(&s, &y, 5.0) - 1.0).abs() < 1e-12);
+        assert!((precision_at(&s, &y, 20.0) - 0.5).abs() < 1e-12);
     }
 
     #[test]
@@ -365,7 +855,7 @@ mod tests {
         // Label: feature 0 large -> positive (minority class, 25%).
         let y: Array1<bool> = (0..n).map(|i| (i % 20) >= 15).collect();
         let def = ModelDef::parse(&crate::config::Source::embedded("m", "")).unwrap();
-        let (scaler, coef, intercept) = fit(&x, &y, &def).unwrap();
+        let (scaler, coef, intercept) = fit_logistic(&x, &y, 1.0, 200).unwrap();
         assert!(coef[0] > 1.0, "{coef:?}");
         let art = Artifact {
             propel_version: "t".into(),
@@ -375,7 +865,10 @@ mod tests {
             scaler,
             coefficients: coef,
             intercept,
+            calibration: Calibration::IDENTITY,
             l2: 1.0,
+            booster: None,
+            selection: None,
             horizon_days: 7,
             training_cutoffs: vec![],
             validation_cutoff: String::new(),
@@ -400,7 +893,7 @@ mod tests {
         );
         // Eligibility.
         let few: Array1<bool> = (0..n).map(|i| i < 5).collect();
-        let err = fit(&x, &few, &def).unwrap_err();
+        let err = check_eligibility(&few, &def).unwrap_err();
         assert!(
             err.to_string()
                 .contains("5 positive training rows, need at least 20"),

@@ -51,12 +51,13 @@ struct MetricsFile<'a> {
     as_of: String,
     horizon_days: i64,
     cutoffs: &'a Cutoffs,
-    auc: f64,
-    pr_auc: f64,
-    log_loss: f64,
-    brier: f64,
-    lift_top_decile: f64,
-    positive_rate: f64,
+    /// Validation metrics of the model that scored this run: auc, pr_auc, log_loss,
+    /// brier, ece, lift_top_decile, precision_at_5/10/20, positive_rate, deciles,
+    /// calibration_curve.
+    #[serde(flatten)]
+    validation: &'a Metrics,
+    model: ModelSummary<'a>,
+    gate: &'a Gate,
     n_train: usize,
     n_train_positive: usize,
     n_validation: usize,
@@ -66,6 +67,14 @@ struct MetricsFile<'a> {
     /// Wall-clock milliseconds per stage: the only part of the outputs that varies between
     /// identical runs.
     timings_ms: BTreeMap<&'static str, u128>,
+}
+
+#[derive(Serialize)]
+struct ModelSummary<'a> {
+    kind: &'a str,
+    l2: f64,
+    calibration: model::Calibration,
+    selection: Option<&'a model::Selection>,
 }
 
 struct Timer {
@@ -96,6 +105,88 @@ fn first_event_date(events: &DataFrame) -> Result<NaiveDate> {
     Ok(chrono::DateTime::from_timestamp_micros(min)
         .expect("valid")
         .date_naive())
+}
+
+/// The model kept in the state location: the one in production.
+const MODEL_STATE: &str = "model.json";
+
+/// The outcome of the promotion gate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Gate {
+    pub promoted: bool,
+    pub reason: String,
+    pub new_auc: f64,
+    pub previous_auc: Option<f64>,
+    pub tolerance: f64,
+    /// The model that scores this run.
+    #[serde(skip)]
+    pub model: Artifact,
+}
+
+/// A new model replaces the previous one unless its validation AUC is worse by more than
+/// the tolerance (both measured on this run's validation cutoff); otherwise the previous
+/// model scores the run.
+pub(crate) fn promotion_gate(
+    state_dir: &std::path::Path,
+    new: Artifact,
+    x_val: &ndarray::Array2<f64>,
+    y_val: &ndarray::Array1<bool>,
+    job: &Job,
+) -> Result<Gate> {
+    let tolerance = job.model.gate_tolerance;
+    let new_auc = new.validation.auc;
+    let path = state_dir.join(MODEL_STATE);
+    let gate = |promoted, reason: String, previous_auc, model| Gate {
+        promoted,
+        reason,
+        new_auc,
+        previous_auc,
+        tolerance,
+        model,
+    };
+    if !path.exists() {
+        return Ok(gate(true, "no previous model".into(), None, new));
+    }
+    let text = std::fs::read_to_string(&path).ctx(format!("reading {}", path.display()))?;
+    let mut previous: Artifact = match serde_json::from_str(&text) {
+        Ok(a) => a,
+        Err(e) => {
+            return Ok(gate(
+                true,
+                format!("previous model unreadable ({e}); replaced"),
+                None,
+                new,
+            ));
+        }
+    };
+    if let Err(e) = previous.check_features(&new.feature_names, &new.feature_set_hash, &path) {
+        return Ok(gate(
+            true,
+            format!("feature definitions changed, previous model cannot score them: {e}"),
+            None,
+            new,
+        ));
+    }
+    let p = previous.predict(x_val);
+    previous.validation = Metrics::compute(&p, y_val.as_slice().expect("contiguous"));
+    let previous_auc = previous.validation.auc;
+    if new_auc.is_nan() || (previous_auc.is_finite() && new_auc < previous_auc - tolerance) {
+        Ok(gate(
+            false,
+            format!(
+                "validation AUC {new_auc:.4} is below the previous model's {previous_auc:.4} by more than {tolerance}"
+            ),
+            Some(previous_auc),
+            previous,
+        ))
+    } else {
+        Ok(gate(
+            true,
+            format!("validation AUC {new_auc:.4} vs previous {previous_auc:.4}"),
+            Some(previous_auc),
+            new,
+        ))
+    }
 }
 
 /// Runs the whole job; see the module documentation.
@@ -211,16 +302,36 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let names = job.features.names();
     let x_train = model::to_matrix(&train, &names)?;
     let y_train = model::to_labels(&train, output::LABEL)?;
-    let (scaler, coefficients, intercept) = model::fit(&x_train, &y_train, &job.model)?;
+    let train_cutoffs: Vec<i64> = train
+        .column(output::CUTOFF)
+        .ctx("cutoff")?
+        .i64()
+        .ctx("cutoff")?
+        .iter()
+        .map(|c| c.expect("cutoff set"))
+        .collect();
+    let trained = model::train(
+        &x_train,
+        &y_train,
+        &train_cutoffs,
+        job.model.horizon_days * crate::util::MICROS_PER_DAY,
+        &job.model,
+    )?;
     let mut artifact = Artifact {
         propel_version: env!("CARGO_PKG_VERSION").into(),
-        kind: "logistic_regression".into(),
+        kind: match trained.family {
+            model::Family::LogisticRegression => "logistic_regression".into(),
+            model::Family::GradientBoosting => "gradient_boosting".into(),
+        },
         feature_names: names.clone(),
         feature_set_hash: job.features.hash.clone(),
-        scaler,
-        coefficients,
-        intercept,
-        l2: job.model.l2,
+        scaler: trained.scaler,
+        coefficients: trained.coefficients,
+        intercept: trained.intercept,
+        calibration: trained.calibration,
+        l2: trained.l2,
+        booster: trained.booster,
+        selection: trained.selection,
         horizon_days: job.model.horizon_days,
         training_cutoffs: cutoffs.training.iter().map(|d| d.to_string()).collect(),
         validation_cutoff: cutoffs.validation.to_string(),
@@ -237,6 +348,13 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         n_train = artifact.n_train,
         "model trained"
     );
+    let gate = promotion_gate(&state_dir, artifact, &x_val, &y_val, &job)?;
+    if !gate.promoted {
+        tracing::warn!(reason = %gate.reason, "new model not promoted: the previous model scores this run");
+    }
+    let artifact = gate.model.clone();
+    // Whatever model scores must have been trained on exactly these feature definitions.
+    artifact.check_features(&names, &job.features.hash, &state_dir.join(MODEL_STATE))?;
     timer.lap("model");
 
     let scores = score::score(&scoring, &artifact, &resolved.customers, job.model.reasons)?;
@@ -292,12 +410,14 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         as_of: as_of.to_string(),
         horizon_days: job.model.horizon_days,
         cutoffs: &cutoffs,
-        auc: artifact.validation.auc,
-        pr_auc: artifact.validation.pr_auc,
-        log_loss: artifact.validation.log_loss,
-        brier: artifact.validation.brier,
-        lift_top_decile: artifact.validation.lift_top_decile,
-        positive_rate: artifact.validation.positive_rate,
+        validation: &artifact.validation,
+        model: ModelSummary {
+            kind: &artifact.kind,
+            l2: artifact.l2,
+            calibration: artifact.calibration,
+            selection: artifact.selection.as_ref(),
+        },
+        gate: &gate,
         n_train: artifact.n_train,
         n_train_positive: artifact.n_train_positive,
         n_validation: artifact.validation.n,
@@ -315,6 +435,15 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     // State advances only once the run's outputs are published.
     std::fs::create_dir_all(&state_dir).ctx(format!("creating {}", state_dir.display()))?;
     resolved.state.write(&state_dir)?;
+    if gate.promoted {
+        let tmp = state_dir.join(".model.json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_string_pretty(&artifact).expect("json") + "\n",
+        )
+        .ctx("writing model state")?;
+        std::fs::rename(&tmp, state_dir.join(MODEL_STATE)).ctx("replacing model state")?;
+    }
     Ok(RunSummary {
         output_dir,
         as_of,
@@ -323,4 +452,76 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         audiences,
         counts: ingested.counts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Scaler;
+    use ndarray::{Array1, Array2};
+
+    fn artifact(coefficient: f64, hash: &str) -> Artifact {
+        let mut a = Artifact::probe(
+            Scaler {
+                mean: vec![0.0],
+                scale: vec![1.0],
+            },
+            vec![coefficient],
+            0.0,
+        );
+        a.feature_names = vec!["x".into()];
+        a.feature_set_hash = hash.into();
+        a
+    }
+
+    #[test]
+    fn the_gate_keeps_a_better_previous_model_and_lets_better_or_new_features_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut job = Job::load(None).unwrap();
+        job.model.gate_tolerance = 0.01;
+        // Validation: the label is x > 0, so a positive coefficient ranks perfectly.
+        let x = Array2::from_shape_fn((40, 1), |(i, _)| i as f64 - 19.5);
+        let y: Array1<bool> = (0..40).map(|i| i >= 20).collect();
+        let with_metrics = |mut a: Artifact| {
+            let p = a.predict(&x);
+            a.validation = Metrics::compute(&p, y.as_slice().unwrap());
+            a
+        };
+        let good = with_metrics(artifact(1.0, "h"));
+        let bad = with_metrics(artifact(-1.0, "h"));
+        // No previous model: promoted.
+        let g = promotion_gate(dir.path(), bad.clone(), &x, &y, &job).unwrap();
+        assert!(g.promoted && g.reason == "no previous model");
+        // A good model in production, a worse challenger: refused, the previous one scores.
+        std::fs::write(
+            dir.path().join(MODEL_STATE),
+            serde_json::to_string(&good).unwrap(),
+        )
+        .unwrap();
+        let g = promotion_gate(dir.path(), bad.clone(), &x, &y, &job).unwrap();
+        assert!(!g.promoted, "{}", g.reason);
+        assert_eq!(g.model.coefficients, vec![1.0]);
+        assert!(
+            g.reason.contains("below the previous model's 1.0000"),
+            "{}",
+            g.reason
+        );
+        // An equally good challenger: promoted.
+        let g = promotion_gate(dir.path(), good.clone(), &x, &y, &job).unwrap();
+        assert!(g.promoted);
+        // Changed feature definitions: the previous model cannot score them; promoted.
+        let g = promotion_gate(
+            dir.path(),
+            with_metrics(artifact(-1.0, "other")),
+            &x,
+            &y,
+            &job,
+        )
+        .unwrap();
+        assert!(
+            g.promoted && g.reason.contains("feature definitions changed"),
+            "{}",
+            g.reason
+        );
+    }
 }

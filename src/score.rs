@@ -95,28 +95,19 @@ pub fn ranked(scores: &DataFrame) -> Result<DataFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Metrics, Scaler};
+    use crate::model::Scaler;
 
     fn artifact() -> Artifact {
-        Artifact {
-            propel_version: "t".into(),
-            kind: "logistic_regression".into(),
-            feature_names: vec!["a".into(), "b".into()],
-            feature_set_hash: "h".into(),
-            scaler: Scaler {
+        let mut a = Artifact::probe(
+            Scaler {
                 mean: vec![0.0, 0.0],
                 scale: vec![1.0, 1.0],
             },
-            coefficients: vec![1.0, -1.0],
-            intercept: 0.0,
-            l2: 1.0,
-            horizon_days: 7,
-            training_cutoffs: vec![],
-            validation_cutoff: String::new(),
-            n_train: 0,
-            n_train_positive: 0,
-            validation: Metrics::compute(&[], &[]),
-        }
+            vec![1.0, -1.0],
+            0.0,
+        );
+        a.feature_names = vec!["a".into(), "b".into()];
+        a
     }
 
     #[test]

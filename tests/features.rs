@@ -88,6 +88,7 @@ fn frame(rows: &[Ev], t: i64) -> DataFrame {
         ),
         s(&|r| (r.3 % 2 == 0).then(|| "VIP".to_string())).with_name("coupon_code".into()),
         s(&|r| Some(["garden", "toys", "bath"][r.3 % 3].to_string())).with_name("category".into()),
+        s(&|r| Some(format!("SKU{}", (r.4 as usize) % 7))).with_name("sku".into()),
         Column::new(
             "search_total_results".into(),
             rows.iter().map(|r| Some(r.5 as f64)).collect::<Vec<_>>(),
