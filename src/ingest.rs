@@ -675,23 +675,10 @@ pub fn ingest(inputs: &[InputDef], as_of: Option<chrono::NaiveDate>) -> Result<I
     }
     let as_of = match as_of {
         Some(d) => d,
-        None => {
-            let max = deduped
-                .column(ev::TSTAMP)
-                .ctx("tstamp")?
-                .as_materialized_series()
-                .cast(&DataType::Int64)
-                .ctx("tstamp")?
-                .i64()
-                .ctx("tstamp")?
-                .max()
-                .expect("non-empty");
-            chrono::DateTime::from_timestamp_micros(max)
-                .expect("valid timestamp")
-                .date_naive()
-                .succ_opt()
-                .expect("date in range")
-        }
+        None => crate::util::event_date_range(&deduped)?
+            .1
+            .succ_opt()
+            .expect("date in range"),
     };
     let cutoff = crate::util::date_to_micros(as_of);
     let events = deduped

@@ -91,22 +91,6 @@ impl Timer {
     }
 }
 
-fn first_event_date(events: &DataFrame) -> Result<NaiveDate> {
-    let min = events
-        .column(ev::TSTAMP)
-        .ctx("tstamp")?
-        .as_materialized_series()
-        .cast(&DataType::Int64)
-        .ctx("tstamp")?
-        .i64()
-        .ctx("tstamp")?
-        .min()
-        .expect("events are not empty");
-    Ok(chrono::DateTime::from_timestamp_micros(min)
-        .expect("valid")
-        .date_naive())
-}
-
 /// The model kept in the state location: the one in production.
 const MODEL_STATE: &str = "model.json";
 
@@ -258,7 +242,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         sessions::sessionize(&resolved.events, job.session_inactivity_minutes)?;
     timer.lap("sessions");
 
-    let cutoffs = Cutoffs::plan(first_event_date(&events)?, as_of, &job.model)?;
+    let cutoffs = Cutoffs::plan(crate::util::event_date_range(&events)?.0, as_of, &job.model)?;
     let positives = labels::positives(
         &events,
         &cutoffs.labelled_micros(),

@@ -46,3 +46,23 @@ pub fn left_join_ordered() -> JoinArgs {
     args.maintain_order = MaintainOrderJoin::Left;
     args
 }
+
+/// The UTC dates of the earliest and latest `tstamp` of a non-empty event frame.
+pub fn event_date_range(
+    events: &DataFrame,
+) -> crate::error::Result<(chrono::NaiveDate, chrono::NaiveDate)> {
+    let name = crate::schema::event::TSTAMP;
+    let t = events
+        .column(name)
+        .ctx(name)?
+        .as_materialized_series()
+        .cast(&DataType::Int64)
+        .ctx(name)?;
+    let t = t.i64().ctx(name)?;
+    let day = |v: Option<i64>| {
+        chrono::DateTime::from_timestamp_micros(v.expect("events are not empty"))
+            .expect("valid timestamp")
+            .date_naive()
+    };
+    Ok((day(t.min()), day(t.max())))
+}

@@ -387,20 +387,52 @@ fn too_little_data_is_refused_with_exit_4_and_the_previous_model_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let events = small_events(tmp.path());
     let out = tmp.path().join("out");
-    let ok = propel(tmp.path(), &["run", "--input", events.to_str().unwrap(), "--output", out.to_str().unwrap(), "--as-of", "2026-05-10"]);
+    let ok = propel(
+        tmp.path(),
+        &[
+            "run",
+            "--input",
+            events.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--as-of",
+            "2026-05-10",
+        ],
+    );
     assert!(ok.status.success(), "{}", stderr(&ok));
     let model_state = out.join("_state/model.json");
     let before = std::fs::read(&model_state).unwrap();
     // A model definition that needs far more positives than the data has.
-    std::fs::write(tmp.path().join("strict.toml"), "[label]\nhorizon_days = 14\n[eligibility]\nmin_positives = 1000000\n").unwrap();
+    std::fs::write(
+        tmp.path().join("strict.toml"),
+        "[label]\nhorizon_days = 14\n[eligibility]\nmin_positives = 1000000\n",
+    )
+    .unwrap();
     std::fs::write(tmp.path().join("job.toml"), "model = \"strict.toml\"\n").unwrap();
     let o = propel(
         tmp.path(),
-        &["run", "--job", "job.toml", "--input", events.to_str().unwrap(), "--output", out.to_str().unwrap(), "--as-of", "2026-05-11"],
+        &[
+            "run",
+            "--job",
+            "job.toml",
+            "--input",
+            events.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--as-of",
+            "2026-05-11",
+        ],
     );
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("not enough training data") && err.contains("need at least 1000000"), "{err}");
+    assert!(
+        err.contains("not enough training data") && err.contains("need at least 1000000"),
+        "{err}"
+    );
     assert!(!out.join("2026-05-11").exists(), "nothing published");
-    assert_eq!(std::fs::read(&model_state).unwrap(), before, "the previous model stays in production");
+    assert_eq!(
+        std::fs::read(&model_state).unwrap(),
+        before,
+        "the previous model stays in production"
+    );
 }
