@@ -90,6 +90,8 @@ pub enum Error {
     Input(#[from] InputError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("another propel run holds the lock {path} ({holder}); try again when it has finished")]
+    LockHeld { path: PathBuf, holder: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -122,6 +124,7 @@ impl Error {
             Error::Model(ModelError::Ineligible { .. }) => exit_code::MODEL_REFUSED,
             Error::Model(ModelError::FeatureMismatch { .. }) => exit_code::CONFIG,
             Error::Model(ModelError::Fit(_)) => exit_code::FAILURE,
+            Error::LockHeld { .. } => exit_code::LOCK_HELD,
             Error::Io { .. } | Error::Polars { .. } => exit_code::FAILURE,
         }
     }

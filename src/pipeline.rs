@@ -203,6 +203,19 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         .into());
     }
     let output_root = PathBuf::from(opts.output.clone().unwrap_or(job.output.clone()));
+    let state_dir = PathBuf::from(
+        opts.state
+            .clone()
+            .or(job.state.clone())
+            .unwrap_or_else(|| output_root.join("_state").display().to_string()),
+    );
+    // One run at a time per output and state location.
+    let _locks = [output_root.clone(), state_dir.clone()]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|dir| crate::publish::RunLock::acquire(&dir))
+        .collect::<Result<Vec<_>>>()?;
     let mut timer = Timer {
         start: Instant::now(),
         timings: BTreeMap::new(),
@@ -213,12 +226,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let as_of = ingested.as_of;
     timer.lap("ingest");
 
-    let state_dir = PathBuf::from(
-        opts.state
-            .clone()
-            .or(job.state.clone())
-            .unwrap_or_else(|| output_root.join("_state").display().to_string()),
-    );
     let previous = identity::IdentityState::load(&state_dir)?;
     let suppression = match &job.suppression {
         Some(p) => identity::Suppression::load(p)?,

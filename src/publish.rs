@@ -7,10 +7,55 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const SUCCESS: &str = "_SUCCESS";
+
+/// An exclusive lock on a location (output or state), held for the whole run. It is an OS
+/// file lock: if the process dies, even by `kill -9`, the kernel releases it, so a stale
+/// lock file never blocks the next run.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+pub const LOCK_FILE: &str = ".propel.lock";
+
+impl RunLock {
+    /// Takes the lock on `dir`, or fails at once with [`Error::LockHeld`].
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .ctx(format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(Error::LockHeld {
+                    path,
+                    holder: if holder.trim().is_empty() {
+                        "unknown holder".into()
+                    } else {
+                        holder.trim().to_string()
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).ctx(format!("locking {}", path.display()));
+            }
+        }
+        use std::io::Write;
+        file.set_len(0).ctx("writing lock holder")?;
+        write!(file, "pid {}", std::process::id()).ctx("writing lock holder")?;
+        Ok(RunLock { _file: file })
+    }
+}
 
 /// A run's output directory while it is being written.
 pub struct Staging {

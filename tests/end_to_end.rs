@@ -436,3 +436,44 @@ fn too_little_data_is_refused_with_exit_4_and_the_previous_model_kept() {
         "the previous model stays in production"
     );
 }
+
+#[test]
+fn one_run_at_a_time_and_a_dead_holder_never_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // Another run holds the lock (here: this test process).
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(out.join(".propel.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    std::fs::write(out.join(".propel.lock"), "pid 4242").unwrap();
+    let args = [
+        "run",
+        "--input",
+        events.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--as-of",
+        "2026-05-10",
+    ];
+    let o = propel(tmp.path(), &args);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("another propel run holds the lock")
+            && err.contains("pid 4242")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(!out.join("2026-05-10").exists());
+    // The holder dies: the kernel releases its lock; the lock file left behind is harmless.
+    drop(lock);
+    assert!(out.join(".propel.lock").exists());
+    let o = propel(tmp.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
