@@ -169,12 +169,10 @@ impl IdentityState {
         }))
     }
 
-    /// Writes the state into `dir` (each file written aside, then renamed into place).
+    /// Writes the state into a new state generation `dir` (see `state::StateDir`).
     pub fn write(&self, dir: &Path) -> Result<()> {
         for (name, df) in [(Self::NODES, &self.nodes), (Self::EDGES, &self.edges)] {
-            let tmp = dir.join(format!(".{name}.tmp"));
-            write_parquet(&mut df.clone(), &tmp)?;
-            std::fs::rename(&tmp, dir.join(name)).ctx(format!("replacing {name}"))?;
+            write_parquet(&mut df.clone(), &dir.join(name))?;
         }
         Ok(())
     }

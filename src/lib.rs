@@ -20,6 +20,7 @@ pub mod model;
 pub mod publish;
 pub mod score;
 pub mod sessions;
+pub mod state;
 
 pub mod cli;
 pub mod pipeline;

@@ -111,7 +111,7 @@ pub struct Gate {
 /// the tolerance (both measured on this run's validation cutoff); otherwise the previous
 /// model scores the run.
 pub(crate) fn promotion_gate(
-    state_dir: &std::path::Path,
+    state_dir: Option<&std::path::Path>,
     new: Artifact,
     x_val: &ndarray::Array2<f64>,
     y_val: &ndarray::Array1<bool>,
@@ -119,7 +119,7 @@ pub(crate) fn promotion_gate(
 ) -> Result<Gate> {
     let tolerance = job.model.gate_tolerance;
     let new_auc = new.validation.auc;
-    let path = state_dir.join(MODEL_STATE);
+    let path = state_dir.map(|d| d.join(MODEL_STATE)).unwrap_or_default();
     let gate = |promoted, reason: String, previous_auc, model| Gate {
         promoted,
         reason,
@@ -128,7 +128,7 @@ pub(crate) fn promotion_gate(
         tolerance,
         model,
     };
-    if !path.exists() {
+    if state_dir.is_none() || !path.exists() {
         return Ok(gate(true, "no previous model".into(), None, new));
     }
     let text = std::fs::read_to_string(&path).ctx(format!("reading {}", path.display()))?;
@@ -226,7 +226,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let as_of = ingested.as_of;
     timer.lap("ingest");
 
-    let previous = identity::IdentityState::load(&state_dir)?;
+    let state = crate::state::StateDir::new(state_dir.clone());
+    let current_state = state.current()?;
+    let previous = match &current_state {
+        Some(dir) => identity::IdentityState::load(dir)?,
+        None => None,
+    };
     let suppression = match &job.suppression {
         Some(p) => identity::Suppression::load(p)?,
         None => identity::Suppression::default(),
@@ -339,13 +344,13 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         n_train = artifact.n_train,
         "model trained"
     );
-    let gate = promotion_gate(&state_dir, artifact, &x_val, &y_val, &job)?;
+    let gate = promotion_gate(current_state.as_deref(), artifact, &x_val, &y_val, &job)?;
     if !gate.promoted {
         tracing::warn!(reason = %gate.reason, "new model not promoted: the previous model scores this run");
     }
     let artifact = gate.model.clone();
     // Whatever model scores must have been trained on exactly these feature definitions.
-    artifact.check_features(&names, &job.features.hash, &state_dir.join(MODEL_STATE))?;
+    artifact.check_features(&names, &job.features.hash, &state.root().join(MODEL_STATE))?;
     timer.lap("model");
 
     let scores = score::score(&scoring, &artifact, &resolved.customers, job.model.reasons)?;
@@ -423,18 +428,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     )
     .ctx("writing metrics.json")?;
     let output_dir = staging.publish()?;
-    // State advances only once the run's outputs are published.
-    std::fs::create_dir_all(&state_dir).ctx(format!("creating {}", state_dir.display()))?;
-    resolved.state.write(&state_dir)?;
-    if gate.promoted {
-        let tmp = state_dir.join(".model.json.tmp");
+    // State advances only once the run's outputs are published, in one atomic commit: the
+    // identity graph and the model in production (the new one if promoted, else the same).
+    state.commit(|dir| {
+        resolved.state.write(dir)?;
         std::fs::write(
-            &tmp,
+            dir.join(MODEL_STATE),
             serde_json::to_string_pretty(&artifact).expect("json") + "\n",
         )
-        .ctx("writing model state")?;
-        std::fs::rename(&tmp, state_dir.join(MODEL_STATE)).ctx("replacing model state")?;
-    }
+        .ctx("writing model state")
+    })?;
     Ok(RunSummary {
         output_dir,
         as_of,
@@ -481,7 +484,7 @@ mod tests {
         let good = with_metrics(artifact(1.0, "h"));
         let bad = with_metrics(artifact(-1.0, "h"));
         // No previous model: promoted.
-        let g = promotion_gate(dir.path(), bad.clone(), &x, &y, &job).unwrap();
+        let g = promotion_gate(Some(dir.path()), bad.clone(), &x, &y, &job).unwrap();
         assert!(g.promoted && g.reason == "no previous model");
         // A good model in production, a worse challenger: refused, the previous one scores.
         std::fs::write(
@@ -489,7 +492,7 @@ mod tests {
             serde_json::to_string(&good).unwrap(),
         )
         .unwrap();
-        let g = promotion_gate(dir.path(), bad.clone(), &x, &y, &job).unwrap();
+        let g = promotion_gate(Some(dir.path()), bad.clone(), &x, &y, &job).unwrap();
         assert!(!g.promoted, "{}", g.reason);
         assert_eq!(g.model.coefficients, vec![1.0]);
         assert!(
@@ -498,11 +501,11 @@ mod tests {
             g.reason
         );
         // An equally good challenger: promoted.
-        let g = promotion_gate(dir.path(), good.clone(), &x, &y, &job).unwrap();
+        let g = promotion_gate(Some(dir.path()), good.clone(), &x, &y, &job).unwrap();
         assert!(g.promoted);
         // Changed feature definitions: the previous model cannot score them; promoted.
         let g = promotion_gate(
-            dir.path(),
+            Some(dir.path()),
             with_metrics(artifact(-1.0, "other")),
             &x,
             &y,

@@ -400,8 +400,18 @@ fn too_little_data_is_refused_with_exit_4_and_the_previous_model_kept() {
         ],
     );
     assert!(ok.status.success(), "{}", stderr(&ok));
-    let model_state = out.join("_state/model.json");
-    let before = std::fs::read(&model_state).unwrap();
+    // The model in production: in the state's current generation.
+    let model_state = || {
+        let state = out.join("_state");
+        state
+            .join(
+                std::fs::read_to_string(state.join("CURRENT"))
+                    .unwrap()
+                    .trim(),
+            )
+            .join("model.json")
+    };
+    let before = std::fs::read(model_state()).unwrap();
     // A model definition that needs far more positives than the data has.
     std::fs::write(
         tmp.path().join("strict.toml"),
@@ -431,7 +441,7 @@ fn too_little_data_is_refused_with_exit_4_and_the_previous_model_kept() {
     );
     assert!(!out.join("2026-05-11").exists(), "nothing published");
     assert_eq!(
-        std::fs::read(&model_state).unwrap(),
+        std::fs::read(model_state()).unwrap(),
         before,
         "the previous model stays in production"
     );
