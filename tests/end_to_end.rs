@@ -86,15 +86,7 @@ fn full_run_writes_every_output_consistently() {
     let scores = read_parquet(&run.join("scores.parquet"));
     let features = read_parquet(&run.join("features.parquet"));
     assert_eq!(scores.height(), features.height());
-    let ids: BTreeSet<String> = scores
-        .column("customer_id")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .flatten()
-        .map(str::to_string)
-        .collect();
+    let ids: BTreeSet<String> = strings(&scores, "customer_id").into_iter().collect();
     assert_eq!(ids.len(), scores.height());
     let score = scores.column("score").unwrap().f64().unwrap();
     assert!(score.iter().flatten().all(|s| (0.0..=1.0).contains(&s)));
@@ -111,15 +103,7 @@ fn full_run_writes_every_output_consistently() {
     assert_eq!(dec, (1..=10).collect());
     // Every customer in the identity map is scored.
     let identity = read_parquet(&run.join("identity.parquet"));
-    let idc: BTreeSet<String> = identity
-        .column("customer_id")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .flatten()
-        .map(str::to_string)
-        .collect();
+    let idc: BTreeSet<String> = strings(&identity, "customer_id").into_iter().collect();
     assert_eq!(idc, ids);
     // No raw e-mail anywhere in the identity map.
     assert!(

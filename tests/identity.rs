@@ -129,16 +129,11 @@ fn identity_map(identity: &DataFrame) -> BTreeMap<(String, String), String> {
         .collect()
 }
 
-/// dbt-snowplow-web stitches each cookie to the latest `user_id` seen on it. propel's graph
-/// contains that as a special case: every cookie lands with its stitched user; cookies never
-/// stitched carry no user id. propel goes further: a cookie seen with two user ids (the
-/// fixture's "user stitch - session: 1st id / 2nd id") makes them one customer, where dbt
-/// keeps the earlier user id apart.
-#[test]
-fn reproduces_dbt_snowplow_web_stitched_users() {
-    let base = shared_reference().join("dbt-snowplow-web/integration_tests/data");
+/// Converts a Snowplow fixture, ingests it and resolves identities: (kind, identifier) ->
+/// customer id.
+fn resolve_fixture(csv: &Path) -> BTreeMap<(String, String), String> {
     let tmp = tempfile::tempdir().unwrap();
-    fixture_to_lake_loader(&base.join("source/snowplow_web_events.csv"), tmp.path());
+    fixture_to_lake_loader(csv, tmp.path());
     let inputs = vec![InputDef {
         url: tmp.path().display().to_string(),
         layout: Layout::LakeLoader,
@@ -155,7 +150,18 @@ fn reproduces_dbt_snowplow_web_stitched_users() {
         &Suppression::default(),
     )
     .unwrap();
-    let map = identity_map(&r.identity);
+    identity_map(&r.identity)
+}
+
+/// dbt-snowplow-web stitches each cookie to the latest `user_id` seen on it. propel's graph
+/// contains that as a special case: every cookie lands with its stitched user; cookies never
+/// stitched carry no user id. propel goes further: a cookie seen with two user ids (the
+/// fixture's "user stitch - session: 1st id / 2nd id") makes them one customer, where dbt
+/// keeps the earlier user id apart.
+#[test]
+fn reproduces_dbt_snowplow_web_stitched_users() {
+    let base = shared_reference().join("dbt-snowplow-web/integration_tests/data");
+    let map = resolve_fixture(&base.join("source/snowplow_web_events.csv"));
     let customer = |kind: &str, id: &str| map.get(&(kind.to_string(), id.to_string())).cloned();
 
     let expected = CsvReadOptions::default()
@@ -242,25 +248,7 @@ fn store_sales(dir: &Path, email: &str) -> PathBuf {
 #[test]
 fn reproduces_dbt_snowplow_unified_stitched_users() {
     let base = shared_reference().join("dbt-snowplow-unified/integration_tests/data");
-    let tmp = tempfile::tempdir().unwrap();
-    fixture_to_lake_loader(&base.join("source/snowplow_unified_events.csv"), tmp.path());
-    let inputs = vec![InputDef {
-        url: tmp.path().display().to_string(),
-        layout: Layout::LakeLoader,
-    }];
-    let ingested = propel::ingest::ingest(
-        &inputs,
-        Some(chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap()),
-    )
-    .unwrap();
-    let r = resolve(
-        &ingested.events,
-        None,
-        &default_limits(),
-        &Suppression::default(),
-    )
-    .unwrap();
-    let map = identity_map(&r.identity);
+    let map = resolve_fixture(&base.join("source/snowplow_unified_events.csv"));
     let customer = |id: &str| {
         ["domain_userid", "client_session_userid"]
             .iter()
@@ -338,15 +326,7 @@ fn web_and_store_events_become_one_customer_and_ids_hold_across_runs() {
     let second = run("2026-05-16");
     let map2 = identity_map(&read_parquet(&second.join("identity.parquet")));
     let changes = read_parquet(&second.join("identity_changes.parquet"));
-    let merged: BTreeSet<String> = changes
-        .column("previous_id")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .flatten()
-        .map(str::to_string)
-        .collect();
+    let merged: BTreeSet<String> = strings(&changes, "previous_id").into_iter().collect();
     for (key, id) in &map {
         if !merged.contains(id) {
             assert_eq!(map2.get(key), Some(id), "{key:?} changed id");
