@@ -171,9 +171,6 @@ pub mod snowplow {
 
     /// Hive partition key of the Lake Loader layout.
     pub const PARTITION_KEY: &str = "load_tstamp_date";
-
-    /// Columns without which an event cannot be placed in time or deduplicated.
-    pub const MANDATORY: [&str; 2] = [EVENT_ID, COLLECTOR_TSTAMP];
 }
 
 /// Per-customer outputs.
