@@ -53,9 +53,10 @@ pub enum Command {
         /// Output location; the run writes <output>/<as-of>/.
         #[arg(long)]
         output: Option<String>,
-        /// Run as of this date (YYYY-MM-DD). Default: the day after the newest event.
+        /// Run as of this date (YYYY-MM-DD; default: the day after the newest event), or
+        /// backfill the nights FROM..TO (both included) in order, stopping at the first failure.
         #[arg(long)]
-        as_of: Option<NaiveDate>,
+        as_of: Option<AsOf>,
         /// Label horizon in days. Default: the model file's.
         #[arg(long)]
         horizon: Option<i64>,
@@ -113,6 +114,49 @@ pub enum FeaturesCommand {
         #[arg(long)]
         job: Option<PathBuf>,
     },
+}
+
+/// `--as-of`: one night, or a range of nights for a backfill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    Night(NaiveDate),
+    Range(NaiveDate, NaiveDate),
+}
+
+impl std::str::FromStr for AsOf {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<AsOf, String> {
+        let date = |d: &str| {
+            NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d")
+                .map_err(|_| format!("expected a date YYYY-MM-DD, found {d:?}"))
+        };
+        match s.split_once("..") {
+            None => date(s).map(AsOf::Night),
+            Some((from, to)) => {
+                let (from, to) = (date(from)?, date(to)?);
+                if from > to {
+                    return Err(format!("the range {s} ends before it starts"));
+                }
+                Ok(AsOf::Range(from, to))
+            }
+        }
+    }
+}
+
+impl AsOf {
+    /// The nights to run, in order; `[None]` when the date is left to the data.
+    pub fn nights(as_of: Option<AsOf>) -> Vec<Option<NaiveDate>> {
+        match as_of {
+            None => vec![None],
+            Some(AsOf::Night(d)) => vec![Some(d)],
+            Some(AsOf::Range(from, to)) => from
+                .iter_days()
+                .take_while(|d| *d <= to)
+                .map(Some)
+                .collect(),
+        }
+    }
 }
 
 fn cli_inputs(lake_loader: Vec<String>, flat: Vec<String>) -> Vec<InputDef> {
@@ -229,7 +273,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 job,
                 inputs: cli_inputs(input, flat_input),
                 output,
-                as_of,
+                as_of: None,
                 horizon_days: horizon,
                 state,
             };
@@ -261,8 +305,16 @@ pub fn execute(cli: Cli) -> Result<()> {
                     PathBuf::from(DEMO_DIR).join("out").display().to_string(),
                 ));
             }
-            let summary = run(&opts)?;
-            print_summary(&summary);
+            let nights = AsOf::nights(as_of);
+            let backfill = nights.len() > 1;
+            for night in nights {
+                opts.as_of = night;
+                let summary = run(&opts).map_err(|e| match (backfill, night) {
+                    (true, Some(d)) => e.during_backfill(d),
+                    _ => e,
+                })?;
+                print_summary(&summary);
+            }
             Ok(())
         }
         Command::Generate {

@@ -92,6 +92,12 @@ pub enum Error {
     Model(#[from] ModelError),
     #[error("another propel run holds the lock {path} ({holder}); try again when it has finished")]
     LockHeld { path: PathBuf, holder: String },
+    #[error("backfill stopped at --as-of {night} (the nights before it are published): {source}")]
+    Backfill {
+        night: chrono::NaiveDate,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -125,7 +131,16 @@ impl Error {
             Error::Model(ModelError::FeatureMismatch { .. }) => exit_code::CONFIG,
             Error::Model(ModelError::Fit(_)) => exit_code::FAILURE,
             Error::LockHeld { .. } => exit_code::LOCK_HELD,
+            Error::Backfill { source, .. } => source.exit_code(),
             Error::Io { .. } | Error::Polars { .. } => exit_code::FAILURE,
+        }
+    }
+
+    /// Marks an error as the one that stopped a backfill at `night`.
+    pub fn during_backfill(self, night: chrono::NaiveDate) -> Error {
+        Error::Backfill {
+            night,
+            source: Box::new(self),
         }
     }
 }

@@ -1,18 +1,44 @@
-//! The `propel` binary: parse the command line, run, map errors to exit codes.
+//! The `propel` binary: parse the command line, set up logging, run, map errors to exit codes.
 
 use clap::Parser;
 use propel::cli::{Cli, LogFormat, execute};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() {
     let cli = Cli::parse();
+    // Schedulers get every stage as a JSON line; a person (or cron's mail) gets warnings,
+    // progress bars on a terminal, and the one-screen summary. PROPEL_LOG overrides.
+    let default_level = match cli.log_format {
+        LogFormat::Json => "info",
+        LogFormat::Text => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PROPEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        // One JSON object per line on stderr, for schedulers; no progress bars.
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        // Human-readable lines, with progress bars for the stages when stderr is a terminal
+        // (indicatif hides them otherwise, e.g. under cron).
+        LogFormat::Text => {
+            let bars = tracing_indicatif::IndicatifLayer::new();
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .compact()
+                        .with_writer(bars.get_stderr_writer()),
+                )
+                .with(bars)
+                .init()
+        }
     }
     if let Err(err) = execute(cli) {
         let text = err.to_string();

@@ -64,9 +64,21 @@ struct MetricsFile<'a> {
     rows: BTreeMap<&'static str, usize>,
     ingest: &'a IngestCounts,
     audiences: &'a [AudienceSize],
-    /// Wall-clock milliseconds per stage: the only part of the outputs that varies between
-    /// identical runs.
+}
+
+/// `run.json`: how this execution went (wall-clock time per stage, peak memory, when). It is
+/// the one file that differs between two runs of the same night, so it stays out of the
+/// manifest; every other output is byte-identical.
+#[derive(Serialize)]
+struct RunRecord {
+    propel_version: &'static str,
+    as_of: String,
+    started_utc: String,
+    finished_utc: String,
     timings_ms: BTreeMap<&'static str, u128>,
+    total_ms: u128,
+    peak_rss_mib: Option<u64>,
+    rows: BTreeMap<&'static str, usize>,
 }
 
 #[derive(Serialize)]
@@ -77,17 +89,51 @@ struct ModelSummary<'a> {
     selection: Option<&'a model::Selection>,
 }
 
+/// The stages of a run, in order.
+pub const STAGES: [&str; 9] = [
+    "ingest", "identity", "sessions", "labels", "features", "model", "score", "audience", "publish",
+];
+
+/// Times the stages and shows them: a `run` span that every log line of the run sits in, with
+/// a progress bar of the stages on a terminal.
 struct Timer {
+    began: Instant,
     start: Instant,
     timings: BTreeMap<&'static str, u128>,
+    span: tracing::span::EnteredSpan,
 }
 
 impl Timer {
+    fn start(as_of: Option<NaiveDate>) -> Timer {
+        use tracing_indicatif::span_ext::IndicatifSpanExt;
+        let span = tracing::info_span!("run", as_of = as_of.map(|d| d.to_string()));
+        span.pb_set_style(
+            &indicatif::ProgressStyle::with_template(
+                "{spinner} propel {span_fields} [{bar:18}] {pos}/{len} {msg} ({elapsed})",
+            )
+            .expect("valid template"),
+        );
+        span.pb_set_length(STAGES.len() as u64);
+        span.pb_set_message(STAGES[0]);
+        Timer {
+            began: Instant::now(),
+            start: Instant::now(),
+            timings: BTreeMap::new(),
+            span: span.entered(),
+        }
+    }
+
+    /// Records the end of `stage`; the next one starts.
     fn lap(&mut self, stage: &'static str) {
+        use tracing_indicatif::span_ext::IndicatifSpanExt;
         let ms = self.start.elapsed().as_millis();
-        info!(stage, ms, "stage done");
+        info!(stage, ms = ms as u64, "stage done");
         self.timings.insert(stage, ms);
         self.start = Instant::now();
+        self.span.pb_inc(1);
+        if let Some(next) = STAGES.iter().skip_while(|s| **s != stage).nth(1) {
+            self.span.pb_set_message(next);
+        }
     }
 }
 
@@ -216,10 +262,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         .into_iter()
         .map(|dir| crate::publish::RunLock::acquire(&dir))
         .collect::<Result<Vec<_>>>()?;
-    let mut timer = Timer {
-        start: Instant::now(),
-        timings: BTreeMap::new(),
-    };
+    let started_utc = chrono::Utc::now();
+    let mut timer = Timer::start(opts.as_of);
 
     info!(inputs = ?inputs, "ingest");
     let ingested = ingest::ingest(&inputs, opts.as_of)?;
@@ -227,7 +271,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     timer.lap("ingest");
 
     let state = crate::state::StateDir::new(state_dir.clone());
-    let current_state = state.current()?;
+    let current_state = state.before(as_of)?;
     let previous = match &current_state {
         Some(dir) => identity::IdentityState::load(dir)?,
         None => None,
@@ -351,6 +395,19 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let artifact = gate.model.clone();
     // Whatever model scores must have been trained on exactly these feature definitions.
     artifact.check_features(&names, &job.features.hash, &state.root().join(MODEL_STATE))?;
+    let validation_scores = validation
+        .clone()
+        .lazy()
+        .select([
+            col(ev::CUSTOMER_ID),
+            col(output::CUTOFF)
+                .cast(DataType::Datetime(TimeUnit::Microseconds, None))
+                .cast(DataType::Date),
+            lit(Series::new(output::SCORE.into(), artifact.predict(&x_val))),
+            col(output::LABEL),
+        ])
+        .collect()
+        .ctx("validation scores")?;
     timer.lap("model");
 
     let scores = score::score(&scoring, &artifact, &resolved.customers, job.model.reasons)?;
@@ -363,6 +420,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
 
     write_parquet(&mut scores.clone(), &staging.path("scores.parquet"))?;
     write_parquet(&mut scoring.clone(), &staging.path("features.parquet"))?;
+    write_parquet(
+        &mut validation_scores.clone(),
+        &staging.path("validation.parquet"),
+    )?;
     write_parquet(&mut sessions.clone(), &staging.path("sessions.parquet"))?;
     write_parquet(
         &mut resolved.identity.clone(),
@@ -420,17 +481,32 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         rows,
         ingest: &ingested.counts,
         audiences: &audiences,
-        timings_ms: timer.timings.clone(),
     };
     std::fs::write(
         staging.path("metrics.json"),
         serde_json::to_string_pretty(&metrics).expect("json") + "\n",
     )
     .ctx("writing metrics.json")?;
+    let record = RunRecord {
+        propel_version: env!("CARGO_PKG_VERSION"),
+        as_of: as_of.to_string(),
+        started_utc: started_utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finished_utc: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        total_ms: timer.began.elapsed().as_millis(),
+        timings_ms: timer.timings.clone(),
+        peak_rss_mib: crate::util::peak_rss_mib(),
+        rows: metrics.rows.clone(),
+    };
+    std::fs::write(
+        staging.path(crate::publish::RUN_RECORD),
+        serde_json::to_string_pretty(&record).expect("json") + "\n",
+    )
+    .ctx("writing run.json")?;
     let output_dir = staging.publish()?;
+    info!(output = %output_dir.display(), "published");
     // State advances only once the run's outputs are published, in one atomic commit: the
     // identity graph and the model in production (the new one if promoted, else the same).
-    state.commit(|dir| {
+    state.commit(as_of, job.state_keep_nights, |dir| {
         resolved.state.write(dir)?;
         std::fs::write(
             dir.join(MODEL_STATE),
@@ -438,6 +514,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         )
         .ctx("writing model state")
     })?;
+    info!("state committed");
     Ok(RunSummary {
         output_dir,
         as_of,

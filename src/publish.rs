@@ -11,6 +11,9 @@ use crate::error::{Context, Error, Result};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const SUCCESS: &str = "_SUCCESS";
+/// This execution's record (timings, memory): differs between identical runs, so it is not
+/// in the manifest.
+pub const RUN_RECORD: &str = "run.json";
 
 /// An exclusive lock on a location (output or state), held for the whole run. It is an OS
 /// file lock: if the process dies, even by `kill -9`, the kernel releases it, so a stale
@@ -100,7 +103,7 @@ impl Staging {
         collect_files(&self.dir, &self.dir, &mut files)?;
         files.sort();
         let mut entries = Vec::new();
-        for rel in files {
+        for rel in files.into_iter().filter(|f| f != RUN_RECORD) {
             let bytes = std::fs::read(self.dir.join(&rel)).ctx(format!("reading {rel}"))?;
             entries.push(ManifestEntry {
                 path: rel,

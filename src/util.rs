@@ -66,3 +66,17 @@ pub fn event_date_range(
     };
     Ok((day(t.min()), day(t.max())))
 }
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`); `None` elsewhere.
+pub fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}

@@ -384,17 +384,8 @@ fn too_little_data_is_refused_with_exit_4_and_the_previous_model_kept() {
         ],
     );
     assert!(ok.status.success(), "{}", stderr(&ok));
-    // The model in production: in the state's current generation.
-    let model_state = || {
-        let state = out.join("_state");
-        state
-            .join(
-                std::fs::read_to_string(state.join("CURRENT"))
-                    .unwrap()
-                    .trim(),
-            )
-            .join("model.json")
-    };
+    // The model in production: in the state of the night run.
+    let model_state = || out.join("_state/night-2026-05-10/model.json");
     let before = std::fs::read(model_state()).unwrap();
     // A model definition that needs far more positives than the data has.
     std::fs::write(

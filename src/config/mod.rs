@@ -134,6 +134,7 @@ struct RawJob {
 #[serde(deny_unknown_fields)]
 struct RawState {
     url: Option<String>,
+    keep_nights: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -206,6 +207,9 @@ pub struct Job {
     pub session_inactivity_minutes: i64,
     /// Where state kept between runs lives (identity graph). Default: `<output>/_state`.
     pub state: Option<String>,
+    /// How many nights of state are kept (a rerun or backfill of a night needs the state
+    /// of the night before it). Default: 7.
+    pub state_keep_nights: usize,
     /// Guard limits per identifier kind (see `identity::default_limits`).
     pub identity_limits: std::collections::BTreeMap<String, usize>,
     /// CSV of customers to forget (columns customer_id, email_sha256 or email). Default: none.
@@ -266,6 +270,9 @@ impl Job {
                 format!("expected a positive number of minutes, found {inactivity}"),
             );
         }
+        if raw.state.as_ref().and_then(|s| s.keep_nights) == Some(0) {
+            problems.push("state.keep_nights", "expected at least 1 night, found 0");
+        }
         let mut identity_limits = crate::identity::default_limits();
         for (k, v) in raw.identity.and_then(|i| i.limits).unwrap_or_default() {
             if let Some(limit) = identity_limits.get_mut(&k) {
@@ -324,6 +331,7 @@ impl Job {
             features: features.expect("checked above"),
             model: model.expect("checked above"),
             session_inactivity_minutes: inactivity,
+            state_keep_nights: raw.state.as_ref().and_then(|s| s.keep_nights).unwrap_or(7),
             state: raw.state.and_then(|s| s.url),
             identity_limits,
             suppression,

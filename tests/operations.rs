@@ -1,0 +1,312 @@
+//! Nightly operations through the binary: crash safety under `kill -9`, reruns, backfills,
+//! exit codes, and the scheduler examples.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// A job whose model is quick to fit, so that many runs fit in a test.
+fn quick_job(dir: &Path) -> PathBuf {
+    std::fs::write(
+        dir.join("quick_model.toml"),
+        "[label]\nhorizon_days = 14\n[model]\nl2 = 1.0\nmax_iterations = 60\n",
+    )
+    .unwrap();
+    let job = dir.join("quick.toml");
+    std::fs::write(&job, "model = \"quick_model.toml\"\n").unwrap();
+    job
+}
+
+fn run_args<'a>(job: &'a Path, events: &'a Path, out: &'a Path, as_of: &'a str) -> Vec<&'a str> {
+    vec![
+        "--log-format",
+        "json",
+        "run",
+        "--job",
+        job.to_str().unwrap(),
+        "--input",
+        events.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--as-of",
+        as_of,
+    ]
+}
+
+/// Every file of a published run, relative path -> SHA-256, checked against its manifest.
+fn published(run: &Path) -> BTreeMap<String, String> {
+    assert!(
+        run.join("_SUCCESS").exists(),
+        "{} has no _SUCCESS",
+        run.display()
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    let mut files = BTreeMap::new();
+    for entry in manifest["files"].as_array().unwrap() {
+        let rel = entry["path"].as_str().unwrap();
+        let digest = hex::encode(Sha256::digest(std::fs::read(run.join(rel)).unwrap()));
+        assert_eq!(
+            digest,
+            entry["sha256"].as_str().unwrap(),
+            "{rel} differs from the manifest"
+        );
+        files.insert(rel.to_string(), digest);
+    }
+    files.insert(
+        "manifest.json".into(),
+        hex::encode(Sha256::digest(
+            std::fs::read(run.join("manifest.json")).unwrap(),
+        )),
+    );
+    files
+}
+
+/// Every state file under `state`, relative path -> bytes.
+fn state_files(state: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![state.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(state).unwrap().to_string_lossy().to_string();
+            if rel.starts_with('.') {
+                continue; // lock file, leftovers of a killed run (never read)
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The visible (not hidden) entries of an output root.
+fn visible(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Starts a run and kills it (SIGKILL) as soon as its JSON log reports `message` (with
+/// `stage` when given). Returns whether the kill happened before the run ended by itself.
+fn kill_when(args: &[&str], cwd: &Path, message: &str, stage: Option<&str>) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_propel"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let fields = &v["fields"];
+        if fields["message"] == message && stage.is_none_or(|s| fields["stage"] == s) {
+            child.kill().unwrap(); // SIGKILL: no destructor, no cleanup runs
+            child.wait().unwrap();
+            return true;
+        }
+    }
+    child.wait().unwrap();
+    false
+}
+
+#[test]
+fn kill_9_at_any_stage_leaves_the_last_outputs_and_state_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let job = quick_job(tmp.path());
+    let out = tmp.path().join("out");
+    let state = out.join("_state");
+    // Night 1 succeeds: its outputs and state are what every crash below must leave intact.
+    let o = propel(tmp.path(), &run_args(&job, &events, &out, "2026-05-14"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let night1 = published(&out.join("2026-05-14"));
+    let state1 = state_files(&state);
+
+    // Night 2 is killed at every stage, and after publishing but before the state commit.
+    let night2 = run_args(&job, &events, &out, "2026-05-15");
+    let mut points: Vec<(&str, Option<&str>)> = propel::pipeline::STAGES
+        .iter()
+        .map(|s| ("stage done", Some(*s)))
+        .collect();
+    points.insert(0, ("ingest", None)); // while reading
+    points.push(("published", None));
+    for (message, stage) in points {
+        let what = format!("{message} {stage:?}");
+        assert!(
+            kill_when(&night2, tmp.path(), message, stage),
+            "{what}: the run ended first"
+        );
+        assert_eq!(
+            published(&out.join("2026-05-14")),
+            night1,
+            "{what}: night 1 changed"
+        );
+        match visible(&out).as_slice() {
+            [a, b] if a == "2026-05-14" && b == "_state" => {}
+            [a, b, c] if a == "2026-05-14" && b == "2026-05-15" && c == "_state" => {
+                // Killed after the rename: night 2 is complete, never half there.
+                published(&out.join("2026-05-15"));
+            }
+            other => panic!("{what}: partial output visible: {other:?}"),
+        }
+        let now = state_files(&state);
+        assert!(
+            now == state1
+                || (message == "published" && now.keys().any(|k| k.contains("2026-05-15"))),
+            "{what}: state changed: {:?}",
+            now.keys().collect::<Vec<_>>()
+        );
+        if message == "published" {
+            // The state commit may or may not have finished; either way night 1's state holds.
+            for (k, v) in &state1 {
+                assert_eq!(now.get(k), Some(v), "{what}: {k} changed");
+            }
+        }
+    }
+
+    // The next run succeeds and gives exactly what an uninterrupted run gives.
+    let o = propel(tmp.path(), &night2);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let clean = tmp.path().join("clean");
+    for night in ["2026-05-14", "2026-05-15"] {
+        let o = propel(tmp.path(), &run_args(&job, &events, &clean, night));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(
+        published(&out.join("2026-05-15")),
+        published(&clean.join("2026-05-15")),
+        "after the crashes, night 2 equals an uninterrupted run"
+    );
+    assert_eq!(state_files(&state), state_files(&clean.join("_state")));
+}
+
+#[test]
+fn a_rerun_of_a_night_replaces_it_with_byte_identical_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let job = quick_job(tmp.path());
+    let out = tmp.path().join("out");
+    for night in ["2026-05-14", "2026-05-15"] {
+        let o = propel(tmp.path(), &run_args(&job, &events, &out, night));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let first = published(&out.join("2026-05-15"));
+    let record = std::fs::read_to_string(out.join("2026-05-15/run.json")).unwrap();
+    assert!(
+        record.contains("\"timings_ms\"") && record.contains("\"features\""),
+        "{record}"
+    );
+    // The rerun starts from the state of the night before, as the first run did.
+    let o = propel(tmp.path(), &run_args(&job, &events, &out, "2026-05-15"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(published(&out.join("2026-05-15")), first);
+    assert!(first.contains_key("scores.parquet") && first.contains_key("metrics.json"));
+    assert!(
+        !first.contains_key("run.json"),
+        "the run record is outside the manifest"
+    );
+}
+
+#[test]
+fn a_backfill_runs_the_nights_in_order_and_stops_at_the_first_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let job = quick_job(tmp.path());
+    let out = tmp.path().join("out");
+    let o = propel(
+        tmp.path(),
+        &run_args(&job, &events, &out, "2026-05-12..2026-05-14"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let order: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("propel run as of "))
+        .collect();
+    assert_eq!(order, ["2026-05-12", "2026-05-13", "2026-05-14"]);
+    assert_eq!(
+        visible(&out),
+        ["2026-05-12", "2026-05-13", "2026-05-14", "_state"]
+    );
+    // Each night started from the one before: the same as three single runs.
+    let single = tmp.path().join("single");
+    for night in ["2026-05-12", "2026-05-13", "2026-05-14"] {
+        let o = propel(tmp.path(), &run_args(&job, &events, &single, night));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(
+        published(&out.join("2026-05-14")),
+        published(&single.join("2026-05-14"))
+    );
+
+    // A night that cannot run stops the backfill with that night's exit code. Here the state
+    // holds 05-14 and 05-15 only, so 05-13 has no state to start from.
+    let early = tmp.path().join("early");
+    let o = propel(
+        tmp.path(),
+        &run_args(&job, &events, &early, "2026-05-14..2026-05-15"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = propel(
+        tmp.path(),
+        &run_args(&job, &events, &early, "2026-05-13..2026-05-16"),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("backfill stopped at --as-of 2026-05-13")
+            && err.contains("no state before --as-of 2026-05-13"),
+        "{err}"
+    );
+    // Bad ranges are usage errors from the command line.
+    let o = propel(tmp.path(), &["run", "--as-of", "2026-05-14..2026-05-01"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("ends before it starts"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn an_unexpected_failure_exits_1_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    // The output location is a file: nothing to do with config or data, an I/O failure.
+    let out = tmp.path().join("occupied");
+    std::fs::write(&out, "not a directory").unwrap();
+    let o = propel(
+        tmp.path(),
+        &[
+            "run",
+            "--input",
+            events.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.lines().count() == 1 && err.contains("occupied"),
+        "{err}"
+    );
+}
