@@ -248,10 +248,32 @@ fn print_summary(s: &RunSummary) {
         s.validation.n
     );
     for a in &s.audiences {
+        let to: Vec<String> = a
+            .deliveries
+            .iter()
+            .map(|d| match d.added {
+                Some(added) => format!(
+                    "{} {} (+{added} -{})",
+                    d.destination,
+                    d.count,
+                    d.removed.unwrap_or(0)
+                ),
+                None => format!("{} {}", d.destination, d.count),
+            })
+            .collect();
         println!(
-            "  audience:   {} = {} customers ({})",
-            a.name, a.size, a.file
+            "  audience:   {:<22} {:>6} customers{}",
+            a.name,
+            a.size,
+            if a.delivered {
+                format!(" -> {}", to.join(", "))
+            } else {
+                " (not delivered)".into()
+            }
         );
+    }
+    for w in &s.warnings {
+        println!("  warning:    {w}");
     }
     println!("  outputs:    {}", s.output_dir.display());
 }
@@ -403,7 +425,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 job.features.features.len(),
                 job.features.source,
                 job.model.horizon_days,
-                job.model.audiences.len()
+                job.audiences.audiences.len()
             );
             let inputs = cli_inputs(input, flat_input);
             for i in if inputs.is_empty() {

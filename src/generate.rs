@@ -128,7 +128,12 @@ enum Kind {
     CartRemove,
     Transaction,
     TransactionItem,
+    /// A consent banner choice (Snowplow's consent_preferences event).
+    Consent,
 }
+
+/// A consent banner answer: the event type and the scopes allowed.
+type ConsentChoice = (&'static str, &'static str);
 
 /// One generated event (the columns the generator fills).
 #[derive(Clone)]
@@ -165,6 +170,7 @@ struct Ev {
     shipping: Option<f64>,
     discount: Option<f64>,
     coupon: Option<&'static str>,
+    consent: Option<ConsentChoice>,
 }
 
 struct Device {
@@ -190,6 +196,11 @@ struct Person {
     in_market: bool,
     orders: u32,
     last_order_day: Option<u32>,
+    /// The answer given to the consent banner on the first visit (None: ignored it), drawn
+    /// from a stream of its own so that the rest of the data does not depend on it.
+    consent: Option<ConsentChoice>,
+    consent_rng: ChaCha8Rng,
+    consent_asked: bool,
 }
 
 impl Person {
@@ -224,7 +235,21 @@ impl Person {
         let browse = 0.01 + 0.08 * rng.random::<f64>().powi(2);
         let value = 0.6 + 1.4 * rng.random::<f64>();
         let favourite = rng.random_range(0..CATEGORIES.len());
+        let mut consent_rng = ChaCha8Rng::seed_from_u64(
+            seed ^ 0xC0_5E47 ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let consent = match consent_rng.random::<f64>() {
+            x if x < 0.55 => Some(("allow_all", "necessary,analytics,marketing,newsletter")),
+            x if x < 0.65 => Some(("allow_selected", "necessary,analytics")),
+            x if x < 0.72 => Some(("allow_selected", "necessary,marketing")),
+            x if x < 0.80 => Some(("allow_selected", "necessary,newsletter")),
+            x if x < 0.92 => Some(("deny_all", "necessary")),
+            _ => None,
+        };
         Person {
+            consent,
+            consent_rng,
+            consent_asked: false,
             rng,
             devices,
             account,
@@ -367,6 +392,7 @@ fn session(p: &mut Person, ctx: &SessionCtx, events: &mut Vec<Ev>, orders: &mut 
             shipping: None,
             discount: None,
             coupon: None,
+            consent: None,
         }
     };
     let fav = p.favourite;
@@ -398,6 +424,22 @@ fn session(p: &mut Person, ctx: &SessionCtx, events: &mut Vec<Ev>, orders: &mut 
         landing.1,
         &user_id,
     ));
+    // First visit: the consent banner is answered (or ignored) a second after landing.
+    if !p.consent_asked {
+        p.consent_asked = true;
+        if let Some(choice) = p.consent {
+            let landing = events.last().expect("just pushed");
+            let mut e = landing.clone();
+            e.event_id = uuid(&mut p.consent_rng);
+            e.kind = Kind::Consent;
+            e.consent = Some(choice);
+            e.collector += MICROS_PER_SEC;
+            e.created += MICROS_PER_SEC;
+            e.sent += MICROS_PER_SEC;
+            e.load += MICROS_PER_SEC;
+            events.push(e);
+        }
+    }
     let n_pages = if in_market {
         p.rng.random_range(2..10)
     } else {
@@ -653,7 +695,7 @@ fn write_lake_loader(events: &[Ev], path: &Path) -> Result<()> {
         .iter()
         .map(|e| match kind_of(e) {
             Kind::PageView => "page_view",
-            Kind::Search | Kind::CartAdd | Kind::CartRemove => "unstruct",
+            Kind::Search | Kind::CartAdd | Kind::CartRemove | Kind::Consent => "unstruct",
             Kind::Transaction => "transaction",
             Kind::TransactionItem => "transaction_item",
         })
@@ -667,6 +709,7 @@ fn write_lake_loader(events: &[Ev], path: &Path) -> Result<()> {
             Kind::CartRemove => "remove_from_cart",
             Kind::Transaction => "transaction",
             Kind::TransactionItem => "transaction_item",
+            Kind::Consent => "consent_preferences",
         })
         .collect::<Vec<_>>();
     let opt = |f: &dyn Fn(&Ev) -> Option<String>| -> Vec<Option<String>> {
@@ -818,6 +861,15 @@ fn write_lake_loader(events: &[Ev], path: &Path) -> Result<()> {
         .into(),
         Series::new("_is_search".into(), is(Kind::Search).collect::<Vec<_>>()).into(),
         Series::new("_is_page".into(), is(Kind::PageView).collect::<Vec<_>>()).into(),
+        Series::new("_is_consent".into(), is(Kind::Consent).collect::<Vec<_>>()).into(),
+        s(
+            "_consent_type",
+            opt(&|e| e.consent.map(|c| c.0.to_string())),
+        ),
+        s(
+            "_consent_scopes",
+            opt(&|e| e.consent.map(|c| c.1.to_string())),
+        ),
         Series::new("_is_tr".into(), is(Kind::Transaction).collect::<Vec<_>>()).into(),
         s("_sku", opt(&|e| e.sku.clone())),
         s("_name", opt(&|e| e.name.clone())),
@@ -904,6 +956,20 @@ fn write_lake_loader(events: &[Ev], path: &Path) -> Result<()> {
                 ]),
             )
             .alias(sp::SITE_SEARCH),
+            null_unless(
+                "_is_consent",
+                as_struct(vec![
+                    lit("consent").alias("basis_for_processing"),
+                    lit("https://shop.example/privacy").alias("consent_url"),
+                    lit("3.1").alias("consent_version"),
+                    col("_consent_scopes")
+                        .str()
+                        .split(lit(","))
+                        .alias("consent_scopes"),
+                    col("_consent_type").alias("event_type"),
+                ]),
+            )
+            .alias(sp::CONSENT_PREFERENCES),
             null_unless(
                 "_is_page",
                 concat_list([as_struct(vec![

@@ -230,6 +230,9 @@ pub fn canonical_columns() -> Vec<(&'static str, DataType)> {
         (ev::CLIENT_USERID, s.clone()),
         (ev::EMAIL, s.clone()),
         (ev::LOYALTY_ID, s.clone()),
+        (ev::PHONE, s.clone()),
+        (ev::CONSENT_ADS, DataType::Boolean),
+        (ev::CONSENT_EMAIL, DataType::Boolean),
         (ev::PAGE_URL, s.clone()),
         (ev::PAGE_PATH, s.clone()),
         (ev::PAGE_REFERRER, s.clone()),
@@ -315,6 +318,31 @@ fn flat_exprs(schema: &Schema, file: &str) -> Vec<Expr> {
                     when(col(name).is_not_null().and(parsed.clone().is_null()))
                         .then(lit(format!("{name}: expected a number")))
                         .otherwise(lit(NULL).cast(DataType::String)),
+                );
+                parsed
+            }
+            (_, Some(DataType::String)) if dt == DataType::Boolean => {
+                let raw = col(name).str().strip_chars(lit(NULL)).str().to_lowercase();
+                let parsed = when(raw.clone().is_in(
+                    lit(Series::new("t".into(), ["true", "1", "yes", "y"])).implode(false),
+                    false,
+                ))
+                .then(lit(true))
+                .when(raw.clone().is_in(
+                    lit(Series::new("f".into(), ["false", "0", "no", "n"])).implode(false),
+                    false,
+                ))
+                .then(lit(false))
+                .otherwise(lit(NULL).cast(DataType::Boolean));
+                errors.push(
+                    when(
+                        raw.clone()
+                            .is_not_null()
+                            .and(raw.neq(lit("")))
+                            .and(parsed.clone().is_null()),
+                    )
+                    .then(lit(format!("{name}: expected true or false")))
+                    .otherwise(lit(NULL).cast(DataType::String)),
                 );
                 parsed
             }
@@ -421,6 +449,43 @@ impl Reader<'_> {
         }
     }
 
+    /// Consent to a purpose from the consent events: a banner choice (`consent_preferences`:
+    /// allow all, deny all, or the scopes allowed, matched against `scopes`) or a
+    /// withdrawal of everything (`consent_withdrawn` with `all`).
+    fn consent(&self, purpose_scopes: &[&str]) -> Expr {
+        let kind = self.unstruct(sp::CONSENT_PREFERENCES, "event_type", DataType::String);
+        let scopes = self
+            .struct_field(sp::CONSENT_PREFERENCES, "consent_scopes")
+            .map(|e| {
+                e.cast(DataType::List(Box::new(DataType::String)))
+                    .list()
+                    .eval(col("").str().to_lowercase().is_in(
+                        lit(Series::new("s".into(), purpose_scopes)).implode(false),
+                        false,
+                    ))
+                    .list()
+                    .sum()
+                    .gt(lit(0))
+            })
+            .unwrap_or_else(|| lit(false));
+        let is = |k: &[&str]| {
+            kind.clone()
+                .is_in(lit(Series::new("k".into(), k)).implode(false), false)
+        };
+        when(
+            self.unstruct(sp::CONSENT_WITHDRAWN, "all", DataType::Boolean)
+                .eq(lit(true)),
+        )
+        .then(lit(false))
+        .when(is(&["allow_all"]))
+        .then(lit(true))
+        .when(is(&["deny_all", "withdrawn", "expired"]))
+        .then(lit(false))
+        .when(is(&["allow_selected", "implicit_consent"]))
+        .then(scopes.fill_null(lit(false)))
+        .otherwise(lit(NULL).cast(DataType::Boolean))
+    }
+
     fn is_set(&self, column: &str) -> Expr {
         if self.has(column) {
             col(column).is_not_null()
@@ -508,8 +573,13 @@ impl Reader<'_> {
                 .alias(ev::CLIENT_SESSIONID),
             self.context(sp::CLIENT_SESSION, "user_id", st.clone())
                 .alias(ev::CLIENT_USERID),
-            lit(NULL).cast(st.clone()).alias(ev::EMAIL),
+            self.context(sp::ECOMMERCE_USER, "email", st.clone())
+                .alias(ev::EMAIL),
             lit(NULL).cast(st.clone()).alias(ev::LOYALTY_ID),
+            lit(NULL).cast(st.clone()).alias(ev::PHONE),
+            self.consent(&sp::AD_CONSENT_SCOPES).alias(ev::CONSENT_ADS),
+            self.consent(&sp::EMAIL_CONSENT_SCOPES)
+                .alias(ev::CONSENT_EMAIL),
             self.string(sp::PAGE_URL).alias(ev::PAGE_URL),
             page_path.alias(ev::PAGE_PATH),
             self.string(sp::PAGE_REFERRER).alias(ev::PAGE_REFERRER),

@@ -12,12 +12,15 @@ pub mod schema;
 pub mod generate;
 
 pub mod audience;
+pub mod consent;
+pub mod destinations;
 pub mod features;
 pub mod identity;
 pub mod ingest;
 pub mod labels;
 pub mod model;
 pub mod publish;
+pub mod report;
 pub mod score;
 pub mod sessions;
 pub mod state;

@@ -10,7 +10,7 @@ use polars::prelude::*;
 use serde::Serialize;
 use tracing::info;
 
-use crate::audience::{self, AudienceSize};
+use crate::audience::{self, AudienceReport};
 use crate::config::{InputDef, Job};
 use crate::error::{Context, Result};
 use crate::ingest::{self, IngestCounts};
@@ -41,7 +41,8 @@ pub struct RunSummary {
     pub as_of: NaiveDate,
     pub customers_scored: usize,
     pub validation: Metrics,
-    pub audiences: Vec<AudienceSize>,
+    pub audiences: Vec<AudienceReport>,
+    pub warnings: Vec<String>,
     pub counts: IngestCounts,
 }
 
@@ -63,7 +64,10 @@ struct MetricsFile<'a> {
     n_validation: usize,
     rows: BTreeMap<&'static str, usize>,
     ingest: &'a IngestCounts,
-    audiences: &'a [AudienceSize],
+    audiences: &'a [AudienceReport],
+    /// Customers by consent to advertising and to e-mail: given, refused, unknown.
+    consent: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
+    warnings: &'a [String],
 }
 
 /// `run.json`: how this execution went (wall-clock time per stage, peak memory, when). It is
@@ -217,6 +221,31 @@ pub(crate) fn promotion_gate(
             new,
         ))
     }
+}
+
+/// Customers by consent decision, for metrics.json.
+fn consent_counts(
+    table: &DataFrame,
+) -> Result<BTreeMap<&'static str, BTreeMap<&'static str, usize>>> {
+    use crate::consent::column as cc;
+    let mut out = BTreeMap::new();
+    for (purpose, ok, why) in [
+        ("ads", cc::ADS_OK, cc::ADS_WHY_NOT),
+        ("email", cc::EMAIL_OK, cc::EMAIL_WHY_NOT),
+    ] {
+        let given = table.column(ok).ctx(ok)?.bool().ctx(ok)?.sum().unwrap_or(0) as usize;
+        let why = table.column(why).ctx(why)?.str().ctx(why)?.clone();
+        let count = |r: &str| why.iter().filter(|v| *v == Some(r)).count();
+        out.insert(
+            purpose,
+            BTreeMap::from([
+                ("given", given),
+                ("refused", count("refused")),
+                ("unknown", count("unknown")),
+            ]),
+        );
+    }
+    Ok(out)
 }
 
 /// Runs the whole job; see the module documentation.
@@ -415,7 +444,107 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
 
     let staging = Staging::create(&output_root, &as_of.to_string())?;
     let ranked = score::ranked(&scores)?;
-    let audiences = audience::write_all(&ranked, &job.model.audiences, &staging.dir)?;
+    let contacts = crate::consent::contacts(&events, &job.privacy)?;
+    let table = ranked
+        .clone()
+        .lazy()
+        .join(
+            scoring.clone().lazy(),
+            [col(ev::CUSTOMER_ID)],
+            [col(ev::CUSTOMER_ID)],
+            crate::util::left_join_ordered(),
+        )
+        .join(
+            contacts.clone().lazy(),
+            [col(ev::CUSTOMER_ID)],
+            [col(ev::CUSTOMER_ID)],
+            crate::util::left_join_ordered(),
+        )
+        .with_columns([
+            col(crate::consent::column::ADS_OK).fill_null(lit(false)),
+            col(crate::consent::column::EMAIL_OK).fill_null(lit(false)),
+        ])
+        .collect()
+        .ctx("joining scores, features and consent")?;
+    let previous_members = match &current_state {
+        Some(dir) if dir.join(audience::MEMBERS_STATE).exists() => Some(crate::util::read_parquet(
+            &dir.join(audience::MEMBERS_STATE),
+        )?),
+        _ => None,
+    };
+    let delivered = audience::deliver(
+        &table,
+        &job.audiences,
+        &job.privacy,
+        previous_members.as_ref(),
+        &staging.dir,
+    )?;
+    let mut warnings = delivered.warnings.clone();
+    if !gate.promoted {
+        warnings.push(format!("new model not promoted: {}", gate.reason));
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let audiences = delivered.reports.clone();
+    let consent = consent_counts(&table)?;
+    let describe = |name: &str| {
+        job.features
+            .features
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.description.clone())
+            .unwrap_or_default()
+    };
+    let drivers = crate::report::drivers(
+        &artifact,
+        &model::to_matrix(&scoring, &names)?,
+        describe,
+        10,
+    );
+    let exclusions: BTreeMap<String, usize> = BTreeMap::from([
+        (
+            "no_ad_consent".to_string(),
+            consent["ads"]["refused"] + consent["ads"]["unknown"],
+        ),
+        (
+            "no_email_consent".to_string(),
+            consent["email"]["refused"] + consent["email"]["unknown"],
+        ),
+        ("suppressed".to_string(), resolved.suppressed_customers),
+    ]);
+    crate::report::write(
+        &staging.dir,
+        &crate::report::Summary {
+            as_of: as_of.to_string(),
+            propel_version: env!("CARGO_PKG_VERSION"),
+            customers_scored: scores.height(),
+            horizon_days: job.model.horizon_days,
+            auc: artifact.validation.auc,
+            pr_auc: artifact.validation.pr_auc,
+            base_rate: artifact.validation.positive_rate,
+            ece: artifact.validation.ece,
+            lift_top_decile: artifact.validation.lift_top_decile,
+            model_kind: artifact.kind.clone(),
+            promoted: gate.promoted,
+            gate_reason: gate.reason.clone(),
+            validation_cutoff: cutoffs.validation.to_string(),
+            n_validation: artifact.validation.n,
+        },
+        &scores
+            .column(output::SCORE)
+            .ctx("score")?
+            .f64()
+            .ctx("score")?
+            .into_no_null_iter()
+            .collect::<Vec<_>>(),
+        &artifact.validation,
+        &audiences,
+        &drivers,
+        &exclusions,
+        &warnings,
+        &Vec::<()>::new(),
+    )?;
     timer.lap("audience");
 
     write_parquet(&mut scores.clone(), &staging.path("scores.parquet"))?;
@@ -481,6 +610,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         rows,
         ingest: &ingested.counts,
         audiences: &audiences,
+        consent,
+        warnings: &warnings,
     };
     std::fs::write(
         staging.path("metrics.json"),
@@ -504,10 +635,15 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     .ctx("writing run.json")?;
     let output_dir = staging.publish()?;
     info!(output = %output_dir.display(), "published");
+    audience::log_activations(&output_root, as_of, &audiences)?;
     // State advances only once the run's outputs are published, in one atomic commit: the
     // identity graph and the model in production (the new one if promoted, else the same).
     state.commit(as_of, job.state_keep_nights, |dir| {
         resolved.state.write(dir)?;
+        write_parquet(
+            &mut delivered.members.clone(),
+            &dir.join(audience::MEMBERS_STATE),
+        )?;
         std::fs::write(
             dir.join(MODEL_STATE),
             serde_json::to_string_pretty(&artifact).expect("json") + "\n",
@@ -521,6 +657,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         customers_scored: scores.height(),
         validation: artifact.validation,
         audiences,
+        warnings,
         counts: ingested.counts,
     })
 }

@@ -21,6 +21,13 @@ pub mod event {
     pub const EMAIL: &str = "email";
     /// Offline customer or loyalty number (flat layout).
     pub const LOYALTY_ID: &str = "loyalty_id";
+    /// Raw phone number as given (flat layout); normalised per destination, never written
+    /// out raw.
+    pub const PHONE: &str = "phone";
+    /// What the event says about consent to advertising / e-mail marketing: true (given),
+    /// false (refused or withdrawn), null (the event says nothing).
+    pub const CONSENT_ADS: &str = "consent_ads";
+    pub const CONSENT_EMAIL: &str = "consent_email";
     pub const PAGE_URL: &str = "page_url";
     pub const PAGE_PATH: &str = "page_path";
     pub const PAGE_REFERRER: &str = "page_referrer";
@@ -168,6 +175,16 @@ pub mod snowplow {
     pub const CLIENT_SESSION: &str = "contexts_com_snowplowanalytics_snowplow_client_session_1";
     pub const ECOMMERCE_TRANSACTION: &str =
         "contexts_com_snowplowanalytics_snowplow_ecommerce_transaction_1";
+    pub const ECOMMERCE_USER: &str = "contexts_com_snowplowanalytics_snowplow_ecommerce_user_1";
+    /// Enhanced consent plugin: the visitor's choice in the consent banner.
+    pub const CONSENT_PREFERENCES: &str =
+        "unstruct_event_com_snowplowanalytics_snowplow_consent_preferences_1";
+    pub const CONSENT_WITHDRAWN: &str =
+        "unstruct_event_com_snowplowanalytics_snowplow_consent_withdrawn_1";
+    /// `consent_scopes` of a consent_preferences event that mean consent to advertising.
+    pub const AD_CONSENT_SCOPES: [&str; 4] = ["marketing", "advertising", "targeting", "ads"];
+    /// ... and consent to e-mail marketing.
+    pub const EMAIL_CONSENT_SCOPES: [&str; 4] = ["email", "email_marketing", "newsletter", "crm"];
 
     /// Hive partition key of the Lake Loader layout.
     pub const PARTITION_KEY: &str = "load_tstamp_date";

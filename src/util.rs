@@ -80,3 +80,29 @@ pub fn peak_rss_mib() -> Option<u64> {
         .ok()?;
     Some(kib / 1024)
 }
+
+pub fn read_parquet(path: &Path) -> Result<DataFrame> {
+    let file = std::fs::File::open(path).ctx(format!("opening {}", path.display()))?;
+    ParquetReader::new(file)
+        .finish()
+        .ctx(format!("reading {}", path.display()))
+}
+
+/// The values of one column of a CSV file, as text (tests and checks).
+pub fn read_csv_strings(path: &Path, column: &str) -> Vec<String> {
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .and_then(|r| r.finish())
+        .and_then(|df| df.column(column).cloned())
+        .and_then(|c| c.cast(&DataType::String))
+        .map(|c| {
+            c.str()
+                .expect("string")
+                .iter()
+                .flatten()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

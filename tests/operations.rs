@@ -5,39 +5,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
 use sha2::{Digest, Sha256};
-
-/// A job whose model is quick to fit, so that many runs fit in a test.
-fn quick_job(dir: &Path) -> PathBuf {
-    std::fs::write(
-        dir.join("quick_model.toml"),
-        "[label]\nhorizon_days = 14\n[model]\nl2 = 1.0\nmax_iterations = 60\n",
-    )
-    .unwrap();
-    let job = dir.join("quick.toml");
-    std::fs::write(&job, "model = \"quick_model.toml\"\n").unwrap();
-    job
-}
-
-fn run_args<'a>(job: &'a Path, events: &'a Path, out: &'a Path, as_of: &'a str) -> Vec<&'a str> {
-    vec![
-        "--log-format",
-        "json",
-        "run",
-        "--job",
-        job.to_str().unwrap(),
-        "--input",
-        events.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--as-of",
-        as_of,
-    ]
-}
 
 /// Every file of a published run, relative path -> SHA-256, checked against its manifest.
 fn published(run: &Path) -> BTreeMap<String, String> {

@@ -13,6 +13,7 @@ use crate::error::{ConfigError, ConfigProblem};
 pub const DEFAULT_JOB: &str = include_str!("../../jobs/default.toml");
 pub const DEFAULT_FEATURES: &str = include_str!("../../features/default.toml");
 pub const DEFAULT_MODEL: &str = include_str!("../../models/propensity.toml");
+pub const DEFAULT_AUDIENCES: &str = include_str!("../../models/audiences.toml");
 
 // ---------------------------------------------------------------------------------------
 // Problem collection
@@ -124,6 +125,7 @@ struct RawJob {
     output: Option<RawOutput>,
     features: Option<String>,
     model: Option<String>,
+    audiences: Option<String>,
     sessions: Option<RawSessions>,
     state: Option<RawState>,
     identity: Option<RawIdentity>,
@@ -147,6 +149,10 @@ struct RawIdentity {
 #[serde(deny_unknown_fields)]
 struct RawPrivacy {
     suppression: Option<String>,
+    assume_ads_consent: Option<bool>,
+    assume_email_consent: Option<bool>,
+    raw_email_destinations: Option<Vec<String>>,
+    phone_country: Option<String>,
 }
 
 /// `[input]` (one source) or `[[input]]` (several, e.g. web events and store sales).
@@ -214,6 +220,23 @@ pub struct Job {
     pub identity_limits: std::collections::BTreeMap<String, usize>,
     /// CSV of customers to forget (columns customer_id, email_sha256 or email). Default: none.
     pub suppression: Option<PathBuf>,
+    pub audiences: AudienceSet,
+    pub privacy: Privacy,
+}
+
+/// Consent and delivery rules (`[privacy]`).
+#[derive(Debug, Clone, Default)]
+pub struct Privacy {
+    /// Consent assumed for customers with no consent signal at all. Default: false for both
+    /// (opt-in, as GDPR requires for advertising and e-mail marketing).
+    pub assume_ads_consent: bool,
+    pub assume_email_consent: bool,
+    /// Destinations allowed to carry raw e-mail addresses (only `email_list` may). Default:
+    /// none: every export carries hashes only.
+    pub raw_email_destinations: Vec<crate::destinations::Destination>,
+    /// Country of phone numbers written without a `+` country code. Default: none (such
+    /// numbers are not exported).
+    pub phone_country: Option<phonenumber::country::Id>,
 }
 
 impl Job {
@@ -288,9 +311,10 @@ impl Job {
                 );
             }
         }
-        let suppression = raw
-            .privacy
-            .and_then(|p| p.suppression)
+        let privacy_raw = raw.privacy.unwrap_or_default();
+        let suppression = privacy_raw
+            .suppression
+            .as_ref()
             .map(|p| source.base.join(p));
         // The embedded job refers to the embedded feature and model files; a job file on
         // disk refers to files relative to itself.
@@ -302,6 +326,40 @@ impl Job {
             (Some(p), false) => Some(Source::read(&source.base.join(p))),
             _ => None,
         };
+        let audiences_src = match (&raw.audiences, embedded) {
+            (Some(p), false) => Source::read(&source.base.join(p)),
+            _ => Ok(Source::embedded("models/audiences.toml", DEFAULT_AUDIENCES)),
+        };
+        let mut privacy = Privacy {
+            assume_ads_consent: privacy_raw.assume_ads_consent.unwrap_or(false),
+            assume_email_consent: privacy_raw.assume_email_consent.unwrap_or(false),
+            ..Privacy::default()
+        };
+        for (i, d) in privacy_raw
+            .raw_email_destinations
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            match crate::destinations::Destination::from_name(d) {
+                Some(dest @ crate::destinations::Destination::EmailList) => {
+                    privacy.raw_email_destinations.push(dest)
+                }
+                _ => problems.push(
+                    format!("privacy.raw_email_destinations[{i}]"),
+                    format!("only `email_list` may carry raw e-mail addresses, found `{d}`"),
+                ),
+            }
+        }
+        if let Some(c) = &privacy_raw.phone_country {
+            match c.to_uppercase().parse::<phonenumber::country::Id>() {
+                Ok(id) => privacy.phone_country = Some(id),
+                Err(_) => problems.push(
+                    "privacy.phone_country",
+                    format!("expected a two-letter country code such as \"GB\", found {c:?}"),
+                ),
+            }
+        }
         let mut all = problems.into_vec();
         let features = match features_src {
             Some(Ok(src)) => FeatureSet::parse(&src),
@@ -317,6 +375,18 @@ impl Job {
             all.extend(e.0.iter().cloned());
         }
         if let Err(e) = &model {
+            all.extend(e.0.iter().cloned());
+        }
+        let audiences = match (&features, audiences_src) {
+            (Ok(f), Ok(src)) => {
+                let mut columns = f.names();
+                columns.extend(SCORE_COLUMNS.map(String::from));
+                AudienceSet::parse(&src, &columns)
+            }
+            (_, Err(e)) => Err(e),
+            (Err(_), Ok(_)) => Err(ConfigError(Vec::new())),
+        };
+        if let Err(e) = &audiences {
             all.extend(e.0.iter().cloned());
         }
         if !all.is_empty() {
@@ -335,13 +405,17 @@ impl Job {
             state: raw.state.and_then(|s| s.url),
             identity_limits,
             suppression,
+            audiences: audiences.expect("checked above"),
+            privacy,
         })
     }
 }
 
+mod audiences;
 mod features;
 mod model;
 
+pub use audiences::*;
 pub use features::*;
 pub use model::*;
 
@@ -357,7 +431,7 @@ mod tests {
     fn embedded_defaults_are_valid() {
         let job = Job::load(None).expect("default job");
         assert!(job.features.features.len() >= 15);
-        assert!(!job.model.audiences.is_empty());
+        assert!(job.audiences.audiences.len() >= 4);
     }
 
     #[test]

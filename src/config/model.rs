@@ -1,6 +1,4 @@
-//! The model definition (`models/*.toml`): label, snapshots, model, eligibility, audiences.
-
-use std::collections::BTreeSet;
+//! The model definition (`models/*.toml`): label, snapshots, model, eligibility, gate.
 
 use serde::Deserialize;
 
@@ -20,8 +18,6 @@ struct RawModelFile {
     model: Option<RawModel>,
     eligibility: Option<RawEligibility>,
     gate: Option<RawGate>,
-    #[serde(default)]
-    audience: Vec<RawAudience>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -67,14 +63,6 @@ struct RawGate {
 struct RawEligibility {
     min_positives: Option<usize>,
     min_negatives: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAudience {
-    name: String,
-    description: Option<String>,
-    top_percent: f64,
 }
 
 /// Who is in the population at a cutoff.
@@ -137,15 +125,6 @@ pub struct ModelDef {
     pub min_positives: usize,
     /// Refuse to train below this many negative training rows. Default: 20.
     pub min_negatives: usize,
-    pub audiences: Vec<AudienceDef>,
-}
-
-/// An audience: the customers in the top `top_percent` % of scores.
-#[derive(Debug, Clone)]
-pub struct AudienceDef {
-    pub name: String,
-    pub description: String,
-    pub top_percent: f64,
 }
 
 impl ModelDef {
@@ -270,36 +249,6 @@ impl ModelDef {
                 None
             }
         };
-        let mut names = BTreeSet::new();
-        let mut audiences = Vec::new();
-        for (i, a) in raw.audience.into_iter().enumerate() {
-            let key = format!("audience[{i}] ({})", a.name);
-            if !names.insert(a.name.clone()) {
-                p.push(&key, format!("duplicate audience name `{}`", a.name));
-            }
-            if a.name.is_empty()
-                || !a
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                p.push(
-                    format!("{key}.name"),
-                    "expected a name of letters, digits, `_` and `-`",
-                );
-            }
-            if !(a.top_percent > 0.0 && a.top_percent <= 100.0) {
-                p.push(
-                    format!("{key}.top_percent"),
-                    format!("expected a number in (0, 100], found {}", a.top_percent),
-                );
-            }
-            audiences.push(AudienceDef {
-                name: a.name,
-                description: a.description.unwrap_or_default(),
-                top_percent: a.top_percent,
-            });
-        }
         if !p.is_empty() {
             return Err(ConfigError(p.into_vec()));
         }
@@ -323,7 +272,6 @@ impl ModelDef {
             reasons: model.reasons.unwrap_or(3),
             min_positives: elig.min_positives.unwrap_or(20),
             min_negatives: elig.min_negatives.unwrap_or(20),
-            audiences,
         })
     }
 }

@@ -88,3 +88,54 @@ pub fn strings(df: &DataFrame, column: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A job whose model is quick to fit, so that many runs fit in a test.
+pub fn quick_job(dir: &Path) -> PathBuf {
+    std::fs::write(
+        dir.join("quick_model.toml"),
+        "[label]\nhorizon_days = 14\n[model]\nl2 = 1.0\nmax_iterations = 60\n",
+    )
+    .unwrap();
+    let job = dir.join("quick.toml");
+    std::fs::write(&job, "model = \"quick_model.toml\"\n").unwrap();
+    job
+}
+
+pub fn run_args<'a>(
+    job: &'a Path,
+    events: &'a Path,
+    out: &'a Path,
+    as_of: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "--log-format",
+        "json",
+        "run",
+        "--job",
+        job.to_str().unwrap(),
+        "--input",
+        events.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--as-of",
+        as_of,
+    ]
+}
+
+/// An external program a test needs (chromium, python with packages, ...): its path, or
+/// `None` when it is missing and the run does not require it. CI sets
+/// `PROPEL_REQUIRE_EXTERNAL=1` after installing everything, so there a missing tool fails.
+pub fn external(program: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var("PROPEL_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
+            panic!("{program} is required (PROPEL_REQUIRE_EXTERNAL=1) but not on PATH");
+        }
+        eprintln!("SKIPPED: {program} not on PATH (.ci/run installs it)");
+    }
+    found
+}
