@@ -4,11 +4,11 @@
 //! broken by file and row order). Every row read is counted as used, duplicate, quarantined
 //! or after the as-of date, and the counts add up.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use polars::prelude::*;
 
-use crate::config::{InputDef, Layout};
+use crate::config::{InputDef, Layout, Quality};
 use crate::error::{Context, InputError, Result};
 use crate::schema::{EventType, event as ev, output, snowplow as sp};
 use crate::util::utc;
@@ -17,6 +17,8 @@ use crate::util::utc;
 #[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
 pub struct IngestCounts {
     pub files: usize,
+    /// Hive partitions (`load_tstamp_date=`) loaded after the run needs: not read.
+    pub files_pruned: usize,
     pub read: usize,
     pub used: usize,
     pub duplicates: usize,
@@ -36,12 +38,78 @@ pub struct Ingested {
     pub as_of: chrono::NaiveDate,
 }
 
-/// Lists the Parquet files under a local directory (or the file itself), sorted, skipping
-/// hidden and `_`-prefixed entries as Hive-style writers do.
-pub fn list_files(location: &str) -> Result<Vec<PathBuf>> {
+/// Object-store URL schemes, read through polars' cloud support (object_store). Credentials
+/// come from the usual environment variables (AWS_*, GOOGLE_*, AZURE_*), never from files
+/// propel writes, and are never logged.
+const CLOUD_SCHEMES: [&str; 8] = [
+    "s3://", "s3a://", "gs://", "gcs://", "az://", "azure://", "abfs://", "abfss://",
+];
+
+fn is_cloud(location: &str) -> bool {
+    CLOUD_SCHEMES.iter().any(|s| location.starts_with(s))
+}
+
+fn is_event_file(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with(".parquet") || lower.ends_with(".csv")
+}
+
+/// Lists the event files (Parquet, or CSV for the flat layout) under a local directory or an
+/// object-store prefix (or the file itself), sorted, skipping hidden and `_`-prefixed
+/// entries as Hive-style writers do.
+pub fn list_files(location: &str) -> Result<Vec<String>> {
+    let files = if is_cloud(location) {
+        list_cloud(location)?
+    } else {
+        list_local(location)?
+    };
+    if files.is_empty() {
+        return Err(InputError::NoFiles {
+            location: location.to_string(),
+        }
+        .into());
+    }
+    Ok(files)
+}
+
+fn list_cloud(location: &str) -> Result<Vec<String>> {
+    let base = location.trim_end_matches('/');
+    if is_event_file(base) {
+        return Ok(vec![base.to_string()]);
+    }
+    let unreadable = |e: Box<dyn std::error::Error + Send + Sync>| InputError::Unreadable {
+        location: location.to_string(),
+        source: e,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unreadable(Box::new(e)))?;
+    let mut files = Vec::new();
+    for ext in ["parquet", "csv"] {
+        let pattern = format!("{base}/**/*.{ext}");
+        let found = runtime
+            .block_on(polars::prelude::cloud::glob(
+                PlRefPath::new(pattern.as_str()),
+                None,
+            ))
+            .map_err(|e| unreadable(Box::new(e)))?;
+        files.extend(found.into_iter().filter(|f| {
+            f.strip_prefix(base)
+                .unwrap_or(f)
+                .split('/')
+                .all(|part| !part.starts_with('.') && !part.starts_with('_'))
+        }));
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn list_local(location: &str) -> Result<Vec<String>> {
     let root = PathBuf::from(location.strip_prefix("file://").unwrap_or(location));
     if root.is_file() {
-        return Ok(vec![root]);
+        return Ok(vec![root.display().to_string()]);
     }
     if !root.is_dir() {
         return Err(InputError::Unreadable {
@@ -66,30 +134,30 @@ pub fn list_files(location: &str) -> Result<Vec<PathBuf>> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if name.ends_with(".parquet") {
-                files.push(path);
+            } else if is_event_file(&name) {
+                files.push(path.display().to_string());
             }
         }
     }
     files.sort();
-    if files.is_empty() {
-        return Err(InputError::NoFiles {
-            location: location.to_string(),
-        }
-        .into());
-    }
     Ok(files)
 }
 
-fn is_csv(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+/// The load date of a file under a Hive partition `load_tstamp_date=YYYY-MM-DD/`.
+fn partition_date(file: &str) -> Option<chrono::NaiveDate> {
+    file.split('/')
+        .find_map(|part| part.strip_prefix(&format!("{}=", sp::PARTITION_KEY)))
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+}
+
+fn is_csv(path: &str) -> bool {
+    path.to_ascii_lowercase().ends_with(".csv")
 }
 
 /// Scans one file lazily: Parquet as is; CSV (flat layout) with every column as text, so
 /// that unparseable values are quarantined with a reason rather than failing the run.
-fn scan(path: &Path) -> Result<LazyFrame> {
-    let name = path.display().to_string();
+fn scan(path: &str) -> Result<LazyFrame> {
+    let name = path.to_string();
     let lf = if is_csv(path) {
         LazyCsvReader::new(PlRefPath::new(name.as_str()))
             .with_has_header(true)
@@ -108,8 +176,8 @@ fn scan(path: &Path) -> Result<LazyFrame> {
 }
 
 /// Reads the file's schema and checks the mandatory columns of its layout.
-fn file_schema(path: &Path, layout: Layout) -> Result<Schema> {
-    let file = path.display().to_string();
+fn file_schema(path: &str, layout: Layout) -> Result<Schema> {
+    let file = path.to_string();
     let schema = scan(path)?
         .collect_schema()
         .map_err(|e| InputError::Unreadable {
@@ -178,6 +246,7 @@ fn file_schema(path: &Path, layout: Layout) -> Result<Schema> {
                 sp::COLLECTOR_TSTAMP,
                 sp::DERIVED_TSTAMP,
                 sp::DVCE_CREATED_TSTAMP,
+                sp::DVCE_SENT_TSTAMP,
             ] {
                 check(c, is_ts, "timestamp")?;
             }
@@ -387,6 +456,8 @@ fn flat_exprs(schema: &Schema, file: &str) -> Vec<Expr> {
     };
     exprs.push(error.alias(PARSE_ERROR));
     exprs.push(lit(file.to_string()).alias(SOURCE_FILE));
+    exprs.push(lit(NULL).cast(utc()).alias(DVCE_CREATED));
+    exprs.push(lit(NULL).cast(utc()).alias(DVCE_SENT));
     exprs
 }
 
@@ -628,6 +699,9 @@ impl Reader<'_> {
                 .alias(ev::SEARCH_PAGE_RESULTS),
             lit(NULL).cast(DataType::String).alias(PARSE_ERROR),
             lit(file.to_string()).alias(SOURCE_FILE),
+            self.typed(sp::DVCE_CREATED_TSTAMP, utc())
+                .alias(DVCE_CREATED),
+            self.typed(sp::DVCE_SENT_TSTAMP, utc()).alias(DVCE_SENT),
         ]
     }
 }
@@ -636,8 +710,29 @@ impl Reader<'_> {
 pub const SOURCE_FILE: &str = "source_file";
 const ORDER: &str = "_order";
 
+/// Device timestamps (Lake Loader only), for the late-event rule; not kept after ingest.
+const DVCE_CREATED: &str = "_dvce_created";
+const DVCE_SENT: &str = "_dvce_sent";
+
 /// The reason a row is quarantined, or null when it is usable. First failing rule wins.
-fn quarantine_reason() -> Expr {
+fn quarantine_reason(quality: &Quality) -> Expr {
+    let day = crate::util::MICROS_PER_DAY;
+    let micros = |c: &str| col(c).cast(DataType::Int64);
+    // Snowplow's late rule: sent by the device more than N days after it was created (with
+    // missing device times read as the collector's, as dbt-snowplow-unified does).
+    let late = coalesce(&[micros(DVCE_SENT), micros(ev::COLLECTOR_TSTAMP)]).gt(coalesce(&[
+        micros(DVCE_CREATED),
+        micros(ev::COLLECTOR_TSTAMP),
+    ]) + lit(quality
+        .days_late_allowed
+        * day));
+    let bot = match &quality.bot_pattern {
+        Some(pattern) => col(ev::USERAGENT)
+            .str()
+            .contains(lit(format!("(?i){pattern}")), false)
+            .fill_null(lit(false)),
+        None => lit(false),
+    };
     let has_identifier = col(ev::DOMAIN_USERID)
         .is_not_null()
         .or(col(ev::USER_ID)
@@ -665,11 +760,49 @@ fn quarantine_reason() -> Expr {
             .or(col(ev::ORDER_TOTAL).is_nan()),
     )
     .then(lit("NaN price or total"))
+    .when(late)
+    .then(lit(format!(
+        "late: sent by the device more than {} days after it was created",
+        quality.days_late_allowed
+    )))
+    .when(bot)
+    .then(lit("bot or spider user agent"))
     .otherwise(lit(NULL).cast(DataType::String))
 }
 
+/// Snowplow's session cap: a tracker session that lasts longer than N days (from its first
+/// usable event, on the collector clock) is quarantined from that point on, as
+/// dbt-snowplow-utils does; its first N days of events stay.
+fn long_sessions(quality: &Quality) -> Expr {
+    let reason = col(output::QUARANTINE_REASON);
+    let collector = col(ev::COLLECTOR_TSTAMP).cast(DataType::Int64);
+    let start = collector
+        .clone()
+        .filter(reason.clone().is_null())
+        .min()
+        .over([col(ev::DOMAIN_SESSIONID)])
+        .expect("a window over one column");
+    when(
+        reason
+            .clone()
+            .is_null()
+            .and(col(ev::DOMAIN_SESSIONID).is_not_null().and(
+                collector.gt(start + lit(quality.max_session_days * crate::util::MICROS_PER_DAY)),
+            )),
+    )
+    .then(lit(format!(
+        "session longer than {} days (events after its first {} days)",
+        quality.max_session_days, quality.max_session_days
+    )))
+    .otherwise(reason)
+}
+
 /// Reads and normalises the events at `location`; see the module documentation.
-pub fn ingest(inputs: &[InputDef], as_of: Option<chrono::NaiveDate>) -> Result<Ingested> {
+pub fn ingest(
+    inputs: &[InputDef],
+    as_of: Option<chrono::NaiveDate>,
+    quality: &Quality,
+) -> Result<Ingested> {
     let location = inputs
         .iter()
         .map(|i| i.url.as_str())
@@ -678,14 +811,28 @@ pub fn ingest(inputs: &[InputDef], as_of: Option<chrono::NaiveDate>) -> Result<I
     let order: Vec<Expr> = canonical_columns()
         .into_iter()
         .map(|(c, _)| col(c))
-        .chain([col(PARSE_ERROR), col(SOURCE_FILE), col(ORDER)])
+        .chain([
+            col(PARSE_ERROR),
+            col(SOURCE_FILE),
+            col(DVCE_CREATED),
+            col(DVCE_SENT),
+            col(ORDER),
+        ])
         .collect();
     let mut frames = Vec::new();
     let mut files_read = 0;
+    let mut files_pruned = 0;
     for input in inputs {
         for path in list_files(&input.url)? {
+            // A run as of D reads what was loaded up to D: what the nightly run of D saw.
+            if let (Some(as_of), Some(loaded)) = (as_of, partition_date(&path))
+                && loaded > as_of
+            {
+                files_pruned += 1;
+                continue;
+            }
             let schema = file_schema(&path, input.layout)?;
-            let name = path.display().to_string();
+            let name = path.clone();
             let exprs = match input.layout {
                 Layout::LakeLoader => Reader { schema: &schema }.canonical(&name),
                 Layout::Flat => flat_exprs(&schema, &name),
@@ -702,9 +849,19 @@ pub fn ingest(inputs: &[InputDef], as_of: Option<chrono::NaiveDate>) -> Result<I
             files_read += 1;
         }
     }
+    if frames.is_empty() {
+        return Err(InputError::AsOf {
+            as_of: as_of.map(|d| d.to_string()).unwrap_or_default(),
+            message: format!(
+                "no events loaded by this date: all {files_pruned} files at {location} are in load_tstamp_date partitions after it"
+            ),
+        }
+        .into());
+    }
     let all = concat(frames, UnionArgs::default())
         .ctx("combining input files")?
-        .with_column(quarantine_reason().alias(output::QUARANTINE_REASON))
+        .with_column(quarantine_reason(quality).alias(output::QUARANTINE_REASON))
+        .with_column(long_sessions(quality).alias(output::QUARANTINE_REASON))
         .collect()
         .map_err(|e| InputError::Unreadable {
             location: location.clone(),
@@ -716,7 +873,7 @@ pub fn ingest(inputs: &[InputDef], as_of: Option<chrono::NaiveDate>) -> Result<I
         .lazy()
         .filter(col(output::QUARANTINE_REASON).is_not_null())
         .sort([ORDER], Default::default())
-        .drop(cols([ORDER, PARSE_ERROR]))
+        .drop(cols([ORDER, PARSE_ERROR, DVCE_CREATED, DVCE_SENT]))
         .collect()
         .ctx("quarantine")?;
     let valid = all
@@ -730,7 +887,13 @@ pub fn ingest(inputs: &[InputDef], as_of: Option<chrono::NaiveDate>) -> Result<I
         )
         .unique_stable(Some(cols([ev::EVENT_ID])), UniqueKeepStrategy::First)
         .sort([ORDER], Default::default())
-        .drop(cols([ORDER, SOURCE_FILE, PARSE_ERROR]))
+        .drop(cols([
+            ORDER,
+            SOURCE_FILE,
+            PARSE_ERROR,
+            DVCE_CREATED,
+            DVCE_SENT,
+        ]))
         .collect()
         .ctx("deduplicating events")?;
     let valid_rows = read - quarantine.height();
@@ -758,6 +921,7 @@ pub fn ingest(inputs: &[InputDef], as_of: Option<chrono::NaiveDate>) -> Result<I
         .ctx("as-of filter")?;
     let counts = IngestCounts {
         files: files_read,
+        files_pruned,
         read,
         used: events.height(),
         duplicates,

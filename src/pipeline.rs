@@ -295,7 +295,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let mut timer = Timer::start(opts.as_of);
 
     info!(inputs = ?inputs, "ingest");
-    let ingested = ingest::ingest(&inputs, opts.as_of)?;
+    let ingested = ingest::ingest(&inputs, opts.as_of, &job.quality)?;
     let as_of = ingested.as_of;
     timer.lap("ingest");
 

@@ -141,6 +141,7 @@ fn resolve_fixture(csv: &Path) -> BTreeMap<(String, String), String> {
     let ingested = propel::ingest::ingest(
         &inputs,
         Some(chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap()),
+        &propel::config::Quality::default(),
     )
     .unwrap();
     let r = resolve(

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use polars::prelude::*;
-use propel::config::{InputDef, Layout};
+use propel::config::{InputDef, Layout, Quality};
 use propel::ingest::ingest;
 
 fn lake(dir: &std::path::Path) -> Vec<InputDef> {
@@ -152,7 +152,7 @@ fn write_fixture(dir: &std::path::Path) {
 fn dedupes_quarantines_and_normalises_with_known_answers() {
     let tmp = tempfile::tempdir().unwrap();
     write_fixture(tmp.path());
-    let got = ingest(&lake(tmp.path()), None).unwrap();
+    let got = ingest(&lake(tmp.path()), None, &Quality::default()).unwrap();
     let c = &got.counts;
     assert_eq!(
         (c.read, c.used, c.duplicates, c.quarantined, c.after_as_of),
@@ -216,17 +216,27 @@ fn events_after_the_as_of_date_are_counted_not_lost() {
     let err = ingest(
         &lake(tmp.path()),
         Some(chrono::NaiveDate::from_ymd_opt(2026, 5, 1).unwrap()),
+        &Quality::default(),
+    );
+    // The fixture's partition was loaded after that date: not even read.
+    assert!(err.is_err_and(|e| e.to_string().contains("no events loaded by this date")));
+    assert_eq!(parquet_files(tmp.path()).len(), 1);
+    // Without partitions to prune, the events are read and counted as after the as-of date.
+    let flat_file = tmp.path().join("x.parquet");
+    std::fs::rename(parquet_files(tmp.path())[0].clone(), &flat_file).unwrap();
+    let err = ingest(
+        &lake(&flat_file),
+        Some(chrono::NaiveDate::from_ymd_opt(2026, 5, 1).unwrap()),
+        &Quality::default(),
     );
     assert!(err.is_err_and(|e| e.to_string().contains("no events before this date")));
-    // Checked via the parquet files too: the fixture lies in one partition.
-    assert_eq!(parquet_files(tmp.path()).len(), 1);
 }
 
 #[test]
 fn the_flat_layout_example_reads_without_loss() {
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/examples/store_sales.csv");
-    let got = ingest(&flat(&example), None).unwrap();
+    let got = ingest(&flat(&example), None, &Quality::default()).unwrap();
     assert_eq!(
         (got.counts.read, got.counts.used, got.counts.quarantined),
         (5, 5, 0)
@@ -291,7 +301,7 @@ fn flat_rows_that_do_not_parse_are_quarantined_with_their_reason() {
          f,2026-05-02T10:15:00Z,order,,1,\n",
     )
     .unwrap();
-    let got = ingest(&flat(&path), None).unwrap();
+    let got = ingest(&flat(&path), None, &Quality::default()).unwrap();
     let used: Vec<&str> = got
         .events
         .column("event_id")

@@ -282,3 +282,22 @@ fn an_unexpected_failure_exits_1_with_one_line() {
         "{err}"
     );
 }
+
+#[test]
+fn the_airflow_dag_loads_in_a_real_dagbag() {
+    let Some(python) = python_from("PROPEL_AIRFLOW_PYTHON") else {
+        return;
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(python)
+        .arg(repo.join("tests/airflow/check_dagbag.py"))
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("OK propel_nightly"),
+        "{out}\n{}",
+        stderr(&o)
+    );
+}

@@ -130,6 +130,44 @@ struct RawJob {
     state: Option<RawState>,
     identity: Option<RawIdentity>,
     privacy: Option<RawPrivacy>,
+    quality: Option<RawQuality>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQuality {
+    days_late_allowed: Option<i64>,
+    max_session_days: Option<i64>,
+    filter_bots: Option<bool>,
+    bot_pattern: Option<String>,
+}
+
+/// Snowplow's bot filter (dbt-snowplow-web `filter_bots`), matched case-insensitively
+/// anywhere in the user agent.
+pub const SNOWPLOW_BOT_PATTERN: &str = "bot|crawl|slurp|spider|archiv|spinn|sniff|seo|audit|survey|pingdom|worm|capture|(browser|screen)shots|analyz|index|thumb|check|facebook|pingdombot|phantomjs|yandexbot|twitterbot|a_archiver|facebookexternalhit|bingbot|bingpreview|googlebot|baiduspider|360(spider|user-agent)|semalt";
+
+/// Data-quality rules of ingest (`[quality]`), with Snowplow's defaults.
+#[derive(Debug, Clone)]
+pub struct Quality {
+    /// Events sent by the device more than this many days after they were created are
+    /// quarantined. Default: 3 (`snowplow__days_late_allowed`).
+    pub days_late_allowed: i64,
+    /// Tracker sessions are cut after this many days; later events are quarantined.
+    /// Default: 3 (`snowplow__max_session_days`).
+    pub max_session_days: i64,
+    /// User agents matching this pattern are quarantined as bots; None = no bot filter.
+    /// Default: Snowplow's list ([`SNOWPLOW_BOT_PATTERN`]).
+    pub bot_pattern: Option<String>,
+}
+
+impl Default for Quality {
+    fn default() -> Quality {
+        Quality {
+            days_late_allowed: 3,
+            max_session_days: 3,
+            bot_pattern: Some(SNOWPLOW_BOT_PATTERN.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -222,6 +260,7 @@ pub struct Job {
     pub suppression: Option<PathBuf>,
     pub audiences: AudienceSet,
     pub privacy: Privacy,
+    pub quality: Quality,
 }
 
 /// Consent and delivery rules (`[privacy]`).
@@ -295,6 +334,41 @@ impl Job {
         }
         if raw.state.as_ref().and_then(|s| s.keep_nights) == Some(0) {
             problems.push("state.keep_nights", "expected at least 1 night, found 0");
+        }
+        let raw_quality = raw.quality.unwrap_or_default();
+        let mut quality = Quality::default();
+        for (key, value, slot) in [
+            (
+                "quality.days_late_allowed",
+                raw_quality.days_late_allowed,
+                &mut quality.days_late_allowed,
+            ),
+            (
+                "quality.max_session_days",
+                raw_quality.max_session_days,
+                &mut quality.max_session_days,
+            ),
+        ] {
+            match value {
+                Some(v) if v <= 0 => problems.push(
+                    key,
+                    format!("expected a positive number of days, found {v}"),
+                ),
+                Some(v) => *slot = v,
+                None => {}
+            }
+        }
+        if let Some(pattern) = raw_quality.bot_pattern {
+            match regex::Regex::new(&pattern) {
+                Ok(_) => quality.bot_pattern = Some(pattern),
+                Err(e) => problems.push(
+                    "quality.bot_pattern",
+                    format!("expected a regular expression: {e}"),
+                ),
+            }
+        }
+        if raw_quality.filter_bots == Some(false) {
+            quality.bot_pattern = None;
         }
         let mut identity_limits = crate::identity::default_limits();
         for (k, v) in raw.identity.and_then(|i| i.limits).unwrap_or_default() {
@@ -407,6 +481,7 @@ impl Job {
             suppression,
             audiences: audiences.expect("checked above"),
             privacy,
+            quality,
         })
     }
 }
@@ -432,6 +507,15 @@ mod tests {
         let job = Job::load(None).expect("default job");
         assert!(job.features.features.len() >= 15);
         assert!(job.audiences.audiences.len() >= 4);
+    }
+
+    #[test]
+    fn the_documented_nightly_job_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/nightly.toml");
+        let job = Job::load(Some(&path)).expect("jobs/nightly.toml");
+        assert_eq!(job.state_keep_nights, 7);
+        assert_eq!(job.identity_limits, crate::identity::default_limits());
+        assert!(!job.privacy.assume_ads_consent && job.privacy.raw_email_destinations.is_empty());
     }
 
     #[test]

@@ -139,3 +139,19 @@ pub fn external(program: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// A Python interpreter named by the environment variable `var` (a venv `.ci/run` builds,
+/// e.g. with Airflow or the notebook packages), or `None` (skipped) when unset and the run
+/// does not require it.
+pub fn python_from(var: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var("PROPEL_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") => {
+            panic!("{var} is required (PROPEL_REQUIRE_EXTERNAL=1) but not set")
+        }
+        None => {
+            eprintln!("SKIPPED: {var} not set (.ci/run sets it)");
+            None
+        }
+    }
+}
