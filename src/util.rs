@@ -106,3 +106,21 @@ pub fn read_csv_strings(path: &Path, column: &str) -> Vec<String> {
         })
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// The values of one column of a CSV file, as text, nulls kept (tests and checks).
+pub fn read_csv_optional_strings(path: &Path, column: &str) -> Vec<Option<String>> {
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .and_then(|r| r.finish())
+        .and_then(|df| df.column(column).cloned())
+        .map(|c| {
+            c.str()
+                .expect("string")
+                .iter()
+                .map(|v| v.map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
