@@ -574,8 +574,18 @@ impl Reader<'_> {
         let is = |n: &str| name.clone().eq(lit(n));
         // The event name decides; a self-describing struct decides only where the name
         // does not (e.g. a writer that left event_name empty).
+        // The ecommerce plugin's one event, snowplow_ecommerce_action, says what happened in
+        // its `type`; only cart and transaction actions become cart and order events.
+        let action = self.unstruct(sp::ECOMMERCE_ACTION, "type", DataType::String);
+        let ecommerce = |t: &str| is("snowplow_ecommerce_action").and(action.clone().eq(lit(t)));
         let event_type = when(is("page_view"))
             .then(lit(EventType::PageView.name()))
+            .when(ecommerce("add_to_cart"))
+            .then(lit(EventType::CartAdd.name()))
+            .when(ecommerce("remove_from_cart"))
+            .then(lit(EventType::CartRemove.name()))
+            .when(ecommerce("transaction"))
+            .then(lit(EventType::Order.name()))
             .when(is("add_to_cart"))
             .then(lit(EventType::CartAdd.name()))
             .when(is("remove_from_cart"))
@@ -601,8 +611,29 @@ impl Reader<'_> {
                 self.unstruct(sp::REMOVE_FROM_CART, field, dt),
             ])
         };
-        let quantity = coalesce(&[self.float(sp::TI_QUANTITY), cart("quantity", f64t.clone())]);
-        let unit_price = coalesce(&[self.float(sp::TI_PRICE), cart("unit_price", f64t.clone())]);
+        // The first product entity of an ecommerce action (its quantity defaults to one).
+        let product = |field: &str, dt: DataType| self.context(sp::ECOMMERCE_PRODUCT, field, dt);
+        let product_quantity = when(product("id", st.clone()).is_not_null())
+            .then(coalesce(&[product("quantity", f64t.clone()), lit(1.0)]))
+            .otherwise(lit(NULL).cast(f64t.clone()));
+        let quantity = coalesce(&[
+            self.float(sp::TI_QUANTITY),
+            cart("quantity", f64t.clone()),
+            product_quantity,
+        ]);
+        let unit_price = coalesce(&[
+            self.float(sp::TI_PRICE),
+            cart("unit_price", f64t.clone()),
+            product("price", f64t.clone()),
+        ]);
+        // A transaction entity describes the order only on an order event (the ecommerce
+        // plugin also attaches it to other actions).
+        let is_order = event_type.clone().eq(lit(EventType::Order.name()));
+        let transaction = |field: &str, dt: DataType| {
+            when(is_order.clone())
+                .then(self.context(sp::ECOMMERCE_TRANSACTION, field, dt.clone()))
+                .otherwise(lit(NULL).cast(dt))
+        };
         let page_path = if self.has(sp::PAGE_URLPATH) {
             col(sp::PAGE_URLPATH).cast(st.clone())
         } else {
@@ -663,32 +694,41 @@ impl Reader<'_> {
             coalesce(&[
                 self.string(sp::TR_ORDERID),
                 self.string(sp::TI_ORDERID),
-                self.context(sp::ECOMMERCE_TRANSACTION, "transaction_id", st.clone()),
+                transaction("transaction_id", st.clone()),
             ])
             .alias(ev::ORDER_ID),
             coalesce(&[
                 self.float(sp::TR_TOTAL),
-                self.context(sp::ECOMMERCE_TRANSACTION, "revenue", f64t.clone()),
+                transaction("revenue", f64t.clone()),
             ])
             .alias(ev::ORDER_TOTAL),
-            coalesce(&[
-                self.float(sp::TR_TAX),
-                self.context(sp::ECOMMERCE_TRANSACTION, "tax", f64t.clone()),
-            ])
-            .alias(ev::ORDER_TAX),
+            coalesce(&[self.float(sp::TR_TAX), transaction("tax", f64t.clone())])
+                .alias(ev::ORDER_TAX),
             coalesce(&[
                 self.float(sp::TR_SHIPPING),
-                self.context(sp::ECOMMERCE_TRANSACTION, "shipping", f64t.clone()),
+                transaction("shipping", f64t.clone()),
             ])
             .alias(ev::ORDER_SHIPPING),
-            self.context(sp::ECOMMERCE_TRANSACTION, "discount_amount", f64t.clone())
-                .alias(ev::ORDER_DISCOUNT),
-            self.context(sp::ECOMMERCE_TRANSACTION, "discount_code", st.clone())
-                .alias(ev::COUPON_CODE),
-            coalesce(&[self.string(sp::TI_SKU), cart("sku", st.clone())]).alias(ev::SKU),
-            coalesce(&[self.string(sp::TI_NAME), cart("name", st.clone())]).alias(ev::PRODUCT_NAME),
-            coalesce(&[self.string(sp::TI_CATEGORY), cart("category", st.clone())])
-                .alias(ev::CATEGORY),
+            transaction("discount_amount", f64t.clone()).alias(ev::ORDER_DISCOUNT),
+            transaction("discount_code", st.clone()).alias(ev::COUPON_CODE),
+            coalesce(&[
+                self.string(sp::TI_SKU),
+                cart("sku", st.clone()),
+                product("id", st.clone()),
+            ])
+            .alias(ev::SKU),
+            coalesce(&[
+                self.string(sp::TI_NAME),
+                cart("name", st.clone()),
+                product("name", st.clone()),
+            ])
+            .alias(ev::PRODUCT_NAME),
+            coalesce(&[
+                self.string(sp::TI_CATEGORY),
+                cart("category", st.clone()),
+                product("category", st.clone()),
+            ])
+            .alias(ev::CATEGORY),
             quantity.clone().alias(ev::QUANTITY),
             unit_price.clone().alias(ev::UNIT_PRICE),
             (quantity * unit_price).alias(ev::LINE_VALUE),
@@ -709,6 +749,26 @@ impl Reader<'_> {
 /// Column naming the file a row came from (quarantine only).
 pub const SOURCE_FILE: &str = "source_file";
 const ORDER: &str = "_order";
+
+/// An order event whose order id was already ordered in the same session (rows sorted by
+/// time).
+fn repeated_order() -> Expr {
+    col(ev::EVENT_TYPE)
+        .eq(lit(EventType::Order.name()))
+        .and(col(ev::ORDER_ID).is_not_null())
+        .and(col(ev::DOMAIN_SESSIONID).is_not_null())
+        .and(
+            col(ev::EVENT_ID)
+                .cum_count(false)
+                .over([
+                    col(ev::DOMAIN_SESSIONID),
+                    col(ev::ORDER_ID),
+                    col(ev::EVENT_TYPE),
+                ])
+                .expect("a window over columns")
+                .gt(lit(1)),
+        )
+}
 
 /// Device timestamps (Lake Loader only), for the late-event rule; not kept after ingest.
 const DVCE_CREATED: &str = "_dvce_created";
@@ -886,6 +946,14 @@ pub fn ingest(
             SortMultipleOptions::default().with_maintain_order(true),
         )
         .unique_stable(Some(cols([ev::EVENT_ID])), UniqueKeepStrategy::First)
+        // One order tracked twice in a session (a reloaded confirmation page, a retried
+        // tracker call with a new event id): the first one counts, as dbt-snowplow-ecommerce
+        // does.
+        .sort_by_exprs(
+            [col(ev::TSTAMP), col(ORDER)],
+            SortMultipleOptions::default().with_maintain_order(true),
+        )
+        .filter(repeated_order().not())
         .sort([ORDER], Default::default())
         .drop(cols([
             ORDER,

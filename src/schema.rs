@@ -176,6 +176,10 @@ pub mod snowplow {
     pub const ECOMMERCE_TRANSACTION: &str =
         "contexts_com_snowplowanalytics_snowplow_ecommerce_transaction_1";
     pub const ECOMMERCE_USER: &str = "contexts_com_snowplowanalytics_snowplow_ecommerce_user_1";
+    pub const ECOMMERCE_PRODUCT: &str =
+        "contexts_com_snowplowanalytics_snowplow_ecommerce_product_1";
+    pub const ECOMMERCE_ACTION: &str =
+        "unstruct_event_com_snowplowanalytics_snowplow_ecommerce_snowplow_ecommerce_action_1";
     /// Enhanced consent plugin: the visitor's choice in the consent banner.
     pub const CONSENT_PREFERENCES: &str =
         "unstruct_event_com_snowplowanalytics_snowplow_consent_preferences_1";
