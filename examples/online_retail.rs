@@ -149,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         as_of: Some(t + Duration::days(h)),
         horizon_days: Some(h),
         state: Some(work.path().join("state").display().to_string()),
+        ..RunOptions::default()
     })?;
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(summary.output_dir.join("metrics.json"))?)?;

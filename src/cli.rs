@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{FeatureDef, FeatureKind, FeatureSet, InputDef, Job, Layout, Over, Window};
 use crate::error::Result;
 use crate::generate::{GenerateOptions, generate};
-use crate::pipeline::{RunOptions, RunSummary, run};
+use crate::pipeline::{RunOptions, RunSummary, Stage, run};
 
 /// Where the embedded demo writes.
 pub const DEMO_DIR: &str = "propel-demo";
@@ -63,6 +63,11 @@ pub enum Command {
         /// State location (identity graph). Default: the job's, else <output>/_state.
         #[arg(long)]
         state: Option<String>,
+        /// Start from this stage: `features` reruns features, model, scores, audiences and
+        /// publish for a night already run, from the events, identities and sessions it
+        /// kept (the tuning loop). Default: `ingest`, everything from the raw events.
+        #[arg(long, value_enum, default_value_t = Stage::Ingest)]
+        from_stage: Stage,
     },
     /// Write synthetic Snowplow Lake Loader Parquet with planted purchase behaviour.
     Generate {
@@ -77,6 +82,13 @@ pub enum Command {
         start: NaiveDate,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Put two runs side by side: validation metrics, model, and feature importance.
+    Compare {
+        /// A run directory (`<output>/<as-of>/`), e.g. before a change.
+        run_a: PathBuf,
+        /// Another run directory, e.g. after the change.
+        run_b: PathBuf,
     },
     /// Inspect and test feature definitions.
     Features {
@@ -289,7 +301,10 @@ pub fn execute(cli: Cli) -> Result<()> {
             as_of,
             horizon,
             state,
+            from_stage,
         } => {
+            // No job and no input: the embedded demo (rerun from its features with
+            // `--from-stage features`, without generating it again).
             let demo = job.is_none() && input.is_empty() && flat_input.is_empty();
             let mut opts = RunOptions {
                 job,
@@ -298,8 +313,14 @@ pub fn execute(cli: Cli) -> Result<()> {
                 as_of: None,
                 horizon_days: horizon,
                 state,
+                from_stage,
             };
             if demo {
+                opts.output = opts.output.or(Some(
+                    PathBuf::from(DEMO_DIR).join("out").display().to_string(),
+                ));
+            }
+            if demo && from_stage == Stage::Ingest {
                 let events = PathBuf::from(DEMO_DIR).join("events");
                 if events.exists() {
                     std::fs::remove_dir_all(&events).map_err(|e| crate::error::Error::Io {
@@ -323,9 +344,6 @@ pub fn execute(cli: Cli) -> Result<()> {
                     g.events, g.duplicates, g.orders, g.files
                 );
                 opts.inputs = cli_inputs(vec![events.display().to_string()], vec![]);
-                opts.output = opts.output.or(Some(
-                    PathBuf::from(DEMO_DIR).join("out").display().to_string(),
-                ));
             }
             let nights = AsOf::nights(as_of);
             let backfill = nights.len() > 1;
@@ -414,6 +432,10 @@ pub fn execute(cli: Cli) -> Result<()> {
                 .into())
             }
         }
+        Command::Compare { run_a, run_b } => {
+            print!("{}", compare(&run_a, &run_b)?);
+            Ok(())
+        }
         Command::Validate {
             job,
             input,
@@ -442,4 +464,109 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn read_metrics(run: &std::path::Path) -> Result<serde_json::Value> {
+    let path = run.join("metrics.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        crate::error::ConfigError(vec![crate::error::ConfigProblem {
+            file: path.display().to_string(),
+            key: String::new(),
+            message: format!("expected a run directory with metrics.json: {e}"),
+        }])
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        crate::error::ConfigError(vec![crate::error::ConfigProblem {
+            file: path.display().to_string(),
+            key: String::new(),
+            message: format!("not a propel metrics file: {e}"),
+        }])
+        .into()
+    })
+}
+
+/// The side-by-side comparison `propel compare` prints.
+pub fn compare(a: &std::path::Path, b: &std::path::Path) -> Result<String> {
+    let (ma, mb) = (read_metrics(a)?, read_metrics(b)?);
+    let mut out = String::new();
+    let name = |m: &serde_json::Value, p: &std::path::Path| {
+        format!("{} ({})", p.display(), m["as_of"].as_str().unwrap_or("?"))
+    };
+    out += &format!("A: {}\nB: {}\n\n", name(&ma, a), name(&mb, b));
+    out += &format!("{:<24} {:>12} {:>12} {:>10}\n", "metric", "A", "B", "B - A");
+    let number = |m: &serde_json::Value, k: &str| m[k].as_f64();
+    for k in [
+        "auc",
+        "pr_auc",
+        "log_loss",
+        "brier",
+        "ece",
+        "lift_top_decile",
+        "precision_at_5",
+        "precision_at_10",
+        "precision_at_20",
+        "positive_rate",
+        "n_train",
+        "n_validation",
+    ] {
+        let (x, y) = (number(&ma, k), number(&mb, k));
+        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+        let delta = match (x, y) {
+            (Some(x), Some(y)) => format!("{:+.4}", y - x),
+            _ => "-".into(),
+        };
+        out += &format!("{k:<24} {:>12} {:>12} {delta:>10}\n", cell(x), cell(y));
+    }
+    let model = |m: &serde_json::Value| {
+        format!(
+            "{} l2={}",
+            m["model"]["kind"].as_str().unwrap_or("?"),
+            m["model"]["l2"]
+        )
+    };
+    out += &format!("{:<24} {:>12} {:>12}\n", "model", model(&ma), model(&mb));
+    out += &format!(
+        "\n{:<32} {:>12} {:>12} {:>10}\n",
+        "feature importance", "A", "B", "B - A"
+    );
+    let drivers = |m: &serde_json::Value| -> std::collections::BTreeMap<String, f64> {
+        m["drivers"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|x| {
+                        Some((
+                            x["feature"].as_str()?.to_string(),
+                            x["importance"].as_f64()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (da, db) = (drivers(&ma), drivers(&mb));
+    let mut features: Vec<&String> = da.keys().chain(db.keys()).collect();
+    features.sort_by(|x, y| {
+        let w = |f: &String| {
+            da.get(f)
+                .copied()
+                .unwrap_or(0.0)
+                .max(db.get(f).copied().unwrap_or(0.0))
+        };
+        w(y).total_cmp(&w(x)).then(x.cmp(y))
+    });
+    features.dedup();
+    for f in features {
+        let cell = |v: Option<&f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+        let delta = match (da.get(f), db.get(f)) {
+            (Some(x), Some(y)) => format!("{:+.4}", y - x),
+            _ => "-".into(),
+        };
+        out += &format!(
+            "{f:<32} {:>12} {:>12} {delta:>10}\n",
+            cell(da.get(f)),
+            cell(db.get(f))
+        );
+    }
+    Ok(out)
 }

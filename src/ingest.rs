@@ -14,7 +14,7 @@ use crate::schema::{EventType, event as ev, output, snowplow as sp};
 use crate::util::utc;
 
 /// Row counts of the ingest stage. `read = used + duplicates + quarantined + after_as_of`.
-#[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct IngestCounts {
     pub files: usize,
     /// Hive partitions (`load_tstamp_date=`) loaded after the run needs: not read.

@@ -14,6 +14,7 @@ pub mod generate;
 pub mod audience;
 pub mod consent;
 pub mod destinations;
+pub mod feature_report;
 pub mod features;
 pub mod identity;
 pub mod ingest;

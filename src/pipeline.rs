@@ -32,6 +32,280 @@ pub struct RunOptions {
     pub horizon_days: Option<i64>,
     /// State location; default: the job's, else `<output>/_state`.
     pub state: Option<String>,
+    /// Where the run starts: from the raw events (default), or from the features, reusing
+    /// the canonical events, identities and sessions a run of the same night kept.
+    pub from_stage: Stage,
+}
+
+/// The stage a run starts from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// Everything, from the raw events.
+    #[default]
+    Ingest,
+    /// Features, model, scores, audiences and publish, from what the night's run kept:
+    /// the tuning loop after editing feature, model or audience files.
+    Features,
+}
+
+/// What the stages up to sessions produce: the input of the feature stage, kept in the
+/// night's state (`stage/`) so that `--from-stage features` need not read raw events.
+struct Prepared {
+    as_of: NaiveDate,
+    events: DataFrame,
+    sessions: DataFrame,
+    customers: DataFrame,
+    identity: DataFrame,
+    changes: DataFrame,
+    shared: DataFrame,
+    quarantine: DataFrame,
+    counts: IngestCounts,
+    suppressed_customers: usize,
+    suppressed_events: usize,
+    identity_state: identity::IdentityState,
+    /// SHA-256 of the events as kept in `stage/events.parquet` (keys the cache).
+    fingerprint: Option<String>,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct PreparedCounts {
+    as_of: NaiveDate,
+    counts: IngestCounts,
+    suppressed_customers: usize,
+    suppressed_events: usize,
+}
+
+const STAGE_DIR: &str = "stage";
+const STAGE_FRAMES: [&str; 7] = [
+    "events",
+    "sessions",
+    "customers",
+    "identity",
+    "identity_changes",
+    "identity_shared",
+    "quarantine",
+];
+
+impl Prepared {
+    fn frames(&self) -> [&DataFrame; 7] {
+        [
+            &self.events,
+            &self.sessions,
+            &self.customers,
+            &self.identity,
+            &self.changes,
+            &self.shared,
+            &self.quarantine,
+        ]
+    }
+
+    /// Writes the identity state and the stage outputs into a night's state directory.
+    fn write(&self, dir: &std::path::Path) -> Result<()> {
+        self.identity_state.write(dir)?;
+        let stage = dir.join(STAGE_DIR);
+        for (name, df) in STAGE_FRAMES.iter().zip(self.frames()) {
+            write_parquet(&mut df.clone(), &stage.join(format!("{name}.parquet")))?;
+        }
+        let counts = PreparedCounts {
+            as_of: self.as_of,
+            counts: self.counts.clone(),
+            suppressed_customers: self.suppressed_customers,
+            suppressed_events: self.suppressed_events,
+        };
+        std::fs::write(
+            stage.join("counts.json"),
+            serde_json::to_string_pretty(&counts).expect("json"),
+        )
+        .ctx("writing stage/counts.json")
+    }
+
+    /// What the run of `night` kept.
+    fn load(state: &crate::state::StateDir, night: NaiveDate) -> Result<Prepared> {
+        let dir = state.night(night);
+        let stage = dir.join(STAGE_DIR);
+        let missing = || -> crate::error::Error {
+            crate::error::ConfigError(vec![crate::error::ConfigProblem {
+                file: dir.display().to_string(),
+                key: String::new(),
+                message: format!(
+                    "--from-stage features needs the night {night} run in full first (no kept stage outputs here)"
+                ),
+            }])
+            .into()
+        };
+        if !stage.join("counts.json").exists() {
+            return Err(missing());
+        }
+        let text =
+            std::fs::read_to_string(stage.join("counts.json")).ctx("reading stage/counts.json")?;
+        let counts: PreparedCounts = serde_json::from_str(&text).map_err(|_| missing())?;
+        let read = |name: &str| crate::util::read_parquet(&stage.join(format!("{name}.parquet")));
+        let events_file = stage.join("events.parquet");
+        let fingerprint = crate::util::sha256_file(&events_file)?;
+        Ok(Prepared {
+            as_of: counts.as_of,
+            events: read("events")?,
+            sessions: read("sessions")?,
+            customers: read("customers")?,
+            identity: read("identity")?,
+            changes: read("identity_changes")?,
+            shared: read("identity_shared")?,
+            quarantine: read("quarantine")?,
+            counts: counts.counts,
+            suppressed_customers: counts.suppressed_customers,
+            suppressed_events: counts.suppressed_events,
+            identity_state: identity::IdentityState::load(&dir)?.ok_or_else(missing)?,
+            fingerprint: Some(fingerprint),
+        })
+    }
+}
+
+/// Stage results stored under `<state>/cache/`, named by the SHA-256 of everything they
+/// depend on (propel's version, the events, the definitions, the cutoffs), so a rerun whose
+/// inputs did not change reuses them and gives the same bytes.
+struct Cache {
+    dir: PathBuf,
+    events: Option<String>,
+}
+
+impl Cache {
+    /// Entries kept per kind (the newest).
+    const KEEP: usize = 4;
+
+    fn path(&self, kind: &str, key: &str, ext: &str) -> Option<PathBuf> {
+        let events = self.events.as_ref()?;
+        let digest =
+            crate::util::sha256_hex(&format!("{}\n{events}\n{key}", env!("CARGO_PKG_VERSION")));
+        Some(self.dir.join(format!("{kind}-{}.{ext}", &digest[..32])))
+    }
+
+    fn prune(&self, kind: &str) -> Result<()> {
+        let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&self.dir)
+            .ctx("listing the cache")?
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{kind}-"))
+            })
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        entries.sort();
+        for (_, old) in entries.iter().rev().skip(Self::KEEP) {
+            std::fs::remove_file(old).ctx(format!("removing {}", old.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` aside, then renames: a crash never leaves a torn entry.
+    fn store(
+        &self,
+        path: &std::path::Path,
+        write: impl FnOnce(&std::path::Path) -> Result<()>,
+    ) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).ctx(format!("creating {}", self.dir.display()))?;
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        write(&tmp)?;
+        std::fs::rename(&tmp, path).ctx(format!("writing {}", path.display()))
+    }
+
+    fn parquet(
+        &self,
+        kind: &str,
+        key: &str,
+        compute: impl FnOnce() -> Result<DataFrame>,
+    ) -> Result<DataFrame> {
+        let Some(path) = self.path(kind, key, "parquet") else {
+            return compute();
+        };
+        if path.exists() {
+            info!(kind, "reused from the cache");
+            return crate::util::read_parquet(&path);
+        }
+        let df = compute()?;
+        self.store(&path, |tmp| write_parquet(&mut df.clone(), tmp))?;
+        self.prune(kind)?;
+        Ok(df)
+    }
+
+    fn json<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        key: &str,
+        compute: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let Some(path) = self.path(kind, key, "json") else {
+            return compute();
+        };
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(value) = serde_json::from_str(&text)
+        {
+            info!(kind, "reused from the cache");
+            return Ok(value);
+        }
+        let value = compute()?;
+        let text = serde_json::to_string(&value).expect("json");
+        self.store(&path, |tmp| {
+            std::fs::write(tmp, &text).ctx("writing the cache")
+        })?;
+        self.prune(kind)?;
+        Ok(value)
+    }
+}
+
+/// Ingest, identity and sessions, from the raw events.
+fn prepare(
+    inputs: &[InputDef],
+    as_of: Option<NaiveDate>,
+    job: &Job,
+    state: &crate::state::StateDir,
+    timer: &mut Timer,
+) -> Result<Prepared> {
+    info!(inputs = ?inputs, "ingest");
+    let ingested = ingest::ingest(inputs, as_of, &job.quality)?;
+    let as_of = ingested.as_of;
+    timer.lap("ingest");
+
+    let previous = match state.before(as_of)? {
+        Some(dir) => identity::IdentityState::load(&dir)?,
+        None => None,
+    };
+    let suppression = match &job.suppression {
+        Some(p) => identity::Suppression::load(p)?,
+        None => identity::Suppression::default(),
+    };
+    let resolved = identity::resolve(
+        &ingested.events,
+        previous.as_ref(),
+        &job.identity_limits,
+        &suppression,
+    )?;
+    if resolved.shared.height() > 0 {
+        tracing::warn!(
+            count = resolved.shared.height(),
+            "shared identifiers ignored by the identity guards (see identity_shared.parquet)"
+        );
+    }
+    timer.lap("identity");
+
+    let (events, sessions) =
+        sessions::sessionize(&resolved.events, job.session_inactivity_minutes)?;
+    timer.lap("sessions");
+    Ok(Prepared {
+        as_of,
+        sessions,
+        customers: resolved.customers,
+        identity: resolved.identity,
+        changes: resolved.changes,
+        shared: resolved.shared,
+        quarantine: ingested.quarantine,
+        counts: ingested.counts,
+        suppressed_customers: resolved.suppressed_customers,
+        suppressed_events: resolved.suppressed_events,
+        identity_state: resolved.state,
+        fingerprint: Some(crate::util::parquet_sha256(&events)?),
+        events,
+    })
 }
 
 /// What a run did, for the summary and for tests.
@@ -68,6 +342,10 @@ struct MetricsFile<'a> {
     /// Customers by consent to advertising and to e-mail: given, refused, unknown.
     consent: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
     warnings: &'a [String],
+    /// The features that move scores most (mean |contribution| to the log-odds).
+    drivers: &'a [crate::report::Driver],
+    /// Per feature: null rate, statistics, PSI against the previous night, univariate AUC.
+    features: &'a [crate::feature_report::FeatureStat],
 }
 
 /// `run.json`: how this execution went (wall-clock time per stage, peak memory, when). It is
@@ -267,7 +545,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     } else {
         opts.inputs.clone()
     };
-    if inputs.is_empty() {
+    if inputs.is_empty() && opts.from_stage == Stage::Ingest {
         return Err(crate::error::ConfigError(vec![crate::error::ConfigProblem {
             file: "job".into(),
             key: "input.url".into(),
@@ -294,63 +572,73 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let started_utc = chrono::Utc::now();
     let mut timer = Timer::start(opts.as_of);
 
-    info!(inputs = ?inputs, "ingest");
-    let ingested = ingest::ingest(&inputs, opts.as_of, &job.quality)?;
-    let as_of = ingested.as_of;
-    timer.lap("ingest");
-
     let state = crate::state::StateDir::new(state_dir.clone());
-    let current_state = state.before(as_of)?;
-    let previous = match &current_state {
-        Some(dir) => identity::IdentityState::load(dir)?,
-        None => None,
+    let (prep, current_state) = match opts.from_stage {
+        Stage::Ingest => {
+            let prep = prepare(&inputs, opts.as_of, &job, &state, &mut timer)?;
+            let before = state.before(prep.as_of)?;
+            (prep, before)
+        }
+        Stage::Features => {
+            let as_of = match opts.as_of {
+                Some(d) => d,
+                None => *state.nights()?.last().ok_or_else(|| {
+                    crate::error::ConfigError(vec![crate::error::ConfigProblem {
+                        file: state.root().display().to_string(),
+                        key: String::new(),
+                        message:
+                            "--from-stage features needs a night already run; none is kept here"
+                                .into(),
+                    }])
+                })?,
+            };
+            let prep = Prepared::load(&state, as_of)?;
+            for stage in ["ingest", "identity", "sessions"] {
+                timer.lap(stage);
+            }
+            (prep, state.before(as_of)?)
+        }
     };
-    let suppression = match &job.suppression {
-        Some(p) => identity::Suppression::load(p)?,
-        None => identity::Suppression::default(),
-    };
-    let resolved = identity::resolve(
-        &ingested.events,
-        previous.as_ref(),
-        &job.identity_limits,
-        &suppression,
-    )?;
-    if resolved.shared.height() > 0 {
-        tracing::warn!(
-            count = resolved.shared.height(),
-            "shared identifiers ignored by the identity guards (see identity_shared.parquet)"
-        );
-    }
-    timer.lap("identity");
+    let as_of = prep.as_of;
+    let events = &prep.events;
+    let sessions = &prep.sessions;
 
-    let (events, sessions) =
-        sessions::sessionize(&resolved.events, job.session_inactivity_minutes)?;
-    timer.lap("sessions");
-
-    let cutoffs = Cutoffs::plan(crate::util::event_date_range(&events)?.0, as_of, &job.model)?;
+    let cutoffs = Cutoffs::plan(crate::util::event_date_range(events)?.0, as_of, &job.model)?;
     let positives = labels::positives(
-        &events,
+        events,
         &cutoffs.labelled_micros(),
         job.model.horizon_days,
         &job.model.label,
     )?;
     timer.lap("labels");
 
-    let snapshots = features::compute(
-        &events,
-        &cutoffs.all_micros(),
-        &job.features,
-        job.model.population,
-    )?
-    .join(
-        positives,
-        [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
-        [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
-        crate::util::left_join_ordered(),
-    )
-    .with_column(col(output::LABEL).fill_null(lit(false)))
-    .collect()
-    .ctx("computing features")?;
+    // A rerun from the features stage reuses results whose inputs did not change (the kept
+    // events, the definitions, the cutoffs): editing one file recomputes what depends on it.
+    let cache = Cache {
+        dir: state.root().join("cache"),
+        events: prep.fingerprint.clone(),
+    };
+    let snapshots_key = format!(
+        "{}{:?}{:?}{:?}{}",
+        job.features.hash, cutoffs, job.model.label, job.model.population, job.model.horizon_days
+    );
+    let snapshots = cache.parquet("snapshots", &snapshots_key, || {
+        features::compute(
+            events,
+            &cutoffs.all_micros(),
+            &job.features,
+            job.model.population,
+        )?
+        .join(
+            positives,
+            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+            crate::util::left_join_ordered(),
+        )
+        .with_column(col(output::LABEL).fill_null(lit(false)))
+        .collect()
+        .ctx("computing features")
+    })?;
     let at = |dates: &[NaiveDate]| -> Result<DataFrame> {
         let micros: Vec<i64> = dates.iter().map(|d| date_to_micros(*d)).collect();
         snapshots
@@ -379,39 +667,43 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         .iter()
         .map(|c| c.expect("cutoff set"))
         .collect();
-    let trained = model::train(
-        &x_train,
-        &y_train,
-        &train_cutoffs,
-        job.model.horizon_days * crate::util::MICROS_PER_DAY,
-        &job.model,
-    )?;
-    let mut artifact = Artifact {
-        propel_version: env!("CARGO_PKG_VERSION").into(),
-        kind: match trained.family {
-            model::Family::LogisticRegression => "logistic_regression".into(),
-            model::Family::GradientBoosting => "gradient_boosting".into(),
-        },
-        feature_names: names.clone(),
-        feature_set_hash: job.features.hash.clone(),
-        scaler: trained.scaler,
-        coefficients: trained.coefficients,
-        intercept: trained.intercept,
-        calibration: trained.calibration,
-        l2: trained.l2,
-        booster: trained.booster,
-        selection: trained.selection,
-        horizon_days: job.model.horizon_days,
-        training_cutoffs: cutoffs.training.iter().map(|d| d.to_string()).collect(),
-        validation_cutoff: cutoffs.validation.to_string(),
-        n_train: train.height(),
-        n_train_positive: y_train.iter().filter(|&&l| l).count(),
-        validation: Metrics::compute(&[], &[]),
-    };
     let x_val = model::to_matrix(&validation, &names)?;
     let y_val = model::to_labels(&validation, output::LABEL)?;
-    let p_val = artifact.predict(&x_val);
-    artifact.validation = Metrics::compute(&p_val, y_val.as_slice().expect("contiguous"));
+    let model_key = format!("{snapshots_key}{:?}{names:?}", job.model);
+    let artifact: Artifact = cache.json("model", &model_key, || {
+        let trained = model::train(
+            &x_train,
+            &y_train,
+            &train_cutoffs,
+            job.model.horizon_days * crate::util::MICROS_PER_DAY,
+            &job.model,
+        )?;
+        let mut artifact = Artifact {
+            propel_version: env!("CARGO_PKG_VERSION").into(),
+            kind: match trained.family {
+                model::Family::LogisticRegression => "logistic_regression".into(),
+                model::Family::GradientBoosting => "gradient_boosting".into(),
+            },
+            feature_names: names.clone(),
+            feature_set_hash: job.features.hash.clone(),
+            scaler: trained.scaler,
+            coefficients: trained.coefficients,
+            intercept: trained.intercept,
+            calibration: trained.calibration,
+            l2: trained.l2,
+            booster: trained.booster,
+            selection: trained.selection,
+            horizon_days: job.model.horizon_days,
+            training_cutoffs: cutoffs.training.iter().map(|d| d.to_string()).collect(),
+            validation_cutoff: cutoffs.validation.to_string(),
+            n_train: train.height(),
+            n_train_positive: y_train.iter().filter(|&&l| l).count(),
+            validation: Metrics::compute(&[], &[]),
+        };
+        let p_val = artifact.predict(&x_val);
+        artifact.validation = Metrics::compute(&p_val, y_val.as_slice().expect("contiguous"));
+        Ok(artifact)
+    })?;
     info!(
         auc = artifact.validation.auc,
         n_train = artifact.n_train,
@@ -439,12 +731,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         .ctx("validation scores")?;
     timer.lap("model");
 
-    let scores = score::score(&scoring, &artifact, &resolved.customers, job.model.reasons)?;
+    let scores = score::score(&scoring, &artifact, &prep.customers, job.model.reasons)?;
     timer.lap("score");
 
     let staging = Staging::create(&output_root, &as_of.to_string())?;
     let ranked = score::ranked(&scores)?;
-    let contacts = crate::consent::contacts(&events, &job.privacy)?;
+    let contacts = crate::consent::contacts(events, &job.privacy)?;
     let table = ranked
         .clone()
         .lazy()
@@ -480,6 +772,30 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         &staging.dir,
     )?;
     let mut warnings = delivered.warnings.clone();
+    let x_scoring = model::to_matrix(&scoring, &names)?;
+    let previous_profiles: Option<Vec<crate::feature_report::Profile>> = match &current_state {
+        Some(dir) if dir.join(crate::feature_report::PROFILE_STATE).exists() => {
+            let path = dir.join(crate::feature_report::PROFILE_STATE);
+            let text = std::fs::read_to_string(&path).ctx(format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).ok()
+        }
+        _ => None,
+    };
+    let (feature_stats, profiles) = crate::feature_report::report(
+        &names,
+        &x_scoring,
+        &x_val,
+        y_val.as_slice().expect("contiguous"),
+        previous_profiles.as_deref(),
+    );
+    for f in feature_stats.iter().filter(|f| f.drift == "warning") {
+        warnings.push(format!(
+            "feature {} drifted: PSI {:.2} against the previous night (above {})",
+            f.name,
+            f.psi.unwrap_or_default(),
+            crate::feature_report::PSI_WARNING
+        ));
+    }
     if !gate.promoted {
         warnings.push(format!("new model not promoted: {}", gate.reason));
     }
@@ -496,12 +812,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             .map(|f| f.description.clone())
             .unwrap_or_default()
     };
-    let drivers = crate::report::drivers(
-        &artifact,
-        &model::to_matrix(&scoring, &names)?,
-        describe,
-        10,
-    );
+    let drivers = crate::report::drivers(&artifact, &x_scoring, describe, 10);
     let exclusions: BTreeMap<String, usize> = BTreeMap::from([
         (
             "no_ad_consent".to_string(),
@@ -511,7 +822,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             "no_email_consent".to_string(),
             consent["email"]["refused"] + consent["email"]["unknown"],
         ),
-        ("suppressed".to_string(), resolved.suppressed_customers),
+        ("suppressed".to_string(), prep.suppressed_customers),
     ]);
     crate::report::write(
         &staging.dir,
@@ -543,7 +854,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         &drivers,
         &exclusions,
         &warnings,
-        &Vec::<()>::new(),
+        &feature_stats,
     )?;
     timer.lap("audience");
 
@@ -555,20 +866,20 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     )?;
     write_parquet(&mut sessions.clone(), &staging.path("sessions.parquet"))?;
     write_parquet(
-        &mut resolved.identity.clone(),
+        &mut prep.identity.clone(),
         &staging.path("identity.parquet"),
     )?;
     write_parquet(
-        &mut resolved.changes.clone(),
+        &mut prep.changes.clone(),
         &staging.path("identity_changes.parquet"),
     )?;
     write_parquet(
-        &mut resolved.shared.clone(),
+        &mut prep.shared.clone(),
         &staging.path("identity_shared.parquet"),
     )?;
-    if ingested.quarantine.height() > 0 {
+    if prep.quarantine.height() > 0 {
         write_parquet(
-            &mut ingested.quarantine.clone(),
+            &mut prep.quarantine.clone(),
             &staging.path("quarantine.parquet"),
         )?;
     }
@@ -581,15 +892,15 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     .ctx("writing model/model.json")?;
     let mut rows = BTreeMap::new();
     rows.insert("events", events.height());
-    rows.insert("identifiers", resolved.identity.height());
-    rows.insert("customers", resolved.customers.height());
+    rows.insert("identifiers", prep.identity.height());
+    rows.insert("customers", prep.customers.height());
     rows.insert("sessions", sessions.height());
     rows.insert("snapshot_rows", snapshots.height());
     rows.insert("scored", scores.height());
-    rows.insert("identity_merges", resolved.changes.height());
-    rows.insert("identity_shared_identifiers", resolved.shared.height());
-    rows.insert("suppressed_customers", resolved.suppressed_customers);
-    rows.insert("suppressed_events", resolved.suppressed_events);
+    rows.insert("identity_merges", prep.changes.height());
+    rows.insert("identity_shared_identifiers", prep.shared.height());
+    rows.insert("suppressed_customers", prep.suppressed_customers);
+    rows.insert("suppressed_events", prep.suppressed_events);
     timer.lap("publish");
     let metrics = MetricsFile {
         propel_version: env!("CARGO_PKG_VERSION"),
@@ -608,10 +919,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         n_train_positive: artifact.n_train_positive,
         n_validation: artifact.validation.n,
         rows,
-        ingest: &ingested.counts,
+        ingest: &prep.counts,
         audiences: &audiences,
         consent,
         warnings: &warnings,
+        drivers: &drivers,
+        features: &feature_stats,
     };
     std::fs::write(
         staging.path("metrics.json"),
@@ -639,11 +952,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     // State advances only once the run's outputs are published, in one atomic commit: the
     // identity graph and the model in production (the new one if promoted, else the same).
     state.commit(as_of, job.state_keep_nights, |dir| {
-        resolved.state.write(dir)?;
+        prep.write(dir)?;
         write_parquet(
             &mut delivered.members.clone(),
             &dir.join(audience::MEMBERS_STATE),
         )?;
+        std::fs::write(
+            dir.join(crate::feature_report::PROFILE_STATE),
+            serde_json::to_string(&profiles).expect("json"),
+        )
+        .ctx("writing the feature profiles")?;
         std::fs::write(
             dir.join(MODEL_STATE),
             serde_json::to_string_pretty(&artifact).expect("json") + "\n",
@@ -658,7 +976,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         validation: artifact.validation,
         audiences,
         warnings,
-        counts: ingested.counts,
+        counts: prep.counts.clone(),
     })
 }
 

@@ -18,6 +18,8 @@ const PREFIX: &str = "night-";
 /// Where a night being written, or one being replaced, waits (hidden, never read).
 const PENDING: &str = ".pending-";
 const REPLACED: &str = ".replaced-";
+/// The first night ever committed here: nights before it start from an empty state.
+const FIRST: &str = "FIRST_NIGHT";
 
 /// A state location on local disk.
 pub struct StateDir {
@@ -31,6 +33,11 @@ impl StateDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The directory of a committed night (it may not exist).
+    pub fn night(&self, night: NaiveDate) -> PathBuf {
+        self.night_dir(night)
     }
 
     fn night_dir(&self, night: NaiveDate) -> PathBuf {
@@ -81,13 +88,18 @@ impl StateDir {
     }
 
     /// The state a run as of `as_of` starts from: the latest night before it, or `None` when
-    /// the location holds no night at all (the first run). Fails when every kept night is at
-    /// or after `as_of`: starting afresh would give every customer a new id.
+    /// no night before it was ever run here (the first night, or a rerun of it). Fails when
+    /// the nights before `as_of` were dropped (`keep_nights`): starting afresh would give
+    /// every customer a new id.
     pub fn before(&self, as_of: NaiveDate) -> Result<Option<PathBuf>> {
         let nights = self.nights()?;
+        let first = std::fs::read_to_string(self.root.join(FIRST))
+            .ok()
+            .and_then(|d| NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d").ok())
+            .or(nights.first().copied());
         match nights.iter().rev().find(|n| **n < as_of) {
             Some(night) => Ok(Some(self.night_dir(*night))),
-            None if nights.is_empty() => Ok(None),
+            None if first.is_none_or(|f| as_of <= f) => Ok(None),
             None => Err(ConfigError(vec![ConfigProblem {
                 file: self.root.display().to_string(),
                 key: String::new(),
@@ -111,6 +123,10 @@ impl StateDir {
     ) -> Result<PathBuf> {
         std::fs::create_dir_all(&self.root).ctx(format!("creating {}", self.root.display()))?;
         self.recover()?;
+        let first = self.root.join(FIRST);
+        if !first.exists() {
+            std::fs::write(&first, night.to_string()).ctx("writing the first night")?;
+        }
         let name = format!("{PREFIX}{night}");
         let pending = self.root.join(format!("{PENDING}{name}"));
         if pending.exists() {
@@ -162,12 +178,14 @@ mod tests {
         assert_eq!(read(state.before(day(6)).unwrap()), "five");
         state.commit(day(6), 7, write("six again")).unwrap();
         assert_eq!(read(state.before(day(7)).unwrap()), "six again");
-        // Nothing before the oldest kept night: a clear error, not a fresh start.
-        let err = state.before(day(5)).unwrap_err().to_string();
-        assert!(err.contains("no state before --as-of 2026-01-05"), "{err}");
-        // Only the newest `keep` nights stay.
+        // A rerun of the first night starts from nothing, as the first run did.
+        assert!(state.before(day(5)).unwrap().is_none());
+        assert!(state.before(day(2)).unwrap().is_none());
+        // Only the newest `keep` nights stay; before them: a clear error, not a fresh start.
         state.commit(day(7), 2, write("seven")).unwrap();
         assert_eq!(state.nights().unwrap(), vec![day(6), day(7)]);
+        let err = state.before(day(6)).unwrap_err().to_string();
+        assert!(err.contains("no state before --as-of 2026-01-06"), "{err}");
     }
 
     #[test]
@@ -201,6 +219,9 @@ mod tests {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        assert_eq!(left, vec!["night-2026-01-05", "night-2026-01-06"]);
+        assert_eq!(
+            left,
+            vec!["FIRST_NIGHT", "night-2026-01-05", "night-2026-01-06"]
+        );
     }
 }

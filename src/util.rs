@@ -124,3 +124,19 @@ pub fn read_csv_optional_strings(path: &Path, column: &str) -> Vec<Option<String
         })
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// Hex SHA-256 of a file's bytes.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).ctx(format!("reading {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// Hex SHA-256 of a frame as `write_parquet` writes it (the same bytes as the file).
+pub fn parquet_sha256(df: &DataFrame) -> Result<String> {
+    let mut buffer = Vec::new();
+    ParquetWriter::new(&mut buffer)
+        .with_compression(ParquetCompression::Zstd(None))
+        .finish(&mut df.clone())
+        .ctx("fingerprinting events")?;
+    Ok(hex::encode(Sha256::digest(&buffer)))
+}

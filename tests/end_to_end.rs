@@ -32,7 +32,11 @@ fn full_run_writes_every_output_consistently() {
         "identity.parquet",
         "metrics.json",
         "model/model.json",
-        "audiences/top_decile/customers.csv",
+        "audiences/ready_to_buy/csv.csv",
+        "audiences/ready_to_buy/google_customer_match.csv",
+        "validation.parquet",
+        "report/index.html",
+        "run.json",
         "manifest.json",
         "_SUCCESS",
     ] {
@@ -117,10 +121,10 @@ fn full_run_writes_every_output_consistently() {
             .any(|s| s.contains('@'))
     );
 
-    // The audience: top 10% by score, hashed identifiers only.
-    let csv = std::fs::read_to_string(run.join("audiences/top_decile/customers.csv")).unwrap();
+    // The audience: top 20% by score, hashed identifiers only.
+    let csv = std::fs::read_to_string(run.join("audiences/ready_to_buy/csv.csv")).unwrap();
     let rows = csv.lines().count() - 1;
-    assert_eq!(rows, (scores.height() as f64 * 0.1).ceil() as usize);
+    assert_eq!(rows, (scores.height() as f64 * 0.2).ceil() as usize);
     assert!(
         csv.lines()
             .next()
@@ -186,7 +190,11 @@ fn identical_runs_give_byte_identical_outputs() {
             "sessions.parquet",
             "identity.parquet",
             "model/model.json",
-            "audiences/top_decile/customers.csv",
+            "audiences/ready_to_buy/csv.csv",
+            "audiences/ready_to_buy/ttd_uid2.txt",
+            "report/index.html",
+            "metrics.json",
+            "manifest.json",
         ];
         digests.push(files.map(|f| {
             (

@@ -61,11 +61,14 @@ fn state_files(state: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// The visible (not hidden) entries of an output root.
+/// The visible (not hidden) directories of an output root: runs and the state (the
+/// activation log beside them is a file).
 fn visible(root: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(root)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
         .filter(|n| !n.starts_with('.'))
         .collect();
     names.sort();
@@ -229,24 +232,46 @@ fn a_backfill_runs_the_nights_in_order_and_stops_at_the_first_failure() {
         published(&single.join("2026-05-14"))
     );
 
-    // A night that cannot run stops the backfill with that night's exit code. Here the state
-    // holds 05-14 and 05-15 only, so 05-13 has no state to start from.
-    let early = tmp.path().join("early");
+    // A night that cannot run stops the backfill with that night's exit code; the nights
+    // before it stay published. Here a corrupt file was loaded on 05-16: the nights before
+    // do not read that partition, the night of 05-16 does.
+    let partition = events.join("load_tstamp_date=2026-05-16");
+    std::fs::write(partition.join("zz-corrupt.parquet"), "not parquet").unwrap();
+    let broken = tmp.path().join("broken");
     let o = propel(
         tmp.path(),
-        &run_args(&job, &events, &early, "2026-05-14..2026-05-15"),
+        &run_args(&job, &events, &broken, "2026-05-14..2026-05-17"),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("backfill stopped at --as-of 2026-05-16")
+            && err.contains("zz-corrupt.parquet"),
+        "{err}"
+    );
+    assert_eq!(visible(&broken), ["2026-05-14", "2026-05-15", "_state"]);
+    // Nights older than the state keeps: refused rather than started afresh.
+    let pruned = tmp.path().join("pruned");
+    std::fs::write(
+        tmp.path().join("keep1.toml"),
+        "model = \"quick_model.toml\"\n[state]\nkeep_nights = 1\n",
+    )
+    .unwrap();
+    let keep1 = tmp.path().join("keep1.toml");
+    let o = propel(
+        tmp.path(),
+        &run_args(&keep1, &events, &pruned, "2026-05-12..2026-05-13"),
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let o = propel(
         tmp.path(),
-        &run_args(&job, &events, &early, "2026-05-13..2026-05-16"),
+        &run_args(&keep1, &events, &pruned, "2026-05-13"),
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let err = stderr(&o);
     assert!(
-        err.contains("backfill stopped at --as-of 2026-05-13")
-            && err.contains("no state before --as-of 2026-05-13"),
-        "{err}"
+        stderr(&o).contains("no state before --as-of 2026-05-13"),
+        "{}",
+        stderr(&o)
     );
     // Bad ranges are usage errors from the command line.
     let o = propel(tmp.path(), &["run", "--as-of", "2026-05-14..2026-05-01"]);

@@ -516,6 +516,10 @@ mod tests {
         assert_eq!(job.state_keep_nights, 7);
         assert_eq!(job.identity_limits, crate::identity::default_limits());
         assert!(!job.privacy.assume_ads_consent && job.privacy.raw_email_destinations.is_empty());
+        assert_eq!(
+            job.quality.bot_pattern.as_deref(),
+            Some(SNOWPLOW_BOT_PATTERN)
+        );
     }
 
     #[test]

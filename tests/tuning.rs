@@ -1,0 +1,138 @@
+//! The data scientist's loop: rerun from the features stage without the raw events, the
+//! feature report with drift against the previous night, and `propel compare`.
+
+mod common;
+
+use common::*;
+
+fn metrics(run: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn rerunning_from_features_needs_no_raw_events_and_changes_only_what_was_edited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let job = quick_job(tmp.path());
+    let out = tmp.path().join("out");
+    for night in ["2026-05-14", "2026-05-15"] {
+        let o = propel(tmp.path(), &run_args(&job, &events, &out, night));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let night = out.join("2026-05-15");
+    let manifest = std::fs::read(night.join("manifest.json")).unwrap();
+    // The raw events are gone: the rerun works from what the night kept.
+    std::fs::remove_dir_all(&events).unwrap();
+    let from_features = |job: &std::path::Path| {
+        let o = propel(
+            tmp.path(),
+            &[
+                "run",
+                "--job",
+                job.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--as-of",
+                "2026-05-15",
+                "--from-stage",
+                "features",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    from_features(&job);
+    assert_eq!(
+        std::fs::read(night.join("manifest.json")).unwrap(),
+        manifest,
+        "nothing changed: every output byte-identical"
+    );
+    let before = read_parquet(&night.join("features.parquet"));
+
+    // Edit one feature's window; validate; rerun from features.
+    let features = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("features/default.toml"),
+    )
+    .unwrap();
+    let start = features.find("name = \"page_views_7d\"").unwrap();
+    let window = start + features[start..].find("window = \"7d\"").unwrap();
+    let mut edited = features.clone();
+    edited.replace_range(window..window + "window = \"7d\"".len(), "window = \"14d\"");
+    std::fs::write(tmp.path().join("edited.toml"), edited).unwrap();
+    let edited_job = tmp.path().join("edited_job.toml");
+    std::fs::write(
+        &edited_job,
+        "model = \"quick_model.toml\"\nfeatures = \"edited.toml\"\n",
+    )
+    .unwrap();
+    let o = propel(
+        tmp.path(),
+        &["validate", "--job", edited_job.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    from_features(&edited_job);
+    let after = read_parquet(&night.join("features.parquet"));
+    for name in before.get_column_names() {
+        let same = before
+            .column(name)
+            .unwrap()
+            .equals_missing(after.column(name).unwrap());
+        assert_eq!(same, name.as_str() != "page_views_7d", "{name}");
+    }
+
+    // Compare the two versions of the night.
+    let a = tmp.path().join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::write(
+        a.join("metrics.json"),
+        std::fs::read(out.join("2026-05-14/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let o = propel(
+        tmp.path(),
+        &["compare", a.to_str().unwrap(), night.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let top = metrics(&night)["drivers"][0]["feature"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for row in ["auc", "ece", "lift_top_decile", "feature importance", &top] {
+        assert!(text.contains(row), "{row} missing:\n{text}");
+    }
+}
+
+#[test]
+fn the_feature_report_measures_drift_against_the_previous_night() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let job = quick_job(tmp.path());
+    let out = tmp.path().join("out");
+    for night in ["2026-05-08", "2026-05-15"] {
+        let o = propel(tmp.path(), &run_args(&job, &events, &out, night));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let first = metrics(&out.join("2026-05-08"));
+    let second = metrics(&out.join("2026-05-15"));
+    let features = second["features"].as_array().unwrap();
+    assert_eq!(features.len(), first["features"].as_array().unwrap().len());
+    for f in features {
+        let null_rate = f["null_rate"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&null_rate), "{f}");
+        assert!(f["psi"].as_f64().unwrap() >= 0.0, "{f}");
+        assert!((0.0..=1.0).contains(&f["auc"].as_f64().unwrap()), "{f}");
+    }
+    assert!(
+        first["features"][0]["psi"].is_null(),
+        "no previous night, no drift"
+    );
+    // A week later, tenure has moved for everyone: real drift, reported.
+    let tenure = features
+        .iter()
+        .find(|f| f["name"] == "tenure_days")
+        .unwrap();
+    assert!(tenure["psi"].as_f64().unwrap() > 0.0, "{tenure}");
+    // The report shows the table.
+    let html = std::fs::read_to_string(out.join("2026-05-15/report/index.html")).unwrap();
+    assert!(html.contains("\"psi\":"));
+}
