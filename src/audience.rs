@@ -517,7 +517,7 @@ mod tests {
         let columns: Vec<String> = ["carts", "score", "percentile", "decile"]
             .map(String::from)
             .into();
-        AudienceSet::parse(&Source::embedded("a.toml", text), &columns).unwrap()
+        AudienceSet::parse(&Source::embedded("a.toml", text), &columns, false).unwrap()
     }
 
     fn ids(df: &DataFrame) -> Vec<String> {

@@ -449,6 +449,9 @@ pub fn execute(cli: Cli) -> Result<()> {
                 job.model.horizon_days,
                 job.audiences.audiences.len()
             );
+            for note in &job.audiences.skipped {
+                println!("note: {note}");
+            }
             let inputs = cli_inputs(input, flat_input);
             for i in if inputs.is_empty() {
                 &job.inputs

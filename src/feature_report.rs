@@ -159,11 +159,20 @@ mod tests {
         let p = profile("x", a.view());
         assert_eq!(p.edges.len(), 9);
         assert!(psi(&p, a.view()).abs() < 1e-12);
-        // Everyone moves into the top bin: from 10% to 100% there, 0% (floored) elsewhere.
+        // Everyone moves into the top bin: from about 10% to 100% there, to 0% (floored)
+        // elsewhere; the null bin stays empty.
+        let top = p.edges.len();
+        assert!((p.shares[top] - 0.1).abs() < 0.002 && p.shares[top + 1] == 0.0);
         let shifted = Array1::from_elem(1000, 5000.0);
-        let expected =
-            (1.0 - 0.1) * (1.0f64 / 0.1).ln() + 9.0 * (FLOOR - 0.1) * (FLOOR / 0.1f64).ln() + 0.0;
-        assert!((psi(&p, shifted.view()) - expected).abs() < 1e-9);
+        let expected: f64 = (0..=top)
+            .map(|b| {
+                let before = p.shares[b].max(FLOOR);
+                let now = if b == top { 1.0 } else { FLOOR };
+                (now - before) * (now / before).ln()
+            })
+            .sum();
+        assert!((psi(&p, shifted.view()) - expected).abs() < 1e-12);
+        assert!(expected > 2.0, "{expected}");
         // Nulls are a bin of their own: half the values going missing is drift.
         let half_null =
             Array1::from_iter((0..1000).map(|i| if i % 2 == 0 { f64::NAN } else { i as f64 }));

@@ -325,7 +325,10 @@ pub fn canonical_columns() -> Vec<(&'static str, DataType)> {
         (ev::LINE_VALUE, f.clone()),
         (ev::SEARCH_TERMS, s),
         (ev::SEARCH_TOTAL_RESULTS, f.clone()),
-        (ev::SEARCH_PAGE_RESULTS, f),
+        (ev::SEARCH_PAGE_RESULTS, f.clone()),
+        (ev::PAGE_VIEW_ID, DataType::String),
+        (ev::CART_VALUE, f.clone()),
+        (ev::CHECKOUT_STEP, f),
     ]
 }
 
@@ -735,8 +738,14 @@ impl Reader<'_> {
             search_terms.alias(ev::SEARCH_TERMS),
             self.unstruct(sp::SITE_SEARCH, "total_results", f64t.clone())
                 .alias(ev::SEARCH_TOTAL_RESULTS),
-            self.unstruct(sp::SITE_SEARCH, "page_results", f64t)
+            self.unstruct(sp::SITE_SEARCH, "page_results", f64t.clone())
                 .alias(ev::SEARCH_PAGE_RESULTS),
+            self.context(sp::WEB_PAGE, "id", st.clone())
+                .alias(ev::PAGE_VIEW_ID),
+            self.context(sp::ECOMMERCE_CART, "total_value", f64t.clone())
+                .alias(ev::CART_VALUE),
+            self.context(sp::ECOMMERCE_CHECKOUT_STEP, "step", f64t)
+                .alias(ev::CHECKOUT_STEP),
             lit(NULL).cast(DataType::String).alias(PARSE_ERROR),
             lit(file.to_string()).alias(SOURCE_FILE),
             self.typed(sp::DVCE_CREATED_TSTAMP, utc())

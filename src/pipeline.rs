@@ -771,7 +771,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         previous_members.as_ref(),
         &staging.dir,
     )?;
-    let mut warnings = delivered.warnings.clone();
+    let mut warnings = job.audiences.skipped.clone();
+    warnings.extend(delivered.warnings.iter().cloned());
     let x_scoring = model::to_matrix(&scoring, &names)?;
     let previous_profiles: Option<Vec<crate::feature_report::Profile>> = match &current_state {
         Some(dir) if dir.join(crate::feature_report::PROFILE_STATE).exists() => {

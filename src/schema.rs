@@ -53,6 +53,12 @@ pub mod event {
     pub const SEARCH_TERMS: &str = "search_terms";
     pub const SEARCH_TOTAL_RESULTS: &str = "search_total_results";
     pub const SEARCH_PAGE_RESULTS: &str = "search_page_results";
+    /// The page view an event belongs to (Snowplow's web_page context id).
+    pub const PAGE_VIEW_ID: &str = "page_view_id";
+    /// The cart's total value after a cart action (ecommerce plugin's cart entity).
+    pub const CART_VALUE: &str = "cart_value";
+    /// The checkout step reached (ecommerce plugin's checkout_step entity).
+    pub const CHECKOUT_STEP: &str = "checkout_step";
     /// Added by the identity stage.
     pub const CUSTOMER_ID: &str = "customer_id";
     /// Added by the sessions stage.
@@ -176,6 +182,9 @@ pub mod snowplow {
     pub const ECOMMERCE_TRANSACTION: &str =
         "contexts_com_snowplowanalytics_snowplow_ecommerce_transaction_1";
     pub const ECOMMERCE_USER: &str = "contexts_com_snowplowanalytics_snowplow_ecommerce_user_1";
+    pub const ECOMMERCE_CART: &str = "contexts_com_snowplowanalytics_snowplow_ecommerce_cart_1";
+    pub const ECOMMERCE_CHECKOUT_STEP: &str =
+        "contexts_com_snowplowanalytics_snowplow_ecommerce_checkout_step_1";
     pub const ECOMMERCE_PRODUCT: &str =
         "contexts_com_snowplowanalytics_snowplow_ecommerce_product_1";
     pub const ECOMMERCE_ACTION: &str =

@@ -48,8 +48,10 @@ fn state_files(state: &Path) -> BTreeMap<String, Vec<u8>> {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
             let rel = p.strip_prefix(state).unwrap().to_string_lossy().to_string();
-            if rel.starts_with('.') {
-                continue; // lock file, leftovers of a killed run (never read)
+            if rel.starts_with('.') || rel.starts_with("cache") {
+                // The lock file and a killed run's leftovers (never read); the cache (entries
+                // are named by their content and written aside first).
+                continue;
             }
             if p.is_dir() {
                 stack.push(p);

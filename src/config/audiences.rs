@@ -54,18 +54,49 @@ pub struct AudienceDef {
 pub struct AudienceSet {
     pub source: String,
     pub audiences: Vec<AudienceDef>,
+    /// Suggested audiences left out because the feature set lacks what their rule reads
+    /// (one line each, for the run summary and `propel validate`).
+    pub skipped: Vec<String>,
 }
 
 impl AudienceSet {
     /// Parses and checks the file; `columns` are the names a rule may use (the features and
-    /// [`SCORE_COLUMNS`]).
-    pub fn parse(source: &Source, columns: &[String]) -> Result<AudienceSet, ConfigError> {
+    /// [`SCORE_COLUMNS`]). `suggested`: the embedded default set, used by a job with its own
+    /// features: an audience whose rule reads a feature the set lacks is left out (and
+    /// listed in `skipped`) instead of failing the job.
+    pub fn parse(
+        source: &Source,
+        columns: &[String],
+        suggested: bool,
+    ) -> Result<AudienceSet, ConfigError> {
         let raw: RawAudienceFile = parse_toml(&source.text, &source.name)?;
         let mut p = Problems::new(&source.name);
         let names: BTreeSet<&str> = raw.audience.iter().map(|a| a.name.as_str()).collect();
         let mut seen = BTreeSet::new();
         let mut audiences = Vec::new();
+        let mut skipped = Vec::new();
         for (i, a) in raw.audience.iter().enumerate() {
+            let unknown: Vec<String> = a
+                .rule
+                .as_deref()
+                .and_then(|r| polars::sql::sql_expr(r).ok())
+                .map(|e| {
+                    e.meta()
+                        .root_names()
+                        .into_iter()
+                        .map(|n| n.to_string())
+                        .filter(|n| !columns.contains(n))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if suggested && !unknown.is_empty() {
+                skipped.push(format!(
+                    "suggested audience {} left out: the feature set has no {}",
+                    a.name,
+                    unknown.join(", ")
+                ));
+                continue;
+            }
             let key = format!("audience[{i}] ({})", a.name);
             if !seen.insert(a.name.as_str()) {
                 p.push(&key, format!("duplicate audience name `{}`", a.name));
@@ -174,9 +205,15 @@ impl AudienceSet {
         if !p.is_empty() {
             return Err(ConfigError(p.into_vec()));
         }
+        // Exclusions of audiences that were left out exclude no one.
+        let kept: BTreeSet<String> = audiences.iter().map(|a| a.name.clone()).collect();
+        for a in &mut audiences {
+            a.exclude.retain(|e| kept.contains(e));
+        }
         Ok(AudienceSet {
             source: source.name.clone(),
             audiences,
+            skipped,
         })
     }
 }
@@ -189,7 +226,7 @@ mod tests {
         let columns: Vec<String> = ["cart_adds_7d", "orders_30d", "score", "percentile"]
             .map(String::from)
             .into();
-        AudienceSet::parse(&Source::embedded("a.toml", text), &columns)
+        AudienceSet::parse(&Source::embedded("a.toml", text), &columns, false)
     }
 
     #[test]

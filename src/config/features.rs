@@ -163,7 +163,7 @@ pub enum FieldType {
 }
 
 /// Canonical event fields a feature may read.
-pub const EVENT_FIELDS: [(&str, FieldType); 21] = [
+pub const EVENT_FIELDS: [(&str, FieldType); 24] = [
     (event::EVENT_ID, FieldType::Text),
     (event::SESSION_ID, FieldType::Text),
     (event::PAGE_PATH, FieldType::Text),
@@ -185,6 +185,9 @@ pub const EVENT_FIELDS: [(&str, FieldType); 21] = [
     (event::SEARCH_TERMS, FieldType::Text),
     (event::SEARCH_TOTAL_RESULTS, FieldType::Number),
     (event::SEARCH_PAGE_RESULTS, FieldType::Number),
+    (event::PAGE_VIEW_ID, FieldType::Text),
+    (event::CART_VALUE, FieldType::Number),
+    (event::CHECKOUT_STEP, FieldType::Number),
 ];
 
 /// Per-session fields for `over = "sessions"` features, computed from events before the cutoff.

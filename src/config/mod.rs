@@ -455,7 +455,7 @@ impl Job {
             (Ok(f), Ok(src)) => {
                 let mut columns = f.names();
                 columns.extend(SCORE_COLUMNS.map(String::from));
-                AudienceSet::parse(&src, &columns)
+                AudienceSet::parse(&src, &columns, raw.audiences.is_none() || embedded)
             }
             (_, Err(e)) => Err(e),
             (Err(_), Ok(_)) => Err(ConfigError(Vec::new())),

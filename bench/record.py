@@ -1,0 +1,50 @@
+"""One size's results as JSON, from the files bench/run.sh leaves behind."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def gnu_time(path: Path) -> dict:
+    """Wall seconds and peak RSS (MiB) from `/usr/bin/time -v`."""
+    if not path.exists():
+        return {}
+    text = path.read_text()
+    out = {}
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    if m:
+        out["peak_rss_mib"] = int(m.group(1)) // 1024
+    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", text)
+    if m:
+        h, mnt, s = m.groups()
+        out["wall_s"] = int(h or 0) * 3600 + int(mnt) * 60 + float(s)
+    return out
+
+
+def main() -> None:
+    size, n, dir_, run, duck, failure = sys.argv[1:7]
+    d = Path(dir_)
+    result = {"size": size, "target_events": int(n)}
+    gen = d / "generate.txt"
+    if gen.exists():
+        m = re.search(r"wrote (\d+) events", gen.read_text())
+        result["events"] = int(m.group(1)) if m else None
+    if (d / "generate_s.txt").exists():
+        result["generate_s"] = float((d / "generate_s.txt").read_text())
+    result["propel"] = gnu_time(d / "propel.time")
+    if failure:
+        result["propel"]["failure"] = failure
+    if run:
+        record = json.loads((Path(run) / "run.json").read_text())
+        result["propel"]["stages_ms"] = record["timings_ms"]
+        result["propel"]["customers"] = record["rows"]["customers"]
+        result["from_features_cold"] = gnu_time(d / "features_cold.time")
+        result["from_features_warm"] = gnu_time(d / "features_warm.time")
+    if duck:
+        result["duckdb"] = json.loads(Path(duck).read_text()) | gnu_time(d / "duckdb.time")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Renders bench/results/*.json and the machine into BENCHMARKS.md (stdout)."""
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SIZES = ["1m", "10m", "100m"]
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}, {rustc}"
+
+
+def fmt(v, unit="s"):
+    return "-" if v is None else (f"{v:.1f} {unit}" if isinstance(v, float) else f"{v} {unit}")
+
+
+def main() -> None:
+    results = {}
+    for s in SIZES:
+        p = HERE / "results" / f"{s}.json"
+        if p.exists():
+            results[s] = json.loads(p.read_text())
+    print("# Benchmarks\n")
+    print("Produced by `bench/run.sh` (sizes via `SIZES=\"1m 10m\"`); rendered by `bench/render.py` "
+          "from `bench/results/*.json`. Do not edit by hand.\n")
+    print(f"Machine: {machine()}.\n")
+    print("propel: `propel run` on `propel generate` data (~105 events per customer over 120 days, "
+          "about 1% duplicates), whole job from reading to audiences and report, release build. "
+          "DuckDB: the hand-written features of `bench/features.sql` (21 of propel's features, "
+          "same cutoffs, same Parquet, 2 threads) and a bare scan of the columns propel reads "
+          "(`bench/duckdb_features.py`). Wall times; peak memory is the maximum resident set size.\n")
+    print("| size | events | customers | propel end to end | propel peak | DuckDB features | DuckDB peak | bare scan | from features (cold) | from features (nothing changed) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s, r in results.items():
+        p, d = r.get("propel", {}), r.get("duckdb", {})
+        e2e = fmt(p.get("wall_s")) if "failure" not in p else f"failed ({p['failure']})"
+        print(f"| {s} | {r.get('events', '-'):,} | {p.get('customers', '-')} | {e2e} | {fmt(p.get('peak_rss_mib'), 'MiB')} "
+              f"| {fmt(d.get('features_s'))} | {fmt(d.get('peak_rss_mib'), 'MiB')} | {fmt(d.get('scan_s'))} "
+              f"| {fmt(r.get('from_features_cold', {}).get('wall_s'))} | {fmt(r.get('from_features_warm', {}).get('wall_s'))} |")
+    print("\nPer-stage wall time of propel (ms, from `run.json`):\n")
+    stages = ["ingest", "identity", "sessions", "labels", "features", "model", "score", "audience", "publish"]
+    print("| size | " + " | ".join(stages) + " |")
+    print("|---|" + "---|" * len(stages))
+    for s, r in results.items():
+        st = r.get("propel", {}).get("stages_ms")
+        if st:
+            print(f"| {s} | " + " | ".join(str(st.get(k, "-")) for k in stages) + " |")
+    print("\n## Targets of issue #9\n")
+    ten, hundred = results.get("10m"), results.get("100m")
+
+    def check(ok, text):
+        print(f"- {'met' if ok else 'NOT met'}: {text}")
+
+    if ten and "wall_s" in ten.get("propel", {}) and "features_s" in ten.get("duckdb", {}):
+        p, d = ten["propel"]["wall_s"], ten["duckdb"]
+        check(p <= d["features_s"], f"10M events: propel end to end {p:.1f} s vs DuckDB features alone {d['features_s']:.1f} s")
+        check(p <= 4 * d["scan_s"], f"10M events: propel {p:.1f} s vs 4x the bare scan {4 * d['scan_s']:.1f} s")
+    else:
+        print("- NOT met: 10M events: " + (ten or {}).get("propel", {}).get("failure", "not measured"))
+    if hundred and "peak_rss_mib" in hundred.get("propel", {}) and "failure" not in hundred["propel"]:
+        check(hundred["propel"]["peak_rss_mib"] <= 3072, f"100M events: peak {hundred['propel']['peak_rss_mib']} MiB (at most 3 GiB)")
+    else:
+        print("- NOT met: 100M events: " + ((hundred or {}).get("propel", {}).get("failure", "not measured")))
+    print("- NOT met: incremental nights (one day on 180 days of history at most 15% of a full run): "
+          "not built; every night recomputes from all events.")
+
+
+if __name__ == "__main__":
+    main()

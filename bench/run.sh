@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The benchmark harness (issue #9): for each size, generate the events with `propel generate`,
+# run the whole job (read to audiences) with per-stage wall time and peak memory, time DuckDB
+# computing the hand-written equivalent features at the same cutoffs from the same Parquet,
+# and a bare DuckDB scan of the columns propel reads (the floor); then rerun the night from
+# the features stage. Results: bench/results/<size>.json, rendered into BENCHMARKS.md.
+#
+#   bench/run.sh              # sizes 1m 10m 100m
+#   SIZES="1m" bench/run.sh   # just one
+#   LIMIT_GIB=20 ...          # memory cap of one propel run (default 20 GiB)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+data=${BENCH_DATA:-$root/target/bench-data}
+results=$root/bench/results
+mkdir -p "$data" "$results"
+limit_kib=$(( ${LIMIT_GIB:-20} * 1024 * 1024 ))
+
+cargo build --release --quiet
+propel=$root/target/release/propel
+
+venv=$root/target/bench-venv
+if ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q duckdb==1.4.2
+fi
+
+# Events per size; the demo's shape: ~105 events per customer over 120 days.
+events_of() { case $1 in 1m) echo 1000000 ;; 10m) echo 10000000 ;; 100m) echo 100000000 ;; *) echo "unknown size $1" >&2; exit 2 ;; esac; }
+
+for size in ${SIZES:-1m 10m 100m}; do
+  n=$(events_of "$size")
+  customers=$(( n / 105 ))
+  dir=$data/$size
+  if [ ! -f "$dir/events/.complete" ]; then
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    echo "== $size: generating $customers customers over 120 days"
+    gen_start=$(date +%s.%N)
+    "$propel" generate --customers "$customers" --days 120 --seed 42 --out "$dir/events" | tee "$dir/generate.txt"
+    echo "$(date +%s.%N) - $gen_start" | bc > "$dir/generate_s.txt"
+    touch "$dir/events/.complete"
+  fi
+  rm -rf "$dir/out"
+  echo "== $size: propel run"
+  set +e
+  ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run --input "$dir/events" --output "$dir/out" ) \
+    > "$dir/propel.txt" 2> "$dir/propel.time"
+  status=$?
+  set -e
+  run=$(find "$dir/out" -maxdepth 1 -name '20*' -type d 2>/dev/null | sort | tail -1)
+  if [ "$status" -ne 0 ] || [ -z "$run" ]; then
+    echo "propel failed on $size (exit $status): $(tail -1 "$dir/propel.time")"
+    python3 bench/record.py "$size" "$n" "$dir" "" "" "failed: exit $status, $(grep -m1 'error' "$dir/propel.time" | cut -c1-200)" > "$results/$size.json"
+    continue
+  fi
+  echo "== $size: rerun from the features stage (cache cold: keep the events, drop the cache)"
+  rm -rf "$dir/out/_state/cache"
+  /usr/bin/time -v "$propel" run --output "$dir/out" --from-stage features > /dev/null 2> "$dir/features_cold.time"
+  echo "== $size: rerun from the features stage (nothing changed)"
+  /usr/bin/time -v "$propel" run --output "$dir/out" --from-stage features > /dev/null 2> "$dir/features_warm.time"
+  echo "== $size: DuckDB"
+  /usr/bin/time -v "$venv/bin/python" bench/duckdb_features.py "$dir/events" "$run" > "$dir/duckdb.json" 2> "$dir/duckdb.time"
+  python3 bench/record.py "$size" "$n" "$dir" "$run" "$dir/duckdb.json" "" > "$results/$size.json"
+  cat "$results/$size.json"
+done
+python3 bench/render.py > BENCHMARKS.md
+echo "BENCHMARKS.md written"
