@@ -18,6 +18,7 @@ use crate::consent::column as cc;
 use crate::destinations::{self as dest, Destination, Purpose};
 use crate::error::{Context, Result};
 use crate::schema::{event as ev, output};
+use crate::util::strings;
 
 /// The audience members kept in the state, for the next night's deltas.
 pub const MEMBERS_STATE: &str = "audience_members.parquet";
@@ -78,19 +79,6 @@ fn base_members(table: &DataFrame, def: &AudienceDef) -> Result<DataFrame> {
         .drop(cols(["_rank"]))
         .collect()
         .ctx(format!("audience {}", def.name))
-}
-
-fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
-    Ok(df
-        .column(name)
-        .ctx(name.to_string())?
-        .cast(&DataType::String)
-        .ctx(name.to_string())?
-        .str()
-        .ctx(name.to_string())?
-        .iter()
-        .map(|v| v.map(str::to_string))
-        .collect())
 }
 
 /// The file a destination gets, its identifier columns, and who was left out and why.

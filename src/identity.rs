@@ -26,7 +26,7 @@ use polars::prelude::*;
 
 use crate::error::{Context, Result};
 use crate::schema::{event as ev, output};
-use crate::util::{sha256_hex, write_parquet};
+use crate::util::{sha256_hex, strings, write_parquet};
 
 /// Identifier kinds, as written to `identity.parquet`.
 pub mod kind {
@@ -259,17 +259,6 @@ impl DisjointSets {
         self.parent[b] = a;
         self.size[a] += self.size[b];
     }
-}
-
-fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
-    Ok(df
-        .column(name)
-        .ctx(name.to_string())?
-        .str()
-        .ctx(name.to_string())?
-        .iter()
-        .map(|v| v.map(str::to_string))
-        .collect())
 }
 
 fn micros(df: &DataFrame, name: &str) -> Result<Vec<i64>> {

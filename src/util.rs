@@ -140,3 +140,17 @@ pub fn parquet_sha256(df: &DataFrame) -> Result<String> {
         .ctx("fingerprinting events")?;
     Ok(hex::encode(Sha256::digest(&buffer)))
 }
+
+/// The values of a column as text (any type is cast), nulls kept.
+pub fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
+    Ok(df
+        .column(name)
+        .ctx(name.to_string())?
+        .cast(&DataType::String)
+        .ctx(name.to_string())?
+        .str()
+        .ctx(name.to_string())?
+        .iter()
+        .map(|v| v.map(str::to_string))
+        .collect())
+}
