@@ -5,7 +5,7 @@
 # and a bare DuckDB scan of the columns propel reads (the floor); then rerun the night from
 # the features stage. Results: bench/results/<size>.json, rendered into BENCHMARKS.md.
 #
-#   bench/run.sh              # sizes 1m 10m 100m
+#   bench/run.sh              # sizes demo 1m 10m 100m (demo: the embedded demo's data set)
 #   SIZES="1m" bench/run.sh   # just one
 #   LIMIT_GIB=20 ...          # memory cap of one propel run (default 20 GiB)
 set -euo pipefail
@@ -25,19 +25,19 @@ if ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
   "$venv/bin/pip" install -q duckdb==1.4.2
 fi
 
-# Events per size; the demo's shape: ~105 events per customer over 120 days.
-events_of() { case $1 in 1m) echo 1000000 ;; 10m) echo 10000000 ;; 100m) echo 100000000 ;; *) echo "unknown size $1" >&2; exit 2 ;; esac; }
+# Customers per size; the demo's shape: ~105 events per customer over 120 days.
+customers_of() { case $1 in demo) echo 3000 ;; 1m) echo 9524 ;; 10m) echo 95238 ;; 100m) echo 952381 ;; *) echo "unknown size $1" >&2; exit 2 ;; esac; }
 
-for size in ${SIZES:-1m 10m 100m}; do
-  n=$(events_of "$size")
-  customers=$(( n / 105 ))
+for size in ${SIZES:-demo 1m 10m 100m}; do
+  customers=$(customers_of "$size")
+  n=$(( customers * 105 ))
   dir=$data/$size
   if [ ! -f "$dir/events/.complete" ]; then
     rm -rf "$dir"
     mkdir -p "$dir"
     echo "== $size: generating $customers customers over 120 days"
     gen_start=$(date +%s.%N)
-    "$propel" generate --customers "$customers" --days 120 --seed 42 --out "$dir/events" | tee "$dir/generate.txt"
+    "$propel" generate --customers "$customers" --days 120 --seed 42 --start 2026-05-01 --out "$dir/events" | tee "$dir/generate.txt"
     echo "$(date +%s.%N) - $gen_start" | bc > "$dir/generate_s.txt"
     touch "$dir/events/.complete"
   fi
