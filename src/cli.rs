@@ -513,8 +513,18 @@ pub fn compare(a: &std::path::Path, b: &std::path::Path) -> Result<String> {
         "n_validation",
     ] {
         let (x, y) = (number(&ma, k), number(&mb, k));
-        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+        let counts = k.starts_with("n_");
+        let cell = |v: Option<f64>| {
+            v.map_or("-".to_string(), |v| {
+                if counts {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.4}")
+                }
+            })
+        };
         let delta = match (x, y) {
+            (Some(x), Some(y)) if counts => format!("{:+.0}", y - x),
             (Some(x), Some(y)) => format!("{:+.4}", y - x),
             _ => "-".into(),
         };
@@ -527,7 +537,13 @@ pub fn compare(a: &std::path::Path, b: &std::path::Path) -> Result<String> {
             m["model"]["l2"]
         )
     };
-    out += &format!("{:<24} {:>12} {:>12}\n", "model", model(&ma), model(&mb));
+    out += &format!(
+        "{:<24} A: {}\n{:<24} B: {}\n",
+        "model",
+        model(&ma),
+        "",
+        model(&mb)
+    );
     out += &format!(
         "\n{:<32} {:>12} {:>12} {:>10}\n",
         "feature importance", "A", "B", "B - A"
