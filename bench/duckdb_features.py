@@ -5,7 +5,6 @@ cutoffs (bench/features.sql), and a bare scan of the columns propel reads (the f
 """
 
 import json
-import os
 import resource
 import sys
 import time
@@ -31,7 +30,6 @@ COLUMNS = [
 def main() -> None:
     events, run = Path(sys.argv[1]), Path(sys.argv[2])
     glob = str(events / "**" / "*.parquet")
-    os.environ["EVENTS"] = glob
     cutoffs = json.loads((run / "metrics.json").read_text())["cutoffs"]
     dates = cutoffs["training"] + [cutoffs["validation"], cutoffs["scoring"]]
     con = duckdb.connect()
@@ -49,10 +47,14 @@ def main() -> None:
     con.executemany("INSERT INTO cutoffs VALUES (?::TIMESTAMPTZ)", [[d + " 00:00:00+00"] for d in dates])
     start = time.perf_counter()
     rows = None
-    for statement in (Path(__file__).parent / "features.sql").read_text().split(";"):
-        lines = [l for l in statement.splitlines() if not l.strip().startswith("--")]
-        if "".join(lines).strip():
-            result = con.execute("\n".join(lines)).fetchall()
+    sql = "\n".join(
+        line
+        for line in (Path(__file__).parent / "features.sql").read_text().splitlines()
+        if not line.strip().startswith("--")
+    ).replace("$EVENTS", glob)
+    for statement in sql.split(";"):
+        if statement.strip():
+            result = con.execute(statement).fetchall()
             rows = result[0][0] if result and result[0] else rows
     features = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024

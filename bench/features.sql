@@ -4,7 +4,8 @@
 -- time), windows strictly before each cutoff. A subset of propel's 58 features (recency,
 -- frequency, monetary value, cart, search, browsing), so DuckDB's time is a lower bound of
 -- what the full feature set would cost it.
--- Parameters (set by bench/run.sh): events glob in $EVENTS, cutoffs in the `cutoffs` table.
+-- Parameters (set by bench/duckdb_features.py): the events glob replaces $EVENTS; the
+-- cutoffs are in the `cutoffs` table.
 CREATE TEMP TABLE events AS
 SELECT * EXCLUDE (rn) FROM (
   SELECT
@@ -20,7 +21,7 @@ SELECT * EXCLUDE (rn) FROM (
       * unstruct_event_com_snowplowanalytics_snowplow_add_to_cart_1.quantity AS cart_value,
     unstruct_event_com_snowplowanalytics_snowplow_site_search_1.total_results AS search_results,
     row_number() OVER (PARTITION BY event_id ORDER BY collector_tstamp) AS rn
-  FROM read_parquet(getenv('EVENTS'), hive_partitioning = true)
+  FROM read_parquet('$EVENTS', hive_partitioning = true)
 ) WHERE rn = 1;
 
 CREATE TEMP TABLE features AS

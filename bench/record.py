@@ -36,7 +36,9 @@ def main() -> None:
     if failure:
         result["propel"]["failure"] = failure
     if run:
-        record = json.loads((Path(run) / "run.json").read_text())
+        # The full run's record (the reruns from features write their own run.json).
+        kept = d / "propel_run.json"
+        record = json.loads((kept if kept.exists() else Path(run) / "run.json").read_text())
         result["propel"]["stages_ms"] = record["timings_ms"]
         result["propel"]["customers"] = record["rows"]["customers"]
         result["from_features_cold"] = gnu_time(d / "features_cold.time")

@@ -51,9 +51,11 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
   run=$(find "$dir/out" -maxdepth 1 -name '20*' -type d 2>/dev/null | sort | tail -1)
   if [ "$status" -ne 0 ] || [ -z "$run" ]; then
     echo "propel failed on $size (exit $status): $(tail -1 "$dir/propel.time")"
-    python3 bench/record.py "$size" "$n" "$dir" "" "" "failed: exit $status, $(grep -m1 'error' "$dir/propel.time" | cut -c1-200)" > "$results/$size.json"
+    reason=$(grep -m1 -E 'error|memory allocation' "$dir/propel.time" | cut -c1-200)
+    python3 bench/record.py "$size" "$n" "$dir" "" "" "exit $status at the ${LIMIT_GIB:-20} GiB cap: $reason" > "$results/$size.json"
     continue
   fi
+  cp "$run/run.json" "$dir/propel_run.json"
   echo "== $size: rerun from the features stage (cache cold: keep the events, drop the cache)"
   rm -rf "$dir/out/_state/cache"
   /usr/bin/time -v "$propel" run --output "$dir/out" --from-stage features > /dev/null 2> "$dir/features_cold.time"
