@@ -109,21 +109,6 @@ fn fails(dir: &Path, flat: bool, expected: &[&str]) {
     );
 }
 
-fn run_dirs(out: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.is_dir()
-                && !p
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(['.', '_'])
-        })
-        .collect()
-}
-
 /// Exactly the rows `ids` are quarantined, each with a reason containing `reason`.
 fn quarantines(got: &Ingested, ids: &[&str], reason: &str) {
     let q = &got.quarantine;

@@ -59,9 +59,9 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The single run directory under an output root.
-pub fn run_dir(root: &Path) -> PathBuf {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(root)
+/// The published run directories under an output root (not the state, not hidden staging).
+pub fn run_dirs(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
@@ -72,7 +72,12 @@ pub fn run_dir(root: &Path) -> PathBuf {
                     .to_string_lossy()
                     .starts_with(['.', '_'])
         })
-        .collect();
+        .collect()
+}
+
+/// The single run directory under an output root.
+pub fn run_dir(root: &Path) -> PathBuf {
+    let dirs = run_dirs(root);
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs[0].clone()
 }
