@@ -228,26 +228,61 @@ pub fn compute(
     set: &FeatureSet,
     population: Population,
 ) -> Result<LazyFrame> {
-    let lookback = set.max_lookback_days();
     let base = events
         .clone()
         .lazy()
+        .select(columns_read(set).into_iter().map(col).collect::<Vec<_>>())
         .with_column(col(ev::TSTAMP).cast(DataType::Int64).alias(T));
+    // One plan per cutoff, run one after the other: the rows of one cutoff are freed before
+    // the next is cut, so memory holds the events and one cutoff's working set.
     let per_cutoff: Vec<LazyFrame> = cutoffs
         .iter()
-        .map(|&t| {
-            // Strictly before the cutoff: the only place where time is cut.
-            let mut keep = col(T).lt(lit(t));
-            if let Some(days) = lookback {
-                keep = keep.and(col(T).gt_eq(lit(t - days * MICROS_PER_DAY)));
-            }
-            base.clone()
-                .filter(keep)
-                .with_column(lit(t).alias(output::CUTOFF))
-        })
+        .map(|&t| compute_at(base.clone(), t, set, population))
         .collect();
-    let rows = concat(per_cutoff, UnionArgs::default())
-        .ctx("feature snapshots")?
+    let lf = concat(
+        per_cutoff,
+        UnionArgs {
+            parallel: false,
+            ..Default::default()
+        },
+    )
+    .ctx("feature snapshots")?;
+    Ok(lf.sort([output::CUTOFF, ev::CUSTOMER_ID], Default::default()))
+}
+
+/// The event columns `set` reads: keys, time and type, the session of session aggregates,
+/// and every field, weight and filter of event aggregates (session aggregates read only
+/// sessions, built from those).
+fn columns_read(set: &FeatureSet) -> Vec<String> {
+    let mut out: Vec<String> = [ev::CUSTOMER_ID, ev::TSTAMP, ev::EVENT_TYPE]
+        .map(String::from)
+        .to_vec();
+    for f in &set.features {
+        match &f.kind {
+            FeatureKind::Aggregate(a) if a.over == Over::Events => {
+                out.extend(a.field.iter().chain(&a.weight).cloned());
+                out.extend(a.filters.iter().map(|f| f.field.clone()));
+            }
+            FeatureKind::Aggregate(_) => out.push(ev::SESSION_ID.into()),
+            FeatureKind::Derived { .. } => {}
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|c| seen.insert(c.clone()));
+    out
+}
+
+/// The features of every customer seen before cutoff `t` (µs), from `base`: the events with
+/// their time in µs as `_t`.
+fn compute_at(base: LazyFrame, t: i64, set: &FeatureSet, population: Population) -> LazyFrame {
+    // Strictly before the cutoff: the only place where time is cut.
+    let mut keep = col(T).lt(lit(t));
+    if let Some(days) = set.max_lookback_days() {
+        keep = keep.and(col(T).gt_eq(lit(t - days * MICROS_PER_DAY)));
+    }
+    let rows = base
+        .filter(keep)
+        .with_column(lit(t).alias(output::CUTOFF))
         .cache();
     let keys = [col(ev::CUSTOMER_ID), col(output::CUTOFF)];
 
@@ -298,9 +333,7 @@ pub fn compute(
     }
     let mut order = vec![col(ev::CUSTOMER_ID), col(output::CUTOFF)];
     order.extend(set.features.iter().map(|f| col(f.name.as_str())));
-    Ok(lf
-        .select(order)
-        .sort([output::CUTOFF, ev::CUSTOMER_ID], Default::default()))
+    lf.select(order)
 }
 
 /// The outcome of one feature example.

@@ -342,9 +342,16 @@ pub fn resolve(
         (!raw.trim().is_empty())
             .then(|| node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(raw))))
     };
+    // Identifier columns only: the wide event rows are never joined or copied here.
+    let narrow: Vec<Expr> = NODE_COLUMNS
+        .iter()
+        .map(|(_, c)| col(*c))
+        .chain([col(ev::TSTAMP)])
+        .collect();
     let mut lf = events
         .clone()
         .lazy()
+        .select(narrow)
         .join(
             value_map(events, ev::USER_ID, "_n_user", user)?,
             [col(ev::USER_ID)],
@@ -688,21 +695,31 @@ pub fn resolve(
         .lazy()
         .select([col(NODE).alias(PRIMARY), col(ev::CUSTOMER_ID)]);
     let before = with_nodes.height();
-    let drop: Vec<&str> = NODE_COLUMNS
-        .iter()
-        .map(|(a, _)| *a)
-        .chain([PRIMARY])
-        .collect();
-    let events_out = with_nodes
+    // The customer of each event, in event order; then the wide rows are filtered once.
+    let customer = with_nodes
         .lazy()
+        .select([col(PRIMARY)])
         .join(
             map,
             [col(PRIMARY)],
             [col(PRIMARY)],
             crate::util::left_join_ordered(),
         )
+        .select([col(ev::CUSTOMER_ID)])
+        .collect()
+        .ctx("assigning customer ids")?;
+    let mut events_out = events.clone();
+    events_out
+        .with_column(
+            customer
+                .column(ev::CUSTOMER_ID)
+                .ctx("customer ids")?
+                .clone(),
+        )
+        .ctx("assigning customer ids")?;
+    let events_out = events_out
+        .lazy()
         .filter(col(ev::CUSTOMER_ID).is_not_null())
-        .drop(cols(drop))
         .collect()
         .ctx("assigning customer ids")?;
     let suppressed_events = before - events_out.height();

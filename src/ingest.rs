@@ -759,23 +759,31 @@ impl Reader<'_> {
 pub const SOURCE_FILE: &str = "source_file";
 const ORDER: &str = "_order";
 
-/// An order event whose order id was already ordered in the same session (rows sorted by
-/// time).
+/// True on the row that comes first in its `group` by `by` then input position (the
+/// deterministic tie-break): a window over key columns, so the wide event rows are never
+/// sorted or copied to find it.
+fn first_in(group: &[&str], by: &str) -> Expr {
+    col(ORDER)
+        .eq(col(ORDER)
+            .sort_by([col(by), col(ORDER)], SortMultipleOptions::default())
+            .first()
+            .over(group.iter().map(|c| col(*c)).collect::<Vec<_>>())
+            .expect("a window over columns"))
+        .fill_null(lit(true))
+}
+
+/// An order event whose order id was already ordered earlier in the same session.
 fn repeated_order() -> Expr {
     col(ev::EVENT_TYPE)
         .eq(lit(EventType::Order.name()))
         .and(col(ev::ORDER_ID).is_not_null())
         .and(col(ev::DOMAIN_SESSIONID).is_not_null())
         .and(
-            col(ev::EVENT_ID)
-                .cum_count(false)
-                .over([
-                    col(ev::DOMAIN_SESSIONID),
-                    col(ev::ORDER_ID),
-                    col(ev::EVENT_TYPE),
-                ])
-                .expect("a window over columns")
-                .gt(lit(1)),
+            first_in(
+                &[ev::DOMAIN_SESSIONID, ev::ORDER_ID, ev::EVENT_TYPE],
+                ev::TSTAMP,
+            )
+            .not(),
         )
 }
 
@@ -949,21 +957,13 @@ pub fn ingest(
         .lazy()
         .filter(col(output::QUARANTINE_REASON).is_null())
         .drop(cols([output::QUARANTINE_REASON]));
+    // Rows stay in input order (files in listing order, rows in file order) throughout.
     let deduped = valid
-        .sort_by_exprs(
-            [col(ev::EVENT_ID), col(ev::COLLECTOR_TSTAMP), col(ORDER)],
-            SortMultipleOptions::default().with_maintain_order(true),
-        )
-        .unique_stable(Some(cols([ev::EVENT_ID])), UniqueKeepStrategy::First)
+        .filter(first_in(&[ev::EVENT_ID], ev::COLLECTOR_TSTAMP))
         // One order tracked twice in a session (a reloaded confirmation page, a retried
         // tracker call with a new event id): the first one counts, as dbt-snowplow-ecommerce
         // does.
-        .sort_by_exprs(
-            [col(ev::TSTAMP), col(ORDER)],
-            SortMultipleOptions::default().with_maintain_order(true),
-        )
         .filter(repeated_order().not())
-        .sort([ORDER], Default::default())
         .drop(cols([
             ORDER,
             SOURCE_FILE,

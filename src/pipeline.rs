@@ -360,6 +360,8 @@ struct RunRecord {
     timings_ms: BTreeMap<&'static str, u128>,
     total_ms: u128,
     peak_rss_mib: Option<u64>,
+    /// Peak resident memory reached by the end of each stage (MiB): where memory grows.
+    peak_rss_mib_by_stage: BTreeMap<&'static str, u64>,
     rows: BTreeMap<&'static str, usize>,
 }
 
@@ -382,6 +384,7 @@ struct Timer {
     began: Instant,
     start: Instant,
     timings: BTreeMap<&'static str, u128>,
+    peaks: BTreeMap<&'static str, u64>,
     span: tracing::span::EnteredSpan,
 }
 
@@ -401,6 +404,7 @@ impl Timer {
             began: Instant::now(),
             start: Instant::now(),
             timings: BTreeMap::new(),
+            peaks: BTreeMap::new(),
             span: span.entered(),
         }
     }
@@ -411,6 +415,9 @@ impl Timer {
         let ms = self.start.elapsed().as_millis();
         info!(stage, ms = ms as u64, "stage done");
         self.timings.insert(stage, ms);
+        if let Some(mib) = crate::util::peak_rss_mib() {
+            self.peaks.insert(stage, mib);
+        }
         self.start = Instant::now();
         self.span.pb_inc(1);
         if let Some(next) = STAGES.iter().skip_while(|s| **s != stage).nth(1) {
@@ -651,7 +658,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             .collect()
             .ctx("selecting snapshot")
     };
-    let train = at(&cutoffs.training)?;
+    let train = model::sample_customers(at(&cutoffs.training)?, job.model.max_training_rows)?;
     let validation = at(&[cutoffs.validation])?;
     let scoring = at(&[cutoffs.scoring])?.drop_many([output::CUTOFF, output::LABEL]);
     timer.lap("features");
@@ -939,6 +946,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         finished_utc: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         total_ms: timer.began.elapsed().as_millis(),
         timings_ms: timer.timings.clone(),
+        peak_rss_mib_by_stage: timer.peaks.clone(),
         peak_rss_mib: crate::util::peak_rss_mib(),
         rows: metrics.rows.clone(),
     };

@@ -44,9 +44,22 @@ pub fn sessionize(events: &DataFrame, inactivity_minutes: i64) -> Result<(DataFr
         .ctx("session gaps")?
         .gt(lit(gap))
         .fill_null(lit(true));
-    let fallback = events
+    // Session ids are worked out on the key columns; the wide rows are sorted once at the end.
+    const ROW: &str = "_row";
+    const GAP_SESSION: &str = "_gap_session";
+    let keys = events
         .clone()
         .lazy()
+        .select([
+            col(ev::CUSTOMER_ID),
+            col(ev::TSTAMP),
+            col(ev::EVENT_ID),
+            col(ev::DOMAIN_SESSIONID),
+            col(ev::CLIENT_SESSIONID),
+        ])
+        .with_row_index(ROW, None);
+    let fallback = keys
+        .clone()
         .filter(
             col(ev::DOMAIN_SESSIONID)
                 .is_null()
@@ -74,22 +87,35 @@ pub fn sessionize(events: &DataFrame, inactivity_minutes: i64) -> Result<(DataFr
                 ":",
                 false,
             )
-            .alias(ev::SESSION_ID),
+            .alias(GAP_SESSION),
         )
-        .drop(cols(["_idx"]));
-    let tracked = events
-        .clone()
-        .lazy()
-        .filter(
-            col(ev::DOMAIN_SESSIONID)
-                .is_not_null()
-                .or(col(ev::CLIENT_SESSIONID).is_not_null()),
+        .select([col(ROW), col(GAP_SESSION)]);
+    let session_ids = keys
+        .join(
+            fallback,
+            [col(ROW)],
+            [col(ROW)],
+            crate::util::left_join_ordered(),
         )
+        .select([coalesce(&[
+            col(ev::DOMAIN_SESSIONID),
+            col(ev::CLIENT_SESSIONID),
+            col(GAP_SESSION),
+        ])
+        .alias(ev::SESSION_ID)])
+        .collect()
+        .ctx("assigning sessions")?;
+    let mut events = events.clone();
+    events
         .with_column(
-            coalesce(&[col(ev::DOMAIN_SESSIONID), col(ev::CLIENT_SESSIONID)]).alias(ev::SESSION_ID),
-        );
-    let events = concat([tracked, fallback], UnionArgs::default())
-        .ctx("sessions")?
+            session_ids
+                .column(ev::SESSION_ID)
+                .ctx("session ids")?
+                .clone(),
+        )
+        .ctx("assigning sessions")?;
+    let events = events
+        .lazy()
         .sort_by_exprs(
             [col(ev::CUSTOMER_ID), col(ev::TSTAMP), col(ev::EVENT_ID)],
             SortMultipleOptions::default(),

@@ -523,6 +523,15 @@ mod tests {
     }
 
     #[test]
+    fn the_evaluation_job_is_valid() {
+        // examples/online_retail.rs runs it; nothing else would notice it going stale.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/evaluation/online_retail.toml");
+        let job = Job::load(Some(&path)).expect("jobs/evaluation/online_retail.toml");
+        assert_eq!(job.model.horizon_days, 30);
+        assert_eq!(job.model.families.len(), 2);
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once_with_hints() {
         let err = features(
             r#"

@@ -49,6 +49,7 @@ struct RawModel {
     families: Option<Vec<String>>,
     gbm_budget: Option<f32>,
     max_iterations: Option<u64>,
+    max_training_rows: Option<usize>,
     reasons: Option<usize>,
 }
 
@@ -119,6 +120,10 @@ pub struct ModelDef {
     pub gate_tolerance: f64,
     /// Maximum solver iterations. Default: 200.
     pub max_iterations: u64,
+    /// Above this many training rows, the model learns from a sample of whole customers
+    /// (chosen by a hash of their id, so the same customers night after night). Default:
+    /// 250000.
+    pub max_training_rows: usize,
     /// Reason codes per scored customer. Default: 3.
     pub reasons: usize,
     /// Refuse to train below this many positive training rows. Default: 20.
@@ -206,6 +211,12 @@ impl ModelDef {
                 format!("expected a positive number, found {gbm_budget}"),
             );
         }
+        if model.max_training_rows == Some(0) {
+            p.push(
+                "model.max_training_rows",
+                "expected a positive number, found 0",
+            );
+        }
         let gate_tolerance = raw.gate.and_then(|g| g.tolerance).unwrap_or(0.01);
         if !(0.0..=1.0).contains(&gate_tolerance) {
             p.push(
@@ -269,6 +280,7 @@ impl ModelDef {
             gbm_budget,
             gate_tolerance,
             max_iterations: model.max_iterations.unwrap_or(200),
+            max_training_rows: model.max_training_rows.unwrap_or(250_000).max(1),
             reasons: model.reasons.unwrap_or(3),
             min_positives: elig.min_positives.unwrap_or(20),
             min_negatives: elig.min_negatives.unwrap_or(20),
