@@ -1,6 +1,7 @@
 //! Features: the definitions of `features/*.toml` compiled to polars expressions and
-//! computed for every customer at every cutoff in one lazy plan. A feature at cutoff `t`
-//! sees only events strictly before `t`; windows are `[t - N days, t)`.
+//! computed for every customer at every cutoff from per-customer daily aggregates of the
+//! events ([`Daily`]). A feature at cutoff `t` sees only events strictly before `t`; windows
+//! are `[t - N days, t)`.
 
 use polars::prelude::*;
 
@@ -138,55 +139,30 @@ fn top_share(name: &str, a: &Aggregate, rows: LazyFrame) -> LazyFrame {
         Some(w) => fixed_point(col(w.as_str())).fill_null(lit(0i64)),
         None => lit(1i64),
     };
-    rows.filter(mask(a, true).and(col(field).is_not_null()))
+    let weights = rows
+        .filter(mask(a, true).and(col(field).is_not_null()))
         .group_by([col(ev::CUSTOMER_ID), col(output::CUTOFF), col(field)])
-        .agg([weight.sum().alias("_w")])
-        // Floating-point sums depend on order: fix it, so that identical inputs give
-        // identical bits whatever order the group-by emitted.
-        .sort([ev::CUSTOMER_ID, output::CUTOFF, field], Default::default())
+        .agg([weight.sum().alias(WEIGHT)]);
+    largest_share(name, weights, field)
+}
+
+/// The largest share one value takes of a (customer, cutoff)'s weights: `weights` has one
+/// row per (customer, cutoff, `value`) with its integer weight `_w`.
+fn largest_share(name: &str, weights: LazyFrame, value: &str) -> LazyFrame {
+    weights
+        // A fixed order, so that identical inputs give identical bits whatever order the
+        // group-by emitted.
+        .sort([ev::CUSTOMER_ID, output::CUTOFF, value], Default::default())
         .group_by([col(ev::CUSTOMER_ID), col(output::CUTOFF)])
-        .agg([
-            (col("_w").max().cast(DataType::Float64) / col("_w").sum().cast(DataType::Float64))
-                .alias(name),
-        ])
+        .agg([(col(WEIGHT).max().cast(DataType::Float64)
+            / col(WEIGHT).sum().cast(DataType::Float64))
+        .alias(name)])
         .with_column(
             when(col(name).is_nan())
                 .then(lit(NULL).cast(DataType::Float64))
                 .otherwise(col(name))
                 .alias(name),
         )
-}
-
-/// Sessions rebuilt at each cutoff from the events before it.
-fn sessions_at_cutoffs(rows: LazyFrame) -> LazyFrame {
-    let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
-    let n = |t: EventType| is(t).cast(DataType::Float64).sum();
-    rows.group_by([
-        col(ev::CUSTOMER_ID),
-        col(output::CUTOFF),
-        col(ev::SESSION_ID),
-    ])
-    .agg([
-        col(T).min().alias(T),
-        len().cast(DataType::Float64).alias(sf::EVENTS),
-        n(EventType::PageView).alias(sf::PAGE_VIEWS),
-        n(EventType::Search).alias(sf::SEARCHES),
-        n(EventType::CartAdd).alias(sf::CART_ADDS),
-        ((col(T).max() - col(T).min()) / lit(1_000_000i64))
-            .cast(DataType::Float64)
-            .alias(sf::DURATION_S),
-        is(EventType::CartAdd).any(true).alias(sf::HAS_CART_ADD),
-        is(EventType::Search).any(true).alias(sf::HAS_SEARCH),
-        is(EventType::Order)
-            .or(is(EventType::OrderLine))
-            .any(true)
-            .alias(sf::HAS_ORDER),
-    ])
-    // A fixed session order, so that sums over sessions are bit-for-bit reproducible.
-    .sort(
-        [ev::CUSTOMER_ID, output::CUTOFF, T, ev::SESSION_ID],
-        Default::default(),
-    )
 }
 
 fn derived_expr(f: &FeatureDef, op: &DeriveOp, inputs: &[String]) -> Expr {
@@ -219,25 +195,25 @@ fn derived_expr(f: &FeatureDef, op: &DeriveOp, inputs: &[String]) -> Expr {
     e.cast(DataType::Float64).alias(f.name.as_str())
 }
 
-/// Computes every feature for every customer in the population at each cutoff, in one
-/// lazy plan. Returns `customer_id`, `cutoff` (µs), then one Float64 column per feature in
-/// definition order, sorted by cutoff and customer.
+/// Day number (UTC) of an event: features are cut at midnights, so a day's events are all
+/// before a cutoff or all at or after it.
+const D: &str = "_d";
+
+/// Computes every feature for every customer in the population at each cutoff (µs, each a
+/// UTC midnight). The events are first reduced to per-customer daily aggregates (see
+/// [`Daily`]); each cutoff's features then combine the days before it. Returns
+/// `customer_id`, `cutoff` (µs), then one Float64 column per feature in definition order,
+/// sorted by cutoff and customer.
 pub fn compute(
     events: &DataFrame,
     cutoffs: &[i64],
     set: &FeatureSet,
     population: Population,
 ) -> Result<LazyFrame> {
-    let base = events
-        .clone()
-        .lazy()
-        .select(columns_read(set).into_iter().map(col).collect::<Vec<_>>())
-        .with_column(col(ev::TSTAMP).cast(DataType::Int64).alias(T));
-    // One plan per cutoff, run one after the other: the rows of one cutoff are freed before
-    // the next is cut, so memory holds the events and one cutoff's working set.
+    let daily = Daily::build(events, set)?;
     let per_cutoff: Vec<LazyFrame> = cutoffs
         .iter()
-        .map(|&t| compute_at(base.clone(), t, set, population))
+        .map(|&t| daily.at(t, set, population))
         .collect();
     let lf = concat(
         per_cutoff,
@@ -272,68 +248,352 @@ fn columns_read(set: &FeatureSet) -> Vec<String> {
     out
 }
 
-/// The features of every customer seen before cutoff `t` (µs), from `base`: the events with
-/// their time in µs as `_t`.
-fn compute_at(base: LazyFrame, t: i64, set: &FeatureSet, population: Population) -> LazyFrame {
-    // Strictly before the cutoff: the only place where time is cut.
-    let mut keep = col(T).lt(lit(t));
-    if let Some(days) = set.max_lookback_days() {
-        keep = keep.and(col(T).gt_eq(lit(t - days * MICROS_PER_DAY)));
+/// Event-type and `where` condition of an aggregate, without its window (with_filters:
+/// false leaves the `where` out, the denominator of `share`).
+fn condition(a: &Aggregate, with_filters: bool) -> Expr {
+    let mut m = events_expr(&a.events);
+    if with_filters {
+        for f in &a.filters {
+            m = m.and(filter_expr(f));
+        }
     }
-    let rows = base
-        .filter(keep)
-        .with_column(lit(t).alias(output::CUTOFF))
-        .cache();
-    let keys = [col(ev::CUSTOMER_ID), col(output::CUTOFF)];
+    m.fill_null(lit(false))
+}
 
-    let mut event_aggs = vec![col(T).max().alias("_last_t")];
-    let mut session_aggs = Vec::new();
-    let mut branches = Vec::new();
-    let mut fills = Vec::new();
-    for f in &set.features {
-        let FeatureKind::Aggregate(a) = &f.kind else {
-            continue;
+/// The column of partial aggregate `part` of the event feature at `index`.
+fn partial(index: usize, part: &str) -> String {
+    format!("_p{index}{part}")
+}
+
+/// Column of the distinct values (count_distinct) or value weights (top_share) of a feature.
+const VALUE: &str = "_v";
+const WEIGHT: &str = "_w";
+
+/// Per-customer daily aggregates of the events, from which the features at any midnight are
+/// combined exactly: counts and fixed-point sums add up, minima and maxima of minima and
+/// maxima, first and last values travel with their times, distinct values and value weights
+/// are kept per day, and sessions per (session, day). Days are never split by a cutoff, so a
+/// feature combined from the days before `t` equals one computed from the events before `t`.
+struct Daily {
+    /// One row per (customer, day): `_last_t` and the partials of every event aggregate.
+    events: DataFrame,
+    /// Per count_distinct or top_share event aggregate (by feature index): (customer, day,
+    /// value[, weight]) rows.
+    values: Vec<(usize, DataFrame)>,
+    /// One row per (customer, session, day), when a feature is over sessions.
+    sessions: Option<DataFrame>,
+}
+
+impl Daily {
+    fn build(events: &DataFrame, set: &FeatureSet) -> Result<Daily> {
+        let base = events
+            .clone()
+            .lazy()
+            .select(columns_read(set).into_iter().map(col).collect::<Vec<_>>())
+            .with_column(col(ev::TSTAMP).cast(DataType::Int64).alias(T))
+            .with_column((col(T) / lit(MICROS_PER_DAY)).alias(D))
+            .cache();
+        let keys = [col(ev::CUSTOMER_ID), col(D)];
+        let mut aggs = vec![col(T).max().alias("_last_t")];
+        let mut value_plans = Vec::new();
+        let mut over_sessions = false;
+        for (i, f) in set.features.iter().enumerate() {
+            let FeatureKind::Aggregate(a) = &f.kind else {
+                continue;
+            };
+            if a.over == Over::Sessions {
+                over_sessions = true;
+                continue;
+            }
+            let m = condition(a, true);
+            let field = || col(a.field.as_deref().expect("validated: field present"));
+            let p = |part: &str| partial(i, part);
+            let by_time = |e: Expr| {
+                e.filter(m.clone())
+                    .sort_by([col(T).filter(m.clone())], SortMultipleOptions::default())
+            };
+            match a.agg {
+                Agg::Count | Agg::ActiveDays => {
+                    aggs.push(m.clone().cast(DataType::Int64).sum().alias(p("n")))
+                }
+                Agg::Sum => aggs.push(fixed_point(field()).filter(m.clone()).sum().alias(p("s"))),
+                Agg::Mean => aggs.extend([
+                    fixed_point(field()).filter(m.clone()).sum().alias(p("s")),
+                    field().filter(m.clone()).count().alias(p("c")),
+                ]),
+                Agg::Min => aggs.push(field().filter(m.clone()).min().alias(p("v"))),
+                Agg::Max => aggs.push(field().filter(m.clone()).max().alias(p("v"))),
+                Agg::First | Agg::DaysSinceFirst => {
+                    aggs.push(col(T).filter(m.clone()).min().alias(p("t")));
+                    if a.agg == Agg::First {
+                        aggs.push(by_time(field()).first().alias(p("v")));
+                    }
+                }
+                Agg::Last | Agg::DaysSinceLast => {
+                    aggs.push(col(T).filter(m.clone()).max().alias(p("t")));
+                    if a.agg == Agg::Last {
+                        aggs.push(by_time(field()).last().alias(p("v")));
+                    }
+                }
+                Agg::Share => {
+                    let all = condition(a, false);
+                    match &a.field {
+                        Some(f) => aggs.extend([
+                            fixed_point(col(f.as_str()))
+                                .filter(m.clone())
+                                .sum()
+                                .alias(p("n")),
+                            fixed_point(col(f.as_str())).filter(all).sum().alias(p("a")),
+                        ]),
+                        None => aggs.extend([
+                            m.clone().cast(DataType::Int64).sum().alias(p("n")),
+                            all.cast(DataType::Int64).sum().alias(p("a")),
+                        ]),
+                    }
+                }
+                Agg::CountDistinct => value_plans.push((
+                    i,
+                    base.clone()
+                        .filter(m.and(field().is_not_null()))
+                        .select([col(ev::CUSTOMER_ID), col(D), field().alias(VALUE)])
+                        .unique(None, UniqueKeepStrategy::Any),
+                )),
+                Agg::TopShare => {
+                    let weight = match &a.weight {
+                        Some(w) => fixed_point(col(w.as_str())).fill_null(lit(0i64)),
+                        None => lit(1i64),
+                    };
+                    value_plans.push((
+                        i,
+                        base.clone()
+                            .filter(m.and(field().is_not_null()))
+                            .group_by([col(ev::CUSTOMER_ID), col(D), field().alias(VALUE)])
+                            .agg([weight.sum().alias(WEIGHT)]),
+                    ))
+                }
+            }
+        }
+        let events = base
+            .clone()
+            .group_by(keys)
+            .agg(aggs)
+            .collect()
+            .ctx("daily aggregates")?;
+        let values = value_plans
+            .into_iter()
+            .map(|(i, lf)| Ok((i, lf.collect().ctx("daily distinct values")?)))
+            .collect::<Result<Vec<_>>>()?;
+        let sessions = if over_sessions {
+            let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
+            let n = |t: EventType| is(t).cast(DataType::Int64).sum();
+            Some(
+                base.group_by([col(ev::CUSTOMER_ID), col(ev::SESSION_ID), col(D)])
+                    .agg([
+                        col(T).min().alias("_first_t"),
+                        col(T).max().alias("_last_t"),
+                        len().cast(DataType::Int64).alias(sf::EVENTS),
+                        n(EventType::PageView).alias(sf::PAGE_VIEWS),
+                        n(EventType::Search).alias(sf::SEARCHES),
+                        n(EventType::CartAdd).alias(sf::CART_ADDS),
+                        is(EventType::CartAdd).any(true).alias(sf::HAS_CART_ADD),
+                        is(EventType::Search).any(true).alias(sf::HAS_SEARCH),
+                        is(EventType::Order)
+                            .or(is(EventType::OrderLine))
+                            .any(true)
+                            .alias(sf::HAS_ORDER),
+                    ])
+                    .collect()
+                    .ctx("daily sessions")?,
+            )
+        } else {
+            None
         };
-        match (a.over, a.agg) {
-            (_, Agg::TopShare) if a.over == Over::Events => {
-                branches.push(top_share(&f.name, a, rows.clone()))
-            }
-            (Over::Events, _) => event_aggs.push(aggregate_expr(&f.name, a)),
-            (Over::Sessions, Agg::TopShare) => {
-                branches.push(top_share(&f.name, a, sessions_at_cutoffs(rows.clone())))
-            }
-            (Over::Sessions, _) => session_aggs.push(aggregate_expr(&f.name, a)),
+        Ok(Daily {
+            events,
+            values,
+            sessions,
+        })
+    }
+
+    /// The features at cutoff `t` (a UTC midnight, µs) from the days before it.
+    fn at(&self, t: i64, set: &FeatureSet, population: Population) -> LazyFrame {
+        assert_eq!(t.rem_euclid(MICROS_PER_DAY), 0, "cutoffs are midnights");
+        let today = t.div_euclid(MICROS_PER_DAY);
+        // Strictly before the cutoff: the only place where time is cut.
+        let mut keep = col(D).lt(lit(today));
+        if let Some(days) = set.max_lookback_days() {
+            keep = keep.and(col(D).gt_eq(lit(today - days)));
         }
-        let c = col(f.name.as_str());
-        fills.push(match a.fill {
-            Some(v) => c.fill_null(lit(v)),
-            None => c,
-        });
-    }
-    if !session_aggs.is_empty() {
-        branches.push(
-            sessions_at_cutoffs(rows.clone())
-                .group_by(keys.clone())
-                .agg(session_aggs),
-        );
-    }
-    let mut lf = rows.group_by(keys.clone()).agg(event_aggs);
-    for b in branches {
-        lf = lf.join(b, keys.clone(), keys.clone(), JoinArgs::new(JoinType::Left));
-    }
-    if let Population::ActiveDays(days) = population {
-        lf = lf.filter(col("_last_t").gt_eq(col(output::CUTOFF) - lit(days * MICROS_PER_DAY)));
-    }
-    lf = lf.with_columns(fills);
-    // Derived features in definition order: each may use the ones above it.
-    for f in &set.features {
-        if let FeatureKind::Derived { op, inputs } = &f.kind {
-            lf = lf.with_column(derived_expr(f, op, inputs));
+        let in_window = |w: Window| match w {
+            Window::All => lit(true),
+            Window::Range { from_days, to_days } => col(D)
+                .gt_eq(lit(today - from_days))
+                .and(col(D).lt(lit(today - to_days))),
+        };
+        let keys = [col(ev::CUSTOMER_ID), col(output::CUTOFF)];
+        let days_rows = |df: &DataFrame| {
+            df.clone()
+                .lazy()
+                .filter(keep.clone())
+                .with_column(lit(t).alias(output::CUTOFF))
+        };
+
+        let mut event_aggs = vec![col("_last_t").max()];
+        let mut branches = Vec::new();
+        let mut session_aggs = Vec::new();
+        let mut fills = Vec::new();
+        let mut none_is_zero = Vec::new();
+        let c_zero = |name: &str| col(name).fill_null(lit(0.0));
+        for (i, f) in set.features.iter().enumerate() {
+            let FeatureKind::Aggregate(a) = &f.kind else {
+                continue;
+            };
+            let name = f.name.as_str();
+            let c = col(name);
+            fills.push(match a.fill {
+                Some(v) => c.fill_null(lit(v)),
+                None => c,
+            });
+            if a.over == Over::Sessions {
+                match a.agg {
+                    Agg::TopShare => {
+                        branches.push(top_share(name, a, self.sessions_at(&days_rows)))
+                    }
+                    _ => session_aggs.push(aggregate_expr(name, a)),
+                }
+                continue;
+            }
+            let w = in_window(a.window);
+            let p = |part: &str| col(partial(i, part)).filter(w.clone());
+            let f64t = DataType::Float64;
+            let sum = |part: &str| p(part).sum().cast(f64t.clone());
+            let exact = |part: &str| sum(part) / lit(SUM_SCALE);
+            let days = |e: Expr| {
+                (col(output::CUTOFF).first() - e).cast(DataType::Float64)
+                    / lit(MICROS_PER_DAY as f64)
+            };
+            let null_if_zero = |n: Expr, v: Expr| {
+                when(n.clone().eq(lit(0.0)))
+                    .then(lit(NULL).cast(DataType::Float64))
+                    .otherwise(v)
+            };
+            let timed = |last: bool| {
+                let known = w.clone().and(col(partial(i, "t")).is_not_null());
+                let v = col(partial(i, "v")).filter(known.clone()).sort_by(
+                    [col(partial(i, "t")).filter(known)],
+                    SortMultipleOptions::default(),
+                );
+                if last { v.last() } else { v.first() }.cast(DataType::Float64)
+            };
+            let e = match a.agg {
+                Agg::Count => sum("n"),
+                Agg::ActiveDays => p("n").gt(lit(0)).sum().cast(f64t),
+                Agg::Sum => exact("s"),
+                Agg::Mean => null_if_zero(sum("c"), exact("s") / sum("c")),
+                Agg::Min => p("v").min().cast(f64t),
+                Agg::Max => p("v").max().cast(f64t),
+                Agg::First => timed(false),
+                Agg::Last => timed(true),
+                Agg::DaysSinceFirst => days(p("t").min()),
+                Agg::DaysSinceLast => days(p("t").max()),
+                Agg::Share => {
+                    let (num, den) = if a.field.is_some() {
+                        (exact("n"), exact("a"))
+                    } else {
+                        (sum("n"), sum("a"))
+                    };
+                    null_if_zero(den.clone(), num / den)
+                }
+                Agg::CountDistinct | Agg::TopShare => {
+                    let values = &self
+                        .values
+                        .iter()
+                        .find(|(j, _)| *j == i)
+                        .expect("built for every such feature")
+                        .1;
+                    let rows = days_rows(values).filter(w.clone());
+                    branches.push(if a.agg == Agg::CountDistinct {
+                        // A seen customer without any value in the window has none distinct.
+                        none_is_zero.push(c_zero(name));
+                        rows.group_by(keys.clone())
+                            .agg([col(VALUE).n_unique().cast(DataType::Float64).alias(name)])
+                    } else {
+                        largest_share(
+                            name,
+                            rows.group_by([col(ev::CUSTOMER_ID), col(output::CUTOFF), col(VALUE)])
+                                .agg([col(WEIGHT).sum()]),
+                            VALUE,
+                        )
+                    });
+                    continue;
+                }
+            };
+            event_aggs.push(e.alias(name));
         }
+        if !session_aggs.is_empty() {
+            branches.push(
+                self.sessions_at(&days_rows)
+                    .group_by(keys.clone())
+                    .agg(session_aggs),
+            );
+        }
+        let mut lf = days_rows(&self.events)
+            .group_by(keys.clone())
+            .agg(event_aggs);
+        for b in branches {
+            lf = lf.join(b, keys.clone(), keys.clone(), JoinArgs::new(JoinType::Left));
+        }
+        if !none_is_zero.is_empty() {
+            lf = lf.with_columns(none_is_zero);
+        }
+        if let Population::ActiveDays(days) = population {
+            lf = lf.filter(col("_last_t").gt_eq(col(output::CUTOFF) - lit(days * MICROS_PER_DAY)));
+        }
+        lf = lf.with_columns(fills);
+        // Derived features in definition order: each may use the ones above it.
+        for f in &set.features {
+            if let FeatureKind::Derived { op, inputs } = &f.kind {
+                lf = lf.with_column(derived_expr(f, op, inputs));
+            }
+        }
+        let mut order = vec![col(ev::CUSTOMER_ID), col(output::CUTOFF)];
+        order.extend(set.features.iter().map(|f| col(f.name.as_str())));
+        lf.select(order)
     }
-    let mut order = vec![col(ev::CUSTOMER_ID), col(output::CUTOFF)];
-    order.extend(set.features.iter().map(|f| col(f.name.as_str())));
-    lf.select(order)
+
+    /// The sessions at cutoff `t` rebuilt from their days before it: a session running over
+    /// the cutoff counts its events before it, as one rebuilt from those events would.
+    fn sessions_at(&self, days_rows: &dyn Fn(&DataFrame) -> LazyFrame) -> LazyFrame {
+        let sessions = self
+            .sessions
+            .as_ref()
+            .expect("built when a feature is over sessions");
+        let total = |c: &str| col(c).sum().cast(DataType::Float64);
+        days_rows(sessions)
+            .group_by([
+                col(ev::CUSTOMER_ID),
+                col(output::CUTOFF),
+                col(ev::SESSION_ID),
+            ])
+            .agg([
+                col("_first_t").min().alias(T),
+                total(sf::EVENTS).alias(sf::EVENTS),
+                total(sf::PAGE_VIEWS).alias(sf::PAGE_VIEWS),
+                total(sf::SEARCHES).alias(sf::SEARCHES),
+                total(sf::CART_ADDS).alias(sf::CART_ADDS),
+                ((col("_last_t").max() - col("_first_t").min()) / lit(1_000_000i64))
+                    .cast(DataType::Float64)
+                    .alias(sf::DURATION_S),
+                col(sf::HAS_CART_ADD).any(true),
+                col(sf::HAS_SEARCH).any(true),
+                col(sf::HAS_ORDER).any(true),
+            ])
+            // A fixed session order, so that sums over sessions are bit-for-bit reproducible.
+            .sort(
+                [ev::CUSTOMER_ID, output::CUTOFF, T, ev::SESSION_ID],
+                Default::default(),
+            )
+    }
 }
 
 /// The outcome of one feature example.
@@ -432,6 +692,130 @@ pub fn check_examples(set: &FeatureSet) -> Result<Vec<ExampleOutcome>> {
         }
     }
     Ok(out)
+}
+
+/// The first engine, kept as the reference the daily aggregates are checked against: every
+/// feature computed straight from the events before each cutoff (one copy of the events per
+/// cutoff; simple and slow).
+#[cfg(test)]
+pub(crate) mod reference {
+    use super::*;
+
+    pub fn compute(
+        events: &DataFrame,
+        cutoffs: &[i64],
+        set: &FeatureSet,
+        population: Population,
+    ) -> Result<LazyFrame> {
+        let base = events
+            .clone()
+            .lazy()
+            .select(columns_read(set).into_iter().map(col).collect::<Vec<_>>())
+            .with_column(col(ev::TSTAMP).cast(DataType::Int64).alias(T));
+        let per_cutoff: Vec<LazyFrame> = cutoffs
+            .iter()
+            .map(|&t| compute_at(base.clone(), t, set, population))
+            .collect();
+        Ok(concat(per_cutoff, UnionArgs::default())
+            .ctx("feature snapshots")?
+            .sort([output::CUTOFF, ev::CUSTOMER_ID], Default::default()))
+    }
+
+    /// Sessions rebuilt at each cutoff from the events before it.
+    fn sessions_at_cutoffs(rows: LazyFrame) -> LazyFrame {
+        let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
+        let n = |t: EventType| is(t).cast(DataType::Float64).sum();
+        rows.group_by([
+            col(ev::CUSTOMER_ID),
+            col(output::CUTOFF),
+            col(ev::SESSION_ID),
+        ])
+        .agg([
+            col(T).min().alias(T),
+            len().cast(DataType::Float64).alias(sf::EVENTS),
+            n(EventType::PageView).alias(sf::PAGE_VIEWS),
+            n(EventType::Search).alias(sf::SEARCHES),
+            n(EventType::CartAdd).alias(sf::CART_ADDS),
+            ((col(T).max() - col(T).min()) / lit(1_000_000i64))
+                .cast(DataType::Float64)
+                .alias(sf::DURATION_S),
+            is(EventType::CartAdd).any(true).alias(sf::HAS_CART_ADD),
+            is(EventType::Search).any(true).alias(sf::HAS_SEARCH),
+            is(EventType::Order)
+                .or(is(EventType::OrderLine))
+                .any(true)
+                .alias(sf::HAS_ORDER),
+        ])
+        // A fixed session order, so that sums over sessions are bit-for-bit reproducible.
+        .sort(
+            [ev::CUSTOMER_ID, output::CUTOFF, T, ev::SESSION_ID],
+            Default::default(),
+        )
+    }
+
+    /// The features of every customer seen before cutoff `t` (µs), from `base`: the events with
+    /// their time in µs as `_t`.
+    fn compute_at(base: LazyFrame, t: i64, set: &FeatureSet, population: Population) -> LazyFrame {
+        // Strictly before the cutoff: the only place where time is cut.
+        let mut keep = col(T).lt(lit(t));
+        if let Some(days) = set.max_lookback_days() {
+            keep = keep.and(col(T).gt_eq(lit(t - days * MICROS_PER_DAY)));
+        }
+        let rows = base
+            .filter(keep)
+            .with_column(lit(t).alias(output::CUTOFF))
+            .cache();
+        let keys = [col(ev::CUSTOMER_ID), col(output::CUTOFF)];
+
+        let mut event_aggs = vec![col(T).max().alias("_last_t")];
+        let mut session_aggs = Vec::new();
+        let mut branches = Vec::new();
+        let mut fills = Vec::new();
+        for f in &set.features {
+            let FeatureKind::Aggregate(a) = &f.kind else {
+                continue;
+            };
+            match (a.over, a.agg) {
+                (_, Agg::TopShare) if a.over == Over::Events => {
+                    branches.push(top_share(&f.name, a, rows.clone()))
+                }
+                (Over::Events, _) => event_aggs.push(aggregate_expr(&f.name, a)),
+                (Over::Sessions, Agg::TopShare) => {
+                    branches.push(top_share(&f.name, a, sessions_at_cutoffs(rows.clone())))
+                }
+                (Over::Sessions, _) => session_aggs.push(aggregate_expr(&f.name, a)),
+            }
+            let c = col(f.name.as_str());
+            fills.push(match a.fill {
+                Some(v) => c.fill_null(lit(v)),
+                None => c,
+            });
+        }
+        if !session_aggs.is_empty() {
+            branches.push(
+                sessions_at_cutoffs(rows.clone())
+                    .group_by(keys.clone())
+                    .agg(session_aggs),
+            );
+        }
+        let mut lf = rows.group_by(keys.clone()).agg(event_aggs);
+        for b in branches {
+            lf = lf.join(b, keys.clone(), keys.clone(), JoinArgs::new(JoinType::Left));
+        }
+        if let Population::ActiveDays(days) = population {
+            lf = lf.filter(col("_last_t").gt_eq(col(output::CUTOFF) - lit(days * MICROS_PER_DAY)));
+        }
+        lf = lf.with_columns(fills);
+        // Derived features in definition order: each may use the ones above it.
+        for f in &set.features {
+            if let FeatureKind::Derived { op, inputs } = &f.kind {
+                lf = lf.with_column(derived_expr(f, op, inputs));
+            }
+        }
+        let mut order = vec![col(ev::CUSTOMER_ID), col(output::CUTOFF)];
+        order.extend(set.features.iter().map(|f| col(f.name.as_str())));
+        lf.select(order)
+    }
 }
 
 #[cfg(test)]
@@ -643,5 +1027,172 @@ max = 35
             .collect()
             .unwrap();
         assert!(x.equals_missing(&y), "{x}\n{y}");
+    }
+
+    /// Random events over 70 days: 40 customers, every event type, fields with nulls,
+    /// sessions that run over midnight, distinct times (first/last are then unambiguous).
+    fn random_events(seed: u64) -> DataFrame {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let types = [
+            "page_view",
+            "search",
+            "cart_add",
+            "cart_remove",
+            "order",
+            "order_line",
+            "other",
+        ];
+        let n = 4000;
+        let mut times: Vec<i64> = (0..n)
+            .map(|_| rng.random_range(0..70 * DAY) + 1000 * DAY)
+            .collect();
+        times.sort();
+        times.dedup();
+        let n = times.len();
+        let customer: Vec<String> = (0..n)
+            .map(|_| format!("c{}", rng.random_range(0..40)))
+            .collect();
+        let session: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "{}-s{}",
+                    customer[i],
+                    times[i] / (DAY / 3) + rng.random_range(0..2)
+                )
+            })
+            .collect();
+        let kind: Vec<&str> = (0..n)
+            .map(|_| types[rng.random_range(0..types.len())])
+            .collect();
+        let maybe =
+            |rng: &mut rand_chacha::ChaCha8Rng, p: f64, v: f64| rng.random_bool(p).then_some(v);
+        let line: Vec<Option<f64>> = (0..n)
+            .map(|_| {
+                let v = (rng.random_range(1..10_000) as f64) / 100.0;
+                maybe(&mut rng, 0.7, v)
+            })
+            .collect();
+        let results: Vec<Option<f64>> = (0..n)
+            .map(|_| {
+                let v = rng.random_range(0..3) as f64;
+                maybe(&mut rng, 0.6, v)
+            })
+            .collect();
+        let order: Vec<Option<String>> = (0..n)
+            .map(|i| {
+                rng.random_bool(0.5)
+                    .then(|| format!("o{}", times[i] / DAY % 7))
+            })
+            .collect();
+        let category: Vec<Option<String>> = (0..n)
+            .map(|_| {
+                rng.random_bool(0.8)
+                    .then(|| format!("k{}", rng.random_range(0..4)))
+            })
+            .collect();
+        let mut df = DataFrame::new(
+            n,
+            vec![
+                Column::new(ev::CUSTOMER_ID.into(), customer),
+                Column::new(ev::EVENT_TYPE.into(), kind),
+                Column::new(ev::TSTAMP.into(), times).cast(&utc()).unwrap(),
+                Column::new(ev::SESSION_ID.into(), session),
+                Column::new(ev::LINE_VALUE.into(), line.clone()),
+                Column::new(ev::ORDER_TOTAL.into(), line),
+                Column::new(ev::SEARCH_TOTAL_RESULTS.into(), results),
+                Column::new(ev::ORDER_ID.into(), order),
+                Column::new(ev::CATEGORY.into(), category),
+            ],
+        )
+        .unwrap();
+        // Every other canonical field, null: the default feature set reads some of them.
+        for (name, t) in crate::config::EVENT_FIELDS {
+            if df.column(name).is_err() {
+                let dt = match t {
+                    crate::config::FieldType::Number => DataType::Float64,
+                    _ => DataType::String,
+                };
+                df.with_column(Column::full_null(name.into(), n, &dt))
+                    .unwrap();
+            }
+        }
+        df
+    }
+
+    #[test]
+    fn daily_aggregates_give_the_features_of_the_events_themselves() {
+        let default_set = FeatureSet::parse(&Source::embedded(
+            "default.toml",
+            include_str!("../features/default.toml"),
+        ))
+        .unwrap();
+        let extra = set(&format!(
+            "{DEFS}{}",
+            r#"
+[[feature]]
+name = "top_category"
+agg = "top_share"
+field = "category"
+weight = "line_value"
+window = "30d"
+[[feature]]
+name = "last_line"
+agg = "last"
+field = "line_value"
+window = "7d"
+[[feature]]
+name = "line_share"
+agg = "share"
+field = "line_value"
+events = ["order_line", "cart_add"]
+where = [{ field = "line_value", op = ">", value = 20 }]
+[[feature]]
+name = "search_share"
+agg = "share"
+events = ["search"]
+where = [{ field = "search_total_results", op = "==", value = 0 }]
+window = "60d..30d"
+[[feature]]
+name = "categories"
+agg = "count_distinct"
+field = "category"
+window = "14d"
+[[feature]]
+name = "long_sessions"
+agg = "count"
+over = "sessions"
+where = [{ field = "duration_s", op = ">", value = 3600 }]
+[[feature]]
+name = "session_top"
+agg = "top_share"
+over = "sessions"
+field = "has_search"
+"#
+        ));
+        let cutoffs: Vec<i64> = [1010, 1031, 1032, 1055, 1070, 1075]
+            .iter()
+            .map(|d| d * DAY)
+            .collect();
+        for seed in [1, 2, 3] {
+            let events = random_events(seed);
+            for (name, features) in [("default", &default_set), ("extra", &extra)] {
+                for population in [Population::AllSeen, Population::ActiveDays(20)] {
+                    let daily = compute(&events, &cutoffs, features, population)
+                        .unwrap()
+                        .collect()
+                        .unwrap();
+                    let direct = reference::compute(&events, &cutoffs, features, population)
+                        .unwrap()
+                        .collect()
+                        .unwrap();
+                    assert!(daily.height() > 100, "{name}: {}", daily.height());
+                    assert!(
+                        daily.equals_missing(&direct),
+                        "seed {seed}, {name}, {population:?}:\n{daily}\n{direct}"
+                    );
+                }
+            }
+        }
     }
 }
