@@ -1,6 +1,6 @@
 //! Features: the definitions of `features/*.toml` compiled to polars expressions and
 //! computed for every customer at every cutoff from per-customer daily aggregates of the
-//! events ([`Daily`]). A feature at cutoff `t` sees only events strictly before `t`; windows
+//! events (`Daily`). A feature at cutoff `t` sees only events strictly before `t`; windows
 //! are `[t - N days, t)`.
 
 use polars::prelude::*;
@@ -201,7 +201,7 @@ const D: &str = "_d";
 
 /// Computes every feature for every customer in the population at each cutoff (µs, each a
 /// UTC midnight). The events are first reduced to per-customer daily aggregates (see
-/// [`Daily`]); each cutoff's features then combine the days before it. Returns
+/// `Daily`); each cutoff's features then combine the days before it. Returns
 /// `customer_id`, `cutoff` (µs), then one Float64 column per feature in definition order,
 /// sorted by cutoff and customer.
 pub fn compute(
