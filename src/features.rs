@@ -195,6 +195,29 @@ fn derived_expr(f: &FeatureDef, op: &DeriveOp, inputs: &[String]) -> Expr {
     e.cast(DataType::Float64).alias(f.name.as_str())
 }
 
+/// The last steps of a cutoff's features, whichever way the aggregates were computed: the
+/// population rule (on `_last_t`), the `fill` values, the derived features in definition
+/// order (each may use the ones above it), then the output columns.
+fn finish(
+    mut lf: LazyFrame,
+    set: &FeatureSet,
+    population: Population,
+    fills: Vec<Expr>,
+) -> LazyFrame {
+    if let Population::ActiveDays(days) = population {
+        lf = lf.filter(col("_last_t").gt_eq(col(output::CUTOFF) - lit(days * MICROS_PER_DAY)));
+    }
+    lf = lf.with_columns(fills);
+    for f in &set.features {
+        if let FeatureKind::Derived { op, inputs } = &f.kind {
+            lf = lf.with_column(derived_expr(f, op, inputs));
+        }
+    }
+    let mut order = vec![col(ev::CUSTOMER_ID), col(output::CUTOFF)];
+    order.extend(set.features.iter().map(|f| col(f.name.as_str())));
+    lf.select(order)
+}
+
 /// Day number (UTC) of an event: features are cut at midnights, so a day's events are all
 /// before a cutoff or all at or after it.
 const D: &str = "_d";
@@ -546,19 +569,7 @@ impl Daily {
         if !none_is_zero.is_empty() {
             lf = lf.with_columns(none_is_zero);
         }
-        if let Population::ActiveDays(days) = population {
-            lf = lf.filter(col("_last_t").gt_eq(col(output::CUTOFF) - lit(days * MICROS_PER_DAY)));
-        }
-        lf = lf.with_columns(fills);
-        // Derived features in definition order: each may use the ones above it.
-        for f in &set.features {
-            if let FeatureKind::Derived { op, inputs } = &f.kind {
-                lf = lf.with_column(derived_expr(f, op, inputs));
-            }
-        }
-        let mut order = vec![col(ev::CUSTOMER_ID), col(output::CUTOFF)];
-        order.extend(set.features.iter().map(|f| col(f.name.as_str())));
-        lf.select(order)
+        finish(lf, set, population, fills)
     }
 
     /// The sessions at cutoff `t` rebuilt from their days before it: a session running over
@@ -802,19 +813,7 @@ pub(crate) mod reference {
         for b in branches {
             lf = lf.join(b, keys.clone(), keys.clone(), JoinArgs::new(JoinType::Left));
         }
-        if let Population::ActiveDays(days) = population {
-            lf = lf.filter(col("_last_t").gt_eq(col(output::CUTOFF) - lit(days * MICROS_PER_DAY)));
-        }
-        lf = lf.with_columns(fills);
-        // Derived features in definition order: each may use the ones above it.
-        for f in &set.features {
-            if let FeatureKind::Derived { op, inputs } = &f.kind {
-                lf = lf.with_column(derived_expr(f, op, inputs));
-            }
-        }
-        let mut order = vec![col(ev::CUSTOMER_ID), col(output::CUTOFF)];
-        order.extend(set.features.iter().map(|f| col(f.name.as_str())));
-        lf.select(order)
+        finish(lf, set, population, fills)
     }
 }
 
