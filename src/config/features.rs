@@ -874,10 +874,16 @@ fn parse_examples(raw: &[RawExample], key: &str, p: &mut Problems) -> Vec<Exampl
     let mut out = Vec::new();
     for (i, ex) in raw.iter().enumerate() {
         let k = format!("{key}.example[{i}]");
-        let Some(cutoff) = parse_time(&ex.cutoff) else {
+        // Features are cut at midnights (UTC), as the job's cutoffs are.
+        let Some(cutoff) =
+            parse_time(&ex.cutoff).filter(|t| t.rem_euclid(crate::util::MICROS_PER_DAY) == 0)
+        else {
             p.push(
                 format!("{k}.cutoff"),
-                format!("expected a date or RFC 3339 time, found {}", ex.cutoff),
+                format!(
+                    "expected a date (cutoffs are UTC midnights), found {}",
+                    ex.cutoff
+                ),
             );
             continue;
         };
@@ -953,6 +959,26 @@ fn parse_examples(raw: &[RawExample], key: &str, p: &mut Problems) -> Vec<Exampl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_example_cut_at_noon_is_refused() {
+        let text = r#"
+[[feature]]
+name = "n"
+agg = "count"
+[[feature.example]]
+cutoff = "2026-03-01T12:00:00Z"
+events = [{ at = "2026-02-20", type = "page_view" }]
+expect = 1
+"#;
+        let err = FeatureSet::parse(&crate::config::Source::embedded("f.toml", text)).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "expected a date (cutoffs are UTC midnights), found \"2026-03-01T12:00:00Z\""
+            ),
+            "{err}"
+        );
+    }
 
     #[test]
     fn windows_parse() {
