@@ -717,11 +717,21 @@ pub fn resolve(
                 .clone(),
         )
         .ctx("assigning customer ids")?;
-    let events_out = events_out
-        .lazy()
-        .filter(col(ev::CUSTOMER_ID).is_not_null())
-        .collect()
-        .ctx("assigning customer ids")?;
+    // Rows of suppressed customers go; when there are none, the rows are not copied.
+    let events_out = if events_out
+        .column(ev::CUSTOMER_ID)
+        .ctx("customer ids")?
+        .null_count()
+        == 0
+    {
+        events_out
+    } else {
+        events_out
+            .lazy()
+            .filter(col(ev::CUSTOMER_ID).is_not_null())
+            .collect()
+            .ctx("assigning customer ids")?
+    };
     let suppressed_events = before - events_out.height();
 
     let identity = node_df

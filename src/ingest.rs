@@ -983,19 +983,19 @@ pub fn ingest(
         }
         .into());
     }
-    let as_of = match as_of {
-        Some(d) => d,
-        None => crate::util::event_date_range(&deduped)?
-            .1
-            .succ_opt()
-            .expect("date in range"),
-    };
+    let (_, last) = crate::util::event_date_range(&deduped)?;
+    let as_of = as_of.unwrap_or_else(|| last.succ_opt().expect("date in range"));
     let cutoff = crate::util::date_to_micros(as_of);
-    let events = deduped
-        .lazy()
-        .filter(col(ev::TSTAMP).cast(DataType::Int64).lt(lit(cutoff)))
-        .collect()
-        .ctx("as-of filter")?;
+    // Usually nothing is at or after the as-of date: then the rows are not copied.
+    let events = if last < as_of {
+        deduped
+    } else {
+        deduped
+            .lazy()
+            .filter(col(ev::TSTAMP).cast(DataType::Int64).lt(lit(cutoff)))
+            .collect()
+            .ctx("as-of filter")?
+    };
     let counts = IngestCounts {
         files: files_read,
         files_pruned,

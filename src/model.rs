@@ -537,10 +537,11 @@ fn balance(x: &Array2<f64>, y: &Array1<bool>) -> (Array2<f64>, Array1<bool>) {
 }
 
 /// Convergence of the logistic fit: the solver stops when the gradient of the summed log
-/// loss is below this many units per training row (the mean gradient below 1e-5; the loss is
-/// a sum, so an absolute tolerance would never be met on large data and every fit would run
-/// to `max_iterations`).
-const GRADIENT_TOLERANCE_PER_ROW: f64 = 1e-5;
+/// loss is below this many units per training row, i.e. the gradient of the mean loss below
+/// 1e-4 (scikit-learn's default criterion). linfa's tolerance is absolute and its loss a sum,
+/// so its default would never be met on large data and every fit would run to
+/// `max_iterations`.
+const GRADIENT_TOLERANCE_PER_ROW: f64 = 1e-4;
 
 /// Fits a logistic regression with L2 penalty `l2` on standardised features; returns the
 /// scaler, coefficients and intercept of P(label = true). `warm` starts the solver from a
@@ -731,7 +732,7 @@ pub fn train(
             .date_naive()
             .to_string()
     };
-    let (family, l2, calibration, selection) = if can_hold_out {
+    let (family, l2, calibration, selection, warm) = if can_hold_out {
         let x_fit = x.select(ndarray::Axis(0), &fit_rows);
         let x_held = x.select(ndarray::Axis(0), &held);
         let mut candidates: Vec<(Family, f64)> = Vec::new();
@@ -745,15 +746,12 @@ pub fn train(
             }
         }
         let mut tried = Vec::new();
-        let mut best: Option<(Family, f64, f64, Vec<f64>)> = None;
+        let mut best: Option<(Family, f64, f64, Vec<f64>, Artifact)> = None;
         // The penalties form a path: each logistic fit starts from the previous solution.
         let mut path: Option<Artifact> = None;
         for (family, l2) in candidates {
             let fitted = fit_family(family, &x_fit, &y_fit, l2, path.as_ref(), def)?;
             let s = fitted.logits(&x_held);
-            if family == Family::LogisticRegression {
-                path = Some(fitted);
-            }
             let a = auc(&s, &y_held);
             tried.push(Candidate {
                 family,
@@ -761,10 +759,13 @@ pub fn train(
                 auc: a,
             });
             if best.as_ref().is_none_or(|b| a > b.2 + 1e-9) {
-                best = Some((family, l2, a, s));
+                best = Some((family, l2, a, s, fitted.clone()));
+            }
+            if family == Family::LogisticRegression {
+                path = Some(fitted);
             }
         }
-        let (family, l2, best_auc, s) = best.expect("at least one candidate");
+        let (family, l2, best_auc, s, chosen) = best.expect("at least one candidate");
         let calibration = fit_platt(&s, &y_held)?;
         let fit_cutoffs: std::collections::BTreeSet<i64> =
             fit_rows.iter().map(|&i| cutoffs[i]).collect();
@@ -779,7 +780,7 @@ pub fn train(
                 day(latest)
             ),
         };
-        (family, l2, calibration, Some(selection))
+        (family, l2, calibration, Some(selection), Some(chosen))
     } else {
         tracing::warn!(
             "too few training cutoffs to hold one out: no model selection, scores not calibrated"
@@ -790,9 +791,10 @@ pub fn train(
         } else {
             1.0
         };
-        (def.families[0], l2, Calibration::IDENTITY, None)
+        (def.families[0], l2, Calibration::IDENTITY, None, None)
     };
-    let fitted = fit_family(family, x, y, l2, None, def)?;
+    // The refit on every training cutoff starts from the chosen fit on the earlier ones.
+    let fitted = fit_family(family, x, y, l2, warm.as_ref(), def)?;
     Ok(Trained {
         family,
         scaler: fitted.scaler,

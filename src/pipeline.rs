@@ -262,8 +262,12 @@ fn prepare(
     timer: &mut Timer,
 ) -> Result<Prepared> {
     info!(inputs = ?inputs, "ingest");
-    let ingested = ingest::ingest(inputs, as_of, &job.quality)?;
-    let as_of = ingested.as_of;
+    let ingest::Ingested {
+        events: raw,
+        quarantine,
+        counts,
+        as_of,
+    } = ingest::ingest(inputs, as_of, &job.quality)?;
     timer.lap("ingest");
 
     let previous = match state.before(as_of)? {
@@ -274,12 +278,7 @@ fn prepare(
         Some(p) => identity::Suppression::load(p)?,
         None => identity::Suppression::default(),
     };
-    let resolved = identity::resolve(
-        &ingested.events,
-        previous.as_ref(),
-        &job.identity_limits,
-        &suppression,
-    )?;
+    let resolved = identity::resolve(&raw, previous.as_ref(), &job.identity_limits, &suppression)?;
     if resolved.shared.height() > 0 {
         tracing::warn!(
             count = resolved.shared.height(),
@@ -287,9 +286,11 @@ fn prepare(
         );
     }
     timer.lap("identity");
+    // The resolved rows share their columns with the raw ones: let them go, so that
+    // sessionising sorts the only copy.
+    drop(raw);
 
-    let (events, sessions) =
-        sessions::sessionize(&resolved.events, job.session_inactivity_minutes)?;
+    let (events, sessions) = sessions::sessionize(resolved.events, job.session_inactivity_minutes)?;
     timer.lap("sessions");
     Ok(Prepared {
         as_of,
@@ -298,8 +299,8 @@ fn prepare(
         identity: resolved.identity,
         changes: resolved.changes,
         shared: resolved.shared,
-        quarantine: ingested.quarantine,
-        counts: ingested.counts,
+        quarantine,
+        counts,
         suppressed_customers: resolved.suppressed_customers,
         suppressed_events: resolved.suppressed_events,
         identity_state: resolved.state,

@@ -35,7 +35,7 @@ fn device_class(ua: Expr) -> Expr {
 }
 
 /// Adds `session_id` to every event; returns (events, sessions).
-pub fn sessionize(events: &DataFrame, inactivity_minutes: i64) -> Result<(DataFrame, DataFrame)> {
+pub fn sessionize(events: DataFrame, inactivity_minutes: i64) -> Result<(DataFrame, DataFrame)> {
     let gap = inactivity_minutes * 60 * 1_000_000;
     let t = || col(ev::TSTAMP).cast(DataType::Int64);
     // Events without a tracker session: split each customer's stream at inactivity gaps.
@@ -105,7 +105,7 @@ pub fn sessionize(events: &DataFrame, inactivity_minutes: i64) -> Result<(DataFr
         .alias(ev::SESSION_ID)])
         .collect()
         .ctx("assigning sessions")?;
-    let mut events = events.clone();
+    let mut events = events;
     events
         .with_column(
             session_ids
@@ -114,14 +114,8 @@ pub fn sessionize(events: &DataFrame, inactivity_minutes: i64) -> Result<(DataFr
                 .clone(),
         )
         .ctx("assigning sessions")?;
-    let events = events
-        .lazy()
-        .sort_by_exprs(
-            [col(ev::CUSTOMER_ID), col(ev::TSTAMP), col(ev::EVENT_ID)],
-            SortMultipleOptions::default(),
-        )
-        .collect()
-        .ctx("assigning sessions")?;
+    let events =
+        crate::util::sort_by_columns(events, &[ev::CUSTOMER_ID, ev::TSTAMP, ev::EVENT_ID])?;
 
     let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
     let pv = || is(EventType::PageView);
@@ -256,7 +250,7 @@ mod tests {
         // Minutes. Customer a: tracker session s1 (3 page views). Customer b: no tracker
         // session; gaps of 10, 29, 31 minutes -> two sessions (the 31-minute gap splits).
         let (ev_out, sessions) = sessionize(
-            &events(&[
+            events(&[
                 ("e1", "a", Some("s1"), 0, "page_view", "/"),
                 ("e2", "a", Some("s1"), 5, "cart_add", "/p/1"),
                 ("e3", "a", Some("s1"), 7, "page_view", "/p/1"),

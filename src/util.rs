@@ -41,6 +41,35 @@ pub fn utc() -> DataType {
 }
 
 /// Left join that keeps the left frame's row order (outputs must not depend on hash order).
+/// `df` sorted by the columns `by` (ascending, nulls first), gathered one column at a time:
+/// each old column is freed as its sorted copy is made, so sorting wide rows needs memory
+/// for one extra column instead of a second copy of the frame.
+pub fn sort_by_columns(df: DataFrame, by: &[&str]) -> Result<DataFrame> {
+    const ROW: &str = "_sort_row";
+    let order = df
+        .select(by.iter().copied())
+        .ctx("sort keys")?
+        .with_row_index(ROW.into(), None)
+        .ctx("sort keys")?
+        .sort(by.to_vec(), SortMultipleOptions::default())
+        .ctx("sorting")?;
+    let idx = order
+        .column(ROW)
+        .ctx("sort order")?
+        .idx()
+        .ctx("sort order")?
+        .clone();
+    let height = df.height();
+    let columns: Vec<Column> = df.into_columns();
+    // Columns in parallel; each one is dropped as soon as its sorted copy exists.
+    use rayon::prelude::*;
+    let sorted = columns
+        .into_par_iter()
+        .map(|column| column.take(&idx).ctx("sorting"))
+        .collect::<Result<Vec<Column>>>()?;
+    DataFrame::new(height, sorted).ctx("sorting")
+}
+
 pub fn left_join_ordered() -> JoinArgs {
     let mut args = JoinArgs::new(JoinType::Left);
     args.maintain_order = MaintainOrderJoin::Left;
