@@ -99,7 +99,11 @@ pub fn positives(
             col(ev::CUSTOMER_ID),
             col(ev::TSTAMP).cast(DataType::Int64).alias("_t"),
             value.alias("_v"),
-        ]);
+        ])
+        // Once, not once per cutoff: the label events are few next to all events.
+        .collect()
+        .ctx("label events")?
+        .lazy();
     let threshold = def.min_sum.as_ref().map(|(_, m)| *m);
     let per_cutoff: Vec<LazyFrame> = cutoffs
         .iter()

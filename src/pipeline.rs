@@ -63,7 +63,7 @@ struct Prepared {
     suppressed_customers: usize,
     suppressed_events: usize,
     identity_state: identity::IdentityState,
-    /// SHA-256 of the events as kept in `stage/events.parquet` (keys the cache).
+    /// Fingerprint of the events (keys the cache; see `util::fingerprint`).
     fingerprint: Option<String>,
 }
 
@@ -140,11 +140,11 @@ impl Prepared {
             std::fs::read_to_string(stage.join("counts.json")).ctx("reading stage/counts.json")?;
         let counts: PreparedCounts = serde_json::from_str(&text).map_err(|_| missing())?;
         let read = |name: &str| crate::util::read_parquet(&stage.join(format!("{name}.parquet")));
-        let events_file = stage.join("events.parquet");
-        let fingerprint = crate::util::sha256_file(&events_file)?;
+        let events = read("events")?;
         Ok(Prepared {
             as_of: counts.as_of,
-            events: read("events")?,
+            fingerprint: Some(crate::util::fingerprint(&events)?),
+            events,
             sessions: read("sessions")?,
             customers: read("customers")?,
             identity: read("identity")?,
@@ -155,7 +155,6 @@ impl Prepared {
             suppressed_customers: counts.suppressed_customers,
             suppressed_events: counts.suppressed_events,
             identity_state: identity::IdentityState::load(&dir)?.ok_or_else(missing)?,
-            fingerprint: Some(fingerprint),
         })
     }
 }
@@ -304,7 +303,7 @@ fn prepare(
         suppressed_customers: resolved.suppressed_customers,
         suppressed_events: resolved.suppressed_events,
         identity_state: resolved.state,
-        fingerprint: Some(crate::util::parquet_sha256(&events)?),
+        fingerprint: Some(crate::util::fingerprint(&events)?),
         events,
     })
 }
@@ -509,6 +508,122 @@ pub(crate) fn promotion_gate(
     }
 }
 
+/// What the model stage hands on: the model that scores this run (after the promotion
+/// gate), the gate's verdict, and the validation rows' matrix, labels and scores.
+struct Modelled {
+    gate: Gate,
+    artifact: Artifact,
+    x_val: ndarray::Array2<f64>,
+    y_val: ndarray::Array1<bool>,
+    validation_scores: DataFrame,
+}
+
+/// The snapshots the model stage learns and is measured on, and the cache key of everything
+/// they were computed from.
+struct Snapshots<'a> {
+    train: &'a DataFrame,
+    validation: &'a DataFrame,
+    key: &'a str,
+}
+
+/// Trains on the training snapshots (or reuses the cached model of identical inputs),
+/// measures on the validation cutoff, and passes the promotion gate against the model in
+/// `current_state` (`model_state` names where it lives, for error messages).
+fn model_stage(
+    job: &Job,
+    cutoffs: &Cutoffs,
+    snapshots: Snapshots,
+    cache: &Cache,
+    current_state: Option<&std::path::Path>,
+    model_state: &std::path::Path,
+) -> Result<Modelled> {
+    let Snapshots {
+        train,
+        validation,
+        key: snapshots_key,
+    } = snapshots;
+    let names = job.features.names();
+    let x_train = model::to_matrix(train, &names)?;
+    let y_train = model::to_labels(train, output::LABEL)?;
+    let train_cutoffs: Vec<i64> = train
+        .column(output::CUTOFF)
+        .ctx("cutoff")?
+        .i64()
+        .ctx("cutoff")?
+        .iter()
+        .map(|c| c.expect("cutoff set"))
+        .collect();
+    let x_val = model::to_matrix(validation, &names)?;
+    let y_val = model::to_labels(validation, output::LABEL)?;
+    let model_key = format!("{snapshots_key}{:?}{names:?}", job.model);
+    let artifact: Artifact = cache.json("model", &model_key, || {
+        let trained = model::train(
+            &x_train,
+            &y_train,
+            &train_cutoffs,
+            job.model.horizon_days * crate::util::MICROS_PER_DAY,
+            &job.model,
+        )?;
+        let mut artifact = Artifact {
+            propel_version: env!("CARGO_PKG_VERSION").into(),
+            kind: match trained.family {
+                model::Family::LogisticRegression => "logistic_regression".into(),
+                model::Family::GradientBoosting => "gradient_boosting".into(),
+            },
+            feature_names: names.clone(),
+            feature_set_hash: job.features.hash.clone(),
+            scaler: trained.scaler,
+            coefficients: trained.coefficients,
+            intercept: trained.intercept,
+            calibration: trained.calibration,
+            l2: trained.l2,
+            booster: trained.booster,
+            selection: trained.selection,
+            horizon_days: job.model.horizon_days,
+            training_cutoffs: cutoffs.training.iter().map(|d| d.to_string()).collect(),
+            validation_cutoff: cutoffs.validation.to_string(),
+            n_train: train.height(),
+            n_train_positive: y_train.iter().filter(|&&l| l).count(),
+            validation: Metrics::compute(&[], &[]),
+        };
+        let p_val = artifact.predict(&x_val);
+        artifact.validation = Metrics::compute(&p_val, y_val.as_slice().expect("contiguous"));
+        Ok(artifact)
+    })?;
+    info!(
+        auc = artifact.validation.auc,
+        n_train = artifact.n_train,
+        "model trained"
+    );
+    let gate = promotion_gate(current_state, artifact, &x_val, &y_val, job)?;
+    if !gate.promoted {
+        tracing::warn!(reason = %gate.reason, "new model not promoted: the previous model scores this run");
+    }
+    let artifact = gate.model.clone();
+    // Whatever model scores must have been trained on exactly these feature definitions.
+    artifact.check_features(&names, &job.features.hash, model_state)?;
+    let validation_scores = validation
+        .clone()
+        .lazy()
+        .select([
+            col(ev::CUSTOMER_ID),
+            col(output::CUTOFF)
+                .cast(DataType::Datetime(TimeUnit::Microseconds, None))
+                .cast(DataType::Date),
+            lit(Series::new(output::SCORE.into(), artifact.predict(&x_val))),
+            col(output::LABEL),
+        ])
+        .collect()
+        .ctx("validation scores")?;
+    Ok(Modelled {
+        gate,
+        artifact,
+        x_val,
+        y_val,
+        validation_scores,
+    })
+}
+
 /// Customers by consent decision, for metrics.json.
 fn consent_counts(
     table: &DataFrame,
@@ -534,8 +649,9 @@ fn consent_counts(
     Ok(out)
 }
 
-/// Runs the whole job; see the module documentation.
-pub fn run(opts: &RunOptions) -> Result<RunSummary> {
+/// The job a run executes, with the command line's overrides applied: the job, its inputs,
+/// the output root and the state location.
+fn settings(opts: &RunOptions) -> Result<(Job, Vec<InputDef>, PathBuf, PathBuf)> {
     let mut job = Job::load(opts.job.as_deref())?;
     if let Some(h) = opts.horizon_days {
         if h <= 0 {
@@ -570,6 +686,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             .or(job.state.clone())
             .unwrap_or_else(|| output_root.join("_state").display().to_string()),
     );
+    Ok((job, inputs, output_root, state_dir))
+}
+
+/// Runs the whole job; see the module documentation.
+pub fn run(opts: &RunOptions) -> Result<RunSummary> {
+    let (job, inputs, output_root, state_dir) = settings(opts)?;
     // One run at a time per output and state location.
     let _locks = [output_root.clone(), state_dir.clone()]
         .into_iter()
@@ -664,79 +786,25 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let scoring = at(&[cutoffs.scoring])?.drop_many([output::CUTOFF, output::LABEL]);
     timer.lap("features");
 
+    let Modelled {
+        gate,
+        artifact,
+        x_val,
+        y_val,
+        validation_scores,
+    } = model_stage(
+        &job,
+        &cutoffs,
+        Snapshots {
+            train: &train,
+            validation: &validation,
+            key: &snapshots_key,
+        },
+        &cache,
+        current_state.as_deref(),
+        &state.root().join(MODEL_STATE),
+    )?;
     let names = job.features.names();
-    let x_train = model::to_matrix(&train, &names)?;
-    let y_train = model::to_labels(&train, output::LABEL)?;
-    let train_cutoffs: Vec<i64> = train
-        .column(output::CUTOFF)
-        .ctx("cutoff")?
-        .i64()
-        .ctx("cutoff")?
-        .iter()
-        .map(|c| c.expect("cutoff set"))
-        .collect();
-    let x_val = model::to_matrix(&validation, &names)?;
-    let y_val = model::to_labels(&validation, output::LABEL)?;
-    let model_key = format!("{snapshots_key}{:?}{names:?}", job.model);
-    let artifact: Artifact = cache.json("model", &model_key, || {
-        let trained = model::train(
-            &x_train,
-            &y_train,
-            &train_cutoffs,
-            job.model.horizon_days * crate::util::MICROS_PER_DAY,
-            &job.model,
-        )?;
-        let mut artifact = Artifact {
-            propel_version: env!("CARGO_PKG_VERSION").into(),
-            kind: match trained.family {
-                model::Family::LogisticRegression => "logistic_regression".into(),
-                model::Family::GradientBoosting => "gradient_boosting".into(),
-            },
-            feature_names: names.clone(),
-            feature_set_hash: job.features.hash.clone(),
-            scaler: trained.scaler,
-            coefficients: trained.coefficients,
-            intercept: trained.intercept,
-            calibration: trained.calibration,
-            l2: trained.l2,
-            booster: trained.booster,
-            selection: trained.selection,
-            horizon_days: job.model.horizon_days,
-            training_cutoffs: cutoffs.training.iter().map(|d| d.to_string()).collect(),
-            validation_cutoff: cutoffs.validation.to_string(),
-            n_train: train.height(),
-            n_train_positive: y_train.iter().filter(|&&l| l).count(),
-            validation: Metrics::compute(&[], &[]),
-        };
-        let p_val = artifact.predict(&x_val);
-        artifact.validation = Metrics::compute(&p_val, y_val.as_slice().expect("contiguous"));
-        Ok(artifact)
-    })?;
-    info!(
-        auc = artifact.validation.auc,
-        n_train = artifact.n_train,
-        "model trained"
-    );
-    let gate = promotion_gate(current_state.as_deref(), artifact, &x_val, &y_val, &job)?;
-    if !gate.promoted {
-        tracing::warn!(reason = %gate.reason, "new model not promoted: the previous model scores this run");
-    }
-    let artifact = gate.model.clone();
-    // Whatever model scores must have been trained on exactly these feature definitions.
-    artifact.check_features(&names, &job.features.hash, &state.root().join(MODEL_STATE))?;
-    let validation_scores = validation
-        .clone()
-        .lazy()
-        .select([
-            col(ev::CUSTOMER_ID),
-            col(output::CUTOFF)
-                .cast(DataType::Datetime(TimeUnit::Microseconds, None))
-                .cast(DataType::Date),
-            lit(Series::new(output::SCORE.into(), artifact.predict(&x_val))),
-            col(output::LABEL),
-        ])
-        .collect()
-        .ctx("validation scores")?;
     timer.lap("model");
 
     let scores = score::score(&scoring, &artifact, &prep.customers, job.model.reasons)?;
@@ -867,30 +935,20 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     )?;
     timer.lap("audience");
 
-    write_parquet(&mut scores.clone(), &staging.path("scores.parquet"))?;
-    write_parquet(&mut scoring.clone(), &staging.path("features.parquet"))?;
-    write_parquet(
-        &mut validation_scores.clone(),
-        &staging.path("validation.parquet"),
-    )?;
-    write_parquet(&mut sessions.clone(), &staging.path("sessions.parquet"))?;
-    write_parquet(
-        &mut prep.identity.clone(),
-        &staging.path("identity.parquet"),
-    )?;
-    write_parquet(
-        &mut prep.changes.clone(),
-        &staging.path("identity_changes.parquet"),
-    )?;
-    write_parquet(
-        &mut prep.shared.clone(),
-        &staging.path("identity_shared.parquet"),
-    )?;
-    if prep.quarantine.height() > 0 {
-        write_parquet(
-            &mut prep.quarantine.clone(),
-            &staging.path("quarantine.parquet"),
-        )?;
+    for (name, df) in [
+        ("scores", &scores),
+        ("features", &scoring),
+        ("validation", &validation_scores),
+        ("sessions", sessions),
+        ("identity", &prep.identity),
+        ("identity_changes", &prep.changes),
+        ("identity_shared", &prep.shared),
+        ("quarantine", &prep.quarantine),
+    ] {
+        // An empty quarantine is no file: nothing was quarantined.
+        if name != "quarantine" || df.height() > 0 {
+            write_parquet(&mut df.clone(), &staging.path(&format!("{name}.parquet")))?;
+        }
     }
     let model_dir = staging.path("model");
     std::fs::create_dir_all(&model_dir).ctx("creating model/")?;

@@ -154,20 +154,73 @@ pub fn read_csv_optional_strings(path: &Path, column: &str) -> Vec<Option<String
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Hex SHA-256 of a file's bytes.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).ctx(format!("reading {}", path.display()))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
+/// A fingerprint of a frame's contents: SHA-256 over its schema, height and every value
+/// (columns hashed in parallel). It keys the stage cache: the same rows give the same
+/// fingerprint in any process, whether they were just computed or read back from
+/// `stage/events.parquet`.
+pub fn fingerprint(df: &DataFrame) -> Result<String> {
+    use rayon::prelude::*;
+    let digests = df
+        .columns()
+        .par_iter()
+        .map(column_digest)
+        .collect::<Result<Vec<_>>>()?;
+    let mut sha = Sha256::new();
+    sha.update(format!("{:?}\n{}\n", df.schema(), df.height()));
+    for d in digests {
+        sha.update(d);
+    }
+    Ok(hex::encode(sha.finalize()))
 }
 
-/// Hex SHA-256 of a frame as `write_parquet` writes it (the same bytes as the file).
-pub fn parquet_sha256(df: &DataFrame) -> Result<String> {
-    let mut buffer = Vec::new();
-    ParquetWriter::new(&mut buffer)
-        .with_compression(ParquetCompression::Zstd(None))
-        .finish(&mut df.clone())
-        .ctx("fingerprinting events")?;
-    Ok(hex::encode(Sha256::digest(&buffer)))
+/// SHA-256 of one column's values (nulls distinct from every value).
+fn column_digest(column: &Column) -> Result<Vec<u8>> {
+    const NULL_MARK: [u8; 1] = [0];
+    const VALUE_MARK: [u8; 1] = [1];
+    let s = column.as_materialized_series().to_physical_repr();
+    let name = column.name().to_string();
+    let mut sha = Sha256::new();
+    let mut feed = |v: Option<&[u8]>| match v {
+        Some(bytes) => {
+            sha.update(VALUE_MARK);
+            sha.update((bytes.len() as u64).to_le_bytes());
+            sha.update(bytes);
+        }
+        None => sha.update(NULL_MARK),
+    };
+    match s.dtype() {
+        DataType::Int64 => {
+            for v in s.i64().ctx(name)?.iter() {
+                feed(v.map(i64::to_le_bytes).as_ref().map(|b| b.as_slice()));
+            }
+        }
+        DataType::Float64 => {
+            for v in s.f64().ctx(name)?.iter() {
+                feed(
+                    v.map(|x| x.to_bits().to_le_bytes())
+                        .as_ref()
+                        .map(|b| b.as_slice()),
+                );
+            }
+        }
+        DataType::Boolean => {
+            for v in s.bool().ctx(name)?.iter() {
+                feed(v.map(|b| [b as u8]).as_ref().map(|b| b.as_slice()));
+            }
+        }
+        DataType::String => {
+            for v in s.str().ctx(name.clone())?.iter() {
+                feed(v.map(str::as_bytes));
+            }
+        }
+        _ => {
+            let text = s.cast(&DataType::String).ctx(name.clone())?;
+            for v in text.str().ctx(name)?.iter() {
+                feed(v.map(str::as_bytes));
+            }
+        }
+    }
+    Ok(sha.finalize().to_vec())
 }
 
 /// The values of a column as text (any type is cast), nulls kept.
