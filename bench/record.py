@@ -35,6 +35,11 @@ def main() -> None:
     result["propel"] = gnu_time(d / "propel.time")
     if failure:
         result["propel"]["failure"] = failure
+        # The stages that finished before the failure, from the run's JSON log lines.
+        log = (d / "propel.time").read_text() if (d / "propel.time").exists() else ""
+        done = dict(re.findall(r'"stage":"([a-z]+)","ms":(\d+)', log))
+        if done:
+            result["propel"]["stages_ms"] = {k: int(v) for k, v in done.items()}
     if run:
         # The full run's record (the reruns from features write their own run.json).
         kept = d / "propel_run.json"

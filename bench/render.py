@@ -44,7 +44,7 @@ def main() -> None:
         print(f"| {s} | {r.get('events', '-'):,} | {p.get('customers', '-')} | {e2e} | {fmt(p.get('peak_rss_mib'), 'MiB')} "
               f"| {fmt(d.get('features_s'))} | {fmt(d.get('peak_rss_mib'), 'MiB')} | {fmt(d.get('scan_s'))} "
               f"| {fmt(r.get('from_features_cold', {}).get('wall_s'))} | {fmt(r.get('from_features_warm', {}).get('wall_s'))} |")
-    print("\nPer-stage wall time of propel (ms, from `run.json`):\n")
+    print("\nPer-stage wall time of propel (ms, from `run.json`; for a failed run, the stages that finished):\n")
     stages = ["ingest", "identity", "sessions", "labels", "features", "model", "score", "audience", "publish"]
     print("| size | " + " | ".join(stages) + " |")
     print("|---|" + "---|" * len(stages))
@@ -65,7 +65,7 @@ def main() -> None:
               "(tests/tuning.rs)")
         if cold:
             print(f"- for the record: after editing a feature (snapshots and model recomputed) it takes {cold:.1f} s, "
-                  f"{full / cold:.1f}x faster: the model fit dominates")
+                  f"{full / cold:.1f}x faster than the full run")
     print("\n## Targets of issue #9\n")
     ten, hundred = results.get("10m"), results.get("100m")
 

@@ -44,7 +44,7 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
   rm -rf "$dir/out"
   echo "== $size: propel run"
   set +e
-  ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run --input "$dir/events" --output "$dir/out" ) \
+  ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run --input "$dir/events" --output "$dir/out" --log-format json ) \
     > "$dir/propel.txt" 2> "$dir/propel.time"
   status=$?
   set -e
