@@ -760,8 +760,7 @@ pub const SOURCE_FILE: &str = "source_file";
 const ORDER: &str = "_order";
 
 /// True on the row that comes first in its `group` by `by` then input position (the
-/// deterministic tie-break): a window over key columns, so the wide event rows are never
-/// sorted or copied to find it.
+/// deterministic tie-break), over the few candidate rows it is applied to.
 fn first_in(group: &[&str], by: &str) -> Expr {
     col(ORDER)
         .eq(col(ORDER)
@@ -772,19 +771,60 @@ fn first_in(group: &[&str], by: &str) -> Expr {
         .fill_null(lit(true))
 }
 
-/// An order event whose order id was already ordered earlier in the same session.
-fn repeated_order() -> Expr {
-    col(ev::EVENT_TYPE)
-        .eq(lit(EventType::Order.name()))
-        .and(col(ev::ORDER_ID).is_not_null())
-        .and(col(ev::DOMAIN_SESSIONID).is_not_null())
-        .and(
-            first_in(
-                &[ev::DOMAIN_SESSIONID, ev::ORDER_ID, ev::EVENT_TYPE],
-                ev::TSTAMP,
-            )
-            .not(),
+/// The input positions (`_order`) of the rows of `rows` that lose to an earlier row:
+/// later copies of an event id (the earliest `collector_tstamp` wins, then input order), or,
+/// with `orders`, order events whose order id was already ordered earlier in the same
+/// session. Worked out on key columns of the candidate rows only (ids seen twice, order
+/// events), never by windows over every row.
+fn losers(rows: LazyFrame, orders: bool) -> Result<Series> {
+    let lf = if orders {
+        rows.select([
+            col(ORDER),
+            col(ev::EVENT_TYPE),
+            col(ev::ORDER_ID),
+            col(ev::DOMAIN_SESSIONID),
+            col(ev::TSTAMP),
+        ])
+        .filter(
+            col(ev::EVENT_TYPE)
+                .eq(lit(EventType::Order.name()))
+                .and(col(ev::ORDER_ID).is_not_null())
+                .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
         )
+        .filter(first_in(&[ev::DOMAIN_SESSIONID, ev::ORDER_ID], ev::TSTAMP).not())
+    } else {
+        let keys = rows.select([col(ORDER), col(ev::EVENT_ID), col(ev::COLLECTOR_TSTAMP)]);
+        let seen_twice = keys
+            .clone()
+            .group_by([col(ev::EVENT_ID)])
+            .agg([len().alias("_n")])
+            .filter(col("_n").gt(lit(1)))
+            .select([col(ev::EVENT_ID)]);
+        keys.join(
+            seen_twice,
+            [col(ev::EVENT_ID)],
+            [col(ev::EVENT_ID)],
+            JoinArgs::new(JoinType::Semi),
+        )
+        .filter(first_in(&[ev::EVENT_ID], ev::COLLECTOR_TSTAMP).not())
+    };
+    let df = lf
+        .select([col(ORDER)])
+        .collect()
+        .ctx("finding duplicates")?;
+    Ok(df
+        .column(ORDER)
+        .ctx("duplicates")?
+        .as_materialized_series()
+        .clone())
+}
+
+/// Rows of `rows` whose input position is not in `positions`.
+fn without(rows: LazyFrame, positions: Series) -> LazyFrame {
+    if positions.is_empty() {
+        return rows;
+    }
+    rows.filter(col(ORDER).is_in(lit(positions).implode(false), false).not())
 }
 
 /// Device timestamps (Lake Loader only), for the late-event rule; not kept after ingest.
@@ -958,12 +998,11 @@ pub fn ingest(
         .filter(col(output::QUARANTINE_REASON).is_null())
         .drop(cols([output::QUARANTINE_REASON]));
     // Rows stay in input order (files in listing order, rows in file order) throughout.
-    let deduped = valid
-        .filter(first_in(&[ev::EVENT_ID], ev::COLLECTOR_TSTAMP))
-        // One order tracked twice in a session (a reloaded confirmation page, a retried
-        // tracker call with a new event id): the first one counts, as dbt-snowplow-ecommerce
-        // does.
-        .filter(repeated_order().not())
+    // Each collect below projects the columns it needs; the wide rows are filtered once.
+    let unique = without(valid.clone(), losers(valid, false)?);
+    // One order tracked twice in a session (a reloaded confirmation page, a retried tracker
+    // call with a new event id): the first one counts, as dbt-snowplow-ecommerce does.
+    let deduped = without(unique.clone(), losers(unique, true)?)
         .drop(cols([
             ORDER,
             SOURCE_FILE,
