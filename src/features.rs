@@ -302,7 +302,7 @@ struct Daily {
     events: DataFrame,
     /// Per count_distinct or top_share event aggregate (by feature index): (customer, day,
     /// value[, weight]) rows.
-    values: Vec<(usize, DataFrame)>,
+    values: std::collections::BTreeMap<usize, DataFrame>,
     /// One row per (customer, session, day), when a feature is over sessions.
     sessions: Option<DataFrame>,
 }
@@ -405,7 +405,7 @@ impl Daily {
         let values = value_plans
             .into_iter()
             .map(|(i, lf)| Ok((i, lf.collect().ctx("daily distinct values")?)))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<_>>()?;
         let sessions = if over_sessions {
             let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
             let n = |t: EventType| is(t).cast(DataType::Int64).sum();
@@ -466,7 +466,11 @@ impl Daily {
         let mut session_aggs = Vec::new();
         let mut fills = Vec::new();
         let mut none_is_zero = Vec::new();
-        let c_zero = |name: &str| col(name).fill_null(lit(0.0));
+        // Sessions at this cutoff, rebuilt once for every feature over sessions.
+        let sessions = self
+            .sessions
+            .as_ref()
+            .map(|s| Self::sessions_at(s, &days_rows).cache());
         for (i, f) in set.features.iter().enumerate() {
             let FeatureKind::Aggregate(a) = &f.kind else {
                 continue;
@@ -479,9 +483,13 @@ impl Daily {
             });
             if a.over == Over::Sessions {
                 match a.agg {
-                    Agg::TopShare => {
-                        branches.push(top_share(name, a, self.sessions_at(&days_rows)))
-                    }
+                    Agg::TopShare => branches.push(top_share(
+                        name,
+                        a,
+                        sessions
+                            .clone()
+                            .expect("built when a feature is over sessions"),
+                    )),
                     _ => session_aggs.push(aggregate_expr(name, a)),
                 }
                 continue;
@@ -528,16 +536,11 @@ impl Daily {
                     null_if_zero(den.clone(), num / den)
                 }
                 Agg::CountDistinct | Agg::TopShare => {
-                    let values = &self
-                        .values
-                        .iter()
-                        .find(|(j, _)| *j == i)
-                        .expect("built for every such feature")
-                        .1;
+                    let values = &self.values[&i];
                     let rows = days_rows(values).filter(w.clone());
                     branches.push(if a.agg == Agg::CountDistinct {
                         // A seen customer without any value in the window has none distinct.
-                        none_is_zero.push(c_zero(name));
+                        none_is_zero.push(col(name).fill_null(lit(0.0)));
                         rows.group_by(keys.clone())
                             .agg([col(VALUE).n_unique().cast(DataType::Float64).alias(name)])
                     } else {
@@ -555,7 +558,8 @@ impl Daily {
         }
         if !session_aggs.is_empty() {
             branches.push(
-                self.sessions_at(&days_rows)
+                sessions
+                    .expect("built when a feature is over sessions")
                     .group_by(keys.clone())
                     .agg(session_aggs),
             );
@@ -572,13 +576,10 @@ impl Daily {
         finish(lf, set, population, fills)
     }
 
-    /// The sessions at cutoff `t` rebuilt from their days before it: a session running over
-    /// the cutoff counts its events before it, as one rebuilt from those events would.
-    fn sessions_at(&self, days_rows: &dyn Fn(&DataFrame) -> LazyFrame) -> LazyFrame {
-        let sessions = self
-            .sessions
-            .as_ref()
-            .expect("built when a feature is over sessions");
+    /// The sessions at a cutoff rebuilt from their days before it (`days_rows` keeps those
+    /// of the daily `sessions`): a session running over the cutoff counts its events before
+    /// it, as one rebuilt from those events would.
+    fn sessions_at(sessions: &DataFrame, days_rows: &dyn Fn(&DataFrame) -> LazyFrame) -> LazyFrame {
         let total = |c: &str| col(c).sum().cast(DataType::Float64);
         days_rows(sessions)
             .group_by([
@@ -1033,15 +1034,7 @@ max = 35
     fn random_events(seed: u64) -> DataFrame {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let types = [
-            "page_view",
-            "search",
-            "cart_add",
-            "cart_remove",
-            "order",
-            "order_line",
-            "other",
-        ];
+        let types: Vec<&str> = EventType::ALL.iter().map(|t| t.name()).collect();
         let n = 4000;
         let mut times: Vec<i64> = (0..n)
             .map(|_| rng.random_range(0..70 * DAY) + 1000 * DAY)

@@ -771,14 +771,33 @@ fn first_in(group: &[&str], by: &str) -> Expr {
         .fill_null(lit(true))
 }
 
-/// The input positions (`_order`) of the rows of `rows` that lose to an earlier row:
-/// later copies of an event id (the earliest `collector_tstamp` wins, then input order), or,
-/// with `orders`, order events whose order id was already ordered earlier in the same
-/// session. Worked out on key columns of the candidate rows only (ids seen twice, order
-/// events), never by windows over every row.
-fn losers(rows: LazyFrame, orders: bool) -> Result<Series> {
-    let lf = if orders {
-        rows.select([
+/// The input positions (`_order`) of the later copies of an event id in `rows` (the
+/// earliest `collector_tstamp` wins, then input order). Worked out on the key columns of the
+/// ids seen twice only, never by a window over every row.
+fn later_copies(rows: LazyFrame) -> Result<Series> {
+    let keys = rows.select([col(ORDER), col(ev::EVENT_ID), col(ev::COLLECTOR_TSTAMP)]);
+    let seen_twice = keys
+        .clone()
+        .group_by([col(ev::EVENT_ID)])
+        .agg([len().alias("_n")])
+        .filter(col("_n").gt(lit(1)))
+        .select([col(ev::EVENT_ID)]);
+    let copies = keys
+        .join(
+            seen_twice,
+            [col(ev::EVENT_ID)],
+            [col(ev::EVENT_ID)],
+            JoinArgs::new(JoinType::Semi),
+        )
+        .filter(first_in(&[ev::EVENT_ID], ev::COLLECTOR_TSTAMP).not());
+    positions(copies, "finding duplicate events")
+}
+
+/// The input positions of the order events of `rows` whose order id was already ordered
+/// earlier in the same session, worked out on the key columns of the order events only.
+fn repeated_orders(rows: LazyFrame) -> Result<Series> {
+    let repeats = rows
+        .select([
             col(ORDER),
             col(ev::EVENT_TYPE),
             col(ev::ORDER_ID),
@@ -791,30 +810,16 @@ fn losers(rows: LazyFrame, orders: bool) -> Result<Series> {
                 .and(col(ev::ORDER_ID).is_not_null())
                 .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
         )
-        .filter(first_in(&[ev::DOMAIN_SESSIONID, ev::ORDER_ID], ev::TSTAMP).not())
-    } else {
-        let keys = rows.select([col(ORDER), col(ev::EVENT_ID), col(ev::COLLECTOR_TSTAMP)]);
-        let seen_twice = keys
-            .clone()
-            .group_by([col(ev::EVENT_ID)])
-            .agg([len().alias("_n")])
-            .filter(col("_n").gt(lit(1)))
-            .select([col(ev::EVENT_ID)]);
-        keys.join(
-            seen_twice,
-            [col(ev::EVENT_ID)],
-            [col(ev::EVENT_ID)],
-            JoinArgs::new(JoinType::Semi),
-        )
-        .filter(first_in(&[ev::EVENT_ID], ev::COLLECTOR_TSTAMP).not())
-    };
-    let df = lf
-        .select([col(ORDER)])
-        .collect()
-        .ctx("finding duplicates")?;
+        .filter(first_in(&[ev::DOMAIN_SESSIONID, ev::ORDER_ID], ev::TSTAMP).not());
+    positions(repeats, "finding repeated orders")
+}
+
+/// The `_order` column of `rows`, collected.
+fn positions(rows: LazyFrame, what: &str) -> Result<Series> {
+    let df = rows.select([col(ORDER)]).collect().ctx(what.to_string())?;
     Ok(df
         .column(ORDER)
-        .ctx("duplicates")?
+        .ctx(what.to_string())?
         .as_materialized_series()
         .clone())
 }
@@ -999,10 +1004,10 @@ pub fn ingest(
         .drop(cols([output::QUARANTINE_REASON]));
     // Rows stay in input order (files in listing order, rows in file order) throughout.
     // Each collect below projects the columns it needs; the wide rows are filtered once.
-    let unique = without(valid.clone(), losers(valid, false)?);
+    let unique = without(valid.clone(), later_copies(valid)?);
     // One order tracked twice in a session (a reloaded confirmation page, a retried tracker
     // call with a new event id): the first one counts, as dbt-snowplow-ecommerce does.
-    let deduped = without(unique.clone(), losers(unique, true)?)
+    let deduped = without(unique.clone(), repeated_orders(unique)?)
         .drop(cols([
             ORDER,
             SOURCE_FILE,

@@ -746,7 +746,7 @@ pub fn train(
             }
         }
         let mut tried = Vec::new();
-        let mut best: Option<(Family, f64, f64, Vec<f64>, Artifact)> = None;
+        let mut best: Option<(Family, f64, f64, Artifact)> = None;
         // The penalties form a path: each logistic fit starts from the previous solution.
         let mut path: Option<Artifact> = None;
         for (family, l2) in candidates {
@@ -759,14 +759,14 @@ pub fn train(
                 auc: a,
             });
             if best.as_ref().is_none_or(|b| a > b.2 + 1e-9) {
-                best = Some((family, l2, a, s, fitted.clone()));
+                best = Some((family, l2, a, fitted.clone()));
             }
             if family == Family::LogisticRegression {
                 path = Some(fitted);
             }
         }
-        let (family, l2, best_auc, s, chosen) = best.expect("at least one candidate");
-        let calibration = fit_platt(&s, &y_held)?;
+        let (family, l2, best_auc, chosen) = best.expect("at least one candidate");
+        let calibration = fit_platt(&chosen.logits(&x_held), &y_held)?;
         let fit_cutoffs: std::collections::BTreeSet<i64> =
             fit_rows.iter().map(|&i| cutoffs[i]).collect();
         let selection = Selection {

@@ -508,11 +508,10 @@ pub(crate) fn promotion_gate(
     }
 }
 
-/// What the model stage hands on: the model that scores this run (after the promotion
-/// gate), the gate's verdict, and the validation rows' matrix, labels and scores.
+/// What the model stage hands on: the gate's verdict with the model that scores this run
+/// (`gate.model`), and the validation rows' matrix, labels and scores.
 struct Modelled {
     gate: Gate,
-    artifact: Artifact,
     x_val: ndarray::Array2<f64>,
     y_val: ndarray::Array1<bool>,
     validation_scores: DataFrame,
@@ -599,8 +598,8 @@ fn model_stage(
     if !gate.promoted {
         tracing::warn!(reason = %gate.reason, "new model not promoted: the previous model scores this run");
     }
-    let artifact = gate.model.clone();
     // Whatever model scores must have been trained on exactly these feature definitions.
+    let artifact = &gate.model;
     artifact.check_features(&names, &job.features.hash, model_state)?;
     let validation_scores = validation
         .clone()
@@ -617,7 +616,6 @@ fn model_stage(
         .ctx("validation scores")?;
     Ok(Modelled {
         gate,
-        artifact,
         x_val,
         y_val,
         validation_scores,
@@ -788,7 +786,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
 
     let Modelled {
         gate,
-        artifact,
         x_val,
         y_val,
         validation_scores,
@@ -804,6 +801,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         current_state.as_deref(),
         &state.root().join(MODEL_STATE),
     )?;
+    let artifact = gate.model.clone();
     let names = job.features.names();
     timer.lap("model");
 

@@ -35,7 +35,10 @@ fn device_class(ua: Expr) -> Expr {
 }
 
 /// Adds `session_id` to every event; returns (events, sessions).
-pub fn sessionize(events: DataFrame, inactivity_minutes: i64) -> Result<(DataFrame, DataFrame)> {
+pub fn sessionize(
+    mut events: DataFrame,
+    inactivity_minutes: i64,
+) -> Result<(DataFrame, DataFrame)> {
     let gap = inactivity_minutes * 60 * 1_000_000;
     let t = || col(ev::TSTAMP).cast(DataType::Int64);
     // Events without a tracker session: split each customer's stream at inactivity gaps.
@@ -105,7 +108,6 @@ pub fn sessionize(events: DataFrame, inactivity_minutes: i64) -> Result<(DataFra
         .alias(ev::SESSION_ID)])
         .collect()
         .ctx("assigning sessions")?;
-    let mut events = events;
     events
         .with_column(
             session_ids

@@ -40,10 +40,9 @@ pub fn utc() -> DataType {
     DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
 }
 
-/// Left join that keeps the left frame's row order (outputs must not depend on hash order).
-/// `df` sorted by the columns `by` (ascending, nulls first), gathered one column at a time:
-/// each old column is freed as its sorted copy is made, so sorting wide rows needs memory
-/// for one extra column instead of a second copy of the frame.
+/// `df` sorted by the columns `by` (ascending, nulls first), gathered column by column (a
+/// few at once, in parallel): each old column is freed as soon as its sorted copy is made,
+/// so sorting wide rows needs memory for a few extra columns, not a second copy of the frame.
 pub fn sort_by_columns(df: DataFrame, by: &[&str]) -> Result<DataFrame> {
     const ROW: &str = "_sort_row";
     let order = df
@@ -70,6 +69,7 @@ pub fn sort_by_columns(df: DataFrame, by: &[&str]) -> Result<DataFrame> {
     DataFrame::new(height, sorted).ctx("sorting")
 }
 
+/// Left join that keeps the left frame's row order (outputs must not depend on hash order).
 pub fn left_join_ordered() -> JoinArgs {
     let mut args = JoinArgs::new(JoinType::Left);
     args.maintain_order = MaintainOrderJoin::Left;

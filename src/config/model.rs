@@ -280,7 +280,7 @@ impl ModelDef {
             gbm_budget,
             gate_tolerance,
             max_iterations: model.max_iterations.unwrap_or(200),
-            max_training_rows: model.max_training_rows.unwrap_or(250_000).max(1),
+            max_training_rows: model.max_training_rows.unwrap_or(250_000),
             reasons: model.reasons.unwrap_or(3),
             min_positives: elig.min_positives.unwrap_or(20),
             min_negatives: elig.min_negatives.unwrap_or(20),
