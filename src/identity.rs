@@ -286,16 +286,58 @@ const NODE_COLUMNS: [(&str, &str); 6] = [
     ("_n_network", ev::NETWORK_USERID),
 ];
 const PRIMARY: &str = "_node";
+/// An event's identity key: which identifier column comes first (`NODE_COLUMNS` order) and
+/// its raw value. It names the event's primary node, and so its customer.
+const KEY_KIND: &str = "_key_kind";
+const KEY_VALUE: &str = "_key_value";
+
+/// The raw identifier columns as the graph reads them: a user id or e-mail that is blank
+/// after trimming is no identifier (null).
+fn identifier_columns() -> [Expr; 6] {
+    let blank_is_null = |c: &str| {
+        when(
+            col(c)
+                .str()
+                .strip_chars(lit(NULL))
+                .str()
+                .len_bytes()
+                .gt(lit(0u32)),
+        )
+        .then(col(c))
+        .otherwise(lit(NULL).cast(DataType::String))
+        .alias(c)
+    };
+    NODE_COLUMNS.map(|(_, c)| match c {
+        ev::USER_ID | ev::EMAIL => blank_is_null(c),
+        _ => col(c),
+    })
+}
+
+/// The identity key of rows that carry `identifier_columns()`: the first non-null one.
+fn key_exprs() -> [Expr; 2] {
+    let kind = NODE_COLUMNS.iter().enumerate().rev().fold(
+        lit(NULL).cast(DataType::UInt32),
+        |rest, (i, (_, c))| {
+            when(col(*c).is_not_null())
+                .then(lit(i as u32))
+                .otherwise(rest)
+        },
+    );
+    [
+        kind.alias(KEY_KIND),
+        coalesce(&NODE_COLUMNS.map(|(_, c)| col(c))).alias(KEY_VALUE),
+    ]
+}
 
 /// Maps distinct raw values of `column` to node keys with `f` (e-mail hashing happens once
 /// per distinct value, not per event).
 fn value_map(
-    events: &DataFrame,
+    rows: &DataFrame,
     column: &str,
     alias: &str,
-    f: impl Fn(&str) -> Option<String>,
+    f: impl Fn(&str) -> String,
 ) -> Result<LazyFrame> {
-    let raw = events
+    let raw = rows
         .column(column)
         .ctx(column.to_string())?
         .as_materialized_series()
@@ -309,7 +351,7 @@ fn value_map(
         .flatten()
         .map(str::to_string)
         .collect();
-    let nodes: Vec<Option<String>> = raw.iter().map(|r| f(r)).collect();
+    let nodes: Vec<String> = raw.iter().map(|r| f(r)).collect();
     Ok(DataFrame::new(
         raw.len(),
         vec![
@@ -329,37 +371,42 @@ pub fn resolve(
     suppression: &Suppression,
 ) -> Result<Resolved> {
     let user = |raw: &str| {
-        let t = raw.trim();
-        (!t.is_empty()).then(|| {
-            if t.contains('@') {
-                node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(t)))
-            } else {
-                node(kind::USER_ID, t)
-            }
-        })
+        if raw.contains('@') {
+            node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(raw)))
+        } else {
+            node(kind::USER_ID, raw.trim())
+        }
     };
-    let email = |raw: &str| {
-        (!raw.trim().is_empty())
-            .then(|| node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(raw))))
-    };
-    // Identifier columns only: the wide event rows are never joined or copied here.
-    let narrow: Vec<Expr> = NODE_COLUMNS
-        .iter()
-        .map(|(_, c)| col(*c))
-        .chain([col(ev::TSTAMP)])
-        .collect();
-    let mut lf = events
+    let email = |raw: &str| node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(raw)));
+    // The graph is built from the distinct identifier combinations (with their first and
+    // last sighting), never from every event: its cost grows with identifiers, not events.
+    let combinations = events
         .clone()
         .lazy()
-        .select(narrow)
+        .select(
+            identifier_columns()
+                .into_iter()
+                .chain([col(ev::TSTAMP).cast(DataType::Int64)])
+                .collect::<Vec<_>>(),
+        )
+        .group_by(NODE_COLUMNS.map(|(_, c)| col(c)))
+        .agg([
+            col(ev::TSTAMP).min().alias(FIRST_SEEN),
+            col(ev::TSTAMP).max().alias(LAST_SEEN),
+        ])
+        .collect()
+        .ctx("identity combinations")?;
+    let mut lf = combinations
+        .clone()
+        .lazy()
         .join(
-            value_map(events, ev::USER_ID, "_n_user", user)?,
+            value_map(&combinations, ev::USER_ID, "_n_user", user)?,
             [col(ev::USER_ID)],
             [col(ev::USER_ID)],
             crate::util::left_join_ordered(),
         )
         .join(
-            value_map(events, ev::EMAIL, "_n_email", email)?,
+            value_map(&combinations, ev::EMAIL, "_n_email", email)?,
             [col(ev::EMAIL)],
             [col(ev::EMAIL)],
             crate::util::left_join_ordered(),
@@ -374,6 +421,7 @@ pub fn resolve(
     }
     let with_nodes = lf
         .with_column(coalesce(&NODE_COLUMNS.map(|(a, _)| col(a))).alias(PRIMARY))
+        .with_columns(key_exprs())
         .collect()
         .ctx("identity nodes")?;
 
@@ -384,20 +432,14 @@ pub fn resolve(
             with_nodes
                 .clone()
                 .lazy()
-                .select([col(*a).alias(NODE), col(ev::TSTAMP)])
+                .select([col(*a).alias(NODE), col(FIRST_SEEN), col(LAST_SEEN)])
         })
         .collect();
     let nodes_now = concat(sightings, UnionArgs::default())
         .ctx("identity nodes")?
         .filter(col(NODE).is_not_null())
         .group_by([col(NODE)])
-        .agg([
-            col(ev::TSTAMP)
-                .min()
-                .cast(DataType::Int64)
-                .alias(FIRST_SEEN),
-            col(ev::TSTAMP).max().cast(DataType::Int64).alias(LAST_SEEN),
-        ])
+        .agg([col(FIRST_SEEN).min(), col(LAST_SEEN).max()])
         .collect()
         .ctx("identity nodes")?;
     // Edges seen now: every pair of identifiers on one event.
@@ -690,24 +732,40 @@ pub fn resolve(
     )
     .ctx("identity changes")?;
 
-    let map = node_df
+    // The customer of each event, in event order, through its identity key.
+    let primary_customer = node_df
         .clone()
         .lazy()
         .select([col(NODE).alias(PRIMARY), col(ev::CUSTOMER_ID)]);
-    let before = with_nodes.height();
-    // The customer of each event, in event order; then the wide rows are filtered once.
-    let customer = with_nodes
+    let key_customer = with_nodes
         .lazy()
-        .select([col(PRIMARY)])
+        .filter(col(PRIMARY).is_not_null())
+        .select([col(KEY_KIND), col(KEY_VALUE), col(PRIMARY)])
+        .unique(None, UniqueKeepStrategy::Any)
         .join(
-            map,
+            primary_customer,
             [col(PRIMARY)],
             [col(PRIMARY)],
+            JoinArgs::new(JoinType::Inner),
+        )
+        .select([col(KEY_KIND), col(KEY_VALUE), col(ev::CUSTOMER_ID)]);
+    let before = events.height();
+    let customer = events
+        .clone()
+        .lazy()
+        .select(identifier_columns())
+        .select(key_exprs())
+        .join(
+            key_customer,
+            [col(KEY_KIND), col(KEY_VALUE)],
+            [col(KEY_KIND), col(KEY_VALUE)],
             crate::util::left_join_ordered(),
         )
         .select([col(ev::CUSTOMER_ID)])
-        .collect()
-        .ctx("assigning customer ids")?;
+        .collect_with_engine(Engine::Streaming)
+        .ctx("assigning customer ids")?
+        .unwrap_single();
+    debug_assert_eq!(customer.height(), before, "one customer per event");
     let mut events_out = events.clone();
     events_out
         .with_column(
@@ -989,6 +1047,34 @@ mod tests {
         assert_eq!(mapping(&day3), mapping(&day2));
         assert!(day3.state.edges.equals_missing(&day2.state.edges));
         assert_eq!(day3.changes.height(), 0);
+    }
+
+    #[test]
+    fn blank_user_ids_link_nobody_and_padded_ones_are_the_same_person() {
+        let r = run(
+            &[
+                // Blank user ids on two cookies: no identifier, so no link between them.
+                ("1", Some("A"), Some("   "), None, 10),
+                ("2", Some("B"), Some(""), None, 20),
+                // " X " and "X" are one user id; the cookies they were seen on join them.
+                ("3", Some("C"), Some(" X "), None, 30),
+                ("4", Some("D"), Some("X"), None, 40),
+                ("5", Some("A"), None, None, 50),
+            ],
+            None,
+        );
+        assert_eq!(customer_of(&r, "1"), customer_of(&r, "5"));
+        assert_ne!(customer_of(&r, "1"), customer_of(&r, "2"));
+        assert_eq!(customer_of(&r, "3"), customer_of(&r, "4"));
+        assert_eq!(r.events.height(), 5, "every event keeps its customer");
+        let nodes = mapping(&r);
+        assert!(nodes.contains_key("user_id:X"), "{nodes:?}");
+        assert!(
+            !nodes
+                .keys()
+                .any(|n| n.starts_with("user_id:") && n != "user_id:X"),
+            "{nodes:?}"
+        );
     }
 
     #[test]

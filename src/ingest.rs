@@ -980,34 +980,79 @@ pub fn ingest(
         }
         .into());
     }
-    let all = concat(frames, UnionArgs::default())
-        .ctx("combining input files")?
+    let rows = concat(frames, UnionArgs::default()).ctx("combining input files")?;
+    let unreadable = |e: PolarsError| InputError::Unreadable {
+        location: location.clone(),
+        source: Box::new(e),
+    };
+    // Which rows are used is decided on the key columns (the quality rules read a few more),
+    // then the wide rows are read once, without the rest: they are never held twice.
+    let keys = rows
+        .clone()
         .with_column(quarantine_reason(quality).alias(output::QUARANTINE_REASON))
         .with_column(long_sessions(quality).alias(output::QUARANTINE_REASON))
+        .select([
+            col(ORDER),
+            col(output::QUARANTINE_REASON),
+            col(ev::EVENT_ID),
+            col(ev::COLLECTOR_TSTAMP),
+            col(ev::TSTAMP),
+            col(ev::EVENT_TYPE),
+            col(ev::ORDER_ID),
+            col(ev::DOMAIN_SESSIONID),
+        ])
         .collect()
-        .map_err(|e| InputError::Unreadable {
-            location: location.clone(),
-            source: Box::new(e),
-        })?;
-    let read = all.height();
-    let quarantine = all
+        .map_err(unreadable)?;
+    let read = keys.height();
+    let rejected = keys
         .clone()
         .lazy()
         .filter(col(output::QUARANTINE_REASON).is_not_null())
-        .sort([ORDER], Default::default())
-        .drop(cols([ORDER, PARSE_ERROR, DVCE_CREATED, DVCE_SENT]))
+        .select([col(ORDER), col(output::QUARANTINE_REASON)])
         .collect()
         .ctx("quarantine")?;
-    let valid = all
+    let valid = keys
         .lazy()
         .filter(col(output::QUARANTINE_REASON).is_null())
         .drop(cols([output::QUARANTINE_REASON]));
     // Rows stay in input order (files in listing order, rows in file order) throughout.
-    // Each collect below projects the columns it needs; the wide rows are filtered once.
-    let unique = without(valid.clone(), later_copies(valid)?);
+    let copies = later_copies(valid.clone())?;
+    let unique = without(valid, copies.clone());
     // One order tracked twice in a session (a reloaded confirmation page, a retried tracker
     // call with a new event id): the first one counts, as dbt-snowplow-ecommerce does.
-    let deduped = without(unique.clone(), repeated_orders(unique)?)
+    let repeats = repeated_orders(unique.clone())?;
+    let deduped = without(unique, repeats.clone())
+        .select([col(ORDER), col(ev::TSTAMP).cast(DataType::Int64)])
+        .collect()
+        .ctx("deduplicating events")?;
+    let valid_rows = read - rejected.height();
+    let duplicates = valid_rows - deduped.height();
+    if deduped.height() == 0 {
+        return Err(InputError::Empty {
+            location: location.to_string(),
+            read,
+            quarantined: rejected.height(),
+        }
+        .into());
+    }
+    let (_, last) = crate::util::event_date_range(&deduped)?;
+    let as_of = as_of.unwrap_or_else(|| last.succ_opt().expect("date in range"));
+    let cutoff = crate::util::date_to_micros(as_of);
+    let after_as_of = deduped
+        .lazy()
+        .filter(col(ev::TSTAMP).gt_eq(lit(cutoff)))
+        .select([col(ORDER)]);
+    let after_as_of = positions(after_as_of, "as-of filter")?;
+    let quarantined = rejected
+        .column(ORDER)
+        .ctx("quarantine")?
+        .as_materialized_series();
+    let dropped = Series::from_iter(
+        [quarantined, &copies, &repeats, &after_as_of]
+            .into_iter()
+            .flat_map(|s| s.u64().expect("positions").into_no_null_iter()),
+    );
+    let mut events = without(rows.clone(), dropped)
         .drop(cols([
             ORDER,
             SOURCE_FILE,
@@ -1016,30 +1061,22 @@ pub fn ingest(
             DVCE_SENT,
         ]))
         .collect()
-        .ctx("deduplicating events")?;
-    let valid_rows = read - quarantine.height();
-    let duplicates = valid_rows - deduped.height();
-    if deduped.height() == 0 {
-        return Err(InputError::Empty {
-            location: location.to_string(),
-            read,
-            quarantined: quarantine.height(),
-        }
-        .into());
-    }
-    let (_, last) = crate::util::event_date_range(&deduped)?;
-    let as_of = as_of.unwrap_or_else(|| last.succ_opt().expect("date in range"));
-    let cutoff = crate::util::date_to_micros(as_of);
-    // Usually nothing is at or after the as-of date: then the rows are not copied.
-    let events = if last < as_of {
-        deduped
-    } else {
-        deduped
-            .lazy()
-            .filter(col(ev::TSTAMP).cast(DataType::Int64).lt(lit(cutoff)))
-            .collect()
-            .ctx("as-of filter")?
-    };
+        .map_err(unreadable)?;
+    // One chunk per column (not one per file and row group), a column at a time: the later
+    // stages gather whole columns, and many small chunks freed at once stay resident.
+    events.rechunk_mut();
+    let quarantine = rows
+        .filter(col(ORDER).is_in(lit(quarantined.clone()).implode(false), false))
+        .join(
+            rejected.lazy(),
+            [col(ORDER)],
+            [col(ORDER)],
+            crate::util::left_join_ordered(),
+        )
+        .sort([ORDER], Default::default())
+        .drop(cols([ORDER, PARSE_ERROR, DVCE_CREATED, DVCE_SENT]))
+        .collect()
+        .map_err(unreadable)?;
     let counts = IngestCounts {
         files: files_read,
         files_pruned,
@@ -1047,7 +1084,7 @@ pub fn ingest(
         used: events.height(),
         duplicates,
         quarantined: quarantine.height(),
-        after_as_of: valid_rows - duplicates - events.height(),
+        after_as_of: after_as_of.len(),
     };
     debug_assert_eq!(
         counts.read,
