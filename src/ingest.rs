@@ -3,6 +3,10 @@
 //! and deduplicate by `event_id` as Snowplow does (earliest `collector_tstamp` wins, ties
 //! broken by file and row order). Every row read is counted as used, duplicate, quarantined
 //! or after the as-of date, and the counts add up.
+//!
+//! Which rows are used is decided on a narrow read (the key columns and those the quality
+//! rules read); the wide rows are then read once with the rest left out, so that they are
+//! never held twice.
 
 use std::path::PathBuf;
 
@@ -980,17 +984,29 @@ pub fn ingest(
         }
         .into());
     }
-    let rows = concat(frames, UnionArgs::default()).ctx("combining input files")?;
-    let unreadable = |e: PolarsError| InputError::Unreadable {
-        location: location.clone(),
-        source: Box::new(e),
-    };
-    // Which rows are used is decided on the key columns (the quality rules read a few more),
-    // then the wide rows are read once, without the rest: they are never held twice.
-    let keys = rows
-        .clone()
+    // The rows are read and decoded once; which of them are used is decided on their key
+    // columns, and the wide rows are then filtered a column at a time, never copied whole.
+    let all = concat(frames, UnionArgs::default())
+        .ctx("combining input files")?
         .with_column(quarantine_reason(quality).alias(output::QUARANTINE_REASON))
         .with_column(long_sessions(quality).alias(output::QUARANTINE_REASON))
+        .collect()
+        .map_err(|e| InputError::Unreadable {
+            location: location.clone(),
+            source: Box::new(e),
+        })?;
+    let read = all.height();
+    let quarantine = all
+        .clone()
+        .lazy()
+        .filter(col(output::QUARANTINE_REASON).is_not_null())
+        .sort([ORDER], Default::default())
+        .drop(cols([ORDER, PARSE_ERROR, DVCE_CREATED, DVCE_SENT]))
+        .collect()
+        .ctx("quarantine")?;
+    let valid = all
+        .clone()
+        .lazy()
         .select([
             col(ORDER),
             col(output::QUARANTINE_REASON),
@@ -1001,18 +1017,6 @@ pub fn ingest(
             col(ev::ORDER_ID),
             col(ev::DOMAIN_SESSIONID),
         ])
-        .collect()
-        .map_err(unreadable)?;
-    let read = keys.height();
-    let rejected = keys
-        .clone()
-        .lazy()
-        .filter(col(output::QUARANTINE_REASON).is_not_null())
-        .select([col(ORDER), col(output::QUARANTINE_REASON)])
-        .collect()
-        .ctx("quarantine")?;
-    let valid = keys
-        .lazy()
         .filter(col(output::QUARANTINE_REASON).is_null())
         .drop(cols([output::QUARANTINE_REASON]));
     // Rows stay in input order (files in listing order, rows in file order) throughout.
@@ -1025,13 +1029,13 @@ pub fn ingest(
         .select([col(ORDER), col(ev::TSTAMP).cast(DataType::Int64)])
         .collect()
         .ctx("deduplicating events")?;
-    let valid_rows = read - rejected.height();
+    let valid_rows = read - quarantine.height();
     let duplicates = valid_rows - deduped.height();
     if deduped.height() == 0 {
         return Err(InputError::Empty {
             location: location.to_string(),
             read,
-            quarantined: rejected.height(),
+            quarantined: quarantine.height(),
         }
         .into());
     }
@@ -1043,40 +1047,38 @@ pub fn ingest(
         .filter(col(ev::TSTAMP).gt_eq(lit(cutoff)))
         .select([col(ORDER)]);
     let after_as_of = positions(after_as_of, "as-of filter")?;
-    let quarantined = rejected
-        .column(ORDER)
-        .ctx("quarantine")?
-        .as_materialized_series();
-    let dropped = Series::from_iter(
-        [quarantined, &copies, &repeats, &after_as_of]
-            .into_iter()
-            .flat_map(|s| s.u64().expect("positions").into_no_null_iter()),
-    );
-    let mut events = without(rows.clone(), dropped)
-        .drop(cols([
-            ORDER,
-            SOURCE_FILE,
-            PARSE_ERROR,
-            DVCE_CREATED,
-            DVCE_SENT,
-        ]))
+    let used = all
+        .clone()
+        .lazy()
+        .select([col(output::QUARANTINE_REASON).is_null().and(
+            col(ORDER)
+                .is_in(
+                    lit(Series::from_iter(
+                        [&copies, &repeats, &after_as_of]
+                            .into_iter()
+                            .flat_map(|s| s.u64().expect("positions").into_no_null_iter()),
+                    ))
+                    .implode(false),
+                    false,
+                )
+                .not(),
+        )])
         .collect()
-        .map_err(unreadable)?;
-    // One chunk per column (not one per file and row group), a column at a time: the later
-    // stages gather whole columns, and many small chunks freed at once stay resident.
-    events.rechunk_mut();
-    let quarantine = rows
-        .filter(col(ORDER).is_in(lit(quarantined.clone()).implode(false), false))
-        .join(
-            rejected.lazy(),
-            [col(ORDER)],
-            [col(ORDER)],
-            crate::util::left_join_ordered(),
-        )
-        .sort([ORDER], Default::default())
-        .drop(cols([ORDER, PARSE_ERROR, DVCE_CREATED, DVCE_SENT]))
-        .collect()
-        .map_err(unreadable)?;
+        .ctx("selecting the used rows")?;
+    let used = used.columns()[0].bool().ctx("used rows")?.clone();
+    let mut all = all;
+    for helper in [
+        ORDER,
+        SOURCE_FILE,
+        PARSE_ERROR,
+        DVCE_CREATED,
+        DVCE_SENT,
+        output::QUARANTINE_REASON,
+    ] {
+        all.drop_in_place(helper).ctx("dropping ingest columns")?;
+    }
+    // `all` is moved in: each wide column is freed as soon as its filtered copy exists.
+    let events = crate::util::filter_by_columns(all, &used)?;
     let counts = IngestCounts {
         files: files_read,
         files_pruned,

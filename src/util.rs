@@ -40,9 +40,8 @@ pub fn utc() -> DataType {
     DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
 }
 
-/// `df` sorted by the columns `by` (ascending, nulls first), gathered column by column (a
-/// few at once, in parallel): each old column is freed as soon as its sorted copy is made,
-/// so sorting wide rows needs memory for a few extra columns, not a second copy of the frame.
+/// `df` sorted by the columns `by` (ascending, nulls first), gathered column by column (see
+/// `map_columns`): sorting wide rows needs memory for a few extra columns, not a second copy.
 pub fn sort_by_columns(df: DataFrame, by: &[&str]) -> Result<DataFrame> {
     const ROW: &str = "_sort_row";
     let order = df
@@ -59,14 +58,34 @@ pub fn sort_by_columns(df: DataFrame, by: &[&str]) -> Result<DataFrame> {
         .ctx("sort order")?
         .clone();
     let height = df.height();
-    let columns: Vec<Column> = df.into_columns();
-    // Columns in parallel; each one is dropped as soon as its sorted copy exists.
+    map_columns(df, height, |column| column.take(&idx))
+}
+
+/// The rows of `df` where `mask` is true, in one chunk per column, filtered column by column
+/// (see `map_columns`).
+pub fn filter_by_columns(df: DataFrame, mask: &BooleanChunked) -> Result<DataFrame> {
+    let height = mask.sum().unwrap_or(0) as usize;
+    if height == df.height() {
+        return map_columns(df, height, |column| Ok(column.rechunk()));
+    }
+    map_columns(df, height, |column| Ok(column.filter(mask)?.rechunk()))
+}
+
+/// `f` applied to every column of `df` (a few at once, in parallel); each old column is freed
+/// as soon as its new one is made, so reshaping wide rows needs memory for a few extra
+/// columns, not a second copy of the frame.
+fn map_columns(
+    df: DataFrame,
+    height: usize,
+    f: impl Fn(Column) -> PolarsResult<Column> + Sync,
+) -> Result<DataFrame> {
     use rayon::prelude::*;
-    let sorted = columns
+    let columns: Vec<Column> = df.into_columns();
+    let mapped = columns
         .into_par_iter()
-        .map(|column| column.take(&idx).ctx("sorting"))
+        .map(|column| f(column).ctx("reshaping columns"))
         .collect::<Result<Vec<Column>>>()?;
-    DataFrame::new(height, sorted).ctx("sorting")
+    DataFrame::new(height, mapped).ctx("reshaping columns")
 }
 
 /// Left join that keeps the left frame's row order (outputs must not depend on hash order).
