@@ -4,9 +4,8 @@
 //! broken by file and row order). Every row read is counted as used, duplicate, quarantined
 //! or after the as-of date, and the counts add up.
 //!
-//! Which rows are used is decided on a narrow read (the key columns and those the quality
-//! rules read); the wide rows are then read once with the rest left out, so that they are
-//! never held twice.
+//! The files are decoded once; which rows are used is decided on their key columns, and the
+//! wide columns are then filtered one at a time, so that the rows are never held twice.
 
 use std::path::PathBuf;
 

@@ -104,7 +104,11 @@ impl Prepared {
         self.identity_state.write(dir)?;
         let stage = dir.join(STAGE_DIR);
         for (name, df) in STAGE_FRAMES.iter().zip(self.frames()) {
-            write_parquet(&mut df.clone(), &stage.join(format!("{name}.parquet")))?;
+            crate::util::write_parquet_with(
+                &mut df.clone(),
+                &stage.join(format!("{name}.parquet")),
+                ParquetCompression::Lz4Raw,
+            )?;
         }
         let counts = PreparedCounts {
             as_of: self.as_of,

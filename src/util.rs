@@ -9,12 +9,23 @@ use crate::error::{Context, Result};
 
 /// Writes a frame as zstd Parquet with statistics. Output bytes depend only on the frame.
 pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
+    write_parquet_with(df, path, ParquetCompression::Zstd(None))
+}
+
+/// Writes a frame as Parquet with `compression`: LZ4 for what a night keeps for the next
+/// one, which is written every night and read back rarely (it compresses several times
+/// faster than zstd, for larger files).
+pub fn write_parquet_with(
+    df: &mut DataFrame,
+    path: &Path,
+    compression: ParquetCompression,
+) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
     }
     let file = std::fs::File::create(path).ctx(format!("creating {}", path.display()))?;
     ParquetWriter::new(file)
-        .with_compression(ParquetCompression::Zstd(None))
+        .with_compression(compression)
         .finish(df)
         .ctx(format!("writing {}", path.display()))?;
     Ok(())
