@@ -85,8 +85,8 @@ def main() -> None:
     print("""
 ## Where the memory and the time go
 
-- propel holds the run's events in memory once (about 50 bytes per event and canonical column
-  in use: 10M events are about 5 GB); what grows with events beyond that is the features
+- propel holds the run's events in memory once (about 0.5 KB per event across its 45 canonical
+  columns: 10M events are about 5 GB); what grows with events beyond that is the features
   stage's per-customer daily aggregates and the sessions. Memory bounded by customers, as
   issue #9 asks, needs the event stages on polars' streaming engine with the daily aggregates
   as state; that is not built.
