@@ -827,12 +827,17 @@ fn positions(rows: LazyFrame, what: &str) -> Result<Series> {
         .clone())
 }
 
+/// True on the rows whose input position is not in `positions`.
+fn not_at(positions: Series) -> Expr {
+    col(ORDER).is_in(lit(positions).implode(false), false).not()
+}
+
 /// Rows of `rows` whose input position is not in `positions`.
 fn without(rows: LazyFrame, positions: Series) -> LazyFrame {
     if positions.is_empty() {
         return rows;
     }
-    rows.filter(col(ORDER).is_in(lit(positions).implode(false), false).not())
+    rows.filter(not_at(positions))
 }
 
 /// Device timestamps (Lake Loader only), for the late-event rule; not kept after ingest.
@@ -983,8 +988,6 @@ pub fn ingest(
         }
         .into());
     }
-    // The rows are read and decoded once; which of them are used is decided on their key
-    // columns, and the wide rows are then filtered a column at a time, never copied whole.
     let all = concat(frames, UnionArgs::default())
         .ctx("combining input files")?
         .with_column(quarantine_reason(quality).alias(output::QUARANTINE_REASON))
@@ -1003,19 +1006,10 @@ pub fn ingest(
         .drop(cols([ORDER, PARSE_ERROR, DVCE_CREATED, DVCE_SENT]))
         .collect()
         .ctx("quarantine")?;
+    // Each collect below projects the key columns it needs.
     let valid = all
         .clone()
         .lazy()
-        .select([
-            col(ORDER),
-            col(output::QUARANTINE_REASON),
-            col(ev::EVENT_ID),
-            col(ev::COLLECTOR_TSTAMP),
-            col(ev::TSTAMP),
-            col(ev::EVENT_TYPE),
-            col(ev::ORDER_ID),
-            col(ev::DOMAIN_SESSIONID),
-        ])
         .filter(col(output::QUARANTINE_REASON).is_null())
         .drop(cols([output::QUARANTINE_REASON]));
     // Rows stay in input order (files in listing order, rows in file order) throughout.
@@ -1046,22 +1040,17 @@ pub fn ingest(
         .filter(col(ev::TSTAMP).gt_eq(lit(cutoff)))
         .select([col(ORDER)]);
     let after_as_of = positions(after_as_of, "as-of filter")?;
+    let dropped = Series::from_iter(
+        [&copies, &repeats, &after_as_of]
+            .into_iter()
+            .flat_map(|s| s.u64().expect("positions").into_no_null_iter()),
+    );
     let used = all
         .clone()
         .lazy()
-        .select([col(output::QUARANTINE_REASON).is_null().and(
-            col(ORDER)
-                .is_in(
-                    lit(Series::from_iter(
-                        [&copies, &repeats, &after_as_of]
-                            .into_iter()
-                            .flat_map(|s| s.u64().expect("positions").into_no_null_iter()),
-                    ))
-                    .implode(false),
-                    false,
-                )
-                .not(),
-        )])
+        .select([col(output::QUARANTINE_REASON)
+            .is_null()
+            .and(not_at(dropped))])
         .collect()
         .ctx("selecting the used rows")?;
     let used = used.columns()[0].bool().ctx("used rows")?.clone();
