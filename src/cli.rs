@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{FeatureDef, FeatureKind, FeatureSet, InputDef, Job, Layout, Over, Window};
 use crate::error::Result;
 use crate::generate::{GenerateOptions, generate};
-use crate::pipeline::{RunOptions, RunSummary, Stage, run};
+use crate::pipeline::{RunOptions, RunSummary, Shard, Stage, run, run_shard};
 
 /// Where the embedded demo writes.
 pub const DEMO_DIR: &str = "propel-demo";
@@ -68,6 +68,16 @@ pub enum Command {
         /// kept (the tuning loop). Default: `ingest`, everything from the raw events.
         #[arg(long, value_enum, default_value_t = Stage::Ingest)]
         from_stage: Stage,
+        /// Run only the per-customer stages (sessions, labels, features, consent) for shard
+        /// I of N of the customers (by a hash of the customer id), keeping the part in the
+        /// state location for `--merge-shards N`; publishes nothing. Shards of a night run
+        /// side by side, on as many machines as share the state location.
+        #[arg(long, value_name = "I/N", conflicts_with = "merge_shards")]
+        shard: Option<Shard>,
+        /// Merge the parts of the night's N shards: train, score, publish and commit the
+        /// night's state as one run over all customers would, with byte-identical outputs.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        merge_shards: Option<u32>,
     },
     /// Write synthetic Snowplow Lake Loader Parquet with planted purchase behaviour.
     Generate {
@@ -302,6 +312,8 @@ pub fn execute(cli: Cli) -> Result<()> {
             horizon,
             state,
             from_stage,
+            shard,
+            merge_shards,
         } => {
             // No job and no input: the embedded demo (rerun from its features with
             // `--from-stage features`, without generating it again).
@@ -314,41 +326,63 @@ pub fn execute(cli: Cli) -> Result<()> {
                 horizon_days: horizon,
                 state,
                 from_stage,
+                merge_shards: merge_shards.map(|n| n as usize),
             };
             if demo {
                 opts.output = opts.output.or(Some(
                     PathBuf::from(DEMO_DIR).join("out").display().to_string(),
                 ));
             }
+            // Shards and the merge read the demo events that a whole demo run generated.
+            let sharded = shard.is_some() || merge_shards.is_some();
             if demo && from_stage == Stage::Ingest {
                 let events = PathBuf::from(DEMO_DIR).join("events");
-                if events.exists() {
-                    std::fs::remove_dir_all(&events).map_err(|e| crate::error::Error::Io {
-                        context: format!("clearing {}", events.display()),
-                        source: e,
+                if sharded {
+                    opts.inputs = cli_inputs(vec![events.display().to_string()], vec![]);
+                } else {
+                    if events.exists() {
+                        std::fs::remove_dir_all(&events).map_err(|e| crate::error::Error::Io {
+                            context: format!("clearing {}", events.display()),
+                            source: e,
+                        })?;
+                    }
+                    println!(
+                        "demo: generating {DEMO_CUSTOMERS} customers over {DEMO_DAYS} days into {}",
+                        events.display()
+                    );
+                    let g = generate(&GenerateOptions {
+                        customers: DEMO_CUSTOMERS,
+                        days: DEMO_DAYS,
+                        seed: DEMO_SEED,
+                        start: NaiveDate::from_ymd_opt(2026, 5, 1).expect("valid"),
+                        out: events.clone(),
                     })?;
+                    println!(
+                        "demo: {} events ({} duplicated), {} orders, {} files",
+                        g.events, g.duplicates, g.orders, g.files
+                    );
+                    opts.inputs = cli_inputs(vec![events.display().to_string()], vec![]);
                 }
-                println!(
-                    "demo: generating {DEMO_CUSTOMERS} customers over {DEMO_DAYS} days into {}",
-                    events.display()
-                );
-                let g = generate(&GenerateOptions {
-                    customers: DEMO_CUSTOMERS,
-                    days: DEMO_DAYS,
-                    seed: DEMO_SEED,
-                    start: NaiveDate::from_ymd_opt(2026, 5, 1).expect("valid"),
-                    out: events.clone(),
-                })?;
-                println!(
-                    "demo: {} events ({} duplicated), {} orders, {} files",
-                    g.events, g.duplicates, g.orders, g.files
-                );
-                opts.inputs = cli_inputs(vec![events.display().to_string()], vec![]);
             }
             let nights = AsOf::nights(as_of);
             let backfill = nights.len() > 1;
             for night in nights {
                 opts.as_of = night;
+                if let Some(shard) = shard {
+                    let s = run_shard(&opts, shard).map_err(|e| match (backfill, night) {
+                        (true, Some(d)) => e.during_backfill(d),
+                        _ => e,
+                    })?;
+                    println!(
+                        "propel shard {} as of {}: {} customers, {} events; part kept in {}",
+                        s.shard,
+                        s.as_of,
+                        s.customers,
+                        s.events,
+                        s.part.display()
+                    );
+                    continue;
+                }
                 let summary = run(&opts).map_err(|e| match (backfill, night) {
                     (true, Some(d)) => e.during_backfill(d),
                     _ => e,

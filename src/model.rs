@@ -63,10 +63,7 @@ pub fn sample_customers(df: DataFrame, max_rows: usize) -> Result<DataFrame> {
         .ctx("customer ids")?;
     let keep: BooleanChunked = ids
         .iter()
-        .map(|id| {
-            let hex = crate::util::sha256_hex(id.unwrap_or_default());
-            Some(u64::from_str_radix(&hex[..16], 16).expect("hex digest") < threshold)
-        })
+        .map(|id| Some(crate::util::customer_hash(id.unwrap_or_default()) < threshold))
         .collect();
     df.filter(&keep).ctx("sampling training customers")
 }

@@ -35,6 +35,9 @@ pub struct RunOptions {
     /// Where the run starts: from the raw events (default), or from the features, reusing
     /// the canonical events, identities and sessions a run of the same night kept.
     pub from_stage: Stage,
+    /// Merge the parts of this many shards (`run_shard`) instead of computing the
+    /// per-customer stages.
+    pub merge_shards: Option<usize>,
 }
 
 /// The stage a run starts from.
@@ -48,12 +51,12 @@ pub enum Stage {
     Features,
 }
 
-/// What the stages up to sessions produce: the input of the feature stage, kept in the
-/// night's state (`stage/`) so that `--from-stage features` need not read raw events.
-struct Prepared {
+/// What ingest and identity know about the whole night, whichever customers a run computes:
+/// the identity outputs and state, the quarantine, the counts, and the day of the first event
+/// (which places the cutoffs).
+struct Night {
     as_of: NaiveDate,
-    events: DataFrame,
-    sessions: DataFrame,
+    first_day: NaiveDate,
     customers: DataFrame,
     identity: DataFrame,
     changes: DataFrame,
@@ -63,22 +66,34 @@ struct Prepared {
     suppressed_customers: usize,
     suppressed_events: usize,
     identity_state: identity::IdentityState,
+}
+
+/// What the stages up to sessions produce: the night, and the events and sessions of the
+/// customers this run computes (all of them, or one shard's). Kept in state (`stage/`) so
+/// that `--from-stage features` need not read raw events.
+struct Prepared {
+    night: Night,
+    events: DataFrame,
+    sessions: DataFrame,
     /// Fingerprint of the events (keys the cache; see `util::fingerprint`).
-    fingerprint: Option<String>,
+    fingerprint: String,
 }
 
 #[derive(Serialize, serde::Deserialize)]
-struct PreparedCounts {
+struct NightCounts {
     as_of: NaiveDate,
+    first_day: NaiveDate,
     counts: IngestCounts,
     suppressed_customers: usize,
     suppressed_events: usize,
+    /// Set when the night ran in this many shards: its events are kept with the shards.
+    #[serde(default)]
+    shards: Option<usize>,
 }
 
 const STAGE_DIR: &str = "stage";
-const STAGE_FRAMES: [&str; 7] = [
-    "events",
-    "sessions",
+const COUNTS_FILE: &str = "counts.json";
+const NIGHT_FRAMES: [&str; 5] = [
     "customers",
     "identity",
     "identity_changes",
@@ -86,11 +101,35 @@ const STAGE_FRAMES: [&str; 7] = [
     "quarantine",
 ];
 
-impl Prepared {
-    fn frames(&self) -> [&DataFrame; 7] {
+/// Writes a kept stage frame: LZ4, since it is written every night and read back only by
+/// `--from-stage features`.
+fn write_stage_frame(stage: &std::path::Path, name: &str, df: &DataFrame) -> Result<()> {
+    crate::util::write_parquet_with(
+        &mut df.clone(),
+        &stage.join(format!("{name}.parquet")),
+        ParquetCompression::Lz4Raw,
+    )
+}
+
+fn read_stage_frame(stage: &std::path::Path, name: &str) -> Result<DataFrame> {
+    crate::util::read_parquet(&stage.join(format!("{name}.parquet")))
+}
+
+/// "--from-stage features" asked of a directory that kept nothing to start from.
+fn nothing_kept(dir: &std::path::Path, night: NaiveDate) -> crate::error::Error {
+    crate::error::ConfigError(vec![crate::error::ConfigProblem {
+        file: dir.display().to_string(),
+        key: String::new(),
+        message: format!(
+            "--from-stage features needs the night {night} run in full first (no kept stage outputs here)"
+        ),
+    }])
+    .into()
+}
+
+impl Night {
+    fn frames(&self) -> [&DataFrame; 5] {
         [
-            &self.events,
-            &self.sessions,
             &self.customers,
             &self.identity,
             &self.changes,
@@ -99,66 +138,111 @@ impl Prepared {
         ]
     }
 
-    /// Writes the identity state and the stage outputs into a night's state directory.
-    fn write(&self, dir: &std::path::Path) -> Result<()> {
-        self.identity_state.write(dir)?;
-        let stage = dir.join(STAGE_DIR);
-        for (name, df) in STAGE_FRAMES.iter().zip(self.frames()) {
-            crate::util::write_parquet_with(
-                &mut df.clone(),
-                &stage.join(format!("{name}.parquet")),
-                ParquetCompression::Lz4Raw,
-            )?;
-        }
-        let counts = PreparedCounts {
+    fn counts(&self, shards: Option<usize>) -> NightCounts {
+        NightCounts {
             as_of: self.as_of,
+            first_day: self.first_day,
             counts: self.counts.clone(),
             suppressed_customers: self.suppressed_customers,
             suppressed_events: self.suppressed_events,
-        };
+            shards,
+        }
+    }
+
+    /// Writes the identity state and the night's stage outputs into a state directory;
+    /// `shards`: the night ran in this many shards, which keep its events.
+    fn write(&self, dir: &std::path::Path, shards: Option<usize>) -> Result<()> {
+        self.identity_state.write(dir)?;
+        let stage = dir.join(STAGE_DIR);
+        for (name, df) in NIGHT_FRAMES.iter().zip(self.frames()) {
+            write_stage_frame(&stage, name, df)?;
+        }
         std::fs::write(
-            stage.join("counts.json"),
-            serde_json::to_string_pretty(&counts).expect("json"),
+            stage.join(COUNTS_FILE),
+            serde_json::to_string_pretty(&self.counts(shards)).expect("json"),
         )
         .ctx("writing stage/counts.json")
     }
 
-    /// What the run of `night` kept.
-    fn load(state: &crate::state::StateDir, night: NaiveDate) -> Result<Prepared> {
-        let dir = state.night(night);
+    /// What a run of `night` kept in `dir`, with the number of shards it ran in.
+    fn load(dir: &std::path::Path, night: NaiveDate) -> Result<(Night, Option<usize>)> {
         let stage = dir.join(STAGE_DIR);
-        let missing = || -> crate::error::Error {
-            crate::error::ConfigError(vec![crate::error::ConfigProblem {
+        let text = std::fs::read_to_string(stage.join(COUNTS_FILE))
+            .map_err(|_| nothing_kept(dir, night))?;
+        // Unreadable: kept by another version of propel.
+        let counts: NightCounts =
+            serde_json::from_str(&text).map_err(|_| nothing_kept(dir, night))?;
+        let read = |name: &str| read_stage_frame(&stage, name);
+        Ok((
+            Night {
+                as_of: counts.as_of,
+                first_day: counts.first_day,
+                customers: read("customers")?,
+                identity: read("identity")?,
+                changes: read("identity_changes")?,
+                shared: read("identity_shared")?,
+                quarantine: read("quarantine")?,
+                counts: counts.counts,
+                suppressed_customers: counts.suppressed_customers,
+                suppressed_events: counts.suppressed_events,
+                identity_state: identity::IdentityState::load(dir)?
+                    .ok_or_else(|| nothing_kept(dir, night))?,
+            },
+            counts.shards,
+        ))
+    }
+
+    /// Digest of what every shard of the night must agree on: the counts and the customers.
+    fn digest(&self) -> Result<String> {
+        let counts = serde_json::to_string(&self.counts(None)).expect("json");
+        let customers = crate::util::fingerprint(&self.customers)?;
+        Ok(crate::util::sha256_hex(&format!("{counts}\n{customers}")))
+    }
+
+    fn cutoffs(&self, job: &Job) -> Result<Cutoffs> {
+        Cutoffs::plan(self.first_day, self.as_of, &job.model)
+    }
+}
+
+fn write_prepared(
+    dir: &std::path::Path,
+    night: &Night,
+    events: &DataFrame,
+    sessions: &DataFrame,
+) -> Result<()> {
+    night.write(dir, None)?;
+    let stage = dir.join(STAGE_DIR);
+    write_stage_frame(&stage, "events", events)?;
+    write_stage_frame(&stage, "sessions", sessions)
+}
+
+impl Prepared {
+    /// Writes the night and the events and sessions into a state directory.
+    fn write(&self, dir: &std::path::Path) -> Result<()> {
+        write_prepared(dir, &self.night, &self.events, &self.sessions)
+    }
+
+    /// What the run of `night` kept in `dir` (a night's state, or a shard's part).
+    fn load(dir: &std::path::Path, night: NaiveDate) -> Result<Prepared> {
+        let (kept, shards) = Night::load(dir, night)?;
+        if let Some(n) = shards {
+            return Err(crate::error::ConfigError(vec![crate::error::ConfigProblem {
                 file: dir.display().to_string(),
                 key: String::new(),
                 message: format!(
-                    "--from-stage features needs the night {night} run in full first (no kept stage outputs here)"
+                    "the night {night} ran in {n} shards, which keep its events: rerun each with \
+                     --from-stage features --shard I/{n}, then --merge-shards {n}"
                 ),
             }])
-            .into()
-        };
-        if !stage.join("counts.json").exists() {
-            return Err(missing());
+            .into());
         }
-        let text =
-            std::fs::read_to_string(stage.join("counts.json")).ctx("reading stage/counts.json")?;
-        let counts: PreparedCounts = serde_json::from_str(&text).map_err(|_| missing())?;
-        let read = |name: &str| crate::util::read_parquet(&stage.join(format!("{name}.parquet")));
-        let events = read("events")?;
+        let stage = dir.join(STAGE_DIR);
+        let events = read_stage_frame(&stage, "events")?;
         Ok(Prepared {
-            as_of: counts.as_of,
-            fingerprint: Some(crate::util::fingerprint(&events)?),
+            night: kept,
+            fingerprint: crate::util::fingerprint(&events)?,
+            sessions: read_stage_frame(&stage, "sessions")?,
             events,
-            sessions: read("sessions")?,
-            customers: read("customers")?,
-            identity: read("identity")?,
-            changes: read("identity_changes")?,
-            shared: read("identity_shared")?,
-            quarantine: read("quarantine")?,
-            counts: counts.counts,
-            suppressed_customers: counts.suppressed_customers,
-            suppressed_events: counts.suppressed_events,
-            identity_state: identity::IdentityState::load(&dir)?.ok_or_else(missing)?,
         })
     }
 }
@@ -256,12 +340,14 @@ impl Cache {
     }
 }
 
-/// Ingest, identity and sessions, from the raw events.
+/// Ingest, identity and sessions, from the raw events; with `shard`, the events and sessions
+/// kept are that shard's customers' (identity always resolves the whole night).
 fn prepare(
     inputs: &[InputDef],
     as_of: Option<NaiveDate>,
     job: &Job,
     state: &crate::state::StateDir,
+    shard: Option<Shard>,
     timer: &mut Timer,
 ) -> Result<Prepared> {
     info!(inputs = ?inputs, "ingest");
@@ -288,28 +374,440 @@ fn prepare(
             "shared identifiers ignored by the identity guards (see identity_shared.parquet)"
         );
     }
-    timer.lap("identity");
     // The resolved rows share their columns with the raw ones: let them go, so that
     // sessionising sorts the only copy.
     drop(raw);
+    let first_day = crate::util::event_date_range(&resolved.events)?.0;
+    let events = match shard {
+        Some(shard) => shard.select(resolved.events)?,
+        None => resolved.events,
+    };
+    timer.lap("identity");
 
-    let (events, sessions) = sessions::sessionize(resolved.events, job.session_inactivity_minutes)?;
+    let (events, sessions) = sessions::sessionize(events, job.session_inactivity_minutes)?;
     timer.lap("sessions");
     Ok(Prepared {
-        as_of,
+        night: Night {
+            as_of,
+            first_day,
+            customers: resolved.customers,
+            identity: resolved.identity,
+            changes: resolved.changes,
+            shared: resolved.shared,
+            quarantine,
+            counts,
+            suppressed_customers: resolved.suppressed_customers,
+            suppressed_events: resolved.suppressed_events,
+            identity_state: resolved.state,
+        },
         sessions,
-        customers: resolved.customers,
-        identity: resolved.identity,
-        changes: resolved.changes,
-        shared: resolved.shared,
-        quarantine,
-        counts,
-        suppressed_customers: resolved.suppressed_customers,
-        suppressed_events: resolved.suppressed_events,
-        identity_state: resolved.state,
-        fingerprint: Some(crate::util::fingerprint(&events)?),
+        fingerprint: crate::util::fingerprint(&events)?,
         events,
     })
+}
+
+/// One of `count` slices of the customers, cut by `util::customer_hash`: the per-customer
+/// stages (sessions, labels, features, consent) of a night can run as `count` separate
+/// processes, on as many machines, and a merge step (`--merge-shards`) trains, scores and
+/// publishes from their parts as one run over all customers would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// From 0 to `count - 1`.
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Shard, String> {
+        let expected = || format!("expected I/N with 0 <= I < N (e.g. 0/4), found {s:?}");
+        let (i, n) = s.split_once('/').ok_or_else(expected)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| expected())?,
+            n.trim().parse().map_err(|_| expected())?,
+        );
+        if index >= count {
+            return Err(expected());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Where a shard keeps its part, under the state location.
+const SHARDS_DIR: &str = "shards";
+const PART_DIR: &str = "part";
+const PART_RECORD: &str = "part.json";
+
+impl Shard {
+    /// The events of this shard's customers.
+    fn select(&self, events: DataFrame) -> Result<DataFrame> {
+        let ids = events.select([ev::CUSTOMER_ID]).ctx("customer ids")?;
+        let distinct = ids
+            .column(ev::CUSTOMER_ID)
+            .ctx("customer ids")?
+            .as_materialized_series()
+            .unique()
+            .ctx("customer ids")?;
+        let mine: Vec<&str> = distinct
+            .str()
+            .ctx("customer ids")?
+            .iter()
+            .flatten()
+            .filter(|id| crate::util::customer_hash(id) % self.count as u64 == self.index as u64)
+            .collect();
+        let mine = Series::new("mine".into(), mine);
+        let mask = ids
+            .lazy()
+            .select([col(ev::CUSTOMER_ID).is_in(lit(mine).implode(false), false)])
+            .collect()
+            .ctx("selecting the shard's customers")?;
+        let mask = mask[0].bool().ctx("shard mask")?.clone();
+        crate::util::filter_by_columns(events, &mask)
+    }
+
+    /// The directory of this shard of `night`: its lock, and its part once complete.
+    fn dir(&self, state: &crate::state::StateDir, night: NaiveDate) -> PathBuf {
+        state
+            .root()
+            .join(SHARDS_DIR)
+            .join(night.to_string())
+            .join(self.count.to_string())
+            .join(self.index.to_string())
+    }
+}
+
+/// What the per-customer stages (labels, features, consent) produce for the customers of a
+/// run, all of them or one shard's; the merge step concatenates the shards' parts.
+struct Part {
+    /// Features and labels at every cutoff, sorted by cutoff and customer.
+    snapshots: DataFrame,
+    /// Consent and contact points, sorted by customer.
+    contacts: DataFrame,
+    /// Sorted by customer, start and session.
+    sessions: DataFrame,
+    events: usize,
+    /// Keys the model cache: the events' fingerprint (a merge's: of its parts').
+    fingerprint: String,
+}
+
+/// Everything the snapshots depend on besides the events.
+fn snapshots_key(job: &Job, cutoffs: &Cutoffs) -> String {
+    format!(
+        "{}{:?}{:?}{:?}{}",
+        job.features.hash, cutoffs, job.model.label, job.model.population, job.model.horizon_days
+    )
+}
+
+/// Labels, features and consent for the customers of `prep`.
+fn per_customer(
+    prep: &Prepared,
+    job: &Job,
+    cutoffs: &Cutoffs,
+    cache: &Cache,
+    timer: &mut Timer,
+) -> Result<Part> {
+    let events = &prep.events;
+    let positives = labels::positives(
+        events,
+        &cutoffs.labelled_micros(),
+        job.model.horizon_days,
+        &job.model.label,
+    )?;
+    timer.lap("labels");
+    // A rerun from the features stage reuses results whose inputs did not change (the kept
+    // events, the definitions, the cutoffs): editing one file recomputes what depends on it.
+    let snapshots = cache.parquet("snapshots", &snapshots_key(job, cutoffs), || {
+        features::compute(
+            events,
+            &cutoffs.all_micros(),
+            &job.features,
+            job.model.population,
+        )?
+        .join(
+            positives,
+            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+            crate::util::left_join_ordered(),
+        )
+        .with_column(col(output::LABEL).fill_null(lit(false)))
+        .collect()
+        .ctx("computing features")
+    })?;
+    let contacts = crate::consent::contacts(events, &job.privacy)?;
+    Ok(Part {
+        snapshots,
+        contacts,
+        sessions: prep.sessions.clone(),
+        events: events.height(),
+        fingerprint: prep.fingerprint.clone(),
+    })
+}
+
+/// `part.json`: which night, shard and definitions a shard's part was computed for.
+#[derive(Serialize, serde::Deserialize)]
+struct PartRecord {
+    propel_version: String,
+    as_of: NaiveDate,
+    shard: usize,
+    shards: usize,
+    /// `Night::digest`: every shard of a night must have seen the same night.
+    night: String,
+    /// SHA-256 of `snapshots_key`: the definitions and cutoffs the features were computed for.
+    definitions: String,
+    events: usize,
+    fingerprint: String,
+}
+
+impl Part {
+    /// Writes a shard's part (with what `--from-stage features --shard` restarts from) into
+    /// its directory: aside first, then renamed into place.
+    fn write(&self, prep: &Prepared, record: &PartRecord, dir: &std::path::Path) -> Result<()> {
+        let pending = dir.join(format!(".pending-{PART_DIR}-{}", std::process::id()));
+        if pending.exists() {
+            std::fs::remove_dir_all(&pending).ctx(format!("removing {}", pending.display()))?;
+        }
+        prep.write(&pending)?;
+        write_stage_frame(&pending, "snapshots", &self.snapshots)?;
+        write_stage_frame(&pending, "contacts", &self.contacts)?;
+        std::fs::write(
+            pending.join(PART_RECORD),
+            serde_json::to_string_pretty(record).expect("json") + "\n",
+        )
+        .ctx("writing part.json")?;
+        let part = dir.join(PART_DIR);
+        if part.exists() {
+            std::fs::remove_dir_all(&part).ctx(format!("removing {}", part.display()))?;
+        }
+        std::fs::rename(&pending, &part).ctx(format!("writing {}", part.display()))
+    }
+}
+
+/// The night and the merged parts of its `count` shards, checked to belong together: the
+/// same night, the same definitions (those of `job`), every shard present.
+fn merge_parts(
+    state: &crate::state::StateDir,
+    as_of: NaiveDate,
+    count: usize,
+    job: &Job,
+) -> Result<(Night, Cutoffs, Part)> {
+    let problem = |dir: &std::path::Path, message: String| -> crate::error::Error {
+        crate::error::ConfigError(vec![crate::error::ConfigProblem {
+            file: dir.display().to_string(),
+            key: String::new(),
+            message,
+        }])
+        .into()
+    };
+    let mut parts = Vec::with_capacity(count);
+    for index in 0..count {
+        let shard = Shard { index, count };
+        let dir = shard.dir(state, as_of).join(PART_DIR);
+        let record: PartRecord = std::fs::read_to_string(dir.join(PART_RECORD))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .ok_or_else(|| {
+                problem(
+                    &dir,
+                    format!(
+                        "shard {shard} of the night {as_of} has not completed: run \
+                         `propel run --shard {shard} --as-of {as_of}` (same job) before the merge"
+                    ),
+                )
+            })?;
+        parts.push((shard, dir, record));
+    }
+    let (night, _) = Night::load(&parts[0].1, as_of)?;
+    let digest = night.digest()?;
+    let cutoffs = night.cutoffs(job)?;
+    let definitions = crate::util::sha256_hex(&snapshots_key(job, &cutoffs));
+    for (shard, dir, record) in &parts {
+        if record.night != digest || record.propel_version != env!("CARGO_PKG_VERSION") {
+            return Err(problem(
+                dir,
+                format!(
+                    "shard {shard} saw another night than shard 0/{count} (other events, state or \
+                     propel version): rerun every shard of {as_of} with the same inputs"
+                ),
+            ));
+        }
+        if record.definitions != definitions {
+            return Err(problem(
+                dir,
+                format!(
+                    "shard {shard} computed other features, labels or cutoffs than this job \
+                     defines: rerun it with the merge's job files"
+                ),
+            ));
+        }
+    }
+    let read_all = |name: &str| -> Result<LazyFrame> {
+        let frames = parts
+            .iter()
+            .map(|(_, dir, _)| {
+                let stage = if name == "sessions" {
+                    dir.join(STAGE_DIR)
+                } else {
+                    dir.clone()
+                };
+                Ok(read_stage_frame(&stage, name)?.lazy())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        concat(frames, UnionArgs::default()).ctx(format!("merging the shards' {name}"))
+    };
+    let sorted = |name: &str, by: &[&str]| -> Result<DataFrame> {
+        read_all(name)?
+            .sort(by.to_vec(), Default::default())
+            .collect()
+            .ctx(format!("merging the shards' {name}"))
+    };
+    let fingerprints: Vec<&str> = parts.iter().map(|p| p.2.fingerprint.as_str()).collect();
+    let part = Part {
+        snapshots: sorted("snapshots", &[output::CUTOFF, ev::CUSTOMER_ID])?,
+        contacts: sorted("contacts", &[ev::CUSTOMER_ID])?,
+        sessions: sorted(
+            "sessions",
+            &[ev::CUSTOMER_ID, sessions::START, ev::SESSION_ID],
+        )?,
+        events: parts.iter().map(|p| p.2.events).sum(),
+        fingerprint: crate::util::sha256_hex(&fingerprints.join("\n")),
+    };
+    Ok((night, cutoffs, part))
+}
+
+/// What a shard run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardSummary {
+    pub as_of: NaiveDate,
+    pub shard: String,
+    pub customers: usize,
+    pub events: usize,
+    pub part: PathBuf,
+}
+
+/// Runs the per-customer stages for one shard of the customers and keeps its part for the
+/// merge step; publishes nothing and leaves the night's state as it is.
+pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
+    let (job, inputs, _, state_dir) = settings(opts)?;
+    let state = crate::state::StateDir::new(state_dir);
+    let mut timer = Timer::start(opts.as_of);
+    let lock = |as_of: NaiveDate| crate::publish::RunLock::acquire(&shard.dir(&state, as_of));
+    let (prep, _lock) = match opts.from_stage {
+        Stage::Ingest => {
+            let early = opts.as_of.map(lock).transpose()?;
+            let prep = prepare(&inputs, opts.as_of, &job, &state, Some(shard), &mut timer)?;
+            let held = match early {
+                Some(held) => held,
+                None => lock(prep.night.as_of)?,
+            };
+            (prep, held)
+        }
+        Stage::Features => {
+            let as_of = opts.as_of.ok_or_else(|| {
+                crate::error::ConfigError(vec![crate::error::ConfigProblem {
+                    file: "--as-of".into(),
+                    key: String::new(),
+                    message: "--from-stage features with --shard needs the night's --as-of".into(),
+                }])
+            })?;
+            let held = lock(as_of)?;
+            let prep = Prepared::load(&shard.dir(&state, as_of).join(PART_DIR), as_of)?;
+            for stage in ["ingest", "identity", "sessions"] {
+                timer.lap(stage);
+            }
+            (prep, held)
+        }
+    };
+    let as_of = prep.night.as_of;
+    let cutoffs = prep.night.cutoffs(&job)?;
+    // Shards run side by side: they share no cache.
+    let no_cache = Cache {
+        dir: state.root().join("cache"),
+        events: None,
+    };
+    let part = per_customer(&prep, &job, &cutoffs, &no_cache, &mut timer)?;
+    let record = PartRecord {
+        propel_version: env!("CARGO_PKG_VERSION").into(),
+        as_of,
+        shard: shard.index,
+        shards: shard.count,
+        night: prep.night.digest()?,
+        definitions: crate::util::sha256_hex(&snapshots_key(&job, &cutoffs)),
+        events: part.events,
+        fingerprint: part.fingerprint.clone(),
+    };
+    let dir = shard.dir(&state, as_of);
+    part.write(&prep, &record, &dir)?;
+    let took = serde_json::json!({
+        "propel_version": env!("CARGO_PKG_VERSION"),
+        "shard": shard.to_string(),
+        "timings_ms": timer.timings,
+        "total_ms": timer.began.elapsed().as_millis() as u64,
+        "peak_rss_mib": crate::util::peak_rss_mib(),
+        "peak_rss_mib_by_stage": timer.peaks,
+    });
+    std::fs::write(
+        dir.join(PART_DIR).join(crate::publish::RUN_RECORD),
+        serde_json::to_string_pretty(&took).expect("json") + "\n",
+    )
+    .ctx("writing the shard's run.json")?;
+    info!(shard = %shard, part = %dir.display(), "shard part kept for the merge");
+    Ok(ShardSummary {
+        as_of,
+        shard: shard.to_string(),
+        customers: part.contacts.height(),
+        events: part.events,
+        part: dir.join(PART_DIR),
+    })
+}
+
+/// The newest night that has shard parts in `state`, for a merge without `--as-of`.
+fn newest_sharded_night(state: &crate::state::StateDir) -> Result<NaiveDate> {
+    let dir = state.root().join(SHARDS_DIR);
+    std::fs::read_dir(&dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            NaiveDate::parse_from_str(&e.file_name().to_string_lossy(), "%Y-%m-%d").ok()
+        })
+        .max()
+        .ok_or_else(|| {
+            crate::error::ConfigError(vec![crate::error::ConfigProblem {
+                file: dir.display().to_string(),
+                key: String::new(),
+                message:
+                    "--merge-shards found no shard parts here: run the shards first (--shard I/N)"
+                        .into(),
+            }])
+            .into()
+        })
+}
+
+/// Drops the shard parts of nights older than every night kept in `state`.
+fn prune_shards(state: &crate::state::StateDir) -> Result<()> {
+    let Some(oldest) = state.nights()?.first().copied() else {
+        return Ok(());
+    };
+    let dir = state.root().join(SHARDS_DIR);
+    for entry in std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+    {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if NaiveDate::parse_from_str(&name, "%Y-%m-%d").is_ok_and(|night| night < oldest) {
+            std::fs::remove_dir_all(entry.path()).ctx(format!("removing shards/{name}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// What a run did, for the summary and for tests.
@@ -671,7 +1169,7 @@ fn settings(opts: &RunOptions) -> Result<(Job, Vec<InputDef>, PathBuf, PathBuf)>
     } else {
         opts.inputs.clone()
     };
-    if inputs.is_empty() && opts.from_stage == Stage::Ingest {
+    if inputs.is_empty() && opts.from_stage == Stage::Ingest && opts.merge_shards.is_none() {
         return Err(crate::error::ConfigError(vec![crate::error::ConfigProblem {
             file: "job".into(),
             key: "input.url".into(),
@@ -691,7 +1189,8 @@ fn settings(opts: &RunOptions) -> Result<(Job, Vec<InputDef>, PathBuf, PathBuf)>
     Ok((job, inputs, output_root, state_dir))
 }
 
-/// Runs the whole job; see the module documentation.
+/// Runs the whole job; see the module documentation. With `merge_shards`, the per-customer
+/// stages come from the parts the shards kept (`run_shard`).
 pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let (job, inputs, output_root, state_dir) = settings(opts)?;
     // One run at a time per output and state location.
@@ -705,72 +1204,61 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let mut timer = Timer::start(opts.as_of);
 
     let state = crate::state::StateDir::new(state_dir.clone());
-    let (prep, current_state) = match opts.from_stage {
-        Stage::Ingest => {
-            let prep = prepare(&inputs, opts.as_of, &job, &state, &mut timer)?;
-            let before = state.before(prep.as_of)?;
-            (prep, before)
-        }
-        Stage::Features => {
+    let cache = |fingerprint: &str| Cache {
+        dir: state.root().join("cache"),
+        events: Some(fingerprint.to_string()),
+    };
+    // The night, the cutoffs, the per-customer stages' results, and the events and sessions
+    // to keep in state (not when the shards keep them).
+    let (night, cutoffs, part, kept) = match opts.merge_shards {
+        Some(count) => {
             let as_of = match opts.as_of {
                 Some(d) => d,
-                None => *state.nights()?.last().ok_or_else(|| {
-                    crate::error::ConfigError(vec![crate::error::ConfigProblem {
-                        file: state.root().display().to_string(),
-                        key: String::new(),
-                        message:
-                            "--from-stage features needs a night already run; none is kept here"
-                                .into(),
-                    }])
-                })?,
+                None => newest_sharded_night(&state)?,
             };
-            let prep = Prepared::load(&state, as_of)?;
-            for stage in ["ingest", "identity", "sessions"] {
+            let (night, cutoffs, part) = merge_parts(&state, as_of, count, &job)?;
+            for stage in ["ingest", "identity", "sessions", "labels", "features"] {
                 timer.lap(stage);
             }
-            (prep, state.before(as_of)?)
+            (night, cutoffs, part, None)
+        }
+        None => {
+            let prep = match opts.from_stage {
+                Stage::Ingest => prepare(&inputs, opts.as_of, &job, &state, None, &mut timer)?,
+                Stage::Features => {
+                    let as_of = match opts.as_of {
+                        Some(d) => d,
+                        None => *state.nights()?.last().ok_or_else(|| {
+                            crate::error::ConfigError(vec![crate::error::ConfigProblem {
+                                file: state.root().display().to_string(),
+                                key: String::new(),
+                                message: "--from-stage features needs a night already run; none is kept here".into(),
+                            }])
+                        })?,
+                    };
+                    let prep = Prepared::load(&state.night(as_of), as_of)?;
+                    for stage in ["ingest", "identity", "sessions"] {
+                        timer.lap(stage);
+                    }
+                    prep
+                }
+            };
+            let cutoffs = prep.night.cutoffs(&job)?;
+            let part = per_customer(&prep, &job, &cutoffs, &cache(&prep.fingerprint), &mut timer)?;
+            let Prepared {
+                night,
+                events,
+                sessions,
+                ..
+            } = prep;
+            (night, cutoffs, part, Some((events, sessions)))
         }
     };
-    let as_of = prep.as_of;
-    let events = &prep.events;
-    let sessions = &prep.sessions;
-
-    let cutoffs = Cutoffs::plan(crate::util::event_date_range(events)?.0, as_of, &job.model)?;
-    let positives = labels::positives(
-        events,
-        &cutoffs.labelled_micros(),
-        job.model.horizon_days,
-        &job.model.label,
-    )?;
-    timer.lap("labels");
-
-    // A rerun from the features stage reuses results whose inputs did not change (the kept
-    // events, the definitions, the cutoffs): editing one file recomputes what depends on it.
-    let cache = Cache {
-        dir: state.root().join("cache"),
-        events: prep.fingerprint.clone(),
-    };
-    let snapshots_key = format!(
-        "{}{:?}{:?}{:?}{}",
-        job.features.hash, cutoffs, job.model.label, job.model.population, job.model.horizon_days
-    );
-    let snapshots = cache.parquet("snapshots", &snapshots_key, || {
-        features::compute(
-            events,
-            &cutoffs.all_micros(),
-            &job.features,
-            job.model.population,
-        )?
-        .join(
-            positives,
-            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
-            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
-            crate::util::left_join_ordered(),
-        )
-        .with_column(col(output::LABEL).fill_null(lit(false)))
-        .collect()
-        .ctx("computing features")
-    })?;
+    let as_of = night.as_of;
+    let current_state = state.before(as_of)?;
+    let cache = cache(&part.fingerprint);
+    let snapshots_key = snapshots_key(&job, &cutoffs);
+    let snapshots = &part.snapshots;
     let at = |dates: &[NaiveDate]| -> Result<DataFrame> {
         let micros: Vec<i64> = dates.iter().map(|d| date_to_micros(*d)).collect();
         snapshots
@@ -809,12 +1297,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let names = job.features.names();
     timer.lap("model");
 
-    let scores = score::score(&scoring, &artifact, &prep.customers, job.model.reasons)?;
+    let scores = score::score(&scoring, &artifact, &night.customers, job.model.reasons)?;
     timer.lap("score");
 
     let staging = Staging::create(&output_root, &as_of.to_string())?;
     let ranked = score::ranked(&scores)?;
-    let contacts = crate::consent::contacts(events, &job.privacy)?;
     let table = ranked
         .clone()
         .lazy()
@@ -825,7 +1312,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             crate::util::left_join_ordered(),
         )
         .join(
-            contacts.clone().lazy(),
+            part.contacts.clone().lazy(),
             [col(ev::CUSTOMER_ID)],
             [col(ev::CUSTOMER_ID)],
             crate::util::left_join_ordered(),
@@ -901,7 +1388,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             "no_email_consent".to_string(),
             consent["email"]["refused"] + consent["email"]["unknown"],
         ),
-        ("suppressed".to_string(), prep.suppressed_customers),
+        ("suppressed".to_string(), night.suppressed_customers),
     ]);
     crate::report::write(
         &staging.dir,
@@ -941,11 +1428,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         ("scores", &scores),
         ("features", &scoring),
         ("validation", &validation_scores),
-        ("sessions", sessions),
-        ("identity", &prep.identity),
-        ("identity_changes", &prep.changes),
-        ("identity_shared", &prep.shared),
-        ("quarantine", &prep.quarantine),
+        ("sessions", &part.sessions),
+        ("identity", &night.identity),
+        ("identity_changes", &night.changes),
+        ("identity_shared", &night.shared),
+        ("quarantine", &night.quarantine),
     ] {
         // An empty quarantine is no file: nothing was quarantined.
         if name != "quarantine" || df.height() > 0 {
@@ -960,16 +1447,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     )
     .ctx("writing model/model.json")?;
     let mut rows = BTreeMap::new();
-    rows.insert("events", events.height());
-    rows.insert("identifiers", prep.identity.height());
-    rows.insert("customers", prep.customers.height());
-    rows.insert("sessions", sessions.height());
+    rows.insert("events", part.events);
+    rows.insert("identifiers", night.identity.height());
+    rows.insert("customers", night.customers.height());
+    rows.insert("sessions", part.sessions.height());
     rows.insert("snapshot_rows", snapshots.height());
     rows.insert("scored", scores.height());
-    rows.insert("identity_merges", prep.changes.height());
-    rows.insert("identity_shared_identifiers", prep.shared.height());
-    rows.insert("suppressed_customers", prep.suppressed_customers);
-    rows.insert("suppressed_events", prep.suppressed_events);
+    rows.insert("identity_merges", night.changes.height());
+    rows.insert("identity_shared_identifiers", night.shared.height());
+    rows.insert("suppressed_customers", night.suppressed_customers);
+    rows.insert("suppressed_events", night.suppressed_events);
     timer.lap("publish");
     let metrics = MetricsFile {
         propel_version: env!("CARGO_PKG_VERSION"),
@@ -988,7 +1475,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         n_train_positive: artifact.n_train_positive,
         n_validation: artifact.validation.n,
         rows,
-        ingest: &prep.counts,
+        ingest: &night.counts,
         audiences: &audiences,
         consent,
         warnings: &warnings,
@@ -1022,7 +1509,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     // State advances only once the run's outputs are published, in one atomic commit: the
     // identity graph and the model in production (the new one if promoted, else the same).
     state.commit(as_of, job.state_keep_nights, |dir| {
-        prep.write(dir)?;
+        match &kept {
+            Some((events, sessions)) => write_prepared(dir, &night, events, sessions)?,
+            None => night.write(dir, opts.merge_shards)?,
+        }
         write_parquet(
             &mut delivered.members.clone(),
             &dir.join(audience::MEMBERS_STATE),
@@ -1039,6 +1529,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         .ctx("writing model state")
     })?;
     info!("state committed");
+    prune_shards(&state)?;
     Ok(RunSummary {
         output_dir,
         as_of,
@@ -1046,7 +1537,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         validation: artifact.validation,
         audiences,
         warnings,
-        counts: prep.counts.clone(),
+        counts: night.counts.clone(),
     })
 }
 

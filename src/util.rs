@@ -36,6 +36,18 @@ pub fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+/// A customer's place on a fixed 64-bit ring: the first 8 bytes (big-endian) of the SHA-256
+/// of its id. The training sample and the shards both cut this ring, so a customer's sample
+/// and shard never change between nights or machines.
+pub fn customer_hash(id: &str) -> u64 {
+    let digest = Sha256::digest(id.as_bytes());
+    u64::from_be_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 32 bytes"),
+    )
+}
+
 /// Microseconds since the Unix epoch at midnight UTC of `date`.
 pub fn date_to_micros(date: chrono::NaiveDate) -> i64 {
     date.and_hms_opt(0, 0, 0)

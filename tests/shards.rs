@@ -1,0 +1,106 @@
+//! Sharded nights: `--shard I/N` runs and a `--merge-shards N` step publish what one run over
+//! all customers publishes, byte for byte, and leave the same state for the next night.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// Every file of a published run (except `run.json`, the record of how it went) by its path
+/// inside the run, with its SHA-256.
+fn digests(run: &Path) -> BTreeMap<String, String> {
+    fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<String, String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else if path.file_name().unwrap() != "run.json" {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                out.insert(
+                    rel,
+                    hex::encode(Sha256::digest(std::fs::read(&path).unwrap())),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(run, run, &mut out);
+    out
+}
+
+#[test]
+fn three_shards_and_a_merge_publish_what_one_run_publishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let events = events.to_str().unwrap();
+    let (whole, sharded) = (tmp.path().join("whole"), tmp.path().join("sharded"));
+    let run = |out: &Path, night: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--input",
+            events,
+            "--output",
+            out.to_str().unwrap(),
+            "--as-of",
+            night,
+        ];
+        args.extend(extra);
+        propel(tmp.path(), &args)
+    };
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    ok(run(&whole, "2026-05-15", &[]));
+
+    let mut customers = 0;
+    for i in 0..3 {
+        if i == 2 {
+            // A merge before every shard has finished names the missing one.
+            let o = run(&sharded, "2026-05-15", &["--merge-shards", "3"]);
+            assert!(!o.status.success());
+            assert!(
+                stderr(&o).contains("shard 2/3 of the night 2026-05-15 has not completed"),
+                "{}",
+                stderr(&o)
+            );
+        }
+        let shard = format!("{i}/3");
+        let said = ok(run(&sharded, "2026-05-15", &["--shard", &shard]));
+        customers += said
+            .split(": ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("customers in {said:?}"));
+    }
+    // Shards publish nothing: only the merge does.
+    assert!(!sharded.join("2026-05-15").exists());
+    ok(run(&sharded, "2026-05-15", &["--merge-shards", "3"]));
+
+    let (a, b) = (
+        digests(&whole.join("2026-05-15")),
+        digests(&sharded.join("2026-05-15")),
+    );
+    assert!(a.contains_key("scores.parquet") && a.contains_key("manifest.json"));
+    assert_eq!(a, b, "sharded and whole runs differ");
+    // Each customer is in exactly one shard.
+    let scored = read_parquet(&whole.join("2026-05-15/features.parquet")).height();
+    assert_eq!(customers, scored);
+
+    // The merge committed the state a whole run commits: the next night agrees too.
+    ok(run(&whole, "2026-05-16", &[]));
+    ok(run(&sharded, "2026-05-16", &[]));
+    assert_eq!(
+        digests(&whole.join("2026-05-16")),
+        digests(&sharded.join("2026-05-16"))
+    );
+
+    // A sharded night's events stay with its shards: the tuning loop says how to rerun it.
+    let o = run(&sharded, "2026-05-15", &["--from-stage", "features"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("ran in 3 shards"), "{}", stderr(&o));
+}
