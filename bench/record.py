@@ -48,6 +48,17 @@ def main() -> None:
         result["propel"]["customers"] = record["rows"]["customers"]
         result["from_features_cold"] = gnu_time(d / "features_cold.time")
         result["from_features_warm"] = gnu_time(d / "features_warm.time")
+    shard_times = sorted(d.glob("shard-*.time"), key=lambda p: int(p.stem.split("-")[1]))
+    if shard_times:
+        result["shards"] = {
+            "count": len(shard_times),
+            "each": [
+                gnu_time(t) | {"stages_ms": json.loads(t.with_suffix(".run.json").read_text())["timings_ms"]}
+                for t in shard_times
+            ],
+            "merge": gnu_time(d / "merge.time"),
+            "identical": (d / "shards_identical.txt").read_text().strip() == "yes",
+        }
     if duck:
         result["duckdb"] = json.loads(Path(duck).read_text()) | gnu_time(d / "duckdb.time")
     print(json.dumps(result, indent=2))

@@ -8,6 +8,7 @@
 #   bench/run.sh              # sizes demo 1m 10m 100m (demo: the embedded demo's data set)
 #   SIZES="1m" bench/run.sh   # just one
 #   LIMIT_GIB=20 ...          # memory cap of one propel run (default 20 GiB)
+#   SHARDS=2 ...              # also run the night as SHARDS shards + merge (0: not; default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -61,6 +62,25 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
   /usr/bin/time -v "$propel" run --output "$dir/out" --from-stage features > /dev/null 2> "$dir/features_cold.time"
   echo "== $size: rerun from the features stage (nothing changed)"
   /usr/bin/time -v "$propel" run --output "$dir/out" --from-stage features > /dev/null 2> "$dir/features_warm.time"
+  shards=${SHARDS:-2}
+  rm -f "$dir"/shard-*.time "$dir/merge.time" "$dir/shards_identical.txt"
+  if [ "$shards" -gt 0 ]; then
+    # One after the other here (2 cores): each shard's time and memory is what one machine of
+    # a fan-out would need. The merge must publish exactly the whole run's files.
+    echo "== $size: $shards shards, then the merge"
+    night=$(basename "$run")
+    rm -rf "$dir/sharded"
+    for i in $(seq 0 $(( shards - 1 ))); do
+      ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run --input "$dir/events" --output "$dir/sharded" \
+          --as-of "$night" --shard "$i/$shards" --log-format json ) > /dev/null 2> "$dir/shard-$i.time"
+      cp "$dir/sharded/_state/shards/$night/$shards/$i/part/run.json" "$dir/shard-$i.run.json"
+    done
+    /usr/bin/time -v "$propel" run --output "$dir/sharded" --as-of "$night" --merge-shards "$shards" \
+      --log-format json > /dev/null 2> "$dir/merge.time"
+    if cmp -s "$run/manifest.json" "$dir/sharded/$night/manifest.json"; then echo yes; else echo no; fi \
+      > "$dir/shards_identical.txt"
+    rm -rf "$dir/sharded"
+  fi
   echo "== $size: DuckDB"
   /usr/bin/time -v "$venv/bin/python" bench/duckdb_features.py "$dir/events" "$run" > "$dir/duckdb.json" 2> "$dir/duckdb.time"
   python3 bench/record.py "$size" "$n" "$dir" "$run" "$dir/duckdb.json" "" > "$results/$size.json"

@@ -104,3 +104,93 @@ fn three_shards_and_a_merge_publish_what_one_run_publishes() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("ran in 3 shards"), "{}", stderr(&o));
 }
+
+#[test]
+fn the_sharded_airflow_dag_runs_its_shards_and_merge() {
+    let Some(python) = python_from("PROPEL_AIRFLOW_PYTHON") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let out = tmp.path().join("out");
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[[input]]\nurl = {:?}\n[output]\nurl = {:?}\n",
+            events.display().to_string(),
+            out.display().to_string()
+        ),
+    )
+    .unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = std::process::Command::new(python)
+        .arg(repo.join("tests/airflow/check_sharded.py"))
+        .args([
+            "--date",
+            "2026-05-15",
+            "--bin",
+            env!("CARGO_BIN_EXE_propel"),
+        ])
+        .arg("--job")
+        .arg(&job)
+        .env("PROPEL_SHARDS", "2")
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    assert!(out.join("2026-05-15/_SUCCESS").exists());
+    for i in 0..2 {
+        assert!(
+            out.join(format!("_state/shards/2026-05-15/2/{i}/part/part.json"))
+                .exists()
+        );
+    }
+}
+
+#[test]
+fn the_kubernetes_indexed_job_runs_its_shards_and_merge() {
+    // PyYAML comes with Airflow's environment.
+    let Some(python) = python_from("PROPEL_AIRFLOW_PYTHON") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let out = tmp.path().join("out");
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[[input]]\nurl = {:?}\n[output]\nurl = {:?}\n",
+            events.display().to_string(),
+            out.display().to_string()
+        ),
+    )
+    .unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = std::process::Command::new(python)
+        .arg(repo.join("tests/kubernetes/check_indexed_job.py"))
+        .args([
+            "--as-of",
+            "2026-05-15",
+            "--bin",
+            env!("CARGO_BIN_EXE_propel"),
+        ])
+        .arg("--job")
+        .arg(&job)
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    assert!(out.join("2026-05-15/_SUCCESS").exists());
+}
