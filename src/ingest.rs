@@ -844,8 +844,10 @@ fn without(rows: LazyFrame, positions: Series) -> LazyFrame {
 const DVCE_CREATED: &str = "_dvce_created";
 const DVCE_SENT: &str = "_dvce_sent";
 
-/// The reason a row is quarantined, or null when it is usable. First failing rule wins.
-fn quarantine_reason(quality: &Quality) -> Expr {
+/// The quarantine rules in the order they are tried, each as (the row fails it, the reason
+/// it gives); the first failing rule wins. Snowplow's session cap comes last
+/// (`long_sessions`), since it looks only at rows that passed these.
+fn quarantine_rules(quality: &Quality) -> Vec<(Expr, Expr)> {
     let day = crate::util::MICROS_PER_DAY;
     let micros = |c: &str| col(c).cast(DataType::Int64);
     // Snowplow's late rule: sent by the device more than N days after it was created (with
@@ -872,59 +874,104 @@ fn quarantine_reason(quality: &Quality) -> Expr {
         .or(col(ev::CLIENT_USERID).is_not_null())
         .or(col(ev::EMAIL).is_not_null())
         .or(col(ev::LOYALTY_ID).is_not_null());
-    when(col(PARSE_ERROR).is_not_null())
-        .then(col(PARSE_ERROR))
-        .when(col(ev::EVENT_ID).is_null().or(col(ev::EVENT_ID).eq(lit(""))))
-        .then(lit("missing event_id"))
-    .when(col(ev::COLLECTOR_TSTAMP).is_null())
-    .then(lit("missing collector_tstamp"))
-    .when(has_identifier.not())
-    .then(lit(
-        "no identifier (user_id, domain_userid, network_userid, client session user, e-mail, loyalty id all null)",
-    ))
-    .when(col(ev::QUANTITY).lt(lit(0.0)))
-    .then(lit("negative quantity"))
-    .when(
-        col(ev::UNIT_PRICE)
-            .is_nan()
-            .or(col(ev::ORDER_TOTAL).is_nan()),
+    vec![
+        (col(PARSE_ERROR).is_not_null(), col(PARSE_ERROR)),
+        (
+            col(ev::EVENT_ID)
+                .is_null()
+                .or(col(ev::EVENT_ID).eq(lit(""))),
+            lit("missing event_id"),
+        ),
+        (
+            col(ev::COLLECTOR_TSTAMP).is_null(),
+            lit("missing collector_tstamp"),
+        ),
+        (
+            has_identifier.not(),
+            lit(
+                "no identifier (user_id, domain_userid, network_userid, client session user, e-mail, loyalty id all null)",
+            ),
+        ),
+        (col(ev::QUANTITY).lt(lit(0.0)), lit("negative quantity")),
+        (
+            col(ev::UNIT_PRICE)
+                .is_nan()
+                .or(col(ev::ORDER_TOTAL).is_nan()),
+            lit("NaN price or total"),
+        ),
+        (
+            late,
+            lit(format!(
+                "late: sent by the device more than {} days after it was created",
+                quality.days_late_allowed
+            )),
+        ),
+        (bot, lit("bot or spider user agent")),
+        (
+            lit(false),
+            lit(format!(
+                "session longer than {} days (events after its first {} days)",
+                quality.max_session_days, quality.max_session_days
+            )),
+        ),
+    ]
+}
+
+/// Column `_reason_code`: the position (from 1) of the first quarantine rule a row fails, or
+/// null when it is usable. A number, not the reason's text: the text is written only for the
+/// quarantined rows (`reason_text`).
+const REASON_CODE: &str = "_reason_code";
+
+fn reason_code(rules: &[(Expr, Expr)]) -> Expr {
+    first_match(
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, (fails, _))| (fails.clone(), lit(i as u32 + 1))),
     )
-    .then(lit("NaN price or total"))
-    .when(late)
-    .then(lit(format!(
-        "late: sent by the device more than {} days after it was created",
-        quality.days_late_allowed
-    )))
-    .when(bot)
-    .then(lit("bot or spider user agent"))
+    .otherwise(lit(NULL).cast(DataType::UInt32))
+}
+
+fn reason_text(rules: &[(Expr, Expr)]) -> Expr {
+    first_match(
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, (_, text))| (col(REASON_CODE).eq(lit(i as u32 + 1)), text.clone())),
+    )
     .otherwise(lit(NULL).cast(DataType::String))
+}
+
+/// `when(c1).then(v1).when(c2).then(v2)...` of at least two (condition, value) pairs.
+fn first_match(mut pairs: impl Iterator<Item = (Expr, Expr)>) -> ChainedThen {
+    let (c1, v1) = pairs.next().expect("two rules or more");
+    let (c2, v2) = pairs.next().expect("two rules or more");
+    pairs.fold(when(c1).then(v1).when(c2).then(v2), |chain, (c, v)| {
+        chain.when(c).then(v)
+    })
 }
 
 /// Snowplow's session cap: a tracker session that lasts longer than N days (from its first
 /// usable event, on the collector clock) is quarantined from that point on, as
-/// dbt-snowplow-utils does; its first N days of events stay.
-fn long_sessions(quality: &Quality) -> Expr {
-    let reason = col(output::QUARANTINE_REASON);
+/// dbt-snowplow-utils does; its first N days of events stay. The rule is the last of `rules`.
+fn long_sessions(quality: &Quality, rules: &[(Expr, Expr)]) -> Expr {
+    let code = col(REASON_CODE);
     let collector = col(ev::COLLECTOR_TSTAMP).cast(DataType::Int64);
     let start = collector
         .clone()
-        .filter(reason.clone().is_null())
+        .filter(code.clone().is_null())
         .min()
         .over([col(ev::DOMAIN_SESSIONID)])
         .expect("a window over one column");
     when(
-        reason
-            .clone()
+        code.clone()
             .is_null()
             .and(col(ev::DOMAIN_SESSIONID).is_not_null().and(
                 collector.gt(start + lit(quality.max_session_days * crate::util::MICROS_PER_DAY)),
             )),
     )
-    .then(lit(format!(
-        "session longer than {} days (events after its first {} days)",
-        quality.max_session_days, quality.max_session_days
-    )))
-    .otherwise(reason)
+    .then(lit(rules.len() as u32))
+    .otherwise(code)
 }
 
 /// Reads and normalises the events at `location`; see the module documentation.
@@ -988,10 +1035,11 @@ pub fn ingest(
         }
         .into());
     }
+    let rules = quarantine_rules(quality);
     let all = concat(frames, UnionArgs::default())
         .ctx("combining input files")?
-        .with_column(quarantine_reason(quality).alias(output::QUARANTINE_REASON))
-        .with_column(long_sessions(quality).alias(output::QUARANTINE_REASON))
+        .with_column(reason_code(&rules).alias(REASON_CODE))
+        .with_column(long_sessions(quality, &rules).alias(REASON_CODE))
         .collect()
         .map_err(|e| InputError::Unreadable {
             location: location.clone(),
@@ -1001,17 +1049,24 @@ pub fn ingest(
     let quarantine = all
         .clone()
         .lazy()
-        .filter(col(output::QUARANTINE_REASON).is_not_null())
+        .filter(col(REASON_CODE).is_not_null())
         .sort([ORDER], Default::default())
-        .drop(cols([ORDER, PARSE_ERROR, DVCE_CREATED, DVCE_SENT]))
+        .with_column(reason_text(&rules).alias(output::QUARANTINE_REASON))
+        .drop(cols([
+            ORDER,
+            PARSE_ERROR,
+            DVCE_CREATED,
+            DVCE_SENT,
+            REASON_CODE,
+        ]))
         .collect()
         .ctx("quarantine")?;
     // Each collect below projects the key columns it needs.
     let valid = all
         .clone()
         .lazy()
-        .filter(col(output::QUARANTINE_REASON).is_null())
-        .drop(cols([output::QUARANTINE_REASON]));
+        .filter(col(REASON_CODE).is_null())
+        .drop(cols([REASON_CODE]));
     // Rows stay in input order (files in listing order, rows in file order) throughout.
     let copies = later_copies(valid.clone())?;
     let unique = without(valid, copies.clone());
@@ -1048,9 +1103,7 @@ pub fn ingest(
     let used = all
         .clone()
         .lazy()
-        .select([col(output::QUARANTINE_REASON)
-            .is_null()
-            .and(not_at(dropped))])
+        .select([col(REASON_CODE).is_null().and(not_at(dropped))])
         .collect()
         .ctx("selecting the used rows")?;
     let used = used.columns()[0].bool().ctx("used rows")?.clone();
@@ -1061,7 +1114,7 @@ pub fn ingest(
         PARSE_ERROR,
         DVCE_CREATED,
         DVCE_SENT,
-        output::QUARANTINE_REASON,
+        REASON_CODE,
     ] {
         all.drop_in_place(helper).ctx("dropping ingest columns")?;
     }

@@ -101,13 +101,16 @@ const NIGHT_FRAMES: [&str; 5] = [
     "quarantine",
 ];
 
-/// Writes a kept stage frame: LZ4, since it is written every night and read back only by
-/// `--from-stage features`.
+/// Writes a kept stage frame. It is written every night and read back whole, if at all, only
+/// by `--from-stage features`: no compression and no statistics, which cost a third of the
+/// writing time for a sixth more bytes (1M events: 1.7 s and 102 MB against 2.7 s and 88 MB
+/// with LZ4 and statistics).
 fn write_stage_frame(stage: &std::path::Path, name: &str, df: &DataFrame) -> Result<()> {
     crate::util::write_parquet_with(
         &mut df.clone(),
         &stage.join(format!("{name}.parquet")),
-        ParquetCompression::Lz4Raw,
+        ParquetCompression::Uncompressed,
+        StatisticsOptions::empty(),
     )
 }
 
@@ -244,6 +247,101 @@ impl Prepared {
             sessions: read_stage_frame(&stage, "sessions")?,
             events,
         })
+    }
+}
+
+/// The events and sessions a night's state keeps for `--from-stage features`, the largest
+/// files of the state: written on a thread of their own while the model trains and the
+/// audiences are built, into a directory beside the nights, and moved into the night when it
+/// is committed. A rerun from the features stage links the files the night already has.
+enum StageEvents {
+    Writing {
+        dir: PathBuf,
+        handle: Option<std::thread::JoinHandle<Result<()>>>,
+    },
+    /// The stage directory of the night the run started from (the same events).
+    Linked(PathBuf),
+}
+
+/// Where `StageEvents` writes, under the state root, by process id.
+const STAGE_WRITING: &str = ".stage-writing-";
+const STAGE_EVENT_FRAMES: [&str; 2] = ["events", "sessions"];
+
+impl StageEvents {
+    /// Starts writing; the caller holds the state location's lock, so what an earlier run
+    /// that crashed left behind can go.
+    fn write(state: &std::path::Path, events: DataFrame, sessions: DataFrame) -> Result<Self> {
+        for entry in std::fs::read_dir(state).ctx(format!("listing {}", state.display()))? {
+            let entry = entry.ctx("listing state")?;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STAGE_WRITING)
+            {
+                std::fs::remove_dir_all(entry.path())
+                    .ctx(format!("removing {}", entry.path().display()))?;
+            }
+        }
+        let dir = state.join(format!("{STAGE_WRITING}{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ctx(format!("creating {}", dir.display()))?;
+        let to = dir.clone();
+        let handle = std::thread::spawn(move || {
+            let t = Instant::now();
+            write_stage_frame(&to, STAGE_EVENT_FRAMES[0], &events)?;
+            write_stage_frame(&to, STAGE_EVENT_FRAMES[1], &sessions)?;
+            info!(
+                ms = t.elapsed().as_millis() as u64,
+                "the night's events kept"
+            );
+            Ok(())
+        });
+        Ok(StageEvents::Writing {
+            dir,
+            handle: Some(handle),
+        })
+    }
+
+    /// Waits for the files and puts them into `stage`, the stage directory of the night being
+    /// committed.
+    fn finish(&mut self, stage: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
+        let file = |name: &str| format!("{name}.parquet");
+        match self {
+            StageEvents::Writing { dir, handle } => {
+                handle.take().expect("finished once").join().map_err(|_| {
+                    crate::error::Error::Io {
+                        context: "writing the night's events".into(),
+                        source: std::io::Error::other("the writer thread panicked"),
+                    }
+                })??;
+                for name in STAGE_EVENT_FRAMES {
+                    std::fs::rename(dir.join(file(name)), stage.join(file(name)))
+                        .ctx(format!("moving {} into the night", file(name)))?;
+                }
+                Ok(())
+            }
+            StageEvents::Linked(from) => {
+                for name in STAGE_EVENT_FRAMES {
+                    let (src, dst) = (from.join(file(name)), stage.join(file(name)));
+                    if std::fs::hard_link(&src, &dst).is_err() {
+                        std::fs::copy(&src, &dst).ctx(format!("copying {}", src.display()))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for StageEvents {
+    /// A run that fails (or a model that is refused) leaves nothing beside the nights.
+    fn drop(&mut self) {
+        if let StageEvents::Writing { dir, handle } = self {
+            if let Some(h) = handle.take() {
+                let _ = h.join();
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -732,6 +830,7 @@ pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
         events: None,
     };
     let part = per_customer(&prep, &job, &cutoffs, &no_cache, &mut timer)?;
+    timer.lap("features");
     let record = PartRecord {
         propel_version: env!("CARGO_PKG_VERSION").into(),
         as_of,
@@ -1210,7 +1309,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     };
     // The night, the cutoffs, the per-customer stages' results, and the events and sessions
     // to keep in state (not when the shards keep them).
-    let (night, cutoffs, part, kept) = match opts.merge_shards {
+    let (night, cutoffs, part, mut kept) = match opts.merge_shards {
         Some(count) => {
             let as_of = match opts.as_of {
                 Some(d) => d,
@@ -1251,7 +1350,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 sessions,
                 ..
             } = prep;
-            (night, cutoffs, part, Some((events, sessions)))
+            let kept = match opts.from_stage {
+                Stage::Ingest => StageEvents::write(state.root(), events, sessions)?,
+                Stage::Features => StageEvents::Linked(state.night(night.as_of).join(STAGE_DIR)),
+            };
+            (night, cutoffs, part, Some(kept))
         }
     };
     let as_of = night.as_of;
@@ -1509,8 +1612,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     // State advances only once the run's outputs are published, in one atomic commit: the
     // identity graph and the model in production (the new one if promoted, else the same).
     state.commit(as_of, job.state_keep_nights, |dir| {
-        match &kept {
-            Some((events, sessions)) => write_prepared(dir, &night, events, sessions)?,
+        match kept.as_mut() {
+            Some(events) => {
+                night.write(dir, None)?;
+                events.finish(&dir.join(STAGE_DIR))?
+            }
             None => night.write(dir, opts.merge_shards)?,
         }
         write_parquet(

@@ -9,23 +9,33 @@ use crate::error::{Context, Result};
 
 /// Writes a frame as zstd Parquet with statistics. Output bytes depend only on the frame.
 pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
-    write_parquet_with(df, path, ParquetCompression::Zstd(None))
+    write_parquet_with(
+        df,
+        path,
+        ParquetCompression::Zstd(None),
+        StatisticsOptions::default(),
+    )
 }
 
-/// Writes a frame as Parquet with `compression`: LZ4 for what a night keeps for the next
-/// one, which is written every night and read back rarely (it compresses several times
-/// faster than zstd, for larger files).
+/// Writes a frame as Parquet with `compression` and `statistics` (the state a night keeps
+/// is written without either: see `pipeline::write_stage_frame`).
 pub fn write_parquet_with(
     df: &mut DataFrame,
     path: &Path,
     compression: ParquetCompression,
+    statistics: StatisticsOptions,
 ) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
     }
+    // One chunk per column: the file's pages then depend on the values only, not on how the
+    // frame happens to be chunked in memory (the sessions of merged shards, a concatenation,
+    // write the bytes that one whole run's write).
+    df.rechunk_mut_par();
     let file = std::fs::File::create(path).ctx(format!("creating {}", path.display()))?;
     ParquetWriter::new(file)
         .with_compression(compression)
+        .with_statistics(statistics)
         .finish(df)
         .ctx(format!("writing {}", path.display()))?;
     Ok(())
