@@ -288,3 +288,36 @@ pub fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
         .map(|v| v.map(str::to_string))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_writes_the_same_bytes_however_it_is_chunked() {
+        let part = |from: i64| {
+            let n = 300_000;
+            df!(
+                "id" => (from..from + n).collect::<Vec<_>>(),
+                "pages" => (from..from + n)
+                    .map(|i| Series::new("".into(), vec![format!("/p{}", i % 7); (i % 5) as usize]))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
+        let mut two = part(0).vstack(&part(300_000)).unwrap();
+        assert_eq!(two.first_col_n_chunks(), 2);
+        let mut one = two.clone();
+        one.rechunk_mut();
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = |df: &mut DataFrame, name: &str| {
+            let path = dir.path().join(name);
+            write_parquet(df, &path).unwrap();
+            std::fs::read(path).unwrap()
+        };
+        assert_eq!(
+            bytes(&mut two, "two.parquet"),
+            bytes(&mut one, "one.parquet")
+        );
+    }
+}
