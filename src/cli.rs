@@ -333,10 +333,10 @@ pub fn execute(cli: Cli) -> Result<()> {
                     PathBuf::from(DEMO_DIR).join("out").display().to_string(),
                 ));
             }
-            // Shards and the merge read the demo events that a whole demo run generated.
             let sharded = shard.is_some() || merge_shards.is_some();
             if demo && from_stage == Stage::Ingest {
                 let events = PathBuf::from(DEMO_DIR).join("events");
+                // Shards and the merge read the demo events that a whole demo run generated.
                 if sharded {
                     opts.inputs = cli_inputs(vec![events.display().to_string()], vec![]);
                 } else {
@@ -366,6 +366,17 @@ pub fn execute(cli: Cli) -> Result<()> {
             }
             let nights = AsOf::nights(as_of);
             let backfill = nights.len() > 1;
+            if backfill && sharded {
+                // Each night's shards start from the state its predecessor's merge commits.
+                return Err(crate::error::ConfigError(vec![crate::error::ConfigProblem {
+                    file: "--as-of".into(),
+                    key: String::new(),
+                    message: "--shard and --merge-shards take one night, not FROM..TO: run each \
+                              night's shards, then its merge, then the next night's"
+                        .into(),
+                }])
+                .into());
+            }
             for night in nights {
                 opts.as_of = night;
                 if let Some(shard) = shard {

@@ -56,6 +56,11 @@ fn three_shards_and_a_merge_publish_what_one_run_publishes() {
     };
     ok(run(&whole, "2026-05-15", &[]));
 
+    // A backfill runs nights in order, each from its predecessor's merge: not sharded.
+    let o = run(&sharded, "2026-05-14..2026-05-15", &["--shard", "0/3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("take one night"), "{}", stderr(&o));
+
     let mut customers = 0;
     for i in 0..3 {
         if i == 2 {
