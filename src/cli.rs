@@ -380,10 +380,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             for night in nights {
                 opts.as_of = night;
                 if let Some(shard) = shard {
-                    let s = run_shard(&opts, shard).map_err(|e| match (backfill, night) {
-                        (true, Some(d)) => e.during_backfill(d),
-                        _ => e,
-                    })?;
+                    let s = run_shard(&opts, shard)?;
                     println!(
                         "propel shard {} as of {}: {} customers, {} events; part kept in {}",
                         s.shard,

@@ -259,8 +259,8 @@ enum StageEvents {
         dir: PathBuf,
         handle: Option<std::thread::JoinHandle<Result<()>>>,
     },
-    /// The stage directory of the night the run started from (the same events).
-    Linked(PathBuf),
+    /// The night the run started from (the same events), found in `state` at the commit.
+    Linked { state: PathBuf, night: NaiveDate },
 }
 
 /// Where `StageEvents` writes, under the state root, by process id.
@@ -301,26 +301,37 @@ impl StageEvents {
         })
     }
 
-    /// Waits for the files and puts them into `stage`, the stage directory of the night being
-    /// committed.
+    /// Waits until the files are written: before publishing, so that a night whose state
+    /// cannot be kept is not published either.
+    fn wait(&mut self) -> Result<()> {
+        if let StageEvents::Writing { handle, .. } = self
+            && let Some(h) = handle.take()
+        {
+            h.join().map_err(|_| crate::error::Error::Io {
+                context: "writing the night's events".into(),
+                source: std::io::Error::other("the writer thread panicked"),
+            })??;
+        }
+        Ok(())
+    }
+
+    /// Puts the files into `stage`, the stage directory of the night being committed.
     fn finish(&mut self, stage: &std::path::Path) -> Result<()> {
+        self.wait()?;
         std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
         let file = |name: &str| format!("{name}.parquet");
         match self {
-            StageEvents::Writing { dir, handle } => {
-                handle.take().expect("finished once").join().map_err(|_| {
-                    crate::error::Error::Io {
-                        context: "writing the night's events".into(),
-                        source: std::io::Error::other("the writer thread panicked"),
-                    }
-                })??;
+            StageEvents::Writing { dir, .. } => {
                 for name in STAGE_EVENT_FRAMES {
                     std::fs::rename(dir.join(file(name)), stage.join(file(name)))
                         .ctx(format!("moving {} into the night", file(name)))?;
                 }
                 Ok(())
             }
-            StageEvents::Linked(from) => {
+            StageEvents::Linked { state, night } => {
+                let from = crate::state::StateDir::new(state.clone())
+                    .night(*night)
+                    .join(STAGE_DIR);
                 for name in STAGE_EVENT_FRAMES {
                     let (src, dst) = (from.join(file(name)), stage.join(file(name)));
                     if std::fs::hard_link(&src, &dst).is_err() {
@@ -657,20 +668,65 @@ struct PartRecord {
     shards: usize,
     /// `Night::digest`: every shard of a night must have seen the same night.
     night: String,
-    /// SHA-256 of `snapshots_key`: the definitions and cutoffs the features were computed for.
+    /// `starts_from`: the state the night started from, which the merge starts from too.
+    starts_from: Option<String>,
+    /// `shard_definitions`: what the shard's stages were computed with.
     definitions: String,
     events: usize,
     fingerprint: String,
 }
 
+/// Everything a shard's stages depend on besides the events: the snapshots' definitions and
+/// cutoffs, and the sessions', consent's, quality rules' and identity's settings.
+fn shard_definitions(job: &Job, cutoffs: &Cutoffs) -> String {
+    crate::util::sha256_hex(&format!(
+        "{}\n{}\n{:?}\n{:?}\n{:?}\n{:?}",
+        snapshots_key(job, cutoffs),
+        job.session_inactivity_minutes,
+        job.privacy,
+        job.quality,
+        job.identity_limits,
+        job.suppression
+    ))
+}
+
+/// Digest of the state a run as of `as_of` starts from (the files of the night before it:
+/// identity graph, model, audience members, profiles), or `None` for a first night.
+fn starts_from(state: &crate::state::StateDir, as_of: NaiveDate) -> Result<Option<String>> {
+    let Some(dir) = state.before(as_of)? else {
+        return Ok(None);
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .ctx(format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut hasher = blake3::Hasher::new();
+    for file in files {
+        hasher.update(file.file_name().unwrap_or_default().as_encoded_bytes());
+        hasher.update(&std::fs::read(&file).ctx(format!("reading {}", file.display()))?);
+    }
+    Ok(Some(hasher.finalize().to_hex().to_string()))
+}
+
+/// Hidden entries of a shard's directory: a part being written, a part being replaced.
+const PART_PENDING: &str = ".pending-part-";
+const PART_REPLACED: &str = ".replaced-part-";
+
 impl Part {
     /// Writes a shard's part (with what `--from-stage features --shard` restarts from) into
-    /// its directory: aside first, then renamed into place.
+    /// its directory `dir`, whose lock the caller holds: aside first, then renamed into place
+    /// (a crash leaves the old part, or none, which the merge reports as not completed).
     fn write(&self, prep: &Prepared, record: &PartRecord, dir: &std::path::Path) -> Result<()> {
-        let pending = dir.join(format!(".pending-{PART_DIR}-{}", std::process::id()));
-        if pending.exists() {
-            std::fs::remove_dir_all(&pending).ctx(format!("removing {}", pending.display()))?;
+        for entry in std::fs::read_dir(dir).ctx(format!("listing {}", dir.display()))? {
+            let entry = entry.ctx("listing the shard")?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(PART_PENDING) || name.starts_with(PART_REPLACED) {
+                std::fs::remove_dir_all(entry.path()).ctx(format!("removing {name}"))?;
+            }
         }
+        let pending = dir.join(format!("{PART_PENDING}{}", std::process::id()));
         prep.write(&pending)?;
         write_stage_frame(&pending, "snapshots", &self.snapshots)?;
         write_stage_frame(&pending, "contacts", &self.contacts)?;
@@ -681,14 +737,19 @@ impl Part {
         .ctx("writing part.json")?;
         let part = dir.join(PART_DIR);
         if part.exists() {
-            std::fs::remove_dir_all(&part).ctx(format!("removing {}", part.display()))?;
+            let aside = dir.join(format!("{PART_REPLACED}{}", std::process::id()));
+            std::fs::rename(&part, &aside).ctx(format!("moving aside {}", part.display()))?;
+            std::fs::rename(&pending, &part).ctx(format!("writing {}", part.display()))?;
+            std::fs::remove_dir_all(&aside).ctx(format!("removing {}", aside.display()))
+        } else {
+            std::fs::rename(&pending, &part).ctx(format!("writing {}", part.display()))
         }
-        std::fs::rename(&pending, &part).ctx(format!("writing {}", part.display()))
     }
 }
 
-/// The night and the merged parts of its `count` shards, checked to belong together: the
-/// same night, the same definitions (those of `job`), every shard present.
+/// The night and the merged parts of its `count` shards, checked to belong together: every
+/// shard present, the same night, started from the state the merge starts from, computed
+/// with the merge's definitions. The shards' locks are held while their parts are read.
 fn merge_parts(
     state: &crate::state::StateDir,
     as_of: NaiveDate,
@@ -704,34 +765,58 @@ fn merge_parts(
         .into()
     };
     let mut parts = Vec::with_capacity(count);
+    let mut _locks = Vec::with_capacity(count);
     for index in 0..count {
         let shard = Shard { index, count };
+        _locks.push(crate::publish::RunLock::acquire(&shard.dir(state, as_of))?);
         let dir = shard.dir(state, as_of).join(PART_DIR);
-        let record: PartRecord = std::fs::read_to_string(dir.join(PART_RECORD))
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .ok_or_else(|| {
-                problem(
-                    &dir,
-                    format!(
-                        "shard {shard} of the night {as_of} has not completed: run \
-                         `propel run --shard {shard} --as-of {as_of}` (same job) before the merge"
-                    ),
-                )
-            })?;
+        let rerun = format!("`propel run --shard {shard} --as-of {as_of}` (same job)");
+        let text = std::fs::read_to_string(dir.join(PART_RECORD)).map_err(|_| {
+            problem(
+                &dir,
+                format!("shard {shard} of the night {as_of} has not completed: run {rerun} before the merge"),
+            )
+        })?;
+        let record: PartRecord = serde_json::from_str(&text).map_err(|e| {
+            problem(
+                &dir,
+                format!("part.json of shard {shard} is unreadable ({e}; another propel version?): rerun {rerun}"),
+            )
+        })?;
+        if record.propel_version != env!("CARGO_PKG_VERSION") {
+            return Err(problem(
+                &dir,
+                format!(
+                    "shard {shard} ran propel {}, this merge is {}: rerun {rerun}",
+                    record.propel_version,
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
         parts.push((shard, dir, record));
     }
     let (night, _) = Night::load(&parts[0].1, as_of)?;
     let digest = night.digest()?;
     let cutoffs = night.cutoffs(job)?;
-    let definitions = crate::util::sha256_hex(&snapshots_key(job, &cutoffs));
+    let definitions = shard_definitions(job, &cutoffs);
+    let start = starts_from(state, as_of)?;
     for (shard, dir, record) in &parts {
-        if record.night != digest || record.propel_version != env!("CARGO_PKG_VERSION") {
+        let rerun = "rerun every shard of the night, then the merge";
+        if record.starts_from != start {
             return Err(problem(
                 dir,
                 format!(
-                    "shard {shard} saw another night than shard 0/{count} (other events, state or \
-                     propel version): rerun every shard of {as_of} with the same inputs"
+                    "shard {shard} started from another state than this merge (a night before \
+                     {as_of} was run or rerun since): {rerun}"
+                ),
+            ));
+        }
+        if record.night != digest {
+            return Err(problem(
+                dir,
+                format!(
+                    "shard {shard} saw another night than shard 0/{count} (other events or \
+                     identity settings): {rerun} with the same inputs"
                 ),
             ));
         }
@@ -739,8 +824,8 @@ fn merge_parts(
             return Err(problem(
                 dir,
                 format!(
-                    "shard {shard} computed other features, labels or cutoffs than this job \
-                     defines: rerun it with the merge's job files"
+                    "shard {shard} was computed with other features, labels, cutoffs, sessions, \
+                     consent or quality settings than this job: {rerun} with the merge's job files"
                 ),
             ));
         }
@@ -796,15 +881,20 @@ pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
     let state = crate::state::StateDir::new(state_dir);
     let mut timer = Timer::start(opts.as_of);
     let lock = |as_of: NaiveDate| crate::publish::RunLock::acquire(&shard.dir(&state, as_of));
-    let (prep, _lock) = match opts.from_stage {
+    // The state the shard starts from, read when its identity is resolved.
+    let (prep, start, _lock) = match opts.from_stage {
         Stage::Ingest => {
             let early = opts.as_of.map(lock).transpose()?;
+            let start = opts.as_of.map(|d| starts_from(&state, d)).transpose()?;
             let prep = prepare(&inputs, opts.as_of, &job, &state, Some(shard), &mut timer)?;
-            let held = match early {
-                Some(held) => held,
-                None => lock(prep.night.as_of)?,
+            let (held, start) = match (early, start) {
+                (Some(held), Some(start)) => (held, start),
+                _ => (
+                    lock(prep.night.as_of)?,
+                    starts_from(&state, prep.night.as_of)?,
+                ),
             };
-            (prep, held)
+            (prep, start, held)
         }
         Stage::Features => {
             let as_of = opts.as_of.ok_or_else(|| {
@@ -815,11 +905,16 @@ pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
                 }])
             })?;
             let held = lock(as_of)?;
-            let prep = Prepared::load(&shard.dir(&state, as_of).join(PART_DIR), as_of)?;
+            let part = shard.dir(&state, as_of).join(PART_DIR);
+            let prep = Prepared::load(&part, as_of)?;
+            let kept: PartRecord = std::fs::read_to_string(part.join(PART_RECORD))
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .ok_or_else(|| nothing_kept(&part, as_of))?;
             for stage in ["ingest", "identity", "sessions"] {
                 timer.lap(stage);
             }
-            (prep, held)
+            (prep, kept.starts_from, held)
         }
     };
     let as_of = prep.night.as_of;
@@ -837,7 +932,8 @@ pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
         shard: shard.index,
         shards: shard.count,
         night: prep.night.digest()?,
-        definitions: crate::util::sha256_hex(&snapshots_key(&job, &cutoffs)),
+        starts_from: start,
+        definitions: shard_definitions(&job, &cutoffs),
         events: part.events,
         fingerprint: part.fingerprint.clone(),
     };
@@ -1352,7 +1448,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             } = prep;
             let kept = match opts.from_stage {
                 Stage::Ingest => StageEvents::write(state.root(), events, sessions)?,
-                Stage::Features => StageEvents::Linked(state.night(night.as_of).join(STAGE_DIR)),
+                Stage::Features => StageEvents::Linked {
+                    state: state.root().to_path_buf(),
+                    night: night.as_of,
+                },
             };
             (night, cutoffs, part, Some(kept))
         }
@@ -1606,6 +1705,9 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         serde_json::to_string_pretty(&record).expect("json") + "\n",
     )
     .ctx("writing run.json")?;
+    if let Some(events) = kept.as_mut() {
+        events.wait()?;
+    }
     let output_dir = staging.publish()?;
     info!(output = %output_dir.display(), "published");
     audience::log_activations(&output_root, as_of, &audiences)?;

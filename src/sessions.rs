@@ -124,9 +124,11 @@ pub fn sessionize(
     let sessions = events
         .clone()
         .lazy()
-        .group_by_stable([col(ev::SESSION_ID)])
+        // A tracker session is one customer's: a shared device's session that identity split
+        // between two people (its cookie's guard) gives each of them a session, so every
+        // customer's sessions depend on their own events only (and shards agree with a whole run).
+        .group_by_stable([col(ev::SESSION_ID), col(ev::CUSTOMER_ID)])
         .agg([
-            col(ev::CUSTOMER_ID).first(),
             col(ev::TSTAMP).min().alias(START),
             col(ev::TSTAMP).max().alias(END),
             ((col(ev::TSTAMP).max().cast(DataType::Int64)
@@ -245,6 +247,45 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_tracker_session_split_between_two_customers_is_a_session_of_each() {
+        let (_, sessions) = sessionize(
+            events(&[
+                ("e1", "a", Some("s1"), 0, "page_view", "/"),
+                ("e2", "b", Some("s1"), 5, "page_view", "/login"),
+                ("e3", "a", Some("s1"), 7, "page_view", "/p/1"),
+            ]),
+            30,
+        )
+        .unwrap();
+        let rows: Vec<(String, String, i64)> = (0..sessions.height())
+            .map(|i| {
+                let text = |c: &str| {
+                    sessions
+                        .column(c)
+                        .unwrap()
+                        .str()
+                        .unwrap()
+                        .get(i)
+                        .unwrap()
+                        .to_string()
+                };
+                let n = sessions
+                    .column(EVENTS)
+                    .unwrap()
+                    .get(i)
+                    .unwrap()
+                    .try_extract::<i64>()
+                    .unwrap();
+                (text(ev::CUSTOMER_ID), text(ev::SESSION_ID), n)
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [("a".into(), "s1".into(), 2), ("b".into(), "s1".into(), 1)]
+        );
     }
 
     #[test]

@@ -40,8 +40,19 @@ impl StateDir {
         self.night_dir(night)
     }
 
+    /// Where a night is: in place, or still aside when a replacement of it crashed between
+    /// its two renames (then the old night is still the truth; the next commit puts it back).
+    /// Reading never moves anything, so runs that do not hold the state's lock (shards) can
+    /// read while another run commits.
     fn night_dir(&self, night: NaiveDate) -> PathBuf {
-        self.root.join(format!("{PREFIX}{night}"))
+        let name = format!("{PREFIX}{night}");
+        let aside = self.root.join(format!("{REPLACED}{name}"));
+        let dir = self.root.join(name);
+        if !dir.exists() && aside.exists() {
+            aside
+        } else {
+            dir
+        }
     }
 
     /// The committed nights, oldest first.
@@ -49,21 +60,22 @@ impl StateDir {
         if !self.root.exists() {
             return Ok(Vec::new());
         }
-        self.recover()?;
         let mut nights = Vec::new();
         for entry in
             std::fs::read_dir(&self.root).ctx(format!("listing {}", self.root.display()))?
         {
             let name = entry.ctx("listing state")?.file_name();
+            let name = name.to_string_lossy();
             if let Some(night) = name
-                .to_string_lossy()
                 .strip_prefix(PREFIX)
+                .or_else(|| name.strip_prefix(REPLACED)?.strip_prefix(PREFIX))
                 .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
             {
                 nights.push(night);
             }
         }
         nights.sort();
+        nights.dedup();
         Ok(nights)
     }
 
@@ -211,6 +223,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(state.nights().unwrap(), vec![day(5)]);
+        // Read where it is (reading moves nothing: runs without the lock read too).
+        assert_eq!(
+            std::fs::read_to_string(state.night(day(5)).join("a")).unwrap(),
+            "one"
+        );
+        assert!(root.path().join(".replaced-night-2026-01-05").exists());
         // The next run commits cleanly and clears the leftovers.
         state.commit(day(6), 7, write("two")).unwrap();
         let left: Vec<String> = std::fs::read_dir(root.path())

@@ -104,6 +104,20 @@ fn three_shards_and_a_merge_publish_what_one_run_publishes() {
         digests(&sharded.join("2026-05-16"))
     );
 
+    // Shards of the 17th start from the 16th; the 16th rerun since (other horizon, another
+    // model in state): the merge refuses their parts.
+    for i in 0..2 {
+        ok(run(&sharded, "2026-05-17", &["--shard", &format!("{i}/2")]));
+    }
+    ok(run(&sharded, "2026-05-16", &["--horizon", "10"]));
+    let o = run(&sharded, "2026-05-17", &["--merge-shards", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("started from another state"),
+        "{}",
+        stderr(&o)
+    );
+
     // A sharded night's events stay with its shards: the tuning loop says how to rerun it.
     let o = run(&sharded, "2026-05-15", &["--from-stage", "features"]);
     assert!(!o.status.success());

@@ -17,8 +17,8 @@ Set, as Airflow Variables or environment variables of the worker, as for propel_
     propel_job / PROPEL_JOB   path of the job file (TOML)  (default: /etc/propel/job.toml)
 
 and, in the environment of the scheduler and DAG processor (it fixes the number of mapped
-tasks when the file is parsed; changing it between a night's shards and its merge makes the
-merge fail with a clear message):
+tasks when the file is parsed; if it changes between a night's shards and its merge, the
+merge finds no parts for the new N and names the shard to run):
 
     PROPEL_SHARDS             number of shards             (default: 4)
 
