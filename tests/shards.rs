@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use sha2::{Digest, Sha256};
@@ -124,11 +124,16 @@ fn three_shards_and_a_merge_publish_what_one_run_publishes() {
     assert!(stderr(&o).contains("ran in 3 shards"), "{}", stderr(&o));
 }
 
-#[test]
-fn the_sharded_airflow_dag_runs_its_shards_and_merge() {
-    let Some(python) = python_from("PROPEL_AIRFLOW_PYTHON") else {
-        return;
-    };
+/// Runs a scheduler example's check script (`script`, with `args`) with the Airflow
+/// environment's Python on a job over small events; returns the job's output directory
+/// (in the temporary directory that holds everything) after asserting the script passed.
+/// `None` when that Python is not available.
+fn check_example(
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Option<(tempfile::TempDir, PathBuf)> {
+    let python = python_from("PROPEL_AIRFLOW_PYTHON")?;
     let tmp = tempfile::tempdir().unwrap();
     let events = small_events(tmp.path());
     let out = tmp.path().join("out");
@@ -144,16 +149,12 @@ fn the_sharded_airflow_dag_runs_its_shards_and_merge() {
     .unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let o = std::process::Command::new(python)
-        .arg(repo.join("tests/airflow/check_sharded.py"))
-        .args([
-            "--date",
-            "2026-05-15",
-            "--bin",
-            env!("CARGO_BIN_EXE_propel"),
-        ])
+        .arg(repo.join(script))
+        .args(args)
+        .args(["--bin", env!("CARGO_BIN_EXE_propel")])
         .arg("--job")
         .arg(&job)
-        .env("PROPEL_SHARDS", "2")
+        .envs(env.iter().copied())
         .current_dir(repo)
         .output()
         .unwrap();
@@ -164,6 +165,18 @@ fn the_sharded_airflow_dag_runs_its_shards_and_merge() {
         stderr(&o)
     );
     assert!(out.join("2026-05-15/_SUCCESS").exists());
+    Some((tmp, out))
+}
+
+#[test]
+fn the_sharded_airflow_dag_runs_its_shards_and_merge() {
+    let Some((_tmp, out)) = check_example(
+        "tests/airflow/check_sharded.py",
+        &["--date", "2026-05-15"],
+        &[("PROPEL_SHARDS", "2")],
+    ) else {
+        return;
+    };
     for i in 0..2 {
         assert!(
             out.join(format!("_state/shards/2026-05-15/2/{i}/part/part.json"))
@@ -175,41 +188,9 @@ fn the_sharded_airflow_dag_runs_its_shards_and_merge() {
 #[test]
 fn the_kubernetes_indexed_job_runs_its_shards_and_merge() {
     // PyYAML comes with Airflow's environment.
-    let Some(python) = python_from("PROPEL_AIRFLOW_PYTHON") else {
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let events = small_events(tmp.path());
-    let out = tmp.path().join("out");
-    let job = tmp.path().join("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            "[[input]]\nurl = {:?}\n[output]\nurl = {:?}\n",
-            events.display().to_string(),
-            out.display().to_string()
-        ),
-    )
-    .unwrap();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = std::process::Command::new(python)
-        .arg(repo.join("tests/kubernetes/check_indexed_job.py"))
-        .args([
-            "--as-of",
-            "2026-05-15",
-            "--bin",
-            env!("CARGO_BIN_EXE_propel"),
-        ])
-        .arg("--job")
-        .arg(&job)
-        .current_dir(repo)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
+    check_example(
+        "tests/kubernetes/check_indexed_job.py",
+        &["--as-of", "2026-05-15"],
+        &[],
     );
-    assert!(out.join("2026-05-15/_SUCCESS").exists());
 }
