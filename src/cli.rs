@@ -368,13 +368,11 @@ pub fn execute(cli: Cli) -> Result<()> {
             let backfill = nights.len() > 1;
             if backfill && sharded {
                 // Each night's shards start from the state its predecessor's merge commits.
-                return Err(crate::error::ConfigError(vec![crate::error::ConfigProblem {
-                    file: "--as-of".into(),
-                    key: String::new(),
-                    message: "--shard and --merge-shards take one night, not FROM..TO: run each \
-                              night's shards, then its merge, then the next night's"
-                        .into(),
-                }])
+                return Err(crate::error::ConfigError::one(
+                    "--as-of",
+                    "--shard and --merge-shards take one night, not FROM..TO: run each \
+                              night's shards, then its merge, then the next night's",
+                )
                 .into());
             }
             for night in nights {
@@ -514,18 +512,16 @@ pub fn execute(cli: Cli) -> Result<()> {
 fn read_metrics(run: &std::path::Path) -> Result<serde_json::Value> {
     let path = run.join("metrics.json");
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        crate::error::ConfigError(vec![crate::error::ConfigProblem {
-            file: path.display().to_string(),
-            key: String::new(),
-            message: format!("expected a run directory with metrics.json: {e}"),
-        }])
+        crate::error::ConfigError::one(
+            path.display().to_string(),
+            format!("expected a run directory with metrics.json: {e}"),
+        )
     })?;
     serde_json::from_str(&text).map_err(|e| {
-        crate::error::ConfigError(vec![crate::error::ConfigProblem {
-            file: path.display().to_string(),
-            key: String::new(),
-            message: format!("not a propel metrics file: {e}"),
-        }])
+        crate::error::ConfigError::one(
+            path.display().to_string(),
+            format!("not a propel metrics file: {e}"),
+        )
         .into()
     })
 }

@@ -29,6 +29,17 @@ impl std::fmt::Display for ConfigProblem {
 #[error("{} configuration problem(s):\n  {}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
 pub struct ConfigError(pub Vec<ConfigProblem>);
 
+impl ConfigError {
+    /// One problem with `file` (a file, a directory or a command-line flag) as a whole.
+    pub fn one(file: impl std::fmt::Display, message: impl Into<String>) -> ConfigError {
+        ConfigError(vec![ConfigProblem {
+            file: file.to_string(),
+            key: String::new(),
+            message: message.into(),
+        }])
+    }
+}
+
 /// Problems with the input events.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {

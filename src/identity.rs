@@ -124,14 +124,13 @@ impl Suppression {
             .iter()
             .any(|c| df.column(c).is_ok())
         {
-            return Err(crate::error::ConfigError(vec![crate::error::ConfigProblem {
-                file: path.display().to_string(),
-                key: String::new(),
-                message: format!(
+            return Err(crate::error::ConfigError::one(
+                path.display().to_string(),
+                format!(
                     "expected a column customer_id, email_sha256 or email; found {:?}",
                     df.get_column_names()
                 ),
-            }])
+            )
             .into());
         }
         Ok(s)

@@ -120,13 +120,9 @@ fn read_stage_frame(stage: &std::path::Path, name: &str) -> Result<DataFrame> {
 
 /// "--from-stage features" asked of a directory that kept nothing to start from.
 fn nothing_kept(dir: &std::path::Path, night: NaiveDate) -> crate::error::Error {
-    crate::error::ConfigError(vec![crate::error::ConfigProblem {
-        file: dir.display().to_string(),
-        key: String::new(),
-        message: format!(
+    crate::error::ConfigError::one(dir.display().to_string(), format!(
             "--from-stage features needs the night {night} run in full first (no kept stage outputs here)"
-        ),
-    }])
+        ))
     .into()
 }
 
@@ -229,14 +225,13 @@ impl Prepared {
     fn load(dir: &std::path::Path, night: NaiveDate) -> Result<Prepared> {
         let (kept, shards) = Night::load(dir, night)?;
         if let Some(n) = shards {
-            return Err(crate::error::ConfigError(vec![crate::error::ConfigProblem {
-                file: dir.display().to_string(),
-                key: String::new(),
-                message: format!(
+            return Err(crate::error::ConfigError::one(
+                dir.display().to_string(),
+                format!(
                     "the night {night} ran in {n} shards, which keep its events: rerun each with \
                      --from-stage features --shard I/{n}, then --merge-shards {n}"
                 ),
-            }])
+            )
             .into());
         }
         let stage = dir.join(STAGE_DIR);
@@ -757,12 +752,7 @@ fn merge_parts(
     job: &Job,
 ) -> Result<(Night, Cutoffs, Part)> {
     let problem = |dir: &std::path::Path, message: String| -> crate::error::Error {
-        crate::error::ConfigError(vec![crate::error::ConfigProblem {
-            file: dir.display().to_string(),
-            key: String::new(),
-            message,
-        }])
-        .into()
+        crate::error::ConfigError::one(dir.display().to_string(), message).into()
     };
     let mut parts = Vec::with_capacity(count);
     let mut _locks = Vec::with_capacity(count);
@@ -898,11 +888,10 @@ pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
         }
         Stage::Features => {
             let as_of = opts.as_of.ok_or_else(|| {
-                crate::error::ConfigError(vec![crate::error::ConfigProblem {
-                    file: "--as-of".into(),
-                    key: String::new(),
-                    message: "--from-stage features with --shard needs the night's --as-of".into(),
-                }])
+                crate::error::ConfigError::one(
+                    "--as-of",
+                    "--from-stage features with --shard needs the night's --as-of",
+                )
             })?;
             let held = lock(as_of)?;
             let part = shard.dir(&state, as_of).join(PART_DIR);
@@ -975,13 +964,10 @@ fn newest_sharded_night(state: &crate::state::StateDir) -> Result<NaiveDate> {
         })
         .max()
         .ok_or_else(|| {
-            crate::error::ConfigError(vec![crate::error::ConfigProblem {
-                file: dir.display().to_string(),
-                key: String::new(),
-                message:
-                    "--merge-shards found no shard parts here: run the shards first (--shard I/N)"
-                        .into(),
-            }])
+            crate::error::ConfigError::one(
+                dir.display().to_string(),
+                "--merge-shards found no shard parts here: run the shards first (--shard I/N)",
+            )
             .into()
         })
 }
@@ -1350,11 +1336,10 @@ fn settings(opts: &RunOptions) -> Result<(Job, Vec<InputDef>, PathBuf, PathBuf)>
     let mut job = Job::load(opts.job.as_deref())?;
     if let Some(h) = opts.horizon_days {
         if h <= 0 {
-            return Err(crate::error::ConfigError(vec![crate::error::ConfigProblem {
-                file: "--horizon".into(),
-                key: String::new(),
-                message: format!("expected a positive number of days, found {h}"),
-            }])
+            return Err(crate::error::ConfigError::one(
+                "--horizon",
+                format!("expected a positive number of days, found {h}"),
+            )
             .into());
         }
         job.model.horizon_days = h;
@@ -1424,11 +1409,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                     let as_of = match opts.as_of {
                         Some(d) => d,
                         None => *state.nights()?.last().ok_or_else(|| {
-                            crate::error::ConfigError(vec![crate::error::ConfigProblem {
-                                file: state.root().display().to_string(),
-                                key: String::new(),
-                                message: "--from-stage features needs a night already run; none is kept here".into(),
-                            }])
+                            crate::error::ConfigError::one(state.root().display().to_string(), "--from-stage features needs a night already run; none is kept here")
                         })?,
                     };
                     let prep = Prepared::load(&state.night(as_of), as_of)?;
