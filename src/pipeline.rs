@@ -203,22 +203,13 @@ impl Night {
     }
 }
 
-fn write_prepared(
-    dir: &std::path::Path,
-    night: &Night,
-    events: &DataFrame,
-    sessions: &DataFrame,
-) -> Result<()> {
-    night.write(dir, None)?;
-    let stage = dir.join(STAGE_DIR);
-    write_stage_frame(&stage, "events", events)?;
-    write_stage_frame(&stage, "sessions", sessions)
-}
-
 impl Prepared {
     /// Writes the night and the events and sessions into a state directory.
     fn write(&self, dir: &std::path::Path) -> Result<()> {
-        write_prepared(dir, &self.night, &self.events, &self.sessions)
+        self.night.write(dir, None)?;
+        let stage = dir.join(STAGE_DIR);
+        write_stage_frame(&stage, EVENTS_FRAME, &self.events)?;
+        write_stage_frame(&stage, SESSIONS_FRAME, &self.sessions)
     }
 
     /// What the run of `night` kept in `dir` (a night's state, or a shard's part).
@@ -235,11 +226,11 @@ impl Prepared {
             .into());
         }
         let stage = dir.join(STAGE_DIR);
-        let events = read_stage_frame(&stage, "events")?;
+        let events = read_stage_frame(&stage, EVENTS_FRAME)?;
         Ok(Prepared {
             night: kept,
             fingerprint: crate::util::fingerprint(&events)?,
-            sessions: read_stage_frame(&stage, "sessions")?,
+            sessions: read_stage_frame(&stage, SESSIONS_FRAME)?,
             events,
         })
     }
@@ -260,7 +251,12 @@ enum StageEvents {
 
 /// Where `StageEvents` writes, under the state root, by process id.
 const STAGE_WRITING: &str = ".stage-writing-";
-const STAGE_EVENT_FRAMES: [&str; 2] = ["events", "sessions"];
+const EVENTS_FRAME: &str = "events";
+const SESSIONS_FRAME: &str = "sessions";
+const STAGE_EVENT_FRAMES: [&str; 2] = [EVENTS_FRAME, SESSIONS_FRAME];
+/// A part's per-customer results beside its stage (`Part::write`, `merge_parts`).
+const SNAPSHOTS_FRAME: &str = "snapshots";
+const CONTACTS_FRAME: &str = "contacts";
 
 impl StageEvents {
     /// Starts writing; the caller holds the state location's lock, so what an earlier run
@@ -723,8 +719,8 @@ impl Part {
         }
         let pending = dir.join(format!("{PART_PENDING}{}", std::process::id()));
         prep.write(&pending)?;
-        write_stage_frame(&pending, "snapshots", &self.snapshots)?;
-        write_stage_frame(&pending, "contacts", &self.contacts)?;
+        write_stage_frame(&pending, SNAPSHOTS_FRAME, &self.snapshots)?;
+        write_stage_frame(&pending, CONTACTS_FRAME, &self.contacts)?;
         std::fs::write(
             pending.join(PART_RECORD),
             serde_json::to_string_pretty(record).expect("json") + "\n",
@@ -820,32 +816,29 @@ fn merge_parts(
             ));
         }
     }
-    let read_all = |name: &str| -> Result<LazyFrame> {
+    // The sessions are in each part's stage, the snapshots and contacts beside it.
+    let sorted = |name: &str, by: &[&str]| -> Result<DataFrame> {
         let frames = parts
             .iter()
             .map(|(_, dir, _)| {
-                let stage = if name == "sessions" {
+                let at = if name == SESSIONS_FRAME {
                     dir.join(STAGE_DIR)
                 } else {
                     dir.clone()
                 };
-                Ok(read_stage_frame(&stage, name)?.lazy())
+                Ok(read_stage_frame(&at, name)?.lazy())
             })
             .collect::<Result<Vec<_>>>()?;
-        concat(frames, UnionArgs::default()).ctx(format!("merging the shards' {name}"))
-    };
-    let sorted = |name: &str, by: &[&str]| -> Result<DataFrame> {
-        read_all(name)?
-            .sort(by.to_vec(), Default::default())
-            .collect()
+        concat(frames, UnionArgs::default())
+            .and_then(|all| all.sort(by.to_vec(), Default::default()).collect())
             .ctx(format!("merging the shards' {name}"))
     };
     let fingerprints: Vec<&str> = parts.iter().map(|p| p.2.fingerprint.as_str()).collect();
     let part = Part {
-        snapshots: sorted("snapshots", &[output::CUTOFF, ev::CUSTOMER_ID])?,
-        contacts: sorted("contacts", &[ev::CUSTOMER_ID])?,
+        snapshots: sorted(SNAPSHOTS_FRAME, &[output::CUTOFF, ev::CUSTOMER_ID])?,
+        contacts: sorted(CONTACTS_FRAME, &[ev::CUSTOMER_ID])?,
         sessions: sorted(
-            "sessions",
+            SESSIONS_FRAME,
             &[ev::CUSTOMER_ID, sessions::START, ev::SESSION_ID],
         )?,
         events: parts.iter().map(|p| p.2.events).sum(),
