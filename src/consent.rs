@@ -22,16 +22,96 @@ pub mod column {
     pub const EMAIL_WHY_NOT: &str = "email_consent_missing";
 }
 
-/// The last non-null value of `name`, in event time order.
-fn latest(name: &str, alias: &str) -> Expr {
-    col(name)
-        .sort_by(
-            [col(ev::TSTAMP), col(ev::EVENT_ID)],
-            SortMultipleOptions::default(),
-        )
-        .drop_nulls()
-        .last()
-        .alias(alias)
+/// The signals whose latest value decides a customer's contacts and consent, each kept with
+/// the time (`<signal>_t`) and event id (`<signal>_k`) it was given at.
+const SIGNALS: [&str; 4] = [column::EMAIL, column::PHONE, "_ads", "_email"];
+
+fn at_time(signal: &str) -> String {
+    format!("{signal}_t")
+}
+
+fn at_event(signal: &str) -> String {
+    format!("{signal}_k")
+}
+
+/// Per customer, the latest non-null value of each signal of `rows` (by time, then event id)
+/// with its time and event id: one row per customer, sorted.
+fn latest_signals(rows: LazyFrame) -> Result<DataFrame> {
+    let aggs = SIGNALS.into_iter().flat_map(|s| {
+        // Rows without the signal have no time: they sort first and are dropped.
+        let latest = move |c: String| {
+            col(c.as_str())
+                .sort_by(
+                    [col(at_time(s)), col(at_event(s))],
+                    SortMultipleOptions::default(),
+                )
+                .drop_nulls()
+                .last()
+        };
+        [
+            latest(s.to_string()),
+            latest(at_time(s)),
+            latest(at_event(s)),
+        ]
+    });
+    rows.group_by([col(ev::CUSTOMER_ID)])
+        .agg(aggs.collect::<Vec<_>>())
+        .sort([ev::CUSTOMER_ID], Default::default())
+        .collect()
+        .ctx("consent and contact points per customer")
+}
+
+/// What the events say about each customer's contact points and consent (the latest of each
+/// signal); signals of two sets of events combine into those of both (`combine_signals`).
+pub fn signals(events: &DataFrame) -> Result<DataFrame> {
+    // An e-mail typed as the login id counts as the customer's e-mail.
+    let email = coalesce(&[
+        col(ev::EMAIL),
+        when(col(ev::USER_ID).str().contains_literal(lit("@")))
+            .then(col(ev::USER_ID))
+            .otherwise(lit(NULL).cast(DataType::String)),
+    ]);
+    let values = [
+        email.alias(column::EMAIL),
+        col(ev::PHONE).alias(column::PHONE),
+        col(ev::CONSENT_ADS).alias("_ads"),
+        col(ev::CONSENT_EMAIL).alias("_email"),
+    ];
+    let mut exprs = vec![col(ev::CUSTOMER_ID)];
+    for (s, v) in SIGNALS.into_iter().zip(values) {
+        let given = v.clone().is_not_null();
+        let when_given = |e: Expr| when(given.clone()).then(e).otherwise(lit(NULL));
+        exprs.extend([
+            v,
+            when_given(col(ev::TSTAMP).cast(DataType::Int64)).alias(at_time(s)),
+            when_given(col(ev::EVENT_ID)).alias(at_event(s)),
+        ]);
+    }
+    latest_signals(events.clone().lazy().select(exprs))
+}
+
+/// The signals of all the events of `parts`; `rename` as in `features::Daily::combine`.
+pub fn combine_signals(parts: Vec<DataFrame>, rename: Option<&DataFrame>) -> Result<DataFrame> {
+    let mut lf = concat(
+        parts.into_iter().map(|df| df.lazy()).collect::<Vec<_>>(),
+        UnionArgs::default(),
+    )
+    .ctx("combining consent signals")?;
+    if let Some(map) = rename.filter(|m| m.height() > 0) {
+        lf = lf
+            .join(
+                map.clone().lazy().select([
+                    col(crate::features::RENAME_FROM).alias(ev::CUSTOMER_ID),
+                    col(crate::features::RENAME_TO).alias("_to"),
+                ]),
+                [col(ev::CUSTOMER_ID)],
+                [col(ev::CUSTOMER_ID)],
+                crate::util::left_join_ordered(),
+            )
+            .with_column(coalesce(&[col("_to"), col(ev::CUSTOMER_ID)]).alias(ev::CUSTOMER_ID))
+            .drop(cols(["_to"]));
+    }
+    latest_signals(lf)
 }
 
 fn decision(signal: &str, assume: bool, ok: &str, why_not: &str) -> [Expr; 2] {
@@ -46,15 +126,9 @@ fn decision(signal: &str, assume: bool, ok: &str, why_not: &str) -> [Expr; 2] {
     ]
 }
 
-/// One row per customer with events: contact points and consent decisions (see [`column`]).
-pub fn contacts(events: &DataFrame, privacy: &Privacy) -> Result<DataFrame> {
-    // An e-mail typed as the login id counts as the customer's e-mail.
-    let email = coalesce(&[
-        col(ev::EMAIL),
-        when(col(ev::USER_ID).str().contains_literal(lit("@")))
-            .then(col(ev::USER_ID))
-            .otherwise(lit(NULL).cast(DataType::String)),
-    ]);
+/// One row per customer with events: contact points and consent decisions (see [`column`]),
+/// from the customers' `signals`.
+pub fn contacts(signals: &DataFrame, privacy: &Privacy) -> Result<DataFrame> {
     let mut consent_cols = vec![col(ev::CUSTOMER_ID), col(column::EMAIL), col(column::PHONE)];
     consent_cols.extend(decision(
         "_ads",
@@ -68,27 +142,10 @@ pub fn contacts(events: &DataFrame, privacy: &Privacy) -> Result<DataFrame> {
         column::EMAIL_OK,
         column::EMAIL_WHY_NOT,
     ));
-    events
+    signals
         .clone()
         .lazy()
-        .select([
-            col(ev::CUSTOMER_ID),
-            col(ev::TSTAMP),
-            col(ev::EVENT_ID),
-            email.alias(column::EMAIL),
-            col(ev::PHONE),
-            col(ev::CONSENT_ADS),
-            col(ev::CONSENT_EMAIL),
-        ])
-        .group_by([col(ev::CUSTOMER_ID)])
-        .agg([
-            latest(column::EMAIL, column::EMAIL),
-            latest(ev::PHONE, column::PHONE),
-            latest(ev::CONSENT_ADS, "_ads"),
-            latest(ev::CONSENT_EMAIL, "_email"),
-        ])
         .select(consent_cols)
-        .sort([ev::CUSTOMER_ID], Default::default())
         .collect()
         .ctx("consent and contact points per customer")
 }
@@ -111,7 +168,7 @@ mod tests {
             ev::CONSENT_EMAIL => [None, Some(true), None, None, None],
         )
         .unwrap();
-        let c = contacts(&events, &Privacy::default()).unwrap();
+        let c = contacts(&signals(&events).unwrap(), &Privacy::default()).unwrap();
         let get = |name: &str| {
             c.column(name)
                 .unwrap()
@@ -132,7 +189,7 @@ mod tests {
             assume_ads_consent: true,
             ..Privacy::default()
         };
-        let c = contacts(&events, &lenient).unwrap();
+        let c = contacts(&signals(&events).unwrap(), &lenient).unwrap();
         let ok: Vec<Option<bool>> = c
             .column(column::ADS_OK)
             .unwrap()

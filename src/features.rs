@@ -58,9 +58,9 @@ fn window_expr(window: Window) -> Expr {
 /// is exact and does not depend on the order polars adds rows in (floating-point addition
 /// does), which keeps outputs byte-identical run after run. Money has two decimals, so
 /// nothing is lost there; other fields are rounded to 1e-6.
-const SUM_SCALE: f64 = 1e6;
+pub(crate) const SUM_SCALE: f64 = 1e6;
 
-fn fixed_point(e: Expr) -> Expr {
+pub(crate) fn fixed_point(e: Expr) -> Expr {
     (e.cast(DataType::Float64) * lit(SUM_SCALE))
         .round(0, RoundMode::default())
         .cast(DataType::Int64)
@@ -233,7 +233,16 @@ pub fn compute(
     set: &FeatureSet,
     population: Population,
 ) -> Result<LazyFrame> {
-    let daily = Daily::build(events, set)?;
+    compute_from(&Daily::build(events, set)?, cutoffs, set, population)
+}
+
+/// [`compute`] from daily aggregates built (or combined) for `set`.
+pub fn compute_from(
+    daily: &Daily,
+    cutoffs: &[i64],
+    set: &FeatureSet,
+    population: Population,
+) -> Result<LazyFrame> {
     let per_cutoff: Vec<LazyFrame> = cutoffs
         .iter()
         .map(|&t| daily.at(t, set, population))
@@ -259,6 +268,9 @@ fn columns_read(set: &FeatureSet) -> Vec<String> {
     for f in &set.features {
         match &f.kind {
             FeatureKind::Aggregate(a) if a.over == Over::Events => {
+                if matches!(a.agg, Agg::First | Agg::Last) {
+                    out.push(ev::EVENT_ID.into());
+                }
                 out.extend(a.field.iter().chain(&a.weight).cloned());
                 out.extend(a.filters.iter().map(|f| f.field.clone()));
             }
@@ -288,6 +300,59 @@ fn partial(index: usize, part: &str) -> String {
     format!("_p{index}{part}")
 }
 
+/// Columns of the map `Daily::combine` renames customers by.
+pub const RENAME_FROM: &str = "previous_id";
+pub const RENAME_TO: &str = "customer_id";
+
+/// How the partials of several rows of one (customer, day) combine into what `Daily::build`
+/// gives for their events together: counts and fixed-point sums add up, minima and maxima
+/// of minima and maxima, first and last values go with the earliest or latest (time, event
+/// id).
+fn partial_combiners(set: &FeatureSet) -> Vec<Expr> {
+    let mut aggs = vec![col("_last_t").max()];
+    for (i, f) in set.features.iter().enumerate() {
+        let FeatureKind::Aggregate(a) = &f.kind else {
+            continue;
+        };
+        if a.over == Over::Sessions {
+            continue;
+        }
+        let p = |part: &str| col(partial(i, part));
+        let named = |e: Expr, part: &str| e.alias(partial(i, part));
+        // The value and event id of the row holding the earliest (latest) time, ties going to
+        // the smaller (larger) event id.
+        let timed = |part: &str, last: bool| {
+            let at = p("t")
+                .eq(if last { p("t").max() } else { p("t").min() })
+                .fill_null(lit(false));
+            let e = p(part)
+                .filter(at.clone())
+                .sort_by([p("k").filter(at)], SortMultipleOptions::default());
+            named(if last { e.last() } else { e.first() }, part)
+        };
+        match a.agg {
+            Agg::Count | Agg::ActiveDays => aggs.push(named(p("n").sum(), "n")),
+            Agg::Sum => aggs.push(named(p("s").sum(), "s")),
+            Agg::Mean => aggs.extend([named(p("s").sum(), "s"), named(p("c").sum(), "c")]),
+            Agg::Share => aggs.extend([named(p("n").sum(), "n"), named(p("a").sum(), "a")]),
+            Agg::Min => aggs.push(named(p("v").min(), "v")),
+            Agg::Max => aggs.push(named(p("v").max(), "v")),
+            Agg::DaysSinceFirst => aggs.push(named(p("t").min(), "t")),
+            Agg::DaysSinceLast => aggs.push(named(p("t").max(), "t")),
+            Agg::First => aggs.extend([
+                named(p("t").min(), "t"),
+                timed("v", false),
+                timed("k", false),
+            ]),
+            Agg::Last => {
+                aggs.extend([named(p("t").max(), "t"), timed("v", true), timed("k", true)])
+            }
+            Agg::CountDistinct | Agg::TopShare => {}
+        }
+    }
+    aggs
+}
+
 /// Column of the distinct values (count_distinct) or value weights (top_share) of a feature.
 const VALUE: &str = "_v";
 const WEIGHT: &str = "_w";
@@ -297,7 +362,10 @@ const WEIGHT: &str = "_w";
 /// maxima, first and last values travel with their times, distinct values and value weights
 /// are kept per day, and sessions per (session, day). Days are never split by a cutoff, so a
 /// feature combined from the days before `t` equals one computed from the events before `t`.
-struct Daily {
+///
+/// Daily aggregates of two sets of events combine into those of both (`combine`), which is
+/// what lets a night add its events to the days kept from the nights before.
+pub struct Daily {
     /// One row per (customer, day): `_last_t` and the partials of every event aggregate.
     events: DataFrame,
     /// Per count_distinct or top_share event aggregate (by feature index): (customer, day,
@@ -308,7 +376,9 @@ struct Daily {
 }
 
 impl Daily {
-    fn build(events: &DataFrame, set: &FeatureSet) -> Result<Daily> {
+    /// The daily aggregates of `events` (canonical events with `customer_id` and, for
+    /// features over sessions, `session_id`), sorted by their keys.
+    pub fn build(events: &DataFrame, set: &FeatureSet) -> Result<Daily> {
         let base = events
             .clone()
             .lazy()
@@ -331,9 +401,26 @@ impl Daily {
             let m = condition(a, true);
             let field = || col(a.field.as_deref().expect("validated: field present"));
             let p = |part: &str| partial(i, part);
-            let by_time = |e: Expr| {
-                e.filter(m.clone())
-                    .sort_by([col(T).filter(m.clone())], SortMultipleOptions::default())
+            // The value of the first (last) event in time, ties going to the smaller (larger)
+            // event id whichever order the rows came in; the winner's id travels with its
+            // value, so that days combine exactly (`combine`).
+            let at_time = |last: bool| {
+                let t = col(T).filter(m.clone());
+                m.clone()
+                    .and(col(T).eq(if last { t.max() } else { t.min() }))
+                    .fill_null(lit(false))
+            };
+            let by_time = |e: Expr, last: bool| {
+                let at = at_time(last);
+                let e = e.filter(at.clone()).sort_by(
+                    [col(ev::EVENT_ID).filter(at)],
+                    SortMultipleOptions::default(),
+                );
+                if last { e.last() } else { e.first() }
+            };
+            let id_at_time = |last: bool| {
+                let k = col(ev::EVENT_ID).filter(at_time(last));
+                if last { k.max() } else { k.min() }
             };
             match a.agg {
                 Agg::Count | Agg::ActiveDays => {
@@ -349,13 +436,15 @@ impl Daily {
                 Agg::First | Agg::DaysSinceFirst => {
                     aggs.push(col(T).filter(m.clone()).min().alias(p("t")));
                     if a.agg == Agg::First {
-                        aggs.push(by_time(field()).first().alias(p("v")));
+                        aggs.push(by_time(field(), false).alias(p("v")));
+                        aggs.push(id_at_time(false).alias(p("k")));
                     }
                 }
                 Agg::Last | Agg::DaysSinceLast => {
                     aggs.push(col(T).filter(m.clone()).max().alias(p("t")));
                     if a.agg == Agg::Last {
-                        aggs.push(by_time(field()).last().alias(p("v")));
+                        aggs.push(by_time(field(), true).alias(p("v")));
+                        aggs.push(id_at_time(true).alias(p("k")));
                     }
                 }
                 Agg::Share => {
@@ -431,10 +520,200 @@ impl Daily {
         } else {
             None
         };
-        Ok(Daily {
+        Daily {
             events,
             values,
             sessions,
+        }
+        .sorted()
+    }
+
+    /// Every frame sorted by its keys: one set of events gives one set of bytes.
+    fn sorted(self) -> Result<Daily> {
+        let sort = |df: DataFrame, keys: &[&str]| -> Result<DataFrame> {
+            df.lazy()
+                .sort(keys.to_vec(), Default::default())
+                .collect()
+                .ctx("sorting daily aggregates")
+        };
+        Ok(Daily {
+            events: sort(self.events, &[ev::CUSTOMER_ID, D])?,
+            values: self
+                .values
+                .into_iter()
+                .map(|(i, df)| Ok((i, sort(df, &[ev::CUSTOMER_ID, D, VALUE])?)))
+                .collect::<Result<_>>()?,
+            sessions: self
+                .sessions
+                .map(|df| sort(df, &[ev::CUSTOMER_ID, ev::SESSION_ID, D]))
+                .transpose()?,
+        })
+    }
+
+    /// The daily aggregates of all the events of `parts` (each built for `set`): what
+    /// `build` gives for their events together. With `rename` (`previous_id`,
+    /// `customer_id`), the rows of a previous id become its new id's first (customers that
+    /// identity merged).
+    pub fn combine(
+        parts: Vec<Daily>,
+        set: &FeatureSet,
+        rename: Option<&DataFrame>,
+    ) -> Result<Daily> {
+        let renamed = |df: DataFrame| -> LazyFrame {
+            let lf = df.lazy();
+            match rename {
+                Some(map) if map.height() > 0 => lf
+                    .join(
+                        map.clone().lazy().select([
+                            col(RENAME_FROM).alias(ev::CUSTOMER_ID),
+                            col(RENAME_TO).alias("_to"),
+                        ]),
+                        [col(ev::CUSTOMER_ID)],
+                        [col(ev::CUSTOMER_ID)],
+                        crate::util::left_join_ordered(),
+                    )
+                    .with_column(
+                        coalesce(&[col("_to"), col(ev::CUSTOMER_ID)]).alias(ev::CUSTOMER_ID),
+                    )
+                    .drop(cols(["_to"])),
+                _ => lf,
+            }
+        };
+        let all = |frames: Vec<DataFrame>| -> Result<LazyFrame> {
+            concat(
+                frames.into_iter().map(renamed).collect::<Vec<_>>(),
+                UnionArgs::default(),
+            )
+            .ctx("combining daily aggregates")
+        };
+        let mut events = Vec::new();
+        let mut values: std::collections::BTreeMap<usize, Vec<DataFrame>> = Default::default();
+        let mut sessions = Vec::new();
+        for part in parts {
+            events.push(part.events);
+            for (i, df) in part.values {
+                values.entry(i).or_default().push(df);
+            }
+            sessions.extend(part.sessions);
+        }
+        let events = all(events)?
+            .group_by([col(ev::CUSTOMER_ID), col(D)])
+            .agg(partial_combiners(set))
+            .collect()
+            .ctx("combining daily aggregates")?;
+        let values = values
+            .into_iter()
+            .map(|(i, frames)| {
+                let rows = all(frames)?;
+                let FeatureKind::Aggregate(a) = &set.features[i].kind else {
+                    unreachable!("values are kept for aggregates only")
+                };
+                let rows = if a.agg == Agg::TopShare {
+                    rows.group_by([col(ev::CUSTOMER_ID), col(D), col(VALUE)])
+                        .agg([col(WEIGHT).sum()])
+                } else {
+                    rows.unique(None, UniqueKeepStrategy::Any)
+                };
+                Ok((i, rows.collect().ctx("combining daily values")?))
+            })
+            .collect::<Result<_>>()?;
+        let sessions = if sessions.is_empty() {
+            None
+        } else {
+            let total = |c: &str| col(c).sum();
+            Some(
+                all(sessions)?
+                    .group_by([col(ev::CUSTOMER_ID), col(ev::SESSION_ID), col(D)])
+                    .agg([
+                        col("_first_t").min(),
+                        col("_last_t").max(),
+                        total(sf::EVENTS),
+                        total(sf::PAGE_VIEWS),
+                        total(sf::SEARCHES),
+                        total(sf::CART_ADDS),
+                        col(sf::HAS_CART_ADD).any(true),
+                        col(sf::HAS_SEARCH).any(true),
+                        col(sf::HAS_ORDER).any(true),
+                    ])
+                    .collect()
+                    .ctx("combining daily sessions")?,
+            )
+        };
+        Daily {
+            events,
+            values,
+            sessions,
+        }
+        .sorted()
+    }
+
+    /// Every frame through `f` (which keeps its columns), sorted again.
+    pub fn map(self, f: impl Fn(DataFrame) -> Result<DataFrame>) -> Result<Daily> {
+        Daily {
+            events: f(self.events)?,
+            values: self
+                .values
+                .into_iter()
+                .map(|(i, df)| Ok((i, f(df)?)))
+                .collect::<Result<_>>()?,
+            sessions: self.sessions.map(&f).transpose()?,
+        }
+        .sorted()
+    }
+
+    /// The first day (UTC) with an event.
+    pub fn first_day(&self) -> Result<Option<chrono::NaiveDate>> {
+        let day = self
+            .events
+            .column(D)
+            .ctx("daily days")?
+            .as_materialized_series()
+            .min::<i64>()
+            .ctx("daily days")?;
+        Ok(day.map(|d| {
+            chrono::DateTime::from_timestamp_micros(d * MICROS_PER_DAY)
+                .expect("a day in range")
+                .date_naive()
+        }))
+    }
+
+    /// The frames, each with the file name it is kept under.
+    pub fn frames(&self) -> Vec<(String, &DataFrame)> {
+        let mut out = vec![("daily_events.parquet".to_string(), &self.events)];
+        out.extend(
+            self.values
+                .iter()
+                .map(|(i, df)| (format!("daily_values_{i}.parquet"), df)),
+        );
+        out.extend(
+            self.sessions
+                .iter()
+                .map(|df| ("daily_sessions.parquet".to_string(), df)),
+        );
+        out
+    }
+
+    /// Reads the frames `frames` wrote into `dir`, for `set`.
+    pub fn read(dir: &std::path::Path, set: &FeatureSet) -> Result<Daily> {
+        let read = |name: String| crate::util::read_parquet(&dir.join(name));
+        let mut values = std::collections::BTreeMap::new();
+        let mut over_sessions = false;
+        for (i, f) in set.features.iter().enumerate() {
+            if let FeatureKind::Aggregate(a) = &f.kind {
+                over_sessions |= a.over == Over::Sessions;
+                if a.over == Over::Events && matches!(a.agg, Agg::CountDistinct | Agg::TopShare) {
+                    values.insert(i, read(format!("daily_values_{i}.parquet"))?);
+                }
+            }
+        }
+        Ok(Daily {
+            events: read("daily_events.parquet".into())?,
+            values,
+            sessions: if over_sessions {
+                Some(read("daily_sessions.parquet".into())?)
+            } else {
+                None
+            },
         })
     }
 
@@ -819,7 +1098,7 @@ pub(crate) mod reference {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Source;
     use crate::util::utc;
@@ -855,6 +1134,10 @@ mod tests {
                 Column::new(
                     ev::SEARCH_TOTAL_RESULTS.into(),
                     rows.iter().map(|r| r.4).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    ev::EVENT_ID.into(),
+                    (0..n).map(|i| format!("e{i}")).collect::<Vec<_>>(),
                 ),
                 Column::new(
                     ev::ORDER_ID.into(),
@@ -1031,7 +1314,7 @@ max = 35
 
     /// Random events over 70 days: 40 customers, every event type, fields with nulls,
     /// sessions that run over midnight, distinct times (first/last are then unambiguous).
-    fn random_events(seed: u64) -> DataFrame {
+    pub(crate) fn random_events(seed: u64) -> DataFrame {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let types: Vec<&str> = EventType::ALL.iter().map(|t| t.name()).collect();

@@ -23,6 +23,10 @@ pub struct IngestCounts {
     /// Hive partitions (`load_tstamp_date=`) loaded after the run needs: not read.
     pub files_pruned: usize,
     pub read: usize,
+    /// Usable events read by an earlier night after its as-of date, brought into this one
+    /// (`read + carried = used + duplicates + quarantined + after_as_of`).
+    #[serde(default)]
+    pub carried: usize,
     pub used: usize,
     pub duplicates: usize,
     pub quarantined: usize,
@@ -39,6 +43,11 @@ pub struct Ingested {
     pub counts: IngestCounts,
     /// The as-of date of the run: as given, or the day after the newest event.
     pub as_of: chrono::NaiveDate,
+    /// `event_id`, `collector_tstamp` (µs), `_input` of the events this night kept (the
+    /// copies that won), to add to the keys of the nights before.
+    pub new_keys: DataFrame,
+    /// What the next night starts from.
+    pub state: IngestState,
 }
 
 /// Object-store URL schemes, read through polars' cloud support (object_store). Credentials
@@ -954,15 +963,18 @@ fn first_match(mut pairs: impl Iterator<Item = (Expr, Expr)>) -> ChainedThen {
 /// Snowplow's session cap: a tracker session that lasts longer than N days (from its first
 /// usable event, on the collector clock) is quarantined from that point on, as
 /// dbt-snowplow-utils does; its first N days of events stay. The rule is the last of `rules`.
+/// The frame carries `_start`, the session's start on the nights before (null if none).
 fn long_sessions(quality: &Quality, rules: &[(Expr, Expr)]) -> Expr {
     let code = col(REASON_CODE);
     let collector = col(ev::COLLECTOR_TSTAMP).cast(DataType::Int64);
-    let start = collector
+    let here = collector
         .clone()
         .filter(code.clone().is_null())
         .min()
         .over([col(ev::DOMAIN_SESSIONID)])
         .expect("a window over one column");
+    // `_start`: the session's first usable row on the nights before (null on a full read).
+    let start = polars::lazy::dsl::min_horizontal([here, col(START)]).expect("two expressions");
     when(
         code.clone()
             .is_null()
@@ -974,17 +986,135 @@ fn long_sessions(quality: &Quality, rules: &[(Expr, Expr)]) -> Expr {
     .otherwise(code)
 }
 
+/// What ingest keeps between nights, so that a night can read only the files loaded since
+/// the night before and still decide every row as one run over all the files would: which
+/// files were read, and the key columns of the rows the cross-row rules compare new rows with
+/// (the kept copy of every event id, each tracker session's first and last usable collector
+/// time, every kept order), and the usable events after that night's as-of date, which a
+/// later night uses.
+pub struct IngestState {
+    /// Per input, the files read, in listing order.
+    pub files: Vec<Vec<String>>,
+    /// `domain_sessionid`, `_start`, `_last` (µs): usable rows' collector times, for the
+    /// session cap.
+    pub sessions: DataFrame,
+    /// `domain_sessionid`, `order_id`, `_t` (event time, µs), `_input`: the kept orders.
+    pub orders: DataFrame,
+    /// Usable canonical events at or after the as-of date (with `_input`).
+    pub deferred: DataFrame,
+}
+
+/// Columns of the ingest state.
+pub const INPUT: &str = "_input";
+const START: &str = "_start";
+const LAST: &str = "_last";
+const AT: &str = "_t";
+
+/// Why a night cannot be ingested from the night before's state alone; the run then reads
+/// everything (see `pipeline`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullRefresh(pub String);
+
+/// The night before's ingest state, and the kept copies of every event id so far (`event_id`,
+/// `collector_tstamp` in µs, `_input`), read lazily.
+pub struct Previous<'a> {
+    pub state: &'a IngestState,
+    pub keys: LazyFrame,
+}
+
 /// Reads and normalises the events at `location`; see the module documentation.
 pub fn ingest(
     inputs: &[InputDef],
     as_of: Option<chrono::NaiveDate>,
     quality: &Quality,
 ) -> Result<Ingested> {
+    Ok(ingest_from(inputs, as_of, quality, None)?.expect("a full read needs no state"))
+}
+
+/// Per input, the files listed and the files to read, and how many were pruned.
+type Listing = (Vec<Vec<String>>, Vec<Vec<String>>, usize);
+
+/// The files of each input to read: all of them, or with `previous`, those listed after the
+/// ones it read (which must still be listed first, in the same order).
+fn files_to_read(
+    inputs: &[InputDef],
+    as_of: Option<chrono::NaiveDate>,
+    previous: Option<&IngestState>,
+) -> Result<std::result::Result<Listing, FullRefresh>> {
+    let mut listed = Vec::new();
+    let mut new = Vec::new();
+    let mut pruned = 0;
+    if let Some(p) = previous
+        && p.files.len() != inputs.len()
+    {
+        return Ok(Err(FullRefresh(format!(
+            "the job reads {} inputs; the night before read {}",
+            inputs.len(),
+            p.files.len()
+        ))));
+    }
+    for (k, input) in inputs.iter().enumerate() {
+        let mut files = Vec::new();
+        for path in list_files(&input.url)? {
+            // A run as of D reads what was loaded up to D: what the nightly run of D saw.
+            if let (Some(as_of), Some(loaded)) = (as_of, partition_date(&path))
+                && loaded > as_of
+            {
+                pruned += 1;
+                continue;
+            }
+            files.push(path);
+        }
+        let read_before = previous.map_or(&[][..], |p| &p.files[k][..]);
+        if let Some((i, (old, now))) = read_before
+            .iter()
+            .zip(&files)
+            .enumerate()
+            .find(|(_, (old, now))| old != now)
+        {
+            return Ok(Err(FullRefresh(format!(
+                "input {}: file {i} was {old} the night before and is {now} now (a file was removed, or one was added before files already read)",
+                input.url
+            ))));
+        }
+        if files.len() < read_before.len() {
+            return Ok(Err(FullRefresh(format!(
+                "input {}: {} files read the night before, {} listed now",
+                input.url,
+                read_before.len(),
+                files.len()
+            ))));
+        }
+        new.push(files[read_before.len()..].to_vec());
+        listed.push(files);
+    }
+    Ok(Ok((listed, new, pruned)))
+}
+
+/// Reads and normalises the events at `location`; with `previous`, only the files loaded
+/// since the night before, deciding each row against the night before's state exactly as one
+/// run over all the files would, or saying why it cannot (`FullRefresh`).
+pub fn ingest_from(
+    inputs: &[InputDef],
+    as_of: Option<chrono::NaiveDate>,
+    quality: &Quality,
+    previous: Option<&Previous>,
+) -> Result<std::result::Result<Ingested, FullRefresh>> {
     let location = inputs
         .iter()
         .map(|i| i.url.as_str())
         .collect::<Vec<_>>()
         .join(", ");
+    let (listed, new_files, files_pruned) =
+        match files_to_read(inputs, as_of, previous.map(|p| p.state))? {
+            Ok(f) => f,
+            Err(why) => return Ok(Err(why)),
+        };
+    if previous.is_some() && new_files.iter().all(|f| f.is_empty()) {
+        return Ok(Err(FullRefresh(
+            "no files loaded since the night before".into(),
+        )));
+    }
     let order: Vec<Expr> = canonical_columns()
         .into_iter()
         .map(|(c, _)| col(c))
@@ -994,33 +1124,30 @@ pub fn ingest(
             col(DVCE_CREATED),
             col(DVCE_SENT),
             col(ORDER),
+            col(INPUT),
         ])
         .collect();
     let mut frames = Vec::new();
     let mut files_read = 0;
-    let mut files_pruned = 0;
-    for input in inputs {
-        for path in list_files(&input.url)? {
-            // A run as of D reads what was loaded up to D: what the nightly run of D saw.
-            if let (Some(as_of), Some(loaded)) = (as_of, partition_date(&path))
-                && loaded > as_of
-            {
-                files_pruned += 1;
-                continue;
-            }
-            let schema = file_schema(&path, input.layout)?;
-            let name = path.clone();
+    for (k, (input, files)) in inputs.iter().zip(&new_files).enumerate() {
+        for path in files {
+            let schema = file_schema(path, input.layout)?;
             let exprs = match input.layout {
-                Layout::LakeLoader => Reader { schema: &schema }.canonical(&name),
-                Layout::Flat => flat_exprs(&schema, &name),
+                Layout::LakeLoader => Reader { schema: &schema }.canonical(path),
+                Layout::Flat => flat_exprs(&schema, path),
             };
             // File and row position: the deterministic tie-break between duplicates.
             let position = (lit(files_read as u64) * lit(1u64 << 40)
                 + col(ORDER).cast(DataType::UInt64))
             .alias(ORDER);
-            let lf = scan(&path)?
+            let lf = scan(path)?
                 .with_row_index(ORDER, None)
-                .select(exprs.into_iter().chain([position]).collect::<Vec<_>>())
+                .select(
+                    exprs
+                        .into_iter()
+                        .chain([position, lit(k as u32).alias(INPUT)])
+                        .collect::<Vec<_>>(),
+                )
                 .select(order.clone());
             frames.push(lf);
             files_read += 1;
@@ -1036,9 +1163,25 @@ pub fn ingest(
         .into());
     }
     let rules = quarantine_rules(quality);
-    let all = concat(frames, UnionArgs::default())
+    let cap = rules.len() as u32;
+    let mut lf = concat(frames, UnionArgs::default())
         .ctx("combining input files")?
-        .with_column(reason_code(&rules).alias(REASON_CODE))
+        .with_column(reason_code(&rules).alias(REASON_CODE));
+    if let Some(p) = previous {
+        lf = lf.join(
+            p.state
+                .sessions
+                .clone()
+                .lazy()
+                .select([col(ev::DOMAIN_SESSIONID), col(START)]),
+            [col(ev::DOMAIN_SESSIONID)],
+            [col(ev::DOMAIN_SESSIONID)],
+            crate::util::left_join_ordered(),
+        );
+    } else {
+        lf = lf.with_column(lit(NULL).cast(DataType::Int64).alias(START));
+    }
+    let all = lf
         .with_column(long_sessions(quality, &rules).alias(REASON_CODE))
         .collect()
         .map_err(|e| InputError::Unreadable {
@@ -1046,6 +1189,60 @@ pub fn ingest(
             source: Box::new(e),
         })?;
     let read = all.height();
+    let micros = |c: &str| col(c).cast(DataType::Int64);
+    // The session cap measures from a session's first usable row: one that moves it earlier
+    // can quarantine rows the night before used.
+    let sessions_now = all
+        .clone()
+        .lazy()
+        .filter(
+            col(REASON_CODE)
+                .is_null()
+                .or(col(REASON_CODE).eq(lit(cap)))
+                .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
+        )
+        .group_by([col(ev::DOMAIN_SESSIONID)])
+        .agg([
+            micros(ev::COLLECTOR_TSTAMP).min().alias(START),
+            micros(ev::COLLECTOR_TSTAMP).max().alias(LAST),
+        ]);
+    let sessions = match previous {
+        Some(p) => {
+            let moved = sessions_now
+                .clone()
+                .join(
+                    p.state.sessions.clone().lazy(),
+                    [col(ev::DOMAIN_SESSIONID)],
+                    [col(ev::DOMAIN_SESSIONID)],
+                    JoinArgs::new(JoinType::Inner).with_suffix(Some("_before".into())),
+                )
+                .filter(col(START).lt(col("_start_before")).and(
+                    col("_last_before")
+                        .gt(col(START) + lit(quality.max_session_days * crate::util::MICROS_PER_DAY)),
+                ))
+                .select([col(ev::DOMAIN_SESSIONID)])
+                .limit(1)
+                .collect()
+                .ctx("checking session starts")?;
+            if let Some(id) = crate::util::strings(&moved, ev::DOMAIN_SESSIONID)?.into_iter().next() {
+                return Ok(Err(FullRefresh(format!(
+                    "session {} gained an event before its first one, moving the session cap onto events already used",
+                    id.unwrap_or_default()
+                ))));
+            }
+            concat(
+                [p.state.sessions.clone().lazy(), sessions_now],
+                UnionArgs::default(),
+            )
+            .ctx("session starts")?
+            .group_by([col(ev::DOMAIN_SESSIONID)])
+            .agg([col(START).min(), col(LAST).max()])
+        }
+        None => sessions_now,
+    }
+    .sort([ev::DOMAIN_SESSIONID], Default::default())
+    .collect()
+    .ctx("session starts")?;
     let quarantine = all
         .clone()
         .lazy()
@@ -1058,6 +1255,8 @@ pub fn ingest(
             DVCE_CREATED,
             DVCE_SENT,
             REASON_CODE,
+            INPUT,
+            START,
         ]))
         .collect()
         .ctx("quarantine")?;
@@ -1069,17 +1268,135 @@ pub fn ingest(
         .drop(cols([REASON_CODE]));
     // Rows stay in input order (files in listing order, rows in file order) throughout.
     let copies = later_copies(valid.clone())?;
-    let unique = without(valid, copies.clone());
+    let mut unique = without(valid, copies.clone());
+    // Copies of events kept on earlier nights: the kept copy stays kept unless this one would
+    // have won (earlier collector time, or the same from an input listed before).
+    let mut kept_before = Series::new_empty(ORDER.into(), &DataType::UInt64);
+    if let Some(p) = previous {
+        let again = unique
+            .clone()
+            .select([
+                col(ORDER),
+                col(ev::EVENT_ID),
+                micros(ev::COLLECTOR_TSTAMP).alias(AT),
+                col(INPUT),
+            ])
+            .join(
+                p.keys.clone(),
+                [col(ev::EVENT_ID)],
+                [col(ev::EVENT_ID)],
+                JoinArgs::new(JoinType::Inner).with_suffix(Some("_kept".into())),
+            )
+            .with_column(
+                col(AT)
+                    .lt(col(ev::COLLECTOR_TSTAMP))
+                    .or(col(AT)
+                        .eq(col(ev::COLLECTOR_TSTAMP))
+                        .and(col(INPUT).lt(col("_input_kept"))))
+                    .alias("_wins"),
+            )
+            .collect()
+            .ctx("finding copies of events kept before")?;
+        let wins = again
+            .clone()
+            .lazy()
+            .filter(col("_wins"))
+            .select([col(ev::EVENT_ID)])
+            .limit(1)
+            .collect()
+            .ctx("finding copies of events kept before")?;
+        if let Some(id) = crate::util::strings(&wins, ev::EVENT_ID)?
+            .into_iter()
+            .next()
+        {
+            return Ok(Err(FullRefresh(format!(
+                "event {} arrived again with an earlier collector_tstamp than the copy used before",
+                id.unwrap_or_default()
+            ))));
+        }
+        kept_before = positions(again.lazy(), "finding copies of events kept before")?;
+        unique = without(unique, kept_before.clone());
+    }
     // One order tracked twice in a session (a reloaded confirmation page, a retried tracker
     // call with a new event id): the first one counts, as dbt-snowplow-ecommerce does.
     let repeats = repeated_orders(unique.clone())?;
-    let deduped = without(unique, repeats.clone())
-        .select([col(ORDER), col(ev::TSTAMP).cast(DataType::Int64)])
+    let orders_now = without(unique.clone(), repeats.clone())
+        .filter(
+            col(ev::EVENT_TYPE)
+                .eq(lit(EventType::Order.name()))
+                .and(col(ev::ORDER_ID).is_not_null())
+                .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
+        )
+        .select([
+            col(ORDER),
+            col(ev::DOMAIN_SESSIONID),
+            col(ev::ORDER_ID),
+            micros(ev::TSTAMP).alias(AT),
+            col(INPUT),
+        ]);
+    let mut repeated_before = Series::new_empty(ORDER.into(), &DataType::UInt64);
+    let orders = match previous {
+        Some(p) => {
+            let again = orders_now
+                .clone()
+                .join(
+                    p.state.orders.clone().lazy(),
+                    [col(ev::DOMAIN_SESSIONID), col(ev::ORDER_ID)],
+                    [col(ev::DOMAIN_SESSIONID), col(ev::ORDER_ID)],
+                    JoinArgs::new(JoinType::Inner).with_suffix(Some("_kept".into())),
+                )
+                .collect()
+                .ctx("finding orders kept before")?;
+            let wins = again
+                .clone()
+                .lazy()
+                .filter(
+                    col(AT).lt(col("_t_kept")).or(col(AT)
+                        .eq(col("_t_kept"))
+                        .and(col(INPUT).lt(col("_input_kept")))),
+                )
+                .select([col(ev::ORDER_ID)])
+                .limit(1)
+                .collect()
+                .ctx("finding orders kept before")?;
+            if let Some(id) = crate::util::strings(&wins, ev::ORDER_ID)?.into_iter().next() {
+                return Ok(Err(FullRefresh(format!(
+                    "order {} was tracked again in its session with an earlier time than the one used before",
+                    id.unwrap_or_default()
+                ))));
+            }
+            repeated_before = positions(again.lazy(), "finding orders kept before")?;
+            concat(
+                [
+                    p.state.orders.clone().lazy(),
+                    without(orders_now, repeated_before.clone()).drop(cols([ORDER])),
+                ],
+                UnionArgs::default(),
+            )
+            .ctx("orders")?
+        }
+        None => orders_now.drop(cols([ORDER])),
+    }
+    .sort([ev::DOMAIN_SESSIONID, ev::ORDER_ID], Default::default())
+    .collect()
+    .ctx("orders")?;
+    let new_keys = unique
+        .clone()
+        .select([
+            col(ev::EVENT_ID),
+            micros(ev::COLLECTOR_TSTAMP).alias(ev::COLLECTOR_TSTAMP),
+            col(INPUT),
+        ])
+        .collect()
+        .ctx("event keys")?;
+    let deduped = without(without(unique, repeats.clone()), repeated_before.clone())
+        .select([col(ORDER), micros(ev::TSTAMP).alias(ev::TSTAMP)])
         .collect()
         .ctx("deduplicating events")?;
     let valid_rows = read - quarantine.height();
     let duplicates = valid_rows - deduped.height();
-    if deduped.height() == 0 {
+    let carried = previous.map_or(0, |p| p.state.deferred.height());
+    if deduped.height() + carried == 0 {
         return Err(InputError::Empty {
             location: location.to_string(),
             read,
@@ -1087,7 +1404,20 @@ pub fn ingest(
         }
         .into());
     }
-    let (_, last) = crate::util::event_date_range(&deduped)?;
+    let deferred_before = previous.map(|p| p.state.deferred.clone());
+    let last = match &deferred_before {
+        Some(d) if d.height() > 0 => {
+            let newest = |df: &DataFrame| -> Result<Option<chrono::NaiveDate>> {
+                Ok(if df.height() == 0 {
+                    None
+                } else {
+                    Some(crate::util::event_date_range(df)?.1)
+                })
+            };
+            newest(&deduped)?.max(newest(d)?).expect("rows on one side")
+        }
+        _ => crate::util::event_date_range(&deduped)?.1,
+    };
     let as_of = as_of.unwrap_or_else(|| last.succ_opt().expect("date in range"));
     let cutoff = crate::util::date_to_micros(as_of);
     let after_as_of = deduped
@@ -1096,9 +1426,15 @@ pub fn ingest(
         .select([col(ORDER)]);
     let after_as_of = positions(after_as_of, "as-of filter")?;
     let dropped = Series::from_iter(
-        [&copies, &repeats, &after_as_of]
-            .into_iter()
-            .flat_map(|s| s.u64().expect("positions").into_no_null_iter()),
+        [
+            &copies,
+            &kept_before,
+            &repeats,
+            &repeated_before,
+            &after_as_of,
+        ]
+        .into_iter()
+        .flat_map(|s| s.u64().expect("positions").into_no_null_iter()),
     );
     let used = all
         .clone()
@@ -1107,6 +1443,19 @@ pub fn ingest(
         .collect()
         .ctx("selecting the used rows")?;
     let used = used.columns()[0].bool().ctx("used rows")?.clone();
+    let canonical: Vec<Expr> = canonical_columns()
+        .into_iter()
+        .map(|(c, _)| col(c))
+        .chain([col(INPUT)])
+        .collect();
+    let deferred_now = if after_as_of.is_empty() {
+        all.clear().lazy().select(canonical.clone())
+    } else {
+        all.clone()
+            .lazy()
+            .filter(col(ORDER).is_in(lit(after_as_of.clone()).implode(false), false))
+            .select(canonical.clone())
+    };
     let mut all = all;
     for helper in [
         ORDER,
@@ -1115,22 +1464,46 @@ pub fn ingest(
         DVCE_CREATED,
         DVCE_SENT,
         REASON_CODE,
+        START,
     ] {
         all.drop_in_place(helper).ctx("dropping ingest columns")?;
     }
     // `all` is moved in: each wide column is freed as soon as its filtered copy exists.
-    let events = crate::util::filter_by_columns(all, &used)?;
+    let mut events = crate::util::filter_by_columns(all, &used)?;
+    let mut deferred = deferred_now.collect().ctx("events after the as-of date")?;
+    if let Some(before) = deferred_before.filter(|d| d.height() > 0) {
+        let now = |keep: Expr| {
+            before
+                .clone()
+                .lazy()
+                .filter(keep)
+                .collect()
+                .ctx("events carried from the night before")
+        };
+        let (use_now, still_after) = (
+            now(col(ev::TSTAMP).lt(lit(cutoff).cast(utc())))?,
+            now(col(ev::TSTAMP).gt_eq(lit(cutoff).cast(utc())))?,
+        );
+        events = events
+            .vstack(&use_now)
+            .ctx("events carried from the night before")?;
+        deferred = still_after
+            .vstack(&deferred)
+            .ctx("events after the as-of date")?;
+    }
+    events.drop_in_place(INPUT).ctx("dropping ingest columns")?;
     let counts = IngestCounts {
         files: files_read,
         files_pruned,
         read,
+        carried,
         used: events.height(),
         duplicates,
         quarantined: quarantine.height(),
-        after_as_of: after_as_of.len(),
+        after_as_of: deferred.height(),
     };
     debug_assert_eq!(
-        counts.read,
+        counts.read + counts.carried,
         counts.used + counts.duplicates + counts.quarantined + counts.after_as_of
     );
     if events.height() == 0 {
@@ -1138,17 +1511,24 @@ pub fn ingest(
             as_of: as_of.to_string(),
             message: format!(
                 "no events before this date ({} events read are all at or after it)",
-                counts.read
+                counts.read + counts.carried
             ),
         }
         .into());
     }
-    Ok(Ingested {
+    Ok(Ok(Ingested {
         events,
         quarantine,
         counts,
         as_of,
-    })
+        new_keys,
+        state: IngestState {
+            files: listed,
+            sessions,
+            orders,
+            deferred,
+        },
+    }))
 }
 
 /// Checks the schema of every file of `input` (no data read); returns the file count.

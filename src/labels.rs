@@ -73,52 +73,97 @@ impl Cutoffs {
     }
 }
 
-/// Customers whose label is 1 at each labelled cutoff `t` (see [`LabelDef`]): columns
-/// `customer_id`, `cutoff` (µs), `label` (true).
-pub fn positives(
-    events: &DataFrame,
-    cutoffs: &[i64],
-    horizon_days: i64,
-    def: &LabelDef,
-) -> Result<LazyFrame> {
+/// Day number (UTC) of a label event, and its daily totals: events, and the fixed-point
+/// sum of the `min_sum` field.
+const DAY: &str = "_d";
+const N: &str = "_n";
+const SUM: &str = "_s";
+
+/// Per-customer daily totals of the label events of `events` (see [`LabelDef`]):
+/// `customer_id`, `_d`, `_n`, `_s`, one row per (customer, day) with a label event, sorted.
+/// Labels are windows of whole days, so these totals decide every label exactly, and the
+/// totals of two sets of events add up to those of both (`combine_days`).
+pub fn label_days(events: &DataFrame, def: &LabelDef) -> Result<DataFrame> {
     let mut cond = crate::features::events_expr(&def.events);
     for f in &def.filters {
         cond = cond.and(crate::features::filter_expr(f));
     }
     let value = match &def.min_sum {
-        Some((field, _)) => col(field.as_str())
-            .cast(DataType::Float64)
-            .fill_null(lit(0.0)),
-        None => lit(1.0),
+        Some((field, _)) => crate::features::fixed_point(col(field.as_str())).fill_null(lit(0i64)),
+        None => lit(0i64),
     };
-    let targets = events
+    events
         .clone()
         .lazy()
         .filter(cond.fill_null(lit(false)))
-        .select([
+        .group_by([
             col(ev::CUSTOMER_ID),
-            col(ev::TSTAMP).cast(DataType::Int64).alias("_t"),
-            value.alias("_v"),
+            (col(ev::TSTAMP).cast(DataType::Int64) / lit(MICROS_PER_DAY)).alias(DAY),
         ])
-        // Once, not once per cutoff: the label events are few next to all events.
+        .agg([len().cast(DataType::Int64).alias(N), value.sum().alias(SUM)])
+        .sort([ev::CUSTOMER_ID, DAY], Default::default())
         .collect()
-        .ctx("label events")?
-        .lazy();
+        .ctx("label events")
+}
+
+/// The daily label totals of all the events of `parts`; `rename` as in
+/// `features::Daily::combine`.
+pub fn combine_days(parts: Vec<DataFrame>, rename: Option<&DataFrame>) -> Result<DataFrame> {
+    let mut lf = concat(
+        parts.into_iter().map(|df| df.lazy()).collect::<Vec<_>>(),
+        UnionArgs::default(),
+    )
+    .ctx("combining label days")?;
+    if let Some(map) = rename.filter(|m| m.height() > 0) {
+        lf = lf
+            .join(
+                map.clone().lazy().select([
+                    col(crate::features::RENAME_FROM).alias(ev::CUSTOMER_ID),
+                    col(crate::features::RENAME_TO).alias("_to"),
+                ]),
+                [col(ev::CUSTOMER_ID)],
+                [col(ev::CUSTOMER_ID)],
+                crate::util::left_join_ordered(),
+            )
+            .with_column(coalesce(&[col("_to"), col(ev::CUSTOMER_ID)]).alias(ev::CUSTOMER_ID))
+            .drop(cols(["_to"]));
+    }
+    lf.group_by([col(ev::CUSTOMER_ID), col(DAY)])
+        .agg([col(N).sum(), col(SUM).sum()])
+        .sort([ev::CUSTOMER_ID, DAY], Default::default())
+        .collect()
+        .ctx("combining label days")
+}
+
+/// Customers whose label is 1 at each labelled cutoff `t` (midnights, µs), from their daily
+/// label totals (`label_days`): columns `customer_id`, `cutoff` (µs), `label` (true).
+pub fn positives(
+    days: &DataFrame,
+    cutoffs: &[i64],
+    horizon_days: i64,
+    def: &LabelDef,
+) -> Result<LazyFrame> {
     let threshold = def.min_sum.as_ref().map(|(_, m)| *m);
     let per_cutoff: Vec<LazyFrame> = cutoffs
         .iter()
         .map(|&t| {
-            let in_window = targets
+            assert_eq!(t.rem_euclid(MICROS_PER_DAY), 0, "cutoffs are midnights");
+            let first = t.div_euclid(MICROS_PER_DAY);
+            let in_window = days
                 .clone()
+                .lazy()
                 .filter(
-                    col("_t")
-                        .gt_eq(lit(t))
-                        .and(col("_t").lt(lit(t + horizon_days * MICROS_PER_DAY))),
+                    col(DAY)
+                        .gt_eq(lit(first))
+                        .and(col(DAY).lt(lit(first + horizon_days))),
                 )
                 .group_by([col(ev::CUSTOMER_ID)])
-                .agg([col("_v").sum()]);
+                .agg([col(SUM).sum()]);
             let hit = match threshold {
-                Some(m) => in_window.filter(col("_v").gt_eq(lit(m))),
+                Some(m) => in_window.filter(
+                    (col(SUM).cast(DataType::Float64) / lit(crate::features::SUM_SCALE))
+                        .gt_eq(lit(m)),
+                ),
                 None => in_window,
             };
             hit.select([col(ev::CUSTOMER_ID)])
@@ -177,11 +222,16 @@ mod tests {
         )
         .unwrap();
         let label = def("").label;
-        let pos = positives(&events, &[10 * day], 7, &label)
-            .unwrap()
-            .sort([ev::CUSTOMER_ID], Default::default())
-            .collect()
-            .unwrap();
+        let pos = positives(
+            &label_days(&events, &label).unwrap(),
+            &[10 * day],
+            7,
+            &label,
+        )
+        .unwrap()
+        .sort([ev::CUSTOMER_ID], Default::default())
+        .collect()
+        .unwrap();
         let ids: Vec<&str> = pos
             .column(ev::CUSTOMER_ID)
             .unwrap()
@@ -232,11 +282,16 @@ mod tests {
         .unwrap();
         let ids = |text: &str| -> Vec<String> {
             let label = def(text).label;
-            let pos = positives(&events, &[10 * day], 7, &label)
-                .unwrap()
-                .sort([ev::CUSTOMER_ID], Default::default())
-                .collect()
-                .unwrap();
+            let pos = positives(
+                &label_days(&events, &label).unwrap(),
+                &[10 * day],
+                7,
+                &label,
+            )
+            .unwrap()
+            .sort([ev::CUSTOMER_ID], Default::default())
+            .collect()
+            .unwrap();
             pos.column(ev::CUSTOMER_ID)
                 .unwrap()
                 .str()

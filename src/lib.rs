@@ -10,6 +10,7 @@ pub mod error;
 pub mod schema;
 
 pub mod generate;
+pub mod history;
 
 pub mod audience;
 pub mod consent;

@@ -456,6 +456,7 @@ fn prepare(
         quarantine,
         counts,
         as_of,
+        ..
     } = ingest::ingest(inputs, as_of, &job.quality)?;
     timer.lap("ingest");
 
@@ -615,7 +616,7 @@ fn per_customer(
 ) -> Result<Part> {
     let events = &prep.events;
     let positives = labels::positives(
-        events,
+        &labels::label_days(events, &job.model.label)?,
         &cutoffs.labelled_micros(),
         job.model.horizon_days,
         &job.model.label,
@@ -640,7 +641,7 @@ fn per_customer(
         .collect()
         .ctx("computing features")
     })?;
-    let contacts = crate::consent::contacts(events, &job.privacy)?;
+    let contacts = crate::consent::contacts(&crate::consent::signals(events)?, &job.privacy)?;
     Ok(Part {
         snapshots,
         contacts,

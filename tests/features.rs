@@ -7,7 +7,7 @@ use common::*;
 use polars::prelude::*;
 use propel::config::{FeatureSet, ModelDef, Population, Source};
 use propel::features::{check_examples, compute};
-use propel::labels::positives;
+use propel::labels::{label_days, positives};
 use propel::util::{MICROS_PER_DAY, utc};
 use proptest::prelude::*;
 
@@ -157,7 +157,7 @@ proptest! {
         let h = 14;
         let label = ModelDef::parse(&Source::embedded("m", "")).unwrap().label;
         let labels = |rows: &[Ev]| {
-            positives(&frame(rows, t), &[t], h, &label).unwrap().sort(["customer_id"], Default::default()).collect().unwrap()
+            positives(&label_days(&frame(rows, t), &label).unwrap(), &[t], h, &label).unwrap().sort(["customer_id"], Default::default()).collect().unwrap()
         };
         let base = labels(&past);
         // Extra events outside [t, t + H) (shifted past the window) change nothing.

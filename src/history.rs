@@ -1,0 +1,262 @@
+//! History: what the per-customer stages need of a customer's events, kept as per-customer
+//! aggregates that two sets of events combine into those of both. The features' daily
+//! aggregates (`features::Daily`), the label events' daily totals (`labels::label_days`) and
+//! the latest contact and consent signals (`consent::signals`): a night's history is the
+//! night before's combined with the night's new events, which gives what one run over all
+//! the events would (`combine`; tested).
+
+use std::path::Path;
+
+use polars::prelude::*;
+
+use crate::config::{FeatureSet, LabelDef};
+use crate::error::{Context, Result};
+use crate::features::Daily;
+use crate::schema::event as ev;
+
+pub struct History {
+    pub daily: Daily,
+    /// `labels::label_days`.
+    pub labels: DataFrame,
+    /// `consent::signals`.
+    pub signals: DataFrame,
+}
+
+const LABELS: &str = "label_days.parquet";
+const SIGNALS: &str = "signals.parquet";
+
+impl History {
+    /// The history of `events` (canonical events with `customer_id` and `session_id`).
+    pub fn build(events: &DataFrame, features: &FeatureSet, label: &LabelDef) -> Result<History> {
+        Ok(History {
+            daily: Daily::build(events, features)?,
+            labels: crate::labels::label_days(events, label)?,
+            signals: crate::consent::signals(events)?,
+        })
+    }
+
+    /// The history of all the events of `parts`; with `rename` (`previous_id`,
+    /// `customer_id`), a previous id's history becomes its new id's (identity merges).
+    pub fn combine(
+        parts: Vec<History>,
+        features: &FeatureSet,
+        rename: Option<&DataFrame>,
+    ) -> Result<History> {
+        let mut daily = Vec::new();
+        let mut labels = Vec::new();
+        let mut signals = Vec::new();
+        for p in parts {
+            daily.push(p.daily);
+            labels.push(p.labels);
+            signals.push(p.signals);
+        }
+        Ok(History {
+            daily: Daily::combine(daily, features, rename)?,
+            labels: crate::labels::combine_days(labels, rename)?,
+            signals: crate::consent::combine_signals(signals, rename)?,
+        })
+    }
+
+    /// Keeps the customers in `customers` (a `customer_id` column): the others were
+    /// suppressed.
+    pub fn retain(self, customers: &DataFrame) -> Result<History> {
+        let ids = customers
+            .column(ev::CUSTOMER_ID)
+            .ctx("customers")?
+            .as_materialized_series()
+            .clone();
+        let keep = |df: DataFrame| -> Result<DataFrame> {
+            df.lazy()
+                .filter(col(ev::CUSTOMER_ID).is_in(lit(ids.clone()).implode(false), false))
+                .collect()
+                .ctx("dropping suppressed customers")
+        };
+        Ok(History {
+            daily: self.daily.map(keep)?,
+            labels: keep(self.labels)?,
+            signals: keep(self.signals)?,
+        })
+    }
+
+    /// Every frame with the file name it is kept under.
+    fn frames(&self) -> Vec<(String, &DataFrame)> {
+        let mut out = self.daily.frames();
+        out.push((LABELS.into(), &self.labels));
+        out.push((SIGNALS.into(), &self.signals));
+        out
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
+        for (name, df) in self.frames() {
+            crate::util::write_parquet_with(
+                &mut df.clone(),
+                &dir.join(name),
+                ParquetCompression::Lz4Raw,
+                StatisticsOptions::empty(),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn read(dir: &Path, features: &FeatureSet) -> Result<History> {
+        Ok(History {
+            daily: Daily::read(dir, features)?,
+            labels: crate::util::read_parquet(&dir.join(LABELS))?,
+            signals: crate::util::read_parquet(&dir.join(SIGNALS))?,
+        })
+    }
+
+    /// Fingerprint of every frame: one history, one fingerprint, however it was built.
+    pub fn fingerprint(&self) -> Result<String> {
+        let parts = self
+            .frames()
+            .into_iter()
+            .map(|(name, df)| Ok(format!("{name}:{}", crate::util::fingerprint(df)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(crate::util::sha256_hex(&parts.join("\n")))
+    }
+
+    /// The first day (UTC) with an event.
+    pub fn first_day(&self) -> Result<Option<chrono::NaiveDate>> {
+        self.daily.first_day()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+
+    /// Canonical events of a few customers over a few weeks: every feature kind of the
+    /// default set and of `features::tests`, with ties in time.
+    fn events(seed: u64) -> DataFrame {
+        let mut df = crate::features::tests::random_events(seed);
+        let n = df.height();
+        let some = |i: usize, every: usize| i.is_multiple_of(every);
+        for c in [
+            Column::new(
+                ev::EVENT_ID.into(),
+                (0..n)
+                    .map(|i| format!("e{:05}", (i * 7919) % n))
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                ev::EMAIL.into(),
+                (0..n)
+                    .map(|i| some(i, 5).then(|| format!("{}@x.com", i % 3)))
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                ev::USER_ID.into(),
+                (0..n)
+                    .map(|i| some(i, 7).then(|| format!("u{}@y.com", i % 4)))
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(ev::PHONE.into(), vec![None::<&str>; n]),
+            Column::new(
+                ev::CONSENT_ADS.into(),
+                (0..n)
+                    .map(|i| some(i, 3).then_some(i % 2 == 0))
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                ev::CONSENT_EMAIL.into(),
+                (0..n)
+                    .map(|i| some(i, 4).then_some(i % 3 == 0))
+                    .collect::<Vec<_>>(),
+            ),
+        ] {
+            df.with_column(c).unwrap();
+        }
+        df
+    }
+
+    fn sorted(df: &DataFrame, by: &[&str]) -> DataFrame {
+        df.clone()
+            .lazy()
+            .sort(by.to_vec(), Default::default())
+            .collect()
+            .unwrap()
+    }
+
+    #[test]
+    fn nights_combined_with_renames_equal_one_history_of_all_events() {
+        let features = FeatureSet::parse(&Source::embedded(
+            "default.toml",
+            include_str!("../features/default.toml"),
+        ))
+        .unwrap();
+        let label = crate::config::ModelDef::parse(&Source::embedded(
+            "m.toml",
+            "[label]\nhorizon_days = 7\nsum_field = \"line_value\"\nmin_sum = 20\n",
+        ))
+        .unwrap()
+        .label;
+        for seed in [1, 2] {
+            let all = events(seed);
+            let n = all.height();
+            // Night 1: every other row (so days and sessions are split between the nights),
+            // under customer ids that night 2 merges into the real ones.
+            let odd = Series::new("m".into(), (0..n).map(|i| i % 2 == 1).collect::<Vec<_>>());
+            let mut first = all.filter(odd.bool().unwrap()).unwrap();
+            let ids = first
+                .column(ev::CUSTOMER_ID)
+                .unwrap()
+                .str()
+                .unwrap()
+                .apply(|c| c.map(|c| format!("old-{c}").into()));
+            first
+                .with_column(ids.into_column().with_name(ev::CUSTOMER_ID.into()))
+                .unwrap();
+            let second = all.filter(&!odd.bool().unwrap()).unwrap();
+            let rename = crate::features::tests::random_events(seed)
+                .lazy()
+                .select([col(ev::CUSTOMER_ID).unique()])
+                .select([
+                    (lit("old-") + col(ev::CUSTOMER_ID)).alias(crate::features::RENAME_FROM),
+                    col(ev::CUSTOMER_ID).alias(crate::features::RENAME_TO),
+                ])
+                .collect()
+                .unwrap();
+            let whole = History::build(&all, &features, &label).unwrap();
+            let combined = History::combine(
+                vec![
+                    History::build(&first, &features, &label).unwrap(),
+                    History::build(&second, &features, &label).unwrap(),
+                ],
+                &features,
+                Some(&rename),
+            )
+            .unwrap();
+            for ((name, a), (_, b)) in whole.frames().into_iter().zip(combined.frames()) {
+                if !name.starts_with("daily_values") {
+                    assert!(a.height() > 10, "{name}: {}", a.height());
+                }
+                assert!(a.equals_missing(b), "seed {seed}, {name}:\n{a}\n{b}");
+            }
+            assert_eq!(
+                whole.fingerprint().unwrap(),
+                combined.fingerprint().unwrap()
+            );
+            // And so the features, which is what counts.
+            let cutoffs: Vec<i64> = [1031, 1055, 1075]
+                .iter()
+                .map(|d| d * crate::util::MICROS_PER_DAY)
+                .collect();
+            let f = |h: &History| {
+                crate::features::compute_from(
+                    &h.daily,
+                    &cutoffs,
+                    &features,
+                    crate::config::Population::AllSeen,
+                )
+                .unwrap()
+                .collect()
+                .unwrap()
+            };
+            let by = [ev::CUSTOMER_ID, crate::schema::output::CUTOFF];
+            assert!(sorted(&f(&whole), &by).equals_missing(&sorted(&f(&combined), &by)));
+        }
+    }
+}
