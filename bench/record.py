@@ -59,6 +59,20 @@ def main() -> None:
             "merge": gnu_time(d / "merge.time"),
             "identical": (d / "shards_identical.txt").read_text().strip() == "yes",
         }
+    if (d / "incremental.time").exists():
+        gen = (d / "incremental_generate.txt").read_text()
+        m = re.search(r"wrote (\d+) events", gen)
+        metrics = json.loads((d / "incremental.metrics.json").read_text())
+        result["incremental"] = {
+            "history_days": 180,
+            "events": int(m.group(1)) if m else None,
+            "read": metrics.get("refresh"),
+            "night": gnu_time(d / "incremental.time")
+            | {"stages_ms": json.loads((d / "incremental.run.json").read_text())["timings_ms"]},
+            "full": gnu_time(d / "full_refresh.time")
+            | {"stages_ms": json.loads((d / "full_refresh.run.json").read_text())["timings_ms"]},
+            "identical": (d / "incremental_identical.txt").read_text().strip() == "yes",
+        }
     if duck:
         result["duckdb"] = json.loads(Path(duck).read_text()) | gnu_time(d / "duckdb.time")
     print(json.dumps(result, indent=2))

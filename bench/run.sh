@@ -9,6 +9,7 @@
 #   SIZES="1m" bench/run.sh   # just one
 #   LIMIT_GIB=20 ...          # memory cap of one propel run (default 20 GiB)
 #   SHARDS=2 ...              # also run the night as SHARDS shards + merge (0: not; default 2)
+#   INCREMENTAL=1 ...         # also time one new day on 180 days of history (0: not; default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -80,6 +81,44 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
     if cmp -s "$run/manifest.json" "$dir/sharded/$night/manifest.json"; then echo yes; else echo no; fi \
       > "$dir/shards_identical.txt"
     rm -rf "$dir/sharded"
+  fi
+  if [ "${INCREMENTAL:-1}" -gt 0 ]; then
+    # One new day on 180 days of history: the size's customers over 180 days. The night before
+    # reads every file; then the next night, once reading only its new file (the default) and
+    # once with --full-refresh from a copy of the same state. Their outputs must agree.
+    idir=$data/$size-180d
+    if [ ! -f "$idir/events/.complete" ]; then
+      rm -rf "$idir"
+      mkdir -p "$idir"
+      echo "== $size: generating $customers customers over 180 days"
+      "$propel" generate --customers "$customers" --days 180 --seed 42 --start 2026-05-01 --out "$idir/events" | tee "$idir/generate.txt"
+      touch "$idir/events/.complete"
+    fi
+    last=$(ls "$idir/events" | sed -n 's/^load_tstamp_date=//p' | sort | tail -1)
+    before=$(date -d "$last - 1 day" +%F)
+    rm -rf "$idir/inc" "$idir/full"
+    echo "== $size: the night $before over 180 days, then $last read incrementally and in full"
+    ( ulimit -v "$limit_kib"; "$propel" run --input "$idir/events" --output "$idir/inc" --as-of "$before" --log-format json ) > /dev/null 2> "$idir/before.log"
+    cp -a "$idir/inc" "$idir/full"
+    ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run --input "$idir/events" --output "$idir/inc" --as-of "$last" --log-format json ) \
+      > /dev/null 2> "$dir/incremental.time"
+    ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run --input "$idir/events" --output "$idir/full" --as-of "$last" --full-refresh --log-format json ) \
+      > /dev/null 2> "$dir/full_refresh.time"
+    cp "$idir/inc/$last/run.json" "$dir/incremental.run.json"
+    cp "$idir/inc/$last/metrics.json" "$dir/incremental.metrics.json"
+    cp "$idir/full/$last/run.json" "$dir/full_refresh.run.json"
+    cp "$idir/generate.txt" "$dir/incremental_generate.txt"
+    # Every published file but metrics.json (the night's read counts), manifest.json and run.json.
+    python3 - "$idir/inc/$last" "$idir/full/$last" > "$dir/incremental_identical.txt" <<'PY'
+import sys
+from pathlib import Path
+a, b = map(Path, sys.argv[1:3])
+skip = {"metrics.json", "manifest.json", "run.json"}
+names = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.name not in skip)
+same = names(a) == names(b) and all((a / n).read_bytes() == (b / n).read_bytes() for n in names(a))
+print("yes" if same else "no")
+PY
+    rm -rf "$idir/inc" "$idir/full"
   fi
   echo "== $size: DuckDB"
   /usr/bin/time -v "$venv/bin/python" bench/duckdb_features.py "$dir/events" "$run" > "$dir/duckdb.json" 2> "$dir/duckdb.time"

@@ -78,6 +78,12 @@ pub enum Command {
         /// night's state as one run over all customers would, with byte-identical outputs.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         merge_shards: Option<u32>,
+        /// Read every event file. By default a night starts from the state the night before
+        /// kept and reads only the files loaded since (the same outputs, at the cost of one
+        /// day's events), and reads everything only when that could differ (the reason is
+        /// logged and in metrics.json).
+        #[arg(long, conflicts_with = "merge_shards")]
+        full_refresh: bool,
     },
     /// Write synthetic Snowplow Lake Loader Parquet with planted purchase behaviour.
     Generate {
@@ -314,6 +320,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             from_stage,
             shard,
             merge_shards,
+            full_refresh,
         } => {
             // No job and no input: the embedded demo (rerun from its features with
             // `--from-stage features`, without generating it again).
@@ -327,6 +334,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 state,
                 from_stage,
                 merge_shards: merge_shards.map(|n| n as usize),
+                full_refresh,
             };
             if demo {
                 opts.output = opts.output.or(Some(

@@ -38,6 +38,9 @@ pub struct RunOptions {
     /// Merge the parts of this many shards (`run_shard`) instead of computing the
     /// per-customer stages.
     pub merge_shards: Option<usize>,
+    /// Read every event even when the night before's state would let the run read only the
+    /// files loaded since.
+    pub full_refresh: bool,
 }
 
 /// The stage a run starts from.
@@ -73,10 +76,255 @@ struct Night {
 /// that `--from-stage features` need not read raw events.
 struct Prepared {
     night: Night,
+    /// The events this run read: all of them, or those since the night before.
     events: DataFrame,
+    /// Every session of the customers this run computes.
     sessions: DataFrame,
-    /// Fingerprint of the events (keys the cache; see `util::fingerprint`).
+    /// What the per-customer stages need of all their events.
+    history: crate::history::History,
+    /// Fingerprint of the history (keys the cache; see `util::fingerprint`).
     fingerprint: String,
+    /// What the next night starts from.
+    increment: Increment,
+    /// Events used by this night and the nights before (`rows.events`).
+    events_used: usize,
+}
+
+/// How a night read its events: every file, or only those loaded since the night before
+/// (whose state it started from).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "read")]
+pub enum Refresh {
+    Incremental { from: NaiveDate },
+    Full { reason: String },
+}
+
+/// The state a night keeps for the next one to start from (`<night>/increment/`).
+enum Increment {
+    New {
+        ingest: Box<ingest::IngestState>,
+        /// The keys of the events this night kept, added to `key_files`.
+        new_keys: DataFrame,
+        /// The night before's key files (one per night), linked into this night's.
+        key_files: Vec<PathBuf>,
+        record: IncrementRecord,
+    },
+    /// The same night's, linked (a rerun from the features stage).
+    Linked(PathBuf),
+    /// Nothing: the next night reads every event.
+    None,
+}
+
+const INCREMENT_DIR: &str = "increment";
+const INCREMENT_RECORD: &str = "increment.json";
+const KEYS_DIR: &str = "keys";
+const HISTORY_DIR: &str = "history";
+const INGEST_FRAMES: [&str; 3] = ["session_starts", "orders", "deferred"];
+
+/// `increment.json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct IncrementRecord {
+    propel_version: String,
+    /// `increment_definitions`: a night starts from the night before's state only under the
+    /// same definitions.
+    definitions: String,
+    as_of: NaiveDate,
+    /// Events used by this night and the nights before it.
+    events: usize,
+    /// Per input, the files read so far.
+    files: Vec<Vec<String>>,
+    refresh: Refresh,
+}
+
+/// Everything the kept state of a night depends on besides the events: the feature and
+/// label definitions, sessions, the quality rules and the identity guards (a suppression
+/// list is applied every night, so it may change).
+fn increment_definitions(job: &Job) -> String {
+    crate::util::sha256_hex(&format!(
+        "{}\n{:?}\n{}\n{:?}\n{:?}",
+        job.features.hash,
+        job.model.label,
+        job.session_inactivity_minutes,
+        job.quality,
+        job.identity_limits,
+    ))
+}
+
+impl Increment {
+    /// How the night read its events (none: it merged shards, or reran from its features
+    /// stage with other definitions).
+    fn refresh(&self) -> Option<Refresh> {
+        match self {
+            Increment::New { record, .. } => Some(record.refresh.clone()),
+            Increment::Linked(dir) => std::fs::read_to_string(dir.join(INCREMENT_RECORD))
+                .ok()
+                .and_then(|text| serde_json::from_str::<IncrementRecord>(&text).ok())
+                .map(|r| r.refresh),
+            Increment::None => None,
+        }
+    }
+
+    /// Writes (or links) the state into `dir`, the night being committed.
+    fn write(&self, history: &crate::history::History, dir: &std::path::Path) -> Result<()> {
+        let to = dir.join(INCREMENT_DIR);
+        match self {
+            Increment::None => Ok(()),
+            Increment::Linked(from) => link_tree(from, &to),
+            Increment::New {
+                ingest,
+                new_keys,
+                key_files,
+                record,
+            } => {
+                let keys = to.join(KEYS_DIR);
+                std::fs::create_dir_all(&keys).ctx(format!("creating {}", keys.display()))?;
+                for file in key_files {
+                    let name = file.file_name().expect("a key file");
+                    link_or_copy(file, &keys.join(name))?;
+                }
+                let frame = |name: &str, df: &DataFrame| {
+                    crate::util::write_parquet_with(
+                        &mut df.clone(),
+                        &to.join(format!("{name}.parquet")),
+                        ParquetCompression::Lz4Raw,
+                        StatisticsOptions::empty(),
+                    )
+                };
+                frame(&format!("{KEYS_DIR}/{}", record.as_of), new_keys)?;
+                for (name, df) in
+                    INGEST_FRAMES
+                        .iter()
+                        .zip([&ingest.sessions, &ingest.orders, &ingest.deferred])
+                {
+                    frame(name, df)?;
+                }
+                history.write(&to.join(HISTORY_DIR))?;
+                std::fs::write(
+                    to.join(INCREMENT_RECORD),
+                    serde_json::to_string_pretty(record).expect("json") + "\n",
+                )
+                .ctx("writing increment.json")
+            }
+        }
+    }
+}
+
+fn link_or_copy(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).ctx(format!("copying {}", from.display()))?;
+    }
+    Ok(())
+}
+
+/// Links every file under `from` into the same place under `to`.
+fn link_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to).ctx(format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).ctx(format!("listing {}", from.display()))? {
+        let entry = entry.ctx("listing state")?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            link_tree(&entry.path(), &target)?;
+        } else {
+            link_or_copy(&entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a night starts from when it reads only the files loaded since the night before.
+struct Before {
+    record: IncrementRecord,
+    ingest: ingest::IngestState,
+    key_files: Vec<PathBuf>,
+    history: crate::history::History,
+    sessions: DataFrame,
+    identity: identity::IdentityState,
+}
+
+/// The night before `as_of` (or the newest night) and its kept state, or why a night cannot
+/// start from it.
+fn night_before(
+    state: &crate::state::StateDir,
+    as_of: Option<NaiveDate>,
+    job: &Job,
+) -> Result<std::result::Result<Before, String>> {
+    let dir = match as_of {
+        Some(d) => state.before(d)?,
+        None => state.nights()?.last().map(|n| state.night(*n)),
+    };
+    let Some(dir) = dir else {
+        return Ok(Err("no night before this one in the state".into()));
+    };
+    let inc = dir.join(INCREMENT_DIR);
+    let record: Option<IncrementRecord> = std::fs::read_to_string(inc.join(INCREMENT_RECORD))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let Some(record) = record else {
+        return Ok(Err(format!(
+            "the night before ({}) kept no state to start from (it ran in shards, from the features stage with other definitions, or with another version of propel)",
+            dir.display()
+        )));
+    };
+    if record.propel_version != env!("CARGO_PKG_VERSION") {
+        return Ok(Err(format!(
+            "the night before ran with propel {}",
+            record.propel_version
+        )));
+    }
+    if record.definitions != increment_definitions(job) {
+        return Ok(Err(
+            "the feature, label, session, quality or identity definitions changed since the night before".into(),
+        ));
+    }
+    let read = |name: &str| crate::util::read_parquet(&inc.join(format!("{name}.parquet")));
+    let mut key_files: Vec<PathBuf> = std::fs::read_dir(inc.join(KEYS_DIR))
+        .ctx("listing the kept event keys")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    key_files.sort();
+    let Some(identity) = identity::IdentityState::load(&dir)? else {
+        return Ok(Err("the night before kept no identity graph".into()));
+    };
+    Ok(Ok(Before {
+        ingest: ingest::IngestState {
+            files: record.files.clone(),
+            sessions: read(INGEST_FRAMES[0])?,
+            orders: read(INGEST_FRAMES[1])?,
+            deferred: read(INGEST_FRAMES[2])?,
+        },
+        history: crate::history::History::read(&inc.join(HISTORY_DIR), &job.features)?,
+        sessions: read_stage_frame(&dir.join(STAGE_DIR), SESSIONS_FRAME)?,
+        identity,
+        key_files,
+        record,
+    }))
+}
+
+/// The kept event keys of `files`, read lazily.
+fn scan_keys(files: &[PathBuf]) -> Result<LazyFrame> {
+    if files.is_empty() {
+        return Ok(DataFrame::new(
+            0,
+            vec![
+                Column::new_empty(ev::EVENT_ID.into(), &DataType::String),
+                Column::new_empty(ev::COLLECTOR_TSTAMP.into(), &DataType::Int64),
+                Column::new_empty(ingest::INPUT.into(), &DataType::UInt32),
+            ],
+        )
+        .ctx("event keys")?
+        .lazy());
+    }
+    let scans = files
+        .iter()
+        .map(|f| {
+            LazyFrame::scan_parquet(
+                PlRefPath::new(f.display().to_string().as_str()),
+                ScanArgsParquet::default(),
+            )
+            .ctx(format!("reading {}", f.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    concat(scans, UnionArgs::default()).ctx("reading the kept event keys")
 }
 
 #[derive(Serialize, serde::Deserialize)]
@@ -212,8 +460,9 @@ impl Prepared {
         write_stage_frame(&stage, SESSIONS_FRAME, &self.sessions)
     }
 
-    /// What the run of `night` kept in `dir` (a night's state, or a shard's part).
-    fn load(dir: &std::path::Path, night: NaiveDate) -> Result<Prepared> {
+    /// What the run of `night` kept in `dir` (a night's state, or a shard's part), for the
+    /// definitions of `job`.
+    fn load(dir: &std::path::Path, night: NaiveDate, job: &Job) -> Result<Prepared> {
         let (kept, shards) = Night::load(dir, night)?;
         if let Some(n) = shards {
             return Err(crate::error::ConfigError::one(
@@ -227,10 +476,46 @@ impl Prepared {
         }
         let stage = dir.join(STAGE_DIR);
         let events = read_stage_frame(&stage, EVENTS_FRAME)?;
+        let inc = dir.join(INCREMENT_DIR);
+        let record: Option<IncrementRecord> = std::fs::read_to_string(inc.join(INCREMENT_RECORD))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .filter(|r: &IncrementRecord| r.propel_version == env!("CARGO_PKG_VERSION"));
+        // The history kept, when the definitions it was built for are the job's; else built
+        // again from the kept events, which only a night that read every file has.
+        let (history, increment, events_used) = match record {
+            Some(r) if r.definitions == increment_definitions(job) => (
+                crate::history::History::read(&inc.join(HISTORY_DIR), &job.features)?,
+                Increment::Linked(inc),
+                r.events,
+            ),
+            Some(IncrementRecord {
+                refresh: Refresh::Incremental { from },
+                ..
+            }) => {
+                return Err(crate::error::ConfigError::one(
+                    dir.display().to_string(),
+                    format!(
+                        "the night {night} read only the files loaded since {from}, so it kept only those \
+                         events, and the feature, label, session, quality or identity definitions have \
+                         changed since: rerun the night from its input with --full-refresh"
+                    ),
+                )
+                .into());
+            }
+            _ => (
+                crate::history::History::build(&events, &job.features, &job.model.label)?,
+                Increment::None,
+                events.height(),
+            ),
+        };
         Ok(Prepared {
             night: kept,
-            fingerprint: crate::util::fingerprint(&events)?,
+            fingerprint: history.fingerprint()?,
             sessions: read_stage_frame(&stage, SESSIONS_FRAME)?,
+            history,
+            increment,
+            events_used,
             events,
         })
     }
@@ -440,14 +725,61 @@ impl Cache {
     }
 }
 
-/// Ingest, identity and sessions, from the raw events; with `shard`, the events and sessions
-/// kept are that shard's customers' (identity always resolves the whole night).
+/// Ingest, identity, sessions and the customers' history: from the files loaded since the
+/// night before, combined with its state, when that gives what reading every file would
+/// (`prepare_incremental`); otherwise from every file. With `shard`, the events, sessions
+/// and history kept are that shard's customers' (identity always resolves the whole night),
+/// and every file is read.
 fn prepare(
     inputs: &[InputDef],
     as_of: Option<NaiveDate>,
     job: &Job,
     state: &crate::state::StateDir,
     shard: Option<Shard>,
+    full_refresh: bool,
+    timer: &mut Timer,
+) -> Result<Prepared> {
+    let reason = if full_refresh {
+        "--full-refresh".to_string()
+    } else if shard.is_some() {
+        "shards read every file".to_string()
+    } else {
+        match night_before(state, as_of, job)? {
+            Err(why) => why,
+            Ok(before) => match prepare_incremental(inputs, as_of, job, before, timer)? {
+                Ok(prep) => return Ok(prep),
+                Err(why) => why,
+            },
+        }
+    };
+    info!(reason = %reason, "reading every event file");
+    prepare_full(inputs, as_of, job, state, shard, reason, timer)
+}
+
+fn suppression(job: &Job) -> Result<identity::Suppression> {
+    match &job.suppression {
+        Some(p) => identity::Suppression::load(p),
+        None => Ok(identity::Suppression::default()),
+    }
+}
+
+fn warn_shared(resolved: &identity::Resolved) {
+    if resolved.shared.height() > 0 {
+        tracing::warn!(
+            count = resolved.shared.height(),
+            "shared identifiers ignored by the identity guards (see identity_shared.parquet)"
+        );
+    }
+}
+
+/// `prepare` from every file.
+fn prepare_full(
+    inputs: &[InputDef],
+    as_of: Option<NaiveDate>,
+    job: &Job,
+    state: &crate::state::StateDir,
+    shard: Option<Shard>,
+    reason: String,
     timer: &mut Timer,
 ) -> Result<Prepared> {
     info!(inputs = ?inputs, "ingest");
@@ -456,7 +788,8 @@ fn prepare(
         quarantine,
         counts,
         as_of,
-        ..
+        new_keys,
+        state: ingest_state,
     } = ingest::ingest(inputs, as_of, &job.quality)?;
     timer.lap("ingest");
 
@@ -464,17 +797,13 @@ fn prepare(
         Some(dir) => identity::IdentityState::load(&dir)?,
         None => None,
     };
-    let suppression = match &job.suppression {
-        Some(p) => identity::Suppression::load(p)?,
-        None => identity::Suppression::default(),
-    };
-    let resolved = identity::resolve(&raw, previous.as_ref(), &job.identity_limits, &suppression)?;
-    if resolved.shared.height() > 0 {
-        tracing::warn!(
-            count = resolved.shared.height(),
-            "shared identifiers ignored by the identity guards (see identity_shared.parquet)"
-        );
-    }
+    let resolved = identity::resolve(
+        &raw,
+        previous.as_ref(),
+        &job.identity_limits,
+        &suppression(job)?,
+    )?;
+    warn_shared(&resolved);
     // The resolved rows share their columns with the raw ones: let them go, so that
     // sessionising sorts the only copy.
     drop(raw);
@@ -485,9 +814,27 @@ fn prepare(
     };
     timer.lap("identity");
 
-    let (events, sessions) = sessions::sessionize(events, job.session_inactivity_minutes)?;
+    let (events, sessions) = sessions::sessionize(events, job.session_inactivity_minutes, None)?;
     timer.lap("sessions");
-    Ok(Prepared {
+    let history = crate::history::History::build(&events, &job.features, &job.model.label)?;
+    let files = ingest_state.files.clone();
+    let increment = match shard {
+        Some(_) => Increment::None,
+        None => Increment::New {
+            ingest: Box::new(ingest_state),
+            new_keys,
+            key_files: Vec::new(),
+            record: IncrementRecord {
+                propel_version: env!("CARGO_PKG_VERSION").into(),
+                definitions: increment_definitions(job),
+                as_of,
+                events: events.height(),
+                files,
+                refresh: Refresh::Full { reason },
+            },
+        },
+    };
+    let prep = Prepared {
         night: Night {
             as_of,
             first_day,
@@ -502,9 +849,186 @@ fn prepare(
             identity_state: resolved.state,
         },
         sessions,
-        fingerprint: crate::util::fingerprint(&events)?,
+        fingerprint: history.fingerprint()?,
+        history,
+        events_used: events.height(),
         events,
-    })
+        increment,
+    };
+    timer.lap("history");
+    Ok(prep)
+}
+
+/// `prepare` from the files loaded since the night before, combined with its state: the
+/// same night as one read of every file gives, or why not.
+fn prepare_incremental(
+    inputs: &[InputDef],
+    as_of: Option<NaiveDate>,
+    job: &Job,
+    before: Before,
+    timer: &mut Timer,
+) -> Result<std::result::Result<Prepared, String>> {
+    info!(inputs = ?inputs, since = %before.record.as_of, "ingest");
+    let previous = ingest::Previous {
+        state: &before.ingest,
+        keys: scan_keys(&before.key_files)?,
+    };
+    let ingested = match ingest::ingest_from(inputs, as_of, &job.quality, Some(&previous))? {
+        Ok(i) => i,
+        Err(ingest::FullRefresh(why)) => return Ok(Err(why)),
+    };
+    if ingested.as_of <= before.record.as_of {
+        return Ok(Err(format!(
+            "the as-of date {} is not after the night before's ({})",
+            ingested.as_of, before.record.as_of
+        )));
+    }
+    timer.lap("ingest");
+
+    let resolved = identity::resolve(
+        &ingested.events,
+        Some(&before.identity),
+        &job.identity_limits,
+        &suppression(job)?,
+    )?;
+    warn_shared(&resolved);
+    let changes = &resolved.changes;
+    let split = changes
+        .clone()
+        .lazy()
+        .filter(col("reason").eq(lit("split")))
+        .collect()
+        .ctx("identity changes")?;
+    if let Some(id) = crate::util::strings(&split, "previous_id")?
+        .into_iter()
+        .next()
+    {
+        return Ok(Err(format!(
+            "identity split customer {} (a guard cut its identifiers apart): its events must be read again",
+            id.unwrap_or_default()
+        )));
+    }
+    let rename = changes
+        .clone()
+        .lazy()
+        .select([
+            col("previous_id").alias(features::RENAME_FROM),
+            col(ev::CUSTOMER_ID).alias(features::RENAME_TO),
+        ])
+        .collect()
+        .ctx("identity changes")?;
+    timer.lap("identity");
+
+    // The sessions of the nights before, under today's customer ids. A merged customer's gap
+    // sessions are numbered by customer: they would be numbered anew.
+    let renamed = before.sessions.clone().lazy().join(
+        rename.clone().lazy().select([
+            col(features::RENAME_FROM).alias(ev::CUSTOMER_ID),
+            col(features::RENAME_TO).alias("_to"),
+        ]),
+        [col(ev::CUSTOMER_ID)],
+        [col(ev::CUSTOMER_ID)],
+        crate::util::left_join_ordered(),
+    );
+    let gap_merged = renamed
+        .clone()
+        .filter(
+            col("_to")
+                .is_not_null()
+                .and(col(ev::SESSION_ID).str().starts_with(lit("gap:"))),
+        )
+        .limit(1)
+        .collect()
+        .ctx("sessions of merged customers")?;
+    if let Some(id) = crate::util::strings(&gap_merged, ev::CUSTOMER_ID)?
+        .into_iter()
+        .next()
+    {
+        return Ok(Err(format!(
+            "identity merged customer {}, whose sessions without a tracker session id are numbered anew",
+            id.unwrap_or_default()
+        )));
+    }
+    let customers = resolved
+        .customers
+        .clone()
+        .lazy()
+        .select([col(ev::CUSTOMER_ID)]);
+    let sessions_before = renamed
+        .with_column(coalesce(&[col("_to"), col(ev::CUSTOMER_ID)]).alias(ev::CUSTOMER_ID))
+        .drop(cols(["_to"]))
+        .join(
+            customers,
+            [col(ev::CUSTOMER_ID)],
+            [col(ev::CUSTOMER_ID)],
+            JoinArgs::new(JoinType::Semi),
+        )
+        .collect()
+        .ctx("sessions of the nights before")?;
+    let carry = sessions::gap_carry(&sessions_before)?;
+    let (events, sessions_now) = sessions::sessionize(
+        resolved.events,
+        job.session_inactivity_minutes,
+        Some(&carry),
+    )?;
+    let sessions = match sessions::combine(sessions_before, sessions_now)? {
+        Ok(s) => s,
+        Err(why) => return Ok(Err(why)),
+    };
+    timer.lap("sessions");
+
+    let history = crate::history::History::combine(
+        vec![
+            before.history,
+            crate::history::History::build(&events, &job.features, &job.model.label)?,
+        ],
+        &job.features,
+        Some(&rename),
+    )?
+    .retain(&resolved.customers)?;
+    let first_day = history
+        .first_day()?
+        .expect("a night with events has a first day");
+    let files = ingested.state.files.clone();
+    let events_used = before.record.events + events.height();
+    let increment = Increment::New {
+        ingest: Box::new(ingested.state),
+        new_keys: ingested.new_keys,
+        key_files: before.key_files,
+        record: IncrementRecord {
+            propel_version: env!("CARGO_PKG_VERSION").into(),
+            definitions: increment_definitions(job),
+            as_of: ingested.as_of,
+            events: events_used,
+            files,
+            refresh: Refresh::Incremental {
+                from: before.record.as_of,
+            },
+        },
+    };
+    let prep = Prepared {
+        night: Night {
+            as_of: ingested.as_of,
+            first_day,
+            customers: resolved.customers,
+            identity: resolved.identity,
+            changes: resolved.changes,
+            shared: resolved.shared,
+            quarantine: ingested.quarantine,
+            counts: ingested.counts,
+            suppressed_customers: resolved.suppressed_customers,
+            suppressed_events: resolved.suppressed_events,
+            identity_state: resolved.state,
+        },
+        sessions,
+        fingerprint: history.fingerprint()?,
+        history,
+        events_used,
+        events,
+        increment,
+    };
+    timer.lap("history");
+    Ok(Ok(prep))
 }
 
 /// One of `count` slices of the customers, cut by `util::customer_hash`: the per-customer
@@ -614,9 +1138,9 @@ fn per_customer(
     cache: &Cache,
     timer: &mut Timer,
 ) -> Result<Part> {
-    let events = &prep.events;
+    let history = &prep.history;
     let positives = labels::positives(
-        &labels::label_days(events, &job.model.label)?,
+        &history.labels,
         &cutoffs.labelled_micros(),
         job.model.horizon_days,
         &job.model.label,
@@ -625,8 +1149,8 @@ fn per_customer(
     // A rerun from the features stage reuses results whose inputs did not change (the kept
     // events, the definitions, the cutoffs): editing one file recomputes what depends on it.
     let snapshots = cache.parquet("snapshots", &snapshots_key(job, cutoffs), || {
-        features::compute(
-            events,
+        features::compute_from(
+            &history.daily,
             &cutoffs.all_micros(),
             &job.features,
             job.model.population,
@@ -641,12 +1165,12 @@ fn per_customer(
         .collect()
         .ctx("computing features")
     })?;
-    let contacts = crate::consent::contacts(&crate::consent::signals(events)?, &job.privacy)?;
+    let contacts = crate::consent::contacts(&history.signals, &job.privacy)?;
     Ok(Part {
         snapshots,
         contacts,
         sessions: prep.sessions.clone(),
-        events: events.height(),
+        events: prep.events_used,
         fingerprint: prep.fingerprint.clone(),
     })
 }
@@ -870,7 +1394,15 @@ pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
         Stage::Ingest => {
             let early = opts.as_of.map(lock).transpose()?;
             let start = opts.as_of.map(|d| starts_from(&state, d)).transpose()?;
-            let prep = prepare(&inputs, opts.as_of, &job, &state, Some(shard), &mut timer)?;
+            let prep = prepare(
+                &inputs,
+                opts.as_of,
+                &job,
+                &state,
+                Some(shard),
+                true,
+                &mut timer,
+            )?;
             let (held, start) = match (early, start) {
                 (Some(held), Some(start)) => (held, start),
                 _ => (
@@ -889,12 +1421,12 @@ pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
             })?;
             let held = lock(as_of)?;
             let part = shard.dir(&state, as_of).join(PART_DIR);
-            let prep = Prepared::load(&part, as_of)?;
+            let prep = Prepared::load(&part, as_of, &job)?;
             let kept: PartRecord = std::fs::read_to_string(part.join(PART_RECORD))
                 .ok()
                 .and_then(|text| serde_json::from_str(&text).ok())
                 .ok_or_else(|| nothing_kept(&part, as_of))?;
-            for stage in ["ingest", "identity", "sessions"] {
+            for stage in ["ingest", "identity", "sessions", "history"] {
                 timer.lap(stage);
             }
             (prep, kept.starts_from, held)
@@ -1014,6 +1546,10 @@ struct MetricsFile<'a> {
     n_train_positive: usize,
     n_validation: usize,
     rows: BTreeMap<&'static str, usize>,
+    /// How the night read its events: only the files loaded since the night before
+    /// (`incremental`), or every file (`full`, with the reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh: Option<Refresh>,
     ingest: &'a IngestCounts,
     audiences: &'a [AudienceReport],
     /// Customers by consent to advertising and to e-mail: given, refused, unknown.
@@ -1051,8 +1587,9 @@ struct ModelSummary<'a> {
 }
 
 /// The stages of a run, in order.
-pub const STAGES: [&str; 9] = [
-    "ingest", "identity", "sessions", "labels", "features", "model", "score", "audience", "publish",
+pub const STAGES: [&str; 10] = [
+    "ingest", "identity", "sessions", "history", "labels", "features", "model", "score",
+    "audience", "publish",
 ];
 
 /// Times the stages and shows them: a `run` span that every log line of the run sits in, with
@@ -1391,14 +1928,24 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 None => newest_sharded_night(&state)?,
             };
             let (night, cutoffs, part) = merge_parts(&state, as_of, count, &job)?;
-            for stage in ["ingest", "identity", "sessions", "labels", "features"] {
+            for stage in [
+                "ingest", "identity", "sessions", "history", "labels", "features",
+            ] {
                 timer.lap(stage);
             }
             (night, cutoffs, part, None)
         }
         None => {
             let prep = match opts.from_stage {
-                Stage::Ingest => prepare(&inputs, opts.as_of, &job, &state, None, &mut timer)?,
+                Stage::Ingest => prepare(
+                    &inputs,
+                    opts.as_of,
+                    &job,
+                    &state,
+                    None,
+                    opts.full_refresh,
+                    &mut timer,
+                )?,
                 Stage::Features => {
                     let as_of = match opts.as_of {
                         Some(d) => d,
@@ -1406,8 +1953,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                             crate::error::ConfigError::one(state.root().display().to_string(), "--from-stage features needs a night already run; none is kept here")
                         })?,
                     };
-                    let prep = Prepared::load(&state.night(as_of), as_of)?;
-                    for stage in ["ingest", "identity", "sessions"] {
+                    let prep = Prepared::load(&state.night(as_of), as_of, &job)?;
+                    for stage in ["ingest", "identity", "sessions", "history"] {
                         timer.lap(stage);
                     }
                     prep
@@ -1419,6 +1966,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 night,
                 events,
                 sessions,
+                history,
+                increment,
                 ..
             } = prep;
             let kept = match opts.from_stage {
@@ -1428,7 +1977,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                     night: night.as_of,
                 },
             };
-            (night, cutoffs, part, Some(kept))
+            (night, cutoffs, part, Some((kept, history, increment)))
         }
     };
     let as_of = night.as_of;
@@ -1652,6 +2201,9 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         n_train_positive: artifact.n_train_positive,
         n_validation: artifact.validation.n,
         rows,
+        refresh: kept
+            .as_ref()
+            .and_then(|(_, _, increment)| increment.refresh()),
         ingest: &night.counts,
         audiences: &audiences,
         consent,
@@ -1680,7 +2232,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         serde_json::to_string_pretty(&record).expect("json") + "\n",
     )
     .ctx("writing run.json")?;
-    if let Some(events) = kept.as_mut() {
+    if let Some((events, ..)) = kept.as_mut() {
         events.wait()?;
     }
     let output_dir = staging.publish()?;
@@ -1690,9 +2242,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     // identity graph and the model in production (the new one if promoted, else the same).
     state.commit(as_of, job.state_keep_nights, |dir| {
         match kept.as_mut() {
-            Some(events) => {
+            Some((events, history, increment)) => {
                 night.write(dir, None)?;
-                events.finish(&dir.join(STAGE_DIR))?
+                events.finish(&dir.join(STAGE_DIR))?;
+                increment.write(history, dir)?
             }
             None => night.write(dir, opts.merge_shards)?,
         }

@@ -34,19 +34,53 @@ fn device_class(ua: Expr) -> Expr {
         .otherwise(lit("desktop"))
 }
 
-/// Adds `session_id` to every event; returns (events, sessions).
+/// Columns of [`gap_carry`].
+const CARRY_T: &str = "_carry_t";
+const CARRY_IDX: &str = "_carry_idx";
+const GAP_PREFIX: &str = "gap:";
+
+/// Per customer, the end and number of their last inactivity-gap session in `sessions` (the
+/// sessions of the nights before): a night's events without a tracker session continue it, or
+/// start the next one.
+pub fn gap_carry(sessions: &DataFrame) -> Result<DataFrame> {
+    sessions
+        .clone()
+        .lazy()
+        .filter(col(ev::SESSION_ID).str().starts_with(lit(GAP_PREFIX)))
+        .select([
+            col(ev::CUSTOMER_ID),
+            col(END).cast(DataType::Int64).alias(CARRY_T),
+            col(ev::SESSION_ID)
+                .str()
+                .split(lit(":"))
+                .list()
+                .last()
+                .cast(DataType::UInt32)
+                .alias(CARRY_IDX),
+        ])
+        .group_by([col(ev::CUSTOMER_ID)])
+        .agg([col(CARRY_T).max(), col(CARRY_IDX).max()])
+        .collect()
+        .ctx("gap sessions of the nights before")
+}
+
+/// Adds `session_id` to every event; returns (events, sessions). `carry` (`gap_carry`)
+/// continues the gap sessions of the nights before.
 pub fn sessionize(
     mut events: DataFrame,
     inactivity_minutes: i64,
+    carry: Option<&DataFrame>,
 ) -> Result<(DataFrame, DataFrame)> {
     let gap = inactivity_minutes * 60 * 1_000_000;
     let t = || col(ev::TSTAMP).cast(DataType::Int64);
     // Events without a tracker session: split each customer's stream at inactivity gaps.
-    let is_new = (t() - t().shift(lit(1)))
-        .over([col(ev::CUSTOMER_ID)])
-        .ctx("session gaps")?
-        .gt(lit(gap))
-        .fill_null(lit(true));
+    let previous = coalesce(&[
+        t().shift(lit(1))
+            .over([col(ev::CUSTOMER_ID)])
+            .ctx("session gaps")?,
+        col(CARRY_T),
+    ]);
+    let is_new = (t() - previous).gt(lit(gap)).fill_null(lit(true));
     // Session ids are worked out on the key columns; the wide rows are sorted once at the end.
     const ROW: &str = "_row";
     const GAP_SESSION: &str = "_gap_session";
@@ -61,29 +95,41 @@ pub fn sessionize(
             col(ev::CLIENT_SESSIONID),
         ])
         .with_row_index(ROW, None);
-    let fallback = keys
-        .clone()
-        .filter(
-            col(ev::DOMAIN_SESSIONID)
-                .is_null()
-                .and(col(ev::CLIENT_SESSIONID).is_null()),
-        )
+    let without_tracker = keys.clone().filter(
+        col(ev::DOMAIN_SESSIONID)
+            .is_null()
+            .and(col(ev::CLIENT_SESSIONID).is_null()),
+    );
+    let without_tracker = match carry {
+        Some(c) => without_tracker.join(
+            c.clone().lazy(),
+            [col(ev::CUSTOMER_ID)],
+            [col(ev::CUSTOMER_ID)],
+            crate::util::left_join_ordered(),
+        ),
+        None => without_tracker.with_columns([
+            lit(NULL).cast(DataType::Int64).alias(CARRY_T),
+            lit(NULL).cast(DataType::UInt32).alias(CARRY_IDX),
+        ]),
+    };
+    let fallback = without_tracker
         .sort_by_exprs(
             [col(ev::CUSTOMER_ID), col(ev::TSTAMP), col(ev::EVENT_ID)],
             SortMultipleOptions::default(),
         )
         .with_column(
-            is_new
+            (is_new
                 .cast(DataType::UInt32)
                 .cum_sum(false)
                 .over([col(ev::CUSTOMER_ID)])
                 .ctx("session index")?
-                .alias("_idx"),
+                + col(CARRY_IDX).fill_null(lit(0u32)))
+            .alias("_idx"),
         )
         .with_column(
             concat_str(
                 [
-                    lit("gap"),
+                    lit(GAP_PREFIX.trim_end_matches(':')),
                     col(ev::CUSTOMER_ID),
                     col("_idx").cast(DataType::String),
                 ],
@@ -178,6 +224,122 @@ pub fn sessionize(
     Ok((events, sessions))
 }
 
+/// The sessions of all the events of the nights before (`before`, under the customers' ids
+/// of now) and of this night (`now`): a session both have continues, its rows combined as
+/// one built from all its events would be. Err (why) when that cannot be exact: a session
+/// two merged customers both had, or one whose new events do not all come after its old
+/// ones (the order of a breadcrumb, landing and exit page).
+pub fn combine(
+    before: DataFrame,
+    now: DataFrame,
+) -> Result<std::result::Result<DataFrame, String>> {
+    let keys = [col(ev::SESSION_ID), col(ev::CUSTOMER_ID)];
+    let first_of = |df: &DataFrame, what: &str| -> Result<Option<String>> {
+        Ok(crate::util::strings(df, ev::SESSION_ID)?
+            .into_iter()
+            .next()
+            .map(|id| format!("session {} {what}", id.unwrap_or_default())))
+    };
+    let shared = before
+        .clone()
+        .lazy()
+        .group_by(keys.clone())
+        .agg([len().alias("_n")])
+        .filter(col("_n").gt(lit(1)))
+        .limit(1)
+        .collect()
+        .ctx("combining sessions")?;
+    if let Some(why) = first_of(&shared, "was a session of two customers identity merged")? {
+        return Ok(Err(why));
+    }
+    let both = now
+        .clone()
+        .lazy()
+        .select([col(ev::SESSION_ID), col(ev::CUSTOMER_ID), col(START)])
+        .join(
+            before.clone().lazy().select([
+                col(ev::SESSION_ID),
+                col(ev::CUSTOMER_ID),
+                col(END).alias("_end_before"),
+            ]),
+            keys.clone(),
+            keys.clone(),
+            JoinArgs::new(JoinType::Inner),
+        )
+        .collect()
+        .ctx("combining sessions")?;
+    let early = both
+        .clone()
+        .lazy()
+        .filter(col(START).lt_eq(col("_end_before")))
+        .limit(1)
+        .collect()
+        .ctx("combining sessions")?;
+    if let Some(why) = first_of(&early, "gained events before its last one")? {
+        return Ok(Err(why));
+    }
+    let schema = before.schema().clone();
+    let continued = both.lazy().select(keys.clone());
+    let part = |df: DataFrame, n: u32| df.lazy().with_column(lit(n).alias("_part"));
+    let rows =
+        concat([part(before, 0), part(now, 1)], UnionArgs::default()).ctx("combining sessions")?;
+    let in_both = rows.clone().join(
+        continued.clone(),
+        keys.clone(),
+        keys.clone(),
+        JoinArgs::new(JoinType::Semi),
+    );
+    let alone = rows.join(
+        continued,
+        keys.clone(),
+        keys.clone(),
+        JoinArgs::new(JoinType::Anti),
+    );
+    let first = |c: &str| col(c).drop_nulls().first().alias(c);
+    let combined = in_both
+        .sort(["_part"], Default::default())
+        .group_by_stable(keys)
+        .agg([
+            col(START).min(),
+            col(END).max(),
+            ((col(END).max().cast(DataType::Int64) - col(START).min().cast(DataType::Int64))
+                / lit(1_000_000i64))
+            .alias(DURATION_S),
+            col(EVENTS).sum(),
+            col(PAGE_VIEWS).sum(),
+            first(LANDING_PAGE),
+            col(EXIT_PAGE).drop_nulls().last().alias(EXIT_PAGE),
+            first(ev::PAGE_REFERRER),
+            first(ev::REFR_MEDIUM),
+            first(ev::MKT_SOURCE),
+            first(ev::MKT_MEDIUM),
+            first(ev::MKT_CAMPAIGN),
+            first(ev::USERAGENT),
+            device_class(col(ev::USERAGENT).drop_nulls().first()).alias(DEVICE),
+            // Two rows, the nights before's then this night's.
+            concat_list([col(BREADCRUMB).first(), col(BREADCRUMB).last()])
+                .expect("two lists")
+                .list()
+                .head(lit(BREADCRUMB_MAX as i64))
+                .alias(BREADCRUMB),
+            col(HAS_CART_ADD).any(true),
+            col(HAS_ORDER).any(true),
+        ]);
+    let casts: Vec<Expr> = schema
+        .iter()
+        .map(|(name, dt)| col(name.clone()).cast(dt.clone()))
+        .collect();
+    let all = concat(
+        [alone.select(casts.clone()), combined.select(casts)],
+        UnionArgs::default(),
+    )
+    .ctx("combining sessions")?
+    .sort([ev::CUSTOMER_ID, START, ev::SESSION_ID], Default::default())
+    .collect()
+    .ctx("combining sessions")?;
+    Ok(Ok(all))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +420,7 @@ mod tests {
                 ("e3", "a", Some("s1"), 7, "page_view", "/p/1"),
             ]),
             30,
+            None,
         )
         .unwrap();
         let rows: Vec<(String, String, i64)> = (0..sessions.height())
@@ -304,6 +467,7 @@ mod tests {
                 ("e8", "b", None, 170, "page_view", "/w"),
             ]),
             30,
+            None,
         )
         .unwrap();
         assert_eq!(

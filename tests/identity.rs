@@ -589,7 +589,7 @@ mod properties {
                 s(ev::MKT_CAMPAIGN, vec![None; n]),
                 s(ev::USERAGENT, vec![None; n]),
             ]).unwrap();
-            let (events, sessions) = propel::sessions::sessionize(df.clone(), gap).unwrap();
+            let (events, sessions) = propel::sessions::sessionize(df.clone(), gap, None).unwrap();
             prop_assert_eq!(events.height(), n);
             prop_assert_eq!(events.column(ev::SESSION_ID).unwrap().null_count(), 0);
             let ids: BTreeSet<&str> = events.column(ev::EVENT_ID).unwrap().str().unwrap().iter().flatten().collect();
