@@ -62,11 +62,11 @@ def main() -> None:
     if (d / "incremental.time").exists():
         gen = (d / "incremental_generate.txt").read_text()
         m = re.search(r"wrote (\d+) events", gen)
-        metrics = json.loads((d / "incremental.metrics.json").read_text())
+        night = json.loads((d / "incremental.run.json").read_text())
         result["incremental"] = {
             "history_days": 180,
             "events": int(m.group(1)) if m else None,
-            "read": metrics.get("refresh"),
+            "read": night.get("read"),
             "night": gnu_time(d / "incremental.time")
             | {"stages_ms": json.loads((d / "incremental.run.json").read_text())["timings_ms"]},
             "full": gnu_time(d / "full_refresh.time")

@@ -93,7 +93,7 @@ def main() -> None:
               f"{s} customers over {inc['history_days']} days ({inc['events']:,} events): the next night {how} "
               f"in {night:.1f} s (peak {inc['night'].get('peak_rss_mib')} MiB) against {full:.1f} s "
               f"(peak {inc['full'].get('peak_rss_mib')} MiB) with --full-refresh: {100 * night / full:.0f}% "
-              f"(at most 15%); published files {'identical' if inc['identical'] else 'DIFFERENT'} but metrics.json")
+              f"(at most 15%); published files {'byte-identical' if inc['identical'] else 'DIFFERENT'} (all but run.json)")
         st = ", ".join(f"{k} {inc['night']['stages_ms'].get(k, '-')}/{inc['full']['stages_ms'].get(k, '-')}"
                        for k in ["ingest", "identity", "sessions", "history", "labels", "features", "model", "score", "audience", "publish"])
         print(f"  Per stage, incremental/full (ms): {st}.")
@@ -119,11 +119,16 @@ def main() -> None:
     print("""
 ## Where the memory and the time go
 
-- propel holds the run's events in memory once (about 0.5 KB per event across its 45 canonical
-  columns: 10M events are about 5 GB); what grows with events beyond that is the features
-  stage's per-customer daily aggregates and the sessions. Memory bounded by customers, as
-  issue #9 asks, needs the event stages on polars' streaming engine with the daily aggregates
-  as state; that is not built.
+- A full read holds the run's events in memory once (about 0.5 KB per event across its 45
+  canonical columns: 10M events are about 5 GB); what grows with events beyond that is the
+  per-customer daily aggregates and the sessions. An incremental night holds only the new
+  files' events, but its history (daily aggregates, sessions, the session starts and orders)
+  is read whole and grows with the days kept, not with customers alone. Memory bounded by
+  customers for a full read, as issue #9 asks, needs the event stages on polars' streaming
+  engine; that is not built.
+- An incremental night's time goes mostly to what does not shrink with one day: features at
+  every training cutoff for every customer, and training the model (see the per-stage line
+  above).
 - What keeps a second copy away: ingest decodes the files once and filters the wide columns
   one at a time, the identity graph is built from distinct identifier combinations, the
   sessions sort gathers column by column, and mimalloc (with immediate purging) returns the

@@ -105,15 +105,14 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
     ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run --input "$idir/events" --output "$idir/full" --as-of "$last" --full-refresh --log-format json ) \
       > /dev/null 2> "$dir/full_refresh.time"
     cp "$idir/inc/$last/run.json" "$dir/incremental.run.json"
-    cp "$idir/inc/$last/metrics.json" "$dir/incremental.metrics.json"
     cp "$idir/full/$last/run.json" "$dir/full_refresh.run.json"
     cp "$idir/generate.txt" "$dir/incremental_generate.txt"
-    # Every published file but metrics.json (the night's read counts), manifest.json and run.json.
+    # Every published file but run.json (timings, and what the night read).
     python3 - "$idir/inc/$last" "$idir/full/$last" > "$dir/incremental_identical.txt" <<'PY'
 import sys
 from pathlib import Path
 a, b = map(Path, sys.argv[1:3])
-skip = {"metrics.json", "manifest.json", "run.json"}
+skip = {"run.json"}
 names = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.name not in skip)
 same = names(a) == names(b) and all((a / n).read_bytes() == (b / n).read_bytes() for n in names(a))
 print("yes" if same else "no")

@@ -38,20 +38,21 @@ fn at_event(signal: &str) -> String {
 /// with its time and event id: one row per customer, sorted.
 fn latest_signals(rows: LazyFrame) -> Result<DataFrame> {
     let aggs = SIGNALS.into_iter().flat_map(|s| {
-        // Rows without the signal have no time: they sort first and are dropped.
-        let latest = move |c: String| {
-            col(c.as_str())
+        // The rows at the signal's latest time (rows without the signal have none); of
+        // those, the largest event id. Sorting only the tied rows keeps this cheap.
+        let (t, k) = (col(at_time(s)), col(at_event(s)));
+        let at = t.clone().eq(t.clone().max()).fill_null(lit(false));
+        [
+            col(s)
+                .filter(at.clone())
                 .sort_by(
-                    [col(at_time(s)), col(at_event(s))],
+                    [k.clone().filter(at.clone())],
                     SortMultipleOptions::default(),
                 )
-                .drop_nulls()
                 .last()
-        };
-        [
-            latest(s.to_string()),
-            latest(at_time(s)),
-            latest(at_event(s)),
+                .alias(s),
+            t.max(),
+            k.filter(at).max(),
         ]
     });
     rows.group_by([col(ev::CUSTOMER_ID)])

@@ -647,9 +647,9 @@ impl Daily {
         .sorted()
     }
 
-    /// Every frame through `f` (which keeps its columns), sorted again.
+    /// Every frame through `f`, which keeps its columns and its order (a filter).
     pub fn map(self, f: impl Fn(DataFrame) -> Result<DataFrame>) -> Result<Daily> {
-        Daily {
+        Ok(Daily {
             events: f(self.events)?,
             values: self
                 .values
@@ -657,6 +657,50 @@ impl Daily {
                 .map(|(i, df)| Ok((i, f(df)?)))
                 .collect::<Result<_>>()?,
             sessions: self.sessions.map(&f).transpose()?,
+        })
+    }
+
+    /// Every frame through `f`, keeping `self`.
+    pub fn clone_with(&self, f: impl Fn(&DataFrame) -> Result<DataFrame>) -> Result<Daily> {
+        Ok(Daily {
+            events: f(&self.events)?,
+            values: self
+                .values
+                .iter()
+                .map(|(i, df)| Ok((*i, f(df)?)))
+                .collect::<Result<_>>()?,
+            sessions: self.sessions.as_ref().map(&f).transpose()?,
+        })
+    }
+
+    /// The customers with days here (every event has a day in `events`).
+    pub fn customer_ids(&self) -> Result<Series> {
+        self.events
+            .column(ev::CUSTOMER_ID)
+            .ctx("daily customers")?
+            .as_materialized_series()
+            .unique()
+            .ctx("daily customers")
+    }
+
+    /// The rows of both, whose customers are distinct, sorted.
+    pub fn append(self, other: Daily) -> Result<Daily> {
+        let stack = |a: DataFrame, b: &DataFrame| a.vstack(b).ctx("appending daily aggregates");
+        let mut values = self.values;
+        for (i, df) in other.values {
+            let joined = match values.remove(&i) {
+                Some(mine) => stack(mine, &df)?,
+                None => df,
+            };
+            values.insert(i, joined);
+        }
+        Daily {
+            events: stack(self.events, &other.events)?,
+            values,
+            sessions: match (self.sessions, other.sessions) {
+                (Some(a), Some(b)) => Some(stack(a, &b)?),
+                (a, b) => a.or(b),
+            },
         }
         .sorted()
     }

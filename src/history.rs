@@ -57,6 +57,81 @@ impl History {
         })
     }
 
+    /// The night before's history `before` combined with a night's (`night`, of the night's
+    /// events): only the customers the night touched (with events, or merged by `rename`)
+    /// are combined again, the others' rows are taken as they are.
+    pub fn add_night(
+        before: History,
+        night: History,
+        features: &FeatureSet,
+        rename: &DataFrame,
+    ) -> Result<History> {
+        let touched = concat_series(&[
+            night.daily.customer_ids()?,
+            rename
+                .column(crate::features::RENAME_FROM)
+                .ctx("renames")?
+                .as_materialized_series()
+                .clone(),
+            rename
+                .column(crate::features::RENAME_TO)
+                .ctx("renames")?
+                .as_materialized_series()
+                .clone(),
+        ])?;
+        let (again, untouched) = before.split(&touched)?;
+        let combined = History::combine(vec![again, night], features, Some(rename))?;
+        let sort = |df: DataFrame, keys: &[&str]| -> Result<DataFrame> {
+            df.lazy()
+                .sort(keys.to_vec(), Default::default())
+                .collect()
+                .ctx("appending history")
+        };
+        Ok(History {
+            daily: untouched.daily.append(combined.daily)?,
+            labels: sort(
+                untouched
+                    .labels
+                    .vstack(&combined.labels)
+                    .ctx("appending history")?,
+                &[ev::CUSTOMER_ID, "_d"],
+            )?,
+            signals: sort(
+                untouched
+                    .signals
+                    .vstack(&combined.signals)
+                    .ctx("appending history")?,
+                &[ev::CUSTOMER_ID],
+            )?,
+        })
+    }
+
+    /// (the rows of the customers in `ids`, the others').
+    fn split(self, ids: &Series) -> Result<(History, History)> {
+        let part = |df: &DataFrame, inside: bool| -> Result<DataFrame> {
+            let is_in = col(ev::CUSTOMER_ID).is_in(lit(ids.clone()).implode(false), false);
+            df.clone()
+                .lazy()
+                .filter(if inside { is_in } else { is_in.not() })
+                .collect()
+                .ctx("splitting history")
+        };
+        let daily_in = self.daily.clone_with(|df| part(df, true))?;
+        let daily_out = self.daily.map(|df| part(&df, false))?;
+        Ok((
+            History {
+                daily: daily_in,
+                labels: part(&self.labels, true)?,
+                signals: part(&self.signals, true)?,
+            },
+            History {
+                daily: daily_out,
+                labels: part(&self.labels, false)?,
+                signals: part(&self.signals, false)?,
+            },
+        ))
+    }
+
     /// Keeps the customers in `customers` (a `customer_id` column): the others were
     /// suppressed.
     pub fn retain(self, customers: &DataFrame) -> Result<History> {
@@ -121,6 +196,15 @@ impl History {
     pub fn first_day(&self) -> Result<Option<chrono::NaiveDate>> {
         self.daily.first_day()
     }
+}
+
+/// The distinct values of `parts`, one string series.
+fn concat_series(parts: &[Series]) -> Result<Series> {
+    let mut all = parts[0].clone();
+    for p in &parts[1..] {
+        all.append(p).ctx("customer ids")?;
+    }
+    all.unique().ctx("customer ids")
 }
 
 #[cfg(test)]
@@ -239,6 +323,50 @@ mod tests {
                 whole.fingerprint().unwrap(),
                 combined.fingerprint().unwrap()
             );
+            // A night that touches some customers only: c1* appear in night 1 only, c2* are
+            // renamed, the rest carry on.
+            let is = |p: &str| col(ev::CUSTOMER_ID).str().starts_with(lit(p));
+            let night1 = all
+                .clone()
+                .lazy()
+                .with_row_index("_i", None)
+                .filter(col("_i").lt(lit((n / 2) as u32)).or(is("c1")))
+                .with_column(
+                    when(is("c2"))
+                        .then(lit("old-") + col(ev::CUSTOMER_ID))
+                        .otherwise(col(ev::CUSTOMER_ID))
+                        .alias(ev::CUSTOMER_ID),
+                )
+                .drop(cols(["_i"]))
+                .collect()
+                .unwrap();
+            let night2 = all
+                .clone()
+                .lazy()
+                .with_row_index("_i", None)
+                .filter(col("_i").gt_eq(lit((n / 2) as u32)).and(is("c1").not()))
+                .drop(cols(["_i"]))
+                .collect()
+                .unwrap();
+            let renamed = rename
+                .clone()
+                .lazy()
+                .filter(col(crate::features::RENAME_TO).str().starts_with(lit("c2")))
+                .collect()
+                .unwrap();
+            let added = History::add_night(
+                History::build(&night1, &features, &label).unwrap(),
+                History::build(&night2, &features, &label).unwrap(),
+                &features,
+                &renamed,
+            )
+            .unwrap();
+            for ((name, a), (_, b)) in whole.frames().into_iter().zip(added.frames()) {
+                assert!(
+                    a.equals_missing(b),
+                    "add_night, seed {seed}, {name}:\n{a}\n{b}"
+                );
+            }
             // And so the features, which is what counts.
             let cutoffs: Vec<i64> = [1031, 1055, 1075]
                 .iter()

@@ -1273,7 +1273,7 @@ pub fn ingest_from(
     // have won (earlier collector time, or the same from an input listed before).
     let mut kept_before = Series::new_empty(ORDER.into(), &DataType::UInt64);
     if let Some(p) = previous {
-        let again = unique
+        let mine = unique
             .clone()
             .select([
                 col(ORDER),
@@ -1281,8 +1281,26 @@ pub fn ingest_from(
                 micros(ev::COLLECTOR_TSTAMP).alias(AT),
                 col(INPUT),
             ])
+            .collect()
+            .ctx("finding copies of events kept before")?;
+        // The kept keys are read through a filter on this night's ids (pushed into the scan):
+        // only the few that match are held, never every event id of the history.
+        let ids = mine
+            .column(ev::EVENT_ID)
+            .ctx("event ids")?
+            .as_materialized_series()
+            .unique()
+            .ctx("event ids")?;
+        let kept = p
+            .keys
+            .clone()
+            .filter(col(ev::EVENT_ID).is_in(lit(ids).implode(false), false))
+            .collect()
+            .ctx("reading the kept event keys")?;
+        let again = mine
+            .lazy()
             .join(
-                p.keys.clone(),
+                kept.lazy(),
                 [col(ev::EVENT_ID)],
                 [col(ev::EVENT_ID)],
                 JoinArgs::new(JoinType::Inner).with_suffix(Some("_kept".into())),

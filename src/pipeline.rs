@@ -101,24 +101,35 @@ pub enum Refresh {
 
 /// The state a night keeps for the next one to start from (`<night>/increment/`).
 enum Increment {
-    New {
-        ingest: Box<ingest::IngestState>,
-        /// The keys of the events this night kept, added to `key_files`.
-        new_keys: DataFrame,
-        /// The night before's key files (one per night), linked into this night's.
-        key_files: Vec<PathBuf>,
-        record: IncrementRecord,
-    },
+    New(Box<Fresh>),
     /// The same night's, linked (a rerun from the features stage).
     Linked(PathBuf),
     /// Nothing: the next night reads every event.
     None,
 }
 
+/// What a night that read its files keeps for the next.
+struct Fresh {
+    ingest: ingest::IngestState,
+    /// The keys of the events this night kept, added to `key_files`.
+    new_keys: DataFrame,
+    /// The night before's key files (one per night), linked into this night's.
+    key_files: Vec<PathBuf>,
+    /// The kept events of the nights since the last full read (one file per night, each
+    /// under the customer ids of its night), linked into this night's, and the renames
+    /// that bring their ids to this night's (`previous_id`, `customer_id`): with this
+    /// night's kept events, every event, for `--from-stage features`.
+    events_before: Vec<(String, PathBuf)>,
+    renames: DataFrame,
+    record: IncrementRecord,
+}
+
 const INCREMENT_DIR: &str = "increment";
 const INCREMENT_RECORD: &str = "increment.json";
 const KEYS_DIR: &str = "keys";
 const HISTORY_DIR: &str = "history";
+const EVENTS_BEFORE_DIR: &str = "events-before";
+const RENAMES_FRAME: &str = "renames";
 const INGEST_FRAMES: [&str; 3] = ["session_starts", "orders", "deferred"];
 
 /// `increment.json`.
@@ -134,6 +145,33 @@ struct IncrementRecord {
     /// Per input, the files read so far.
     files: Vec<Vec<String>>,
     refresh: Refresh,
+    /// The ingest counts of every file read so far (what one read of them all counts).
+    counts: IngestCounts,
+    /// What this night read.
+    night: IngestCounts,
+}
+
+/// `run.json`'s account of what a night read.
+#[derive(Serialize)]
+struct NightRead {
+    #[serde(flatten)]
+    refresh: Refresh,
+    counts: IngestCounts,
+}
+
+/// The counts of every file read, from those of the nights before (`before`) and this
+/// night's (`night`, which brought in the events `before` left after its as-of date).
+fn cumulative(before: &IngestCounts, night: &IngestCounts) -> IngestCounts {
+    IngestCounts {
+        files: before.files + night.files,
+        files_pruned: night.files_pruned,
+        read: before.read + night.read,
+        carried: 0,
+        used: before.used + night.used,
+        duplicates: before.duplicates + night.duplicates,
+        quarantined: before.quarantined + night.quarantined,
+        after_as_of: night.after_as_of,
+    }
 }
 
 /// Everything the kept state of a night depends on besides the events: the feature and
@@ -153,13 +191,17 @@ fn increment_definitions(job: &Job) -> String {
 impl Increment {
     /// How the night read its events (none: it merged shards, or reran from its features
     /// stage with other definitions).
-    fn refresh(&self) -> Option<Refresh> {
+    fn read(&self) -> Option<NightRead> {
+        let of = |r: &IncrementRecord| NightRead {
+            refresh: r.refresh.clone(),
+            counts: r.night.clone(),
+        };
         match self {
-            Increment::New { record, .. } => Some(record.refresh.clone()),
+            Increment::New(fresh) => Some(of(&fresh.record)),
             Increment::Linked(dir) => std::fs::read_to_string(dir.join(INCREMENT_RECORD))
                 .ok()
                 .and_then(|text| serde_json::from_str::<IncrementRecord>(&text).ok())
-                .map(|r| r.refresh),
+                .map(|r| of(&r)),
             Increment::None => None,
         }
     }
@@ -170,17 +212,35 @@ impl Increment {
         match self {
             Increment::None => Ok(()),
             Increment::Linked(from) => link_tree(from, &to),
-            Increment::New {
-                ingest,
-                new_keys,
-                key_files,
-                record,
-            } => {
-                let keys = to.join(KEYS_DIR);
-                std::fs::create_dir_all(&keys).ctx(format!("creating {}", keys.display()))?;
-                for file in key_files {
-                    let name = file.file_name().expect("a key file");
-                    link_or_copy(file, &keys.join(name))?;
+            Increment::New(fresh) => {
+                let Fresh {
+                    ingest,
+                    new_keys,
+                    key_files,
+                    events_before,
+                    renames,
+                    record,
+                } = fresh.as_ref();
+                let named = |files: &[PathBuf]| -> Vec<(String, PathBuf)> {
+                    files
+                        .iter()
+                        .map(|f| {
+                            (
+                                f.file_name().expect("a file").to_string_lossy().into(),
+                                f.clone(),
+                            )
+                        })
+                        .collect()
+                };
+                for (dir, files) in [
+                    (KEYS_DIR, named(key_files)),
+                    (EVENTS_BEFORE_DIR, events_before.clone()),
+                ] {
+                    let dir = to.join(dir);
+                    std::fs::create_dir_all(&dir).ctx(format!("creating {}", dir.display()))?;
+                    for (name, file) in files {
+                        link_or_copy(&file, &dir.join(name))?;
+                    }
                 }
                 let frame = |name: &str, df: &DataFrame| {
                     crate::util::write_parquet_with(
@@ -191,11 +251,12 @@ impl Increment {
                     )
                 };
                 frame(&format!("{KEYS_DIR}/{}", record.as_of), new_keys)?;
-                for (name, df) in
-                    INGEST_FRAMES
-                        .iter()
-                        .zip([&ingest.sessions, &ingest.orders, &ingest.deferred])
-                {
+                for (name, df) in INGEST_FRAMES.iter().chain([&RENAMES_FRAME]).zip([
+                    &ingest.sessions,
+                    &ingest.orders,
+                    &ingest.deferred,
+                    renames,
+                ]) {
                     frame(name, df)?;
                 }
                 history.write(&to.join(HISTORY_DIR))?;
@@ -233,6 +294,13 @@ fn link_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
 
 /// What a night starts from when it reads only the files loaded since the night before.
 struct Before {
+    /// The quarantined rows of every file read so far.
+    quarantine: DataFrame,
+    /// The kept events of the nights since the last full read, that night's included (by
+    /// file name), and the renames that bring them to the night before's ids (see
+    /// `Increment::New`).
+    events_before: Vec<(String, PathBuf)>,
+    renames: DataFrame,
     record: IncrementRecord,
     ingest: ingest::IngestState,
     key_files: Vec<PathBuf>,
@@ -285,6 +353,16 @@ fn night_before(
     let Some(identity) = identity::IdentityState::load(&dir)? else {
         return Ok(Err("the night before kept no identity graph".into()));
     };
+    let mut events_before: Vec<(String, PathBuf)> = kept_events_before(&inc)?
+        .into_iter()
+        .map(|f| (f.file_name().expect("a file").to_string_lossy().into(), f))
+        .collect();
+    // That night's own kept events, named by the night.
+    let own = dir.join(STAGE_DIR).join(format!("{EVENTS_FRAME}.parquet"));
+    if !own.exists() {
+        return Ok(Err("the night before kept no events".into()));
+    }
+    events_before.push((format!("{}.parquet", record.as_of), own));
     Ok(Ok(Before {
         ingest: ingest::IngestState {
             files: record.files.clone(),
@@ -294,10 +372,93 @@ fn night_before(
         },
         history: crate::history::History::read(&inc.join(HISTORY_DIR), &job.features)?,
         sessions: read_stage_frame(&dir.join(STAGE_DIR), SESSIONS_FRAME)?,
+        quarantine: read_stage_frame(&dir.join(STAGE_DIR), "quarantine")?,
+        renames: read(RENAMES_FRAME)?,
+        events_before,
         identity,
         key_files,
         record,
     }))
+}
+
+/// The files under `<increment>/events-before/`, by night.
+fn kept_events_before(inc: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let dir = inc.join(EVENTS_BEFORE_DIR);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .ctx(format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// `renames` followed by `now` (both `previous_id`, `customer_id`): where every id renamed so
+/// far goes now.
+fn compose_renames(renames: &DataFrame, now: &DataFrame) -> Result<DataFrame> {
+    let (from, to) = (features::RENAME_FROM, features::RENAME_TO);
+    let moved = renames
+        .clone()
+        .lazy()
+        .join(
+            now.clone()
+                .lazy()
+                .select([col(from).alias(to), col(to).alias("_now")]),
+            [col(to)],
+            [col(to)],
+            crate::util::left_join_ordered(),
+        )
+        .select([col(from), coalesce(&[col("_now"), col(to)]).alias(to)]);
+    concat([moved, now.clone().lazy()], UnionArgs::default())
+        .ctx("identity renames")?
+        .unique(Some(cols([from])), UniqueKeepStrategy::First)
+        .sort([from], Default::default())
+        .collect()
+        .ctx("identity renames")
+}
+
+/// Every event a night kept for `--from-stage features`: the kept events of the nights since
+/// the last full read under today's ids (suppressed customers left out), then its own.
+fn all_kept_events(
+    inc: &std::path::Path,
+    own: DataFrame,
+    customers: &DataFrame,
+) -> Result<DataFrame> {
+    let renames = crate::util::read_parquet(&inc.join(format!("{RENAMES_FRAME}.parquet")))?;
+    let mut all = Vec::new();
+    for file in kept_events_before(inc)? {
+        let df = crate::util::read_parquet(&file)?;
+        let schema = own.schema().clone();
+        all.push(
+            df.lazy()
+                .join(
+                    renames.clone().lazy().select([
+                        col(features::RENAME_FROM).alias(ev::CUSTOMER_ID),
+                        col(features::RENAME_TO).alias("_to"),
+                    ]),
+                    [col(ev::CUSTOMER_ID)],
+                    [col(ev::CUSTOMER_ID)],
+                    crate::util::left_join_ordered(),
+                )
+                .with_column(coalesce(&[col("_to"), col(ev::CUSTOMER_ID)]).alias(ev::CUSTOMER_ID))
+                .join(
+                    customers.clone().lazy().select([col(ev::CUSTOMER_ID)]),
+                    [col(ev::CUSTOMER_ID)],
+                    [col(ev::CUSTOMER_ID)],
+                    JoinArgs::new(JoinType::Semi),
+                )
+                .select(
+                    schema
+                        .iter_names()
+                        .map(|n| col(n.clone()))
+                        .collect::<Vec<_>>(),
+                ),
+        );
+    }
+    all.push(own.lazy());
+    concat(all, UnionArgs::default())
+        .ctx("the events kept by the nights before")?
+        .collect()
+        .ctx("the events kept by the nights before")
 }
 
 /// The kept event keys of `files`, read lazily.
@@ -489,25 +650,20 @@ impl Prepared {
                 Increment::Linked(inc),
                 r.events,
             ),
-            Some(IncrementRecord {
-                refresh: Refresh::Incremental { from },
-                ..
-            }) => {
-                return Err(crate::error::ConfigError::one(
-                    dir.display().to_string(),
-                    format!(
-                        "the night {night} read only the files loaded since {from}, so it kept only those \
-                         events, and the feature, label, session, quality or identity definitions have \
-                         changed since: rerun the night from its input with --full-refresh"
-                    ),
+            _ => {
+                // A night that read only its new files kept only their events: the nights
+                // before it since the last full read kept the others.
+                let events = if inc.join(EVENTS_BEFORE_DIR).exists() {
+                    all_kept_events(&inc, events.clone(), &kept.customers)?
+                } else {
+                    events.clone()
+                };
+                (
+                    crate::history::History::build(&events, &job.features, &job.model.label)?,
+                    Increment::None,
+                    events.height(),
                 )
-                .into());
             }
-            _ => (
-                crate::history::History::build(&events, &job.features, &job.model.label)?,
-                Increment::None,
-                events.height(),
-            ),
         };
         Ok(Prepared {
             night: kept,
@@ -820,10 +976,19 @@ fn prepare_full(
     let files = ingest_state.files.clone();
     let increment = match shard {
         Some(_) => Increment::None,
-        None => Increment::New {
-            ingest: Box::new(ingest_state),
+        None => Increment::New(Box::new(Fresh {
+            ingest: ingest_state,
             new_keys,
             key_files: Vec::new(),
+            events_before: Vec::new(),
+            renames: DataFrame::new(
+                0,
+                vec![
+                    Column::new_empty(features::RENAME_FROM.into(), &DataType::String),
+                    Column::new_empty(features::RENAME_TO.into(), &DataType::String),
+                ],
+            )
+            .ctx("identity renames")?,
             record: IncrementRecord {
                 propel_version: env!("CARGO_PKG_VERSION").into(),
                 definitions: increment_definitions(job),
@@ -831,8 +996,10 @@ fn prepare_full(
                 events: events.height(),
                 files,
                 refresh: Refresh::Full { reason },
+                counts: counts.clone(),
+                night: counts.clone(),
             },
-        },
+        })),
     };
     let prep = Prepared {
         night: Night {
@@ -977,13 +1144,11 @@ fn prepare_incremental(
     };
     timer.lap("sessions");
 
-    let history = crate::history::History::combine(
-        vec![
-            before.history,
-            crate::history::History::build(&events, &job.features, &job.model.label)?,
-        ],
+    let history = crate::history::History::add_night(
+        before.history,
+        crate::history::History::build(&events, &job.features, &job.model.label)?,
         &job.features,
-        Some(&rename),
+        &rename,
     )?
     .retain(&resolved.customers)?;
     let first_day = history
@@ -991,10 +1156,24 @@ fn prepare_incremental(
         .expect("a night with events has a first day");
     let files = ingested.state.files.clone();
     let events_used = before.record.events + events.height();
-    let increment = Increment::New {
-        ingest: Box::new(ingested.state),
+    // What one read of every file counts and quarantines.
+    let counts = cumulative(&before.record.counts, &ingested.counts);
+    let quarantine = if ingested.quarantine.height() == 0 {
+        before.quarantine
+    } else if before.quarantine.height() == 0 {
+        ingested.quarantine
+    } else {
+        before
+            .quarantine
+            .vstack(&ingested.quarantine)
+            .ctx("quarantined rows")?
+    };
+    let increment = Increment::New(Box::new(Fresh {
+        ingest: ingested.state,
         new_keys: ingested.new_keys,
         key_files: before.key_files,
+        events_before: before.events_before,
+        renames: compose_renames(&before.renames, &rename)?,
         record: IncrementRecord {
             propel_version: env!("CARGO_PKG_VERSION").into(),
             definitions: increment_definitions(job),
@@ -1004,8 +1183,10 @@ fn prepare_incremental(
             refresh: Refresh::Incremental {
                 from: before.record.as_of,
             },
+            counts: counts.clone(),
+            night: ingested.counts,
         },
-    };
+    }));
     let prep = Prepared {
         night: Night {
             as_of: ingested.as_of,
@@ -1014,8 +1195,8 @@ fn prepare_incremental(
             identity: resolved.identity,
             changes: resolved.changes,
             shared: resolved.shared,
-            quarantine: ingested.quarantine,
-            counts: ingested.counts,
+            quarantine,
+            counts,
             suppressed_customers: resolved.suppressed_customers,
             suppressed_events: resolved.suppressed_events,
             identity_state: resolved.state,
@@ -1546,10 +1727,6 @@ struct MetricsFile<'a> {
     n_train_positive: usize,
     n_validation: usize,
     rows: BTreeMap<&'static str, usize>,
-    /// How the night read its events: only the files loaded since the night before
-    /// (`incremental`), or every file (`full`, with the reason).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refresh: Option<Refresh>,
     ingest: &'a IngestCounts,
     audiences: &'a [AudienceReport],
     /// Customers by consent to advertising and to e-mail: given, refused, unknown.
@@ -1576,6 +1753,11 @@ struct RunRecord {
     /// Peak resident memory reached by the end of each stage (MiB): where memory grows.
     peak_rss_mib_by_stage: BTreeMap<&'static str, u64>,
     rows: BTreeMap<&'static str, usize>,
+    /// How the night read its events: only the files loaded since the night before
+    /// (`incremental`), or every file (`full`, with the reason), and the night's counts
+    /// (`metrics.json` counts every file read so far, as one read of them all would).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read: Option<NightRead>,
 }
 
 #[derive(Serialize)]
@@ -2201,9 +2383,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         n_train_positive: artifact.n_train_positive,
         n_validation: artifact.validation.n,
         rows,
-        refresh: kept
-            .as_ref()
-            .and_then(|(_, _, increment)| increment.refresh()),
         ingest: &night.counts,
         audiences: &audiences,
         consent,
@@ -2226,6 +2405,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         peak_rss_mib_by_stage: timer.peaks.clone(),
         peak_rss_mib: crate::util::peak_rss_mib(),
         rows: metrics.rows.clone(),
+        read: kept.as_ref().and_then(|(_, _, increment)| increment.read()),
     };
     std::fs::write(
         staging.path(crate::publish::RUN_RECORD),
