@@ -90,7 +90,7 @@ def main() -> None:
         read = inc.get("read") or {}
         how = "read only its new file" if read.get("read") == "incremental" else f"READ EVERYTHING ({read.get('reason')})"
         check(night <= 0.15 * full and inc["identical"] and read.get("read") == "incremental",
-              f"{s} customers over {inc['history_days']} days ({inc['events']:,} events): the next night {how} "
+              f"{s}: {inc['events']:,} events over {inc['history_days']} days: the next night {how} "
               f"in {night:.1f} s (peak {inc['night'].get('peak_rss_mib')} MiB) against {full:.1f} s "
               f"(peak {inc['full'].get('peak_rss_mib')} MiB) with --full-refresh: {100 * night / full:.0f}% "
               f"(at most 15%); published files {'byte-identical' if inc['identical'] else 'DIFFERENT'} (all but run.json)")

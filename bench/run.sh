@@ -10,6 +10,8 @@
 #   LIMIT_GIB=20 ...          # memory cap of one propel run (default 20 GiB)
 #   SHARDS=2 ...              # also run the night as SHARDS shards + merge (0: not; default 2)
 #   INCREMENTAL=1 ...         # also time one new day on 180 days of history (0: not; default 1)
+#   STEPS="incremental" ...   # only these steps (run shards incremental duckdb; default all),
+#                             # the others' results kept from an earlier run of the harness
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -43,6 +45,9 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
     echo "$(date +%s.%N) - $gen_start" | bc > "$dir/generate_s.txt"
     touch "$dir/events/.complete"
   fi
+  steps=${STEPS:-run shards incremental duckdb}
+  has() { case " $steps " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+  if has run; then
   rm -rf "$dir/out"
   echo "== $size: propel run"
   set +e
@@ -63,7 +68,10 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
   /usr/bin/time -v "$propel" run --output "$dir/out" --from-stage features > /dev/null 2> "$dir/features_cold.time"
   echo "== $size: rerun from the features stage (nothing changed)"
   /usr/bin/time -v "$propel" run --output "$dir/out" --from-stage features > /dev/null 2> "$dir/features_warm.time"
+  fi
+  run=$(find "$dir/out" -maxdepth 1 -name '20*' -type d 2>/dev/null | sort | tail -1)
   shards=${SHARDS:-2}
+  has shards || shards=0
   rm -f "$dir"/shard-*.time "$dir/merge.time" "$dir/shards_identical.txt"
   if [ "$shards" -gt 0 ]; then
     # One after the other here (2 cores): each shard's time and memory is what one machine of
@@ -82,23 +90,31 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
       > "$dir/shards_identical.txt"
     rm -rf "$dir/sharded"
   fi
-  if [ "${INCREMENTAL:-1}" -gt 0 ]; then
-    # One new day on 180 days of history: the size's customers over 180 days. The night before
+  if [ "${INCREMENTAL:-1}" -gt 0 ] && has incremental; then
+    # One new day on 180 days of history: as many events as the size, over 180 days (fewer
+    # customers, as long a history as a year's half). The night before
     # reads every file; then the next night, once reading only its new file (the default) and
     # once with --full-refresh from a copy of the same state. Their outputs must agree.
     idir=$data/$size-180d
     if [ ! -f "$idir/events/.complete" ]; then
       rm -rf "$idir"
       mkdir -p "$idir"
-      echo "== $size: generating $customers customers over 180 days"
-      "$propel" generate --customers "$customers" --days 180 --seed 42 --start 2026-05-01 --out "$idir/events" | tee "$idir/generate.txt"
+      echo "== $size: generating $(( customers * 2 / 3 )) customers over 180 days"
+      "$propel" generate --customers "$(( customers * 2 / 3 ))" --days 180 --seed 42 --start 2026-05-01 --out "$idir/events" | tee "$idir/generate.txt"
       touch "$idir/events/.complete"
     fi
     last=$(ls "$idir/events" | sed -n 's/^load_tstamp_date=//p' | sort | tail -1)
     before=$(date -d "$last - 1 day" +%F)
     rm -rf "$idir/inc" "$idir/full"
     echo "== $size: the night $before over 180 days, then $last read incrementally and in full"
+    set +e
     ( ulimit -v "$limit_kib"; "$propel" run --input "$idir/events" --output "$idir/inc" --as-of "$before" --log-format json ) > /dev/null 2> "$idir/before.log"
+    status=$?
+    set -e
+    if [ "$status" -ne 0 ]; then
+      echo "the night before failed on $size-180d (exit $status): $(grep -m1 -E 'error|memory allocation' "$idir/before.log" | cut -c1-200)"
+      rm -f "$dir/incremental.time"
+    else
     cp -a "$idir/inc" "$idir/full"
     ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run --input "$idir/events" --output "$idir/inc" --as-of "$last" --log-format json ) \
       > /dev/null 2> "$dir/incremental.time"
@@ -117,10 +133,13 @@ names = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_fil
 same = names(a) == names(b) and all((a / n).read_bytes() == (b / n).read_bytes() for n in names(a))
 print("yes" if same else "no")
 PY
+    fi
     rm -rf "$idir/inc" "$idir/full"
   fi
+  if has duckdb; then
   echo "== $size: DuckDB"
   /usr/bin/time -v "$venv/bin/python" bench/duckdb_features.py "$dir/events" "$run" > "$dir/duckdb.json" 2> "$dir/duckdb.time"
+  fi
   python3 bench/record.py "$size" "$n" "$dir" "$run" "$dir/duckdb.json" "" > "$results/$size.json"
   cat "$results/$size.json"
 done

@@ -93,25 +93,14 @@ pub fn signals(events: &DataFrame) -> Result<DataFrame> {
 
 /// The signals of all the events of `parts`; `rename` as in `features::Daily::combine`.
 pub fn combine_signals(parts: Vec<DataFrame>, rename: Option<&DataFrame>) -> Result<DataFrame> {
-    let mut lf = concat(
-        parts.into_iter().map(|df| df.lazy()).collect::<Vec<_>>(),
+    let lf = concat(
+        parts
+            .into_iter()
+            .map(|df| crate::features::renamed(df.lazy(), rename))
+            .collect::<Vec<_>>(),
         UnionArgs::default(),
     )
     .ctx("combining consent signals")?;
-    if let Some(map) = rename.filter(|m| m.height() > 0) {
-        lf = lf
-            .join(
-                map.clone().lazy().select([
-                    col(crate::features::RENAME_FROM).alias(ev::CUSTOMER_ID),
-                    col(crate::features::RENAME_TO).alias("_to"),
-                ]),
-                [col(ev::CUSTOMER_ID)],
-                [col(ev::CUSTOMER_ID)],
-                crate::util::left_join_ordered(),
-            )
-            .with_column(coalesce(&[col("_to"), col(ev::CUSTOMER_ID)]).alias(ev::CUSTOMER_ID))
-            .drop(cols(["_to"]));
-    }
     latest_signals(lf)
 }
 

@@ -304,6 +304,26 @@ fn partial(index: usize, part: &str) -> String {
 pub const RENAME_FROM: &str = "previous_id";
 pub const RENAME_TO: &str = "customer_id";
 
+/// `rows` with each `customer_id` that `rename` (`previous_id`, `customer_id`) lists as a
+/// previous id replaced by its new one; the other rows as they are.
+pub fn renamed(rows: LazyFrame, rename: Option<&DataFrame>) -> LazyFrame {
+    match rename {
+        Some(map) if map.height() > 0 => rows
+            .join(
+                map.clone().lazy().select([
+                    col(RENAME_FROM).alias(ev::CUSTOMER_ID),
+                    col(RENAME_TO).alias("_to"),
+                ]),
+                [col(ev::CUSTOMER_ID)],
+                [col(ev::CUSTOMER_ID)],
+                crate::util::left_join_ordered(),
+            )
+            .with_column(coalesce(&[col("_to"), col(ev::CUSTOMER_ID)]).alias(ev::CUSTOMER_ID))
+            .drop(cols(["_to"])),
+        _ => rows,
+    }
+}
+
 /// How the partials of several rows of one (customer, day) combine into what `Daily::build`
 /// gives for their events together: counts and fixed-point sums add up, minima and maxima
 /// of minima and maxima, first and last values go with the earliest or latest (time, event
@@ -559,29 +579,12 @@ impl Daily {
         set: &FeatureSet,
         rename: Option<&DataFrame>,
     ) -> Result<Daily> {
-        let renamed = |df: DataFrame| -> LazyFrame {
-            let lf = df.lazy();
-            match rename {
-                Some(map) if map.height() > 0 => lf
-                    .join(
-                        map.clone().lazy().select([
-                            col(RENAME_FROM).alias(ev::CUSTOMER_ID),
-                            col(RENAME_TO).alias("_to"),
-                        ]),
-                        [col(ev::CUSTOMER_ID)],
-                        [col(ev::CUSTOMER_ID)],
-                        crate::util::left_join_ordered(),
-                    )
-                    .with_column(
-                        coalesce(&[col("_to"), col(ev::CUSTOMER_ID)]).alias(ev::CUSTOMER_ID),
-                    )
-                    .drop(cols(["_to"])),
-                _ => lf,
-            }
-        };
         let all = |frames: Vec<DataFrame>| -> Result<LazyFrame> {
             concat(
-                frames.into_iter().map(renamed).collect::<Vec<_>>(),
+                frames
+                    .into_iter()
+                    .map(|df| renamed(df.lazy(), rename))
+                    .collect::<Vec<_>>(),
                 UnionArgs::default(),
             )
             .ctx("combining daily aggregates")

@@ -38,7 +38,8 @@ pub struct IngestCounts {
 pub struct Ingested {
     /// Canonical events, deduplicated, before the as-of date.
     pub events: DataFrame,
-    /// Rows that could not be used, with `quarantine_reason` and `source_file`.
+    /// Rows that could not be used, with `quarantine_reason`, `source_file` and the input's
+    /// number (`_input`, not published).
     pub quarantine: DataFrame,
     pub counts: IngestCounts,
     /// The as-of date of the run: as given, or the day after the newest event.
@@ -1255,7 +1256,6 @@ pub fn ingest_from(
             DVCE_CREATED,
             DVCE_SENT,
             REASON_CODE,
-            INPUT,
             START,
         ]))
         .collect()
@@ -1415,6 +1415,12 @@ pub fn ingest_from(
     let duplicates = valid_rows - deduped.height();
     let carried = previous.map_or(0, |p| p.state.deferred.height());
     if deduped.height() + carried == 0 {
+        if previous.is_some() {
+            // Let a read of every file say what is wrong.
+            return Ok(Err(FullRefresh(
+                "no usable event since the night before".into(),
+            )));
+        }
         return Err(InputError::Empty {
             location: location.to_string(),
             read,
@@ -1525,6 +1531,11 @@ pub fn ingest_from(
         counts.used + counts.duplicates + counts.quarantined + counts.after_as_of
     );
     if events.height() == 0 {
+        if previous.is_some() {
+            return Ok(Err(FullRefresh(
+                "no event since the night before is before the as-of date".into(),
+            )));
+        }
         return Err(InputError::AsOf {
             as_of: as_of.to_string(),
             message: format!(

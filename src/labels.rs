@@ -109,25 +109,14 @@ pub fn label_days(events: &DataFrame, def: &LabelDef) -> Result<DataFrame> {
 /// The daily label totals of all the events of `parts`; `rename` as in
 /// `features::Daily::combine`.
 pub fn combine_days(parts: Vec<DataFrame>, rename: Option<&DataFrame>) -> Result<DataFrame> {
-    let mut lf = concat(
-        parts.into_iter().map(|df| df.lazy()).collect::<Vec<_>>(),
+    let lf = concat(
+        parts
+            .into_iter()
+            .map(|df| crate::features::renamed(df.lazy(), rename))
+            .collect::<Vec<_>>(),
         UnionArgs::default(),
     )
     .ctx("combining label days")?;
-    if let Some(map) = rename.filter(|m| m.height() > 0) {
-        lf = lf
-            .join(
-                map.clone().lazy().select([
-                    col(crate::features::RENAME_FROM).alias(ev::CUSTOMER_ID),
-                    col(crate::features::RENAME_TO).alias("_to"),
-                ]),
-                [col(ev::CUSTOMER_ID)],
-                [col(ev::CUSTOMER_ID)],
-                crate::util::left_join_ordered(),
-            )
-            .with_column(coalesce(&[col("_to"), col(ev::CUSTOMER_ID)]).alias(ev::CUSTOMER_ID))
-            .drop(cols(["_to"]));
-    }
     lf.group_by([col(ev::CUSTOMER_ID), col(DAY)])
         .agg([col(N).sum(), col(SUM).sum()])
         .sort([ev::CUSTOMER_ID, DAY], Default::default())

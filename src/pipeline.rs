@@ -429,17 +429,7 @@ fn all_kept_events(
         let df = crate::util::read_parquet(&file)?;
         let schema = own.schema().clone();
         all.push(
-            df.lazy()
-                .join(
-                    renames.clone().lazy().select([
-                        col(features::RENAME_FROM).alias(ev::CUSTOMER_ID),
-                        col(features::RENAME_TO).alias("_to"),
-                    ]),
-                    [col(ev::CUSTOMER_ID)],
-                    [col(ev::CUSTOMER_ID)],
-                    crate::util::left_join_ordered(),
-                )
-                .with_column(coalesce(&[col("_to"), col(ev::CUSTOMER_ID)]).alias(ev::CUSTOMER_ID))
+            features::renamed(df.lazy(), Some(&renames))
                 .join(
                     customers.clone().lazy().select([col(ev::CUSTOMER_ID)]),
                     [col(ev::CUSTOMER_ID)],
@@ -536,6 +526,29 @@ fn nothing_kept(dir: &std::path::Path, night: NaiveDate) -> crate::error::Error 
 }
 
 impl Night {
+    /// The night of identity's `resolved` (whose events have been taken).
+    fn of(
+        as_of: NaiveDate,
+        first_day: NaiveDate,
+        resolved: identity::Resolved,
+        quarantine: DataFrame,
+        counts: IngestCounts,
+    ) -> Night {
+        Night {
+            as_of,
+            first_day,
+            customers: resolved.customers,
+            identity: resolved.identity,
+            changes: resolved.changes,
+            shared: resolved.shared,
+            quarantine,
+            counts,
+            suppressed_customers: resolved.suppressed_customers,
+            suppressed_events: resolved.suppressed_events,
+            identity_state: resolved.state,
+        }
+    }
+
     fn frames(&self) -> [&DataFrame; 5] {
         [
             &self.customers,
@@ -899,6 +912,10 @@ fn prepare(
         "--full-refresh".to_string()
     } else if shard.is_some() {
         "shards read every file".to_string()
+    } else if !suppression(job)?.is_empty() {
+        // The identity graph forgets suppressed people: only every file tells whether an
+        // identifier seen tonight is one of theirs.
+        "a suppression list is configured".to_string()
     } else {
         match night_before(state, as_of, job)? {
             Err(why) => why,
@@ -953,7 +970,7 @@ fn prepare_full(
         Some(dir) => identity::IdentityState::load(&dir)?,
         None => None,
     };
-    let resolved = identity::resolve(
+    let mut resolved = identity::resolve(
         &raw,
         previous.as_ref(),
         &job.identity_limits,
@@ -963,10 +980,11 @@ fn prepare_full(
     // The resolved rows share their columns with the raw ones: let them go, so that
     // sessionising sorts the only copy.
     drop(raw);
-    let first_day = crate::util::event_date_range(&resolved.events)?.0;
+    let resolved_events = std::mem::take(&mut resolved.events);
+    let first_day = crate::util::event_date_range(&resolved_events)?.0;
     let events = match shard {
-        Some(shard) => shard.select(resolved.events)?,
-        None => resolved.events,
+        Some(shard) => shard.select(resolved_events)?,
+        None => resolved_events,
     };
     timer.lap("identity");
 
@@ -1002,19 +1020,7 @@ fn prepare_full(
         })),
     };
     let prep = Prepared {
-        night: Night {
-            as_of,
-            first_day,
-            customers: resolved.customers,
-            identity: resolved.identity,
-            changes: resolved.changes,
-            shared: resolved.shared,
-            quarantine,
-            counts,
-            suppressed_customers: resolved.suppressed_customers,
-            suppressed_events: resolved.suppressed_events,
-            identity_state: resolved.state,
-        },
+        night: Night::of(as_of, first_day, resolved, quarantine, counts),
         sessions,
         fingerprint: history.fingerprint()?,
         history,
@@ -1052,7 +1058,7 @@ fn prepare_incremental(
     }
     timer.lap("ingest");
 
-    let resolved = identity::resolve(
+    let mut resolved = identity::resolve(
         &ingested.events,
         Some(&before.identity),
         &job.identity_limits,
@@ -1072,6 +1078,40 @@ fn prepare_incremental(
     {
         return Ok(Err(format!(
             "identity split customer {} (a guard cut its identifiers apart): its events must be read again",
+            id.unwrap_or_default()
+        )));
+    }
+    // A previous id that still names a customer, or that went to two customers, was cut
+    // apart: part of its events belongs elsewhere.
+    let cut = changes
+        .clone()
+        .lazy()
+        .filter(
+            col("previous_id")
+                .is_in(
+                    lit(resolved
+                        .customers
+                        .column(ev::CUSTOMER_ID)
+                        .ctx("customers")?
+                        .as_materialized_series()
+                        .clone())
+                    .implode(false),
+                    false,
+                )
+                .or(len()
+                    .over([col("previous_id")])
+                    .ctx("identity changes")?
+                    .gt(lit(1))),
+        )
+        .limit(1)
+        .collect()
+        .ctx("identity changes")?;
+    if let Some(id) = crate::util::strings(&cut, "previous_id")?
+        .into_iter()
+        .next()
+    {
+        return Ok(Err(format!(
+            "identity cut customer {} apart: its events must be read again",
             id.unwrap_or_default()
         )));
     }
@@ -1134,7 +1174,7 @@ fn prepare_incremental(
         .ctx("sessions of the nights before")?;
     let carry = sessions::gap_carry(&sessions_before)?;
     let (events, sessions_now) = sessions::sessionize(
-        resolved.events,
+        std::mem::take(&mut resolved.events),
         job.session_inactivity_minutes,
         Some(&carry),
     )?;
@@ -1163,9 +1203,18 @@ fn prepare_incremental(
     } else if before.quarantine.height() == 0 {
         ingested.quarantine
     } else {
+        // A full read lists them by input, then file and row: a stable sort by input of
+        // the nights before's rows followed by tonight's.
         before
             .quarantine
             .vstack(&ingested.quarantine)
+            .ctx("quarantined rows")?
+            .lazy()
+            .sort(
+                [ingest::INPUT],
+                SortMultipleOptions::default().with_maintain_order(true),
+            )
+            .collect()
             .ctx("quarantined rows")?
     };
     let increment = Increment::New(Box::new(Fresh {
@@ -1188,19 +1237,7 @@ fn prepare_incremental(
         },
     }));
     let prep = Prepared {
-        night: Night {
-            as_of: ingested.as_of,
-            first_day,
-            customers: resolved.customers,
-            identity: resolved.identity,
-            changes: resolved.changes,
-            shared: resolved.shared,
-            quarantine,
-            counts,
-            suppressed_customers: resolved.suppressed_customers,
-            suppressed_events: resolved.suppressed_events,
-            identity_state: resolved.state,
-        },
+        night: Night::of(ingested.as_of, first_day, resolved, quarantine, counts),
         sessions,
         fingerprint: history.fingerprint()?,
         history,
@@ -2344,7 +2381,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     ] {
         // An empty quarantine is no file: nothing was quarantined.
         if name != "quarantine" || df.height() > 0 {
-            write_parquet(&mut df.clone(), &staging.path(&format!("{name}.parquet")))?;
+            let mut df = df.clone();
+            if name == "quarantine" {
+                df = df.drop(ingest::INPUT).ctx("quarantine")?;
+            }
+            write_parquet(&mut df, &staging.path(&format!("{name}.parquet")))?;
         }
     }
     let model_dir = staging.path("model");

@@ -307,8 +307,15 @@ pub fn combine(
             .alias(DURATION_S),
             col(EVENTS).sum(),
             col(PAGE_VIEWS).sum(),
-            first(LANDING_PAGE),
-            col(EXIT_PAGE).drop_nulls().last().alias(EXIT_PAGE),
+            // The first (last) page view's page, even without a path, as one build does.
+            when(col(PAGE_VIEWS).first().gt(lit(0)))
+                .then(col(LANDING_PAGE).first())
+                .otherwise(col(LANDING_PAGE).last())
+                .alias(LANDING_PAGE),
+            when(col(PAGE_VIEWS).last().gt(lit(0)))
+                .then(col(EXIT_PAGE).last())
+                .otherwise(col(EXIT_PAGE).first())
+                .alias(EXIT_PAGE),
             first(ev::PAGE_REFERRER),
             first(ev::REFR_MEDIUM),
             first(ev::MKT_SOURCE),

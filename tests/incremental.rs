@@ -11,21 +11,12 @@ use common::*;
 /// the night read, with its counts).
 const READ_DEPENDENT: [&str; 1] = ["run.json"];
 
+/// The files of a run, relative to it.
 fn files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
+    files_under(dir)
+        .iter()
+        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect()
 }
 
 fn json(run: &Path, file: &str) -> serde_json::Value {
@@ -118,4 +109,27 @@ fn a_night_reads_every_file_when_one_was_added_before_files_already_read() {
     // The night after starts from this one again.
     night(tmp.path(), &job, &events, &out, "2026-05-15", &[]);
     assert_eq!(read(&out.join("2026-05-15"))["read"], "incremental");
+}
+
+#[test]
+fn a_job_with_a_suppression_list_reads_every_file() {
+    // The identity graph forgets suppressed people, so only every file tells whether an
+    // identifier seen tonight was one of theirs.
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let job = quick_job(tmp.path());
+    std::fs::write(tmp.path().join("forget.csv"), "email\nnobody@example.com\n").unwrap();
+    let with_list = tmp.path().join("forgetting.toml");
+    std::fs::write(
+        &with_list,
+        std::fs::read_to_string(&job).unwrap() + "[privacy]\nsuppression = \"forget.csv\"\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    for as_of in ["2026-05-13", "2026-05-14"] {
+        night(tmp.path(), &with_list, &events, &out, as_of, &[]);
+    }
+    let m = read(&out.join("2026-05-14"));
+    assert_eq!(m["read"], "full");
+    assert_eq!(m["reason"], "a suppression list is configured");
 }
