@@ -37,27 +37,43 @@ fn at_event(signal: &str) -> String {
 /// Per customer, the latest non-null value of each signal of `rows` (by time, then event id)
 /// with its time and event id: one row per customer, sorted.
 fn latest_signals(rows: LazyFrame) -> Result<DataFrame> {
-    let aggs = SIGNALS.into_iter().flat_map(|s| {
-        // The rows at the signal's latest time (rows without the signal have none); of
-        // those, the largest event id. Sorting only the tied rows keeps this cheap.
+    // One row per customer, whatever they said; each signal worked out on the few rows that
+    // carry it (consent and contact points are rare next to all events).
+    let rows = rows.cache();
+    let mut out = rows
+        .clone()
+        .select([col(ev::CUSTOMER_ID)])
+        .unique(None, UniqueKeepStrategy::Any);
+    for s in SIGNALS {
+        // The rows at the signal's latest time; of those, the largest event id. Sorting only
+        // the tied rows keeps this cheap.
         let (t, k) = (col(at_time(s)), col(at_event(s)));
-        let at = t.clone().eq(t.clone().max()).fill_null(lit(false));
-        [
-            col(s)
-                .filter(at.clone())
-                .sort_by(
-                    [k.clone().filter(at.clone())],
-                    SortMultipleOptions::default(),
-                )
-                .last()
-                .alias(s),
-            t.max(),
-            k.filter(at).max(),
-        ]
-    });
-    rows.group_by([col(ev::CUSTOMER_ID)])
-        .agg(aggs.collect::<Vec<_>>())
-        .sort([ev::CUSTOMER_ID], Default::default())
+        let at = t.clone().eq(t.clone().max());
+        let latest = rows
+            .clone()
+            .select([col(ev::CUSTOMER_ID), col(s), t.clone(), k.clone()])
+            .filter(t.clone().is_not_null())
+            .group_by([col(ev::CUSTOMER_ID)])
+            .agg([
+                col(s)
+                    .filter(at.clone())
+                    .sort_by(
+                        [k.clone().filter(at.clone())],
+                        SortMultipleOptions::default(),
+                    )
+                    .last()
+                    .alias(s),
+                t.max(),
+                k.filter(at).max(),
+            ]);
+        out = out.join(
+            latest,
+            [col(ev::CUSTOMER_ID)],
+            [col(ev::CUSTOMER_ID)],
+            JoinArgs::new(JoinType::Left),
+        );
+    }
+    out.sort([ev::CUSTOMER_ID], Default::default())
         .collect()
         .ctx("consent and contact points per customer")
 }
