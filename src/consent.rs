@@ -109,14 +109,7 @@ pub fn signals(events: &DataFrame) -> Result<DataFrame> {
 
 /// The signals of all the events of `parts`; `rename` as in `features::Daily::combine`.
 pub fn combine_signals(parts: Vec<DataFrame>, rename: Option<&DataFrame>) -> Result<DataFrame> {
-    let lf = concat(
-        parts
-            .into_iter()
-            .map(|df| crate::features::renamed(df.lazy(), rename))
-            .collect::<Vec<_>>(),
-        UnionArgs::default(),
-    )
-    .ctx("combining consent signals")?;
+    let lf = crate::features::all_renamed(parts, rename)?;
     latest_signals(lf)
 }
 

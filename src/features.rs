@@ -324,6 +324,18 @@ pub fn renamed(rows: LazyFrame, rename: Option<&DataFrame>) -> LazyFrame {
     }
 }
 
+/// The rows of every frame of `parts`, `renamed`.
+pub fn all_renamed(parts: Vec<DataFrame>, rename: Option<&DataFrame>) -> Result<LazyFrame> {
+    concat(
+        parts
+            .into_iter()
+            .map(|df| renamed(df.lazy(), rename))
+            .collect::<Vec<_>>(),
+        UnionArgs::default(),
+    )
+    .ctx("combining per-customer aggregates")
+}
+
 /// How the partials of several rows of one (customer, day) combine into what `Daily::build`
 /// gives for their events together: counts and fixed-point sums add up, minima and maxima
 /// of minima and maxima, first and last values go with the earliest or latest (time, event
@@ -579,16 +591,7 @@ impl Daily {
         set: &FeatureSet,
         rename: Option<&DataFrame>,
     ) -> Result<Daily> {
-        let all = |frames: Vec<DataFrame>| -> Result<LazyFrame> {
-            concat(
-                frames
-                    .into_iter()
-                    .map(|df| renamed(df.lazy(), rename))
-                    .collect::<Vec<_>>(),
-                UnionArgs::default(),
-            )
-            .ctx("combining daily aggregates")
-        };
+        let all = |frames: Vec<DataFrame>| all_renamed(frames, rename);
         let mut events = Vec::new();
         let mut values: std::collections::BTreeMap<usize, Vec<DataFrame>> = Default::default();
         let mut sessions = Vec::new();

@@ -109,14 +109,7 @@ pub fn label_days(events: &DataFrame, def: &LabelDef) -> Result<DataFrame> {
 /// The daily label totals of all the events of `parts`; `rename` as in
 /// `features::Daily::combine`.
 pub fn combine_days(parts: Vec<DataFrame>, rename: Option<&DataFrame>) -> Result<DataFrame> {
-    let lf = concat(
-        parts
-            .into_iter()
-            .map(|df| crate::features::renamed(df.lazy(), rename))
-            .collect::<Vec<_>>(),
-        UnionArgs::default(),
-    )
-    .ctx("combining label days")?;
+    let lf = crate::features::all_renamed(parts, rename)?;
     lf.group_by([col(ev::CUSTOMER_ID), col(DAY)])
         .agg([col(N).sum(), col(SUM).sum()])
         .sort([ev::CUSTOMER_ID, DAY], Default::default())
