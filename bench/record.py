@@ -59,19 +59,23 @@ def main() -> None:
             "merge": gnu_time(d / "merge.time"),
             "identical": (d / "shards_identical.txt").read_text().strip() == "yes",
         }
-    if (d / "incremental.time").exists():
+    # The next night on 180 days: with a model trained nightly, and weekly (`weekly_`).
+    for key, prefix in [("incremental", ""), ("incremental_weekly", "weekly_")]:
+        if not (d / f"{prefix}incremental.time").exists():
+            continue
         gen = (d / "incremental_generate.txt").read_text()
         m = re.search(r"wrote (\d+) events", gen)
-        night = json.loads((d / "incremental.run.json").read_text())
-        result["incremental"] = {
+        night = json.loads((d / f"{prefix}incremental.run.json").read_text())
+        metrics = d / f"{prefix}incremental.metrics.json"
+        result[key] = {
             "history_days": 180,
             "events": int(m.group(1)) if m else None,
             "read": night.get("read"),
-            "night": gnu_time(d / "incremental.time")
-            | {"stages_ms": json.loads((d / "incremental.run.json").read_text())["timings_ms"]},
-            "full": gnu_time(d / "full_refresh.time")
-            | {"stages_ms": json.loads((d / "full_refresh.run.json").read_text())["timings_ms"]},
-            "identical": (d / "incremental_identical.txt").read_text().strip() == "yes",
+            "training": json.loads(metrics.read_text()).get("training") if metrics.exists() else None,
+            "night": gnu_time(d / f"{prefix}incremental.time") | {"stages_ms": night["timings_ms"]},
+            "full": gnu_time(d / f"{prefix}full_refresh.time")
+            | {"stages_ms": json.loads((d / f"{prefix}full_refresh.run.json").read_text())["timings_ms"]},
+            "identical": (d / f"{prefix}incremental_identical.txt").read_text().strip() == "yes",
         }
     if duck:
         result["duckdb"] = json.loads(Path(duck).read_text()) | gnu_time(d / "duckdb.time")

@@ -105,26 +105,41 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
     fi
     last=$(ls "$idir/events" | sed -n 's/^load_tstamp_date=//p' | sort | tail -1)
     before=$(date -d "$last - 1 day" +%F)
-    rm -rf "$idir/inc" "$idir/full"
-    echo "== $size: the night $before over 180 days, then $last read incrementally and in full"
+    rm -rf "$idir/inc" "$idir/next-inc" "$idir/next-full"
+    # The default job with a model trained weekly ([model] retrain_every_days = 7).
+    weekly=$dir/weekly
+    mkdir -p "$weekly"
+    sed 's/^retrain_every_days = .*/retrain_every_days = 7/' models/propensity.toml > "$weekly/model.toml"
+    sed -e "s|^model = .*|model = \"$weekly/model.toml\"|" -e "s|^features = \"\.\./|features = \"$PWD/|" \
+      jobs/default.toml > "$weekly/job.toml"
+    echo "== $size: the night $before over 180 days (it trains), then $last read incrementally and in full, with a model trained nightly and weekly"
     set +e
-    ( ulimit -v "$limit_kib"; "$propel" run --input "$idir/events" --output "$idir/inc" --as-of "$before" --log-format json ) > /dev/null 2> "$idir/before.log"
+    ( ulimit -v "$limit_kib"; "$propel" run --job "$weekly/job.toml" --input "$idir/events" --output "$idir/inc" --as-of "$before" --log-format json ) > /dev/null 2> "$idir/before.log"
     status=$?
     set -e
     if [ "$status" -ne 0 ]; then
       echo "the night before failed on $size-180d (exit $status): $(grep -m1 -E 'error|memory allocation' "$idir/before.log" | cut -c1-200)"
       rm -f "$dir/incremental.time"
     else
-    cp -a "$idir/inc" "$idir/full"
-    ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run --input "$idir/events" --output "$idir/inc" --as-of "$last" --log-format json ) \
-      > /dev/null 2> "$dir/incremental.time"
-    ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run --input "$idir/events" --output "$idir/full" --as-of "$last" --full-refresh --log-format json ) \
-      > /dev/null 2> "$dir/full_refresh.time"
-    cp "$idir/inc/$last/run.json" "$dir/incremental.run.json"
-    cp "$idir/full/$last/run.json" "$dir/full_refresh.run.json"
     cp "$idir/generate.txt" "$dir/incremental_generate.txt"
-    # Every published file but run.json (timings, and what the night read).
-    python3 - "$idir/inc/$last" "$idir/full/$last" > "$dir/incremental_identical.txt" <<'PY'
+    # The next night, from copies of the same state: with the default job (a model trained
+    # every night), and with the weekly job, which scores with the model the night before
+    # trained. Each once incrementally and once with --full-refresh.
+    for cadence in nightly weekly; do
+      prefix=$([ "$cadence" = weekly ] && echo weekly_ || true)
+      job=$([ "$cadence" = weekly ] && echo "--job $weekly/job.toml" || true)
+      rm -rf "$idir/next-inc" "$idir/next-full"
+      cp -a "$idir/inc" "$idir/next-inc"
+      cp -a "$idir/inc" "$idir/next-full"
+      ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run $job --input "$idir/events" --output "$idir/next-inc" --as-of "$last" --log-format json ) \
+        > /dev/null 2> "$dir/${prefix}incremental.time"
+      ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run $job --input "$idir/events" --output "$idir/next-full" --as-of "$last" --full-refresh --log-format json ) \
+        > /dev/null 2> "$dir/${prefix}full_refresh.time"
+      cp "$idir/next-inc/$last/run.json" "$dir/${prefix}incremental.run.json"
+      cp "$idir/next-full/$last/run.json" "$dir/${prefix}full_refresh.run.json"
+      cp "$idir/next-inc/$last/metrics.json" "$dir/${prefix}incremental.metrics.json"
+      # Every published file but run.json (timings, and what the night read).
+      python3 - "$idir/next-inc/$last" "$idir/next-full/$last" > "$dir/${prefix}incremental_identical.txt" <<'PY'
 import sys
 from pathlib import Path
 a, b = map(Path, sys.argv[1:3])
@@ -133,8 +148,9 @@ names = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_fil
 same = names(a) == names(b) and all((a / n).read_bytes() == (b / n).read_bytes() for n in names(a))
 print("yes" if same else "no")
 PY
+    done
     fi
-    rm -rf "$idir/inc" "$idir/full"
+    rm -rf "$idir/inc" "$idir/next-inc" "$idir/next-full"
   fi
   if has duckdb; then
   echo "== $size: DuckDB"

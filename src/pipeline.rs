@@ -1483,12 +1483,14 @@ impl Part {
 
 /// The night and the merged parts of its `count` shards, checked to belong together: every
 /// shard present, the same night, started from the state the merge starts from, computed
-/// with the merge's definitions. The shards' locks are held while their parts are read.
+/// with the merge's definitions and cutoffs (none to train on when `training` reuses the
+/// model in production). The shards' locks are held while their parts are read.
 fn merge_parts(
     state: &crate::state::StateDir,
     as_of: NaiveDate,
     count: usize,
     job: &Job,
+    training: &Training,
 ) -> Result<(Night, Cutoffs, Part)> {
     let problem = |dir: &std::path::Path, message: String| -> crate::error::Error {
         crate::error::ConfigError::one(dir.display().to_string(), message).into()
@@ -1526,7 +1528,7 @@ fn merge_parts(
     }
     let (night, _) = Night::load(&parts[0].1, as_of)?;
     let digest = night.digest()?;
-    let cutoffs = night.cutoffs(job)?;
+    let cutoffs = training.cutoffs(night.cutoffs(job)?);
     let definitions = shard_definitions(job, &cutoffs);
     let start = starts_from(state, as_of)?;
     for (shard, dir, record) in &parts {
@@ -1651,7 +1653,10 @@ pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
         }
     };
     let as_of = prep.night.as_of;
-    let cutoffs = prep.night.cutoffs(&job)?;
+    // A night that reuses the model in production needs no training snapshots; the merge
+    // decides the same from the same state.
+    let training = Training::plan(&job, state.before(as_of)?.as_deref(), as_of)?;
+    let cutoffs = training.cutoffs(prep.night.cutoffs(&job)?);
     // Shards run side by side: they share no cache.
     let no_cache = Cache {
         dir: state.root().join("cache"),
@@ -1759,7 +1764,10 @@ struct MetricsFile<'a> {
     #[serde(flatten)]
     validation: &'a Metrics,
     model: ModelSummary<'a>,
-    gate: &'a Gate,
+    /// Whether this night trained a model or reused the one in production, and why.
+    training: &'a Training,
+    /// The promotion gate's verdict, on nights that train.
+    gate: Option<&'a Gate>,
     n_train: usize,
     n_train_positive: usize,
     n_validation: usize,
@@ -1862,6 +1870,114 @@ impl Timer {
 /// The model kept in the state location: the one in production.
 const MODEL_STATE: &str = "model.json";
 
+/// The state file saying when a model was last trained, and on which definitions.
+const TRAINED_STATE: &str = "trained.json";
+
+/// The last night that trained a model (whether or not the gate promoted it).
+#[derive(Serialize, serde::Deserialize)]
+struct LastTrained {
+    as_of: NaiveDate,
+    /// `training_definitions`.
+    definitions: String,
+}
+
+/// What a trained model depends on besides the events: the feature and model definitions.
+fn training_definitions(job: &Job) -> String {
+    format!("{} {}", job.features.hash, job.model.training_digest())
+}
+
+/// Whether a night trains a model or scores with the one in production (`[model]
+/// retrain_every_days`), and why.
+#[derive(Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+enum Training {
+    /// This night trains a model; the promotion gate decides which model scores.
+    Trained { reason: String },
+    /// The model in production scores: the last training was as of `last_trained` on the
+    /// same definitions, the next is due on `due`.
+    Reused {
+        last_trained: NaiveDate,
+        due: NaiveDate,
+        #[serde(skip)]
+        model: Box<Artifact>,
+    },
+}
+
+impl Training {
+    /// Decides for a night as of `as_of` starting from `current_state`.
+    fn plan(job: &Job, current_state: Option<&std::path::Path>, as_of: NaiveDate) -> Result<Self> {
+        let every = job.model.retrain_every_days;
+        let train = |reason: String| Ok(Training::Trained { reason });
+        if every <= 1 {
+            return train("a model is trained every night".into());
+        }
+        let Some(dir) = current_state.filter(|d| d.join(TRAINED_STATE).exists()) else {
+            return train("no model trained before".into());
+        };
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).ctx(format!("reading {}", path.display()))
+        };
+        let last: LastTrained = match serde_json::from_str(&read(TRAINED_STATE)?) {
+            Ok(last) => last,
+            Err(e) => return train(format!("{TRAINED_STATE} unreadable ({e})")),
+        };
+        let due = last.as_of + chrono::Duration::days(every);
+        if as_of >= due {
+            return train(format!(
+                "due: last trained as of {}, every {every} days",
+                last.as_of
+            ));
+        }
+        if last.definitions != training_definitions(job) {
+            return train(format!(
+                "the feature or model definitions changed since the training as of {}",
+                last.as_of
+            ));
+        }
+        let model: Artifact = match serde_json::from_str(&read(MODEL_STATE)?) {
+            Ok(model) => model,
+            Err(e) => return train(format!("the model in production is unreadable ({e})")),
+        };
+        Ok(Training::Reused {
+            last_trained: last.as_of,
+            due,
+            model: Box::new(model),
+        })
+    }
+
+    /// The cutoffs the night needs: none to train on when it reuses the model.
+    fn cutoffs(&self, mut cutoffs: Cutoffs) -> Cutoffs {
+        if let Training::Reused { .. } = self {
+            cutoffs.training.clear();
+        }
+        cutoffs
+    }
+
+    /// What to keep in state for the nights after `as_of`.
+    fn last_trained(&self, job: &Job, as_of: NaiveDate) -> LastTrained {
+        LastTrained {
+            as_of: match self {
+                Training::Trained { .. } => as_of,
+                Training::Reused { last_trained, .. } => *last_trained,
+            },
+            definitions: training_definitions(job),
+        }
+    }
+
+    /// One line for the report.
+    fn describe(&self, every: i64) -> String {
+        match self {
+            Training::Trained { reason } => format!("trained this night ({reason})"),
+            Training::Reused {
+                last_trained, due, ..
+            } => format!(
+                "the model in production scores: last trained as of {last_trained}, every {every} days, next on {due}"
+            ),
+        }
+    }
+}
+
 /// The outcome of the promotion gate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Gate {
@@ -1941,13 +2057,63 @@ pub(crate) fn promotion_gate(
     }
 }
 
-/// What the model stage hands on: the gate's verdict with the model that scores this run
-/// (`gate.model`), and the validation rows' matrix, labels and scores.
+/// What the model stage hands on: the model that scores this run, measured on the validation
+/// cutoff, the gate's verdict when the night trained one, and the validation rows' matrix,
+/// labels and scores.
 struct Modelled {
-    gate: Gate,
+    model: Artifact,
+    gate: Option<Gate>,
     x_val: ndarray::Array2<f64>,
     y_val: ndarray::Array1<bool>,
     validation_scores: DataFrame,
+}
+
+/// The validation rows scored by `model` (validation.parquet).
+fn validation_scores(
+    validation: &DataFrame,
+    model: &Artifact,
+    x_val: &ndarray::Array2<f64>,
+) -> Result<DataFrame> {
+    validation
+        .clone()
+        .lazy()
+        .select([
+            col(ev::CUSTOMER_ID),
+            col(output::CUTOFF)
+                .cast(DataType::Datetime(TimeUnit::Microseconds, None))
+                .cast(DataType::Date),
+            lit(Series::new(output::SCORE.into(), model.predict(x_val))),
+            col(output::LABEL),
+        ])
+        .collect()
+        .ctx("validation scores")
+}
+
+/// A night between trainings: the model in production, measured on this night's validation
+/// cutoff.
+fn reuse_stage(
+    mut model: Artifact,
+    validation: &DataFrame,
+    job: &Job,
+    model_state: &std::path::Path,
+) -> Result<Modelled> {
+    let names = job.features.names();
+    model.check_features(&names, &job.features.hash, model_state)?;
+    let x_val = model::to_matrix(validation, &names)?;
+    let y_val = model::to_labels(validation, output::LABEL)?;
+    model.validation = Metrics::compute(
+        &model.predict(&x_val),
+        y_val.as_slice().expect("contiguous"),
+    );
+    info!(auc = model.validation.auc, "model in production measured");
+    let validation_scores = validation_scores(validation, &model, &x_val)?;
+    Ok(Modelled {
+        model,
+        gate: None,
+        x_val,
+        y_val,
+        validation_scores,
+    })
 }
 
 /// The snapshots the model stage learns and is measured on, and the cache key of everything
@@ -2032,23 +2198,12 @@ fn model_stage(
         tracing::warn!(reason = %gate.reason, "new model not promoted: the previous model scores this run");
     }
     // Whatever model scores must have been trained on exactly these feature definitions.
-    let artifact = &gate.model;
-    artifact.check_features(&names, &job.features.hash, model_state)?;
-    let validation_scores = validation
-        .clone()
-        .lazy()
-        .select([
-            col(ev::CUSTOMER_ID),
-            col(output::CUTOFF)
-                .cast(DataType::Datetime(TimeUnit::Microseconds, None))
-                .cast(DataType::Date),
-            lit(Series::new(output::SCORE.into(), artifact.predict(&x_val))),
-            col(output::LABEL),
-        ])
-        .collect()
-        .ctx("validation scores")?;
+    let model = gate.model.clone();
+    model.check_features(&names, &job.features.hash, model_state)?;
+    let validation_scores = validation_scores(validation, &model, &x_val)?;
     Ok(Modelled {
-        gate,
+        model,
+        gate: Some(gate),
         x_val,
         y_val,
         validation_scores,
@@ -2140,19 +2295,23 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     };
     // The night, the cutoffs, the per-customer stages' results, and the events and sessions
     // to keep in state (not when the shards keep them).
-    let (night, cutoffs, part, mut kept) = match opts.merge_shards {
+    // Whether the night trains a model or scores with the one in production.
+    let plan_training =
+        |as_of: NaiveDate| Training::plan(&job, state.before(as_of)?.as_deref(), as_of);
+    let (night, training, cutoffs, part, mut kept) = match opts.merge_shards {
         Some(count) => {
             let as_of = match opts.as_of {
                 Some(d) => d,
                 None => newest_sharded_night(&state)?,
             };
-            let (night, cutoffs, part) = merge_parts(&state, as_of, count, &job)?;
+            let training = plan_training(as_of)?;
+            let (night, cutoffs, part) = merge_parts(&state, as_of, count, &job, &training)?;
             for stage in [
                 "ingest", "identity", "sessions", "history", "labels", "features",
             ] {
                 timer.lap(stage);
             }
-            (night, cutoffs, part, None)
+            (night, training, cutoffs, part, None)
         }
         None => {
             let prep = match opts.from_stage {
@@ -2179,7 +2338,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                     prep
                 }
             };
-            let cutoffs = prep.night.cutoffs(&job)?;
+            let training = plan_training(prep.night.as_of)?;
+            let cutoffs = training.cutoffs(prep.night.cutoffs(&job)?);
             let part = per_customer(&prep, &job, &cutoffs, &cache(&prep.fingerprint), &mut timer)?;
             let Prepared {
                 night,
@@ -2196,9 +2356,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                     night: night.as_of,
                 },
             };
-            (night, cutoffs, part, Some((kept, history, increment)))
+            (
+                night,
+                training,
+                cutoffs,
+                part,
+                Some((kept, history, increment)),
+            )
         }
     };
+    info!(training = %training.describe(job.model.retrain_every_days), "model");
     let as_of = night.as_of;
     let current_state = state.before(as_of)?;
     let cache = cache(&part.fingerprint);
@@ -2216,29 +2383,39 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             .collect()
             .ctx("selecting snapshot")
     };
-    let train = model::sample_customers(at(&cutoffs.training)?, job.model.max_training_rows)?;
     let validation = at(&[cutoffs.validation])?;
     let scoring = at(&[cutoffs.scoring])?.drop_many([output::CUTOFF, output::LABEL]);
-    timer.lap("features");
-
+    let model_state = state.root().join(MODEL_STATE);
+    let modelled = match &training {
+        Training::Trained { .. } => {
+            let train =
+                model::sample_customers(at(&cutoffs.training)?, job.model.max_training_rows)?;
+            timer.lap("features");
+            model_stage(
+                &job,
+                &cutoffs,
+                Snapshots {
+                    train: &train,
+                    validation: &validation,
+                    key: &snapshots_key,
+                },
+                &cache,
+                current_state.as_deref(),
+                &model_state,
+            )?
+        }
+        Training::Reused { model, .. } => {
+            timer.lap("features");
+            reuse_stage((**model).clone(), &validation, &job, &model_state)?
+        }
+    };
     let Modelled {
+        model: artifact,
         gate,
         x_val,
         y_val,
         validation_scores,
-    } = model_stage(
-        &job,
-        &cutoffs,
-        Snapshots {
-            train: &train,
-            validation: &validation,
-            key: &snapshots_key,
-        },
-        &cache,
-        current_state.as_deref(),
-        &state.root().join(MODEL_STATE),
-    )?;
-    let artifact = gate.model.clone();
+    } = modelled;
     let names = job.features.names();
     timer.lap("model");
 
@@ -2307,7 +2484,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             crate::feature_report::PSI_WARNING
         ));
     }
-    if !gate.promoted {
+    if let Some(gate) = gate.as_ref().filter(|g| !g.promoted) {
         warnings.push(format!("new model not promoted: {}", gate.reason));
     }
     for w in &warnings {
@@ -2348,8 +2525,9 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             ece: artifact.validation.ece,
             lift_top_decile: artifact.validation.lift_top_decile,
             model_kind: artifact.kind.clone(),
-            promoted: gate.promoted,
-            gate_reason: gate.reason.clone(),
+            promoted: gate.as_ref().map(|g| g.promoted),
+            gate_reason: gate.as_ref().map(|g| g.reason.clone()),
+            training: training.describe(job.model.retrain_every_days),
             validation_cutoff: cutoffs.validation.to_string(),
             n_validation: artifact.validation.n,
         },
@@ -2419,7 +2597,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             calibration: artifact.calibration,
             selection: artifact.selection.as_ref(),
         },
-        gate: &gate,
+        training: &training,
+        gate: gate.as_ref(),
         n_train: artifact.n_train,
         n_train_positive: artifact.n_train_positive,
         n_validation: artifact.validation.n,
@@ -2479,6 +2658,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             serde_json::to_string(&profiles).expect("json"),
         )
         .ctx("writing the feature profiles")?;
+        std::fs::write(
+            dir.join(TRAINED_STATE),
+            serde_json::to_string(&training.last_trained(&job, as_of)).expect("json"),
+        )
+        .ctx("writing the last training")?;
         std::fs::write(
             dir.join(MODEL_STATE),
             serde_json::to_string_pretty(&artifact).expect("json") + "\n",

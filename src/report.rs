@@ -26,8 +26,12 @@ pub struct Summary {
     pub ece: f64,
     pub lift_top_decile: f64,
     pub model_kind: String,
-    pub promoted: bool,
-    pub gate_reason: String,
+    /// Whether the gate promoted the model trained this night; `None` on nights that reuse
+    /// the model in production.
+    pub promoted: Option<bool>,
+    pub gate_reason: Option<String>,
+    /// Whether the night trained a model or reused the one in production.
+    pub training: String,
     pub validation_cutoff: String,
     pub n_validation: usize,
 }

@@ -133,3 +133,96 @@ fn a_job_with_a_suppression_list_reads_every_file() {
     assert_eq!(m["read"], "full");
     assert_eq!(m["reason"], "a suppression list is configured");
 }
+
+#[test]
+fn nights_between_trainings_score_with_the_model_in_production_read_either_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let job = quick_job(tmp.path());
+    let model_file = tmp.path().join("quick_model.toml");
+    let quick = std::fs::read_to_string(&model_file).unwrap();
+    std::fs::write(&model_file, format!("{quick}retrain_every_days = 3\n")).unwrap();
+    let (inc, full) = (tmp.path().join("inc"), tmp.path().join("full"));
+    let nights = [
+        ("2026-05-13", "trained"),
+        ("2026-05-14", "reused"),
+        ("2026-05-15", "reused"),
+        ("2026-05-16", "trained"),
+    ];
+    let model = |night: &Path| {
+        let mut m = json(night, "model/model.json");
+        // What the night measured the model on, not the model.
+        m.as_object_mut().unwrap().remove("validation");
+        m
+    };
+    for (as_of, decision) in nights {
+        night(tmp.path(), &job, &events, &inc, as_of, &[]);
+        if as_of == "2026-05-14" {
+            // Shards read every file too, and decide as the merge does: no training snapshots.
+            for shard in ["--shard=0/2", "--shard=1/2", "--merge-shards=2"] {
+                night(tmp.path(), &job, &events, &full, as_of, &[shard]);
+            }
+        } else {
+            night(tmp.path(), &job, &events, &full, as_of, &["--full-refresh"]);
+        }
+        let (a, b) = (inc.join(as_of), full.join(as_of));
+        for f in files(&a) {
+            if !READ_DEPENDENT.contains(&f.as_str()) {
+                assert!(
+                    std::fs::read(a.join(&f)).unwrap() == std::fs::read(b.join(&f)).unwrap(),
+                    "{as_of}: {f} differs"
+                );
+            }
+        }
+        let metrics = json(&a, "metrics.json");
+        assert_eq!(metrics["training"]["decision"], decision, "{as_of}");
+        if decision == "reused" {
+            assert_eq!(metrics["training"]["last_trained"], "2026-05-13");
+            assert_eq!(metrics["training"]["due"], "2026-05-16");
+            assert!(metrics["gate"].is_null());
+            // No snapshot to train on: the validation and scoring cutoffs only.
+            assert_eq!(metrics["cutoffs"]["training"], serde_json::json!([]));
+            assert_eq!(model(&a), model(&inc.join("2026-05-13")), "{as_of}");
+            // Measured on this night's validation cutoff (horizon 14 days), not the training
+            // night's.
+            let validation = chrono::NaiveDate::parse_from_str(as_of, "%Y-%m-%d").unwrap()
+                - chrono::Duration::days(14);
+            assert_eq!(metrics["cutoffs"]["validation"], validation.to_string());
+            assert!(metrics["n_validation"].as_u64().unwrap() > 0);
+            assert!(metrics["auc"].as_f64().unwrap() > 0.5);
+        } else {
+            assert_eq!(metrics["gate"]["promoted"], true, "{as_of}");
+        }
+        assert_eq!(
+            read(&a)["read"],
+            if as_of == "2026-05-13" {
+                "full"
+            } else {
+                "incremental"
+            }
+        );
+    }
+    assert_ne!(
+        model(&inc.join("2026-05-16")),
+        model(&inc.join("2026-05-13"))
+    );
+    // Other definitions are a new model's: the night after a training retrains when they change.
+    std::fs::write(
+        &model_file,
+        format!(
+            "{}retrain_every_days = 3\n",
+            quick.replace("l2 = 1.0", "l2 = 0.5")
+        ),
+    )
+    .unwrap();
+    night(tmp.path(), &job, &events, &inc, "2026-05-17", &[]);
+    let training = &json(&inc.join("2026-05-17"), "metrics.json")["training"];
+    assert_eq!(training["decision"], "trained");
+    assert!(
+        training["reason"]
+            .as_str()
+            .unwrap()
+            .contains("definitions changed"),
+        "{training}"
+    );
+}

@@ -51,6 +51,7 @@ struct RawModel {
     max_iterations: Option<u64>,
     max_training_rows: Option<usize>,
     reasons: Option<usize>,
+    retrain_every_days: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -126,6 +127,10 @@ pub struct ModelDef {
     pub max_training_rows: usize,
     /// Reason codes per scored customer. Default: 3.
     pub reasons: usize,
+    /// Train a new model every this many nights; the nights between score with the model in
+    /// production (trained on the same definitions) and measure it on their validation
+    /// cutoff. Default: 1 (every night).
+    pub retrain_every_days: i64,
     /// Refuse to train below this many positive training rows. Default: 20.
     pub min_positives: usize,
     /// Refuse to train below this many negative training rows. Default: 20.
@@ -133,6 +138,15 @@ pub struct ModelDef {
 }
 
 impl ModelDef {
+    /// Digest of what a model trained with this definition depends on: everything but the
+    /// retraining cadence and the number of reason codes, which change no model.
+    pub fn training_digest(&self) -> String {
+        let mut def = self.clone();
+        def.retrain_every_days = 1;
+        def.reasons = 0;
+        crate::util::sha256_hex(&format!("{def:?}"))
+    }
+
     pub fn parse(source: &Source) -> Result<ModelDef, ConfigError> {
         let raw: RawModelFile = parse_toml(&source.text, &source.name)?;
         let mut p = Problems::new(&source.name);
@@ -151,6 +165,10 @@ impl ModelDef {
         };
         let horizon_days = positive("label.horizon_days", label.horizon_days.unwrap_or(30));
         let step_days = positive("snapshots.step_days", snaps.step_days.unwrap_or(7));
+        let retrain_every_days = positive(
+            "model.retrain_every_days",
+            model.retrain_every_days.unwrap_or(1),
+        );
         let min_history_days = positive(
             "snapshots.min_history_days",
             snaps.min_history_days.unwrap_or(14),
@@ -282,6 +300,7 @@ impl ModelDef {
             max_iterations: model.max_iterations.unwrap_or(200),
             max_training_rows: model.max_training_rows.unwrap_or(250_000),
             reasons: model.reasons.unwrap_or(3),
+            retrain_every_days,
             min_positives: elig.min_positives.unwrap_or(20),
             min_negatives: elig.min_negatives.unwrap_or(20),
         })
