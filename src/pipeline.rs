@@ -1873,17 +1873,24 @@ const MODEL_STATE: &str = "model.json";
 /// The state file saying when a model was last trained, and on which definitions.
 const TRAINED_STATE: &str = "trained.json";
 
-/// The last night that trained a model (whether or not the gate promoted it).
+/// The last night that trained a model (whether or not the gate promoted it), and the
+/// definitions of the model in production.
 #[derive(Serialize, serde::Deserialize)]
 struct LastTrained {
     as_of: NaiveDate,
-    /// `training_definitions`.
+    /// `training_definitions` of the model in production (empty when unknown).
     definitions: String,
 }
 
-/// What a trained model depends on besides the events: the feature and model definitions.
+/// What a trained model depends on besides the events: propel's version, the feature and
+/// model definitions.
 fn training_definitions(job: &Job) -> String {
-    format!("{} {}", job.features.hash, job.model.training_digest())
+    format!(
+        "{} {} {}",
+        env!("CARGO_PKG_VERSION"),
+        job.features.hash,
+        job.model.training_digest()
+    )
 }
 
 /// Whether a night trains a model or scores with the one in production (`[model]
@@ -1892,7 +1899,13 @@ fn training_definitions(job: &Job) -> String {
 #[serde(tag = "decision", rename_all = "snake_case")]
 enum Training {
     /// This night trains a model; the promotion gate decides which model scores.
-    Trained { reason: String },
+    Trained {
+        reason: String,
+        /// `training_definitions` of the model in production before, which stays when the
+        /// gate keeps it.
+        #[serde(skip)]
+        before: String,
+    },
     /// The model in production scores: the last training was as of `last_trained` on the
     /// same definitions, the next is due on `due`.
     Reused {
@@ -1907,20 +1920,33 @@ impl Training {
     /// Decides for a night as of `as_of` starting from `current_state`.
     fn plan(job: &Job, current_state: Option<&std::path::Path>, as_of: NaiveDate) -> Result<Self> {
         let every = job.model.retrain_every_days;
-        let train = |reason: String| Ok(Training::Trained { reason });
+        let last: Option<LastTrained> = match current_state.map(|d| d.join(TRAINED_STATE)) {
+            Some(path) if path.exists() => {
+                let text =
+                    std::fs::read_to_string(&path).ctx(format!("reading {}", path.display()))?;
+                serde_json::from_str(&text).ok()
+            }
+            _ => None,
+        };
+        let before = last
+            .as_ref()
+            .map(|l| l.definitions.clone())
+            .unwrap_or_default();
+        let train = |reason: String| {
+            Ok(Training::Trained {
+                reason,
+                before: before.clone(),
+            })
+        };
         if every <= 1 {
             return train("a model is trained every night".into());
         }
-        let Some(dir) = current_state.filter(|d| d.join(TRAINED_STATE).exists()) else {
-            return train("no model trained before".into());
+        let (Some(dir), Some(last)) = (current_state, last.as_ref()) else {
+            return train("the state records no earlier training".into());
         };
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path).ctx(format!("reading {}", path.display()))
-        };
-        let last: LastTrained = match serde_json::from_str(&read(TRAINED_STATE)?) {
-            Ok(last) => last,
-            Err(e) => return train(format!("{TRAINED_STATE} unreadable ({e})")),
         };
         let due = last.as_of + chrono::Duration::days(every);
         if as_of >= due {
@@ -1931,7 +1957,8 @@ impl Training {
         }
         if last.definitions != training_definitions(job) {
             return train(format!(
-                "the feature or model definitions changed since the training as of {}",
+                "the model in production was trained on other feature or model definitions (or \
+                 another propel version) than this night's; last training as of {}",
                 last.as_of
             ));
         }
@@ -1954,25 +1981,38 @@ impl Training {
         cutoffs
     }
 
-    /// What to keep in state for the nights after `as_of`.
-    fn last_trained(&self, job: &Job, as_of: NaiveDate) -> LastTrained {
-        LastTrained {
-            as_of: match self {
-                Training::Trained { .. } => as_of,
-                Training::Reused { last_trained, .. } => *last_trained,
+    /// What to keep in state for the nights after `as_of`; `promoted`: the gate's verdict on
+    /// a night that trained. A model the gate kept keeps its definitions, so a night after a
+    /// change of definitions whose new model was refused trains again.
+    fn last_trained(&self, job: &Job, as_of: NaiveDate, promoted: bool) -> LastTrained {
+        match self {
+            Training::Trained { before, .. } => LastTrained {
+                as_of,
+                definitions: if promoted {
+                    training_definitions(job)
+                } else {
+                    before.clone()
+                },
             },
-            definitions: training_definitions(job),
+            Training::Reused { last_trained, .. } => LastTrained {
+                as_of: *last_trained,
+                definitions: training_definitions(job),
+            },
         }
     }
 
     /// One line for the report.
     fn describe(&self, every: i64) -> String {
         match self {
-            Training::Trained { reason } => format!("trained this night ({reason})"),
+            Training::Trained { reason, .. } => format!("trained this night ({reason})"),
             Training::Reused {
-                last_trained, due, ..
+                last_trained,
+                due,
+                model,
             } => format!(
-                "the model in production scores: last trained as of {last_trained}, every {every} days, next on {due}"
+                "the model in production scores (trained for the validation cutoff {}); the last \
+                 training was as of {last_trained}, one every {every} days, the next on {due}",
+                model.validation_cutoff
             ),
         }
     }
@@ -2660,7 +2700,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         .ctx("writing the feature profiles")?;
         std::fs::write(
             dir.join(TRAINED_STATE),
-            serde_json::to_string(&training.last_trained(&job, as_of)).expect("json"),
+            serde_json::to_string(&training.last_trained(
+                &job,
+                as_of,
+                gate.as_ref().is_none_or(|g| g.promoted),
+            ))
+            .expect("json"),
         )
         .ctx("writing the last training")?;
         std::fs::write(
@@ -2751,5 +2796,63 @@ mod tests {
             "{}",
             g.reason
         );
+    }
+
+    #[test]
+    fn nights_between_trainings_reuse_the_model_unless_due_or_its_definitions_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut job = Job::load(None).unwrap();
+        job.model.retrain_every_days = 7;
+        let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        let decision = |job: &Job, as_of| match Training::plan(job, Some(dir.path()), as_of) {
+            Ok(Training::Trained { reason, .. }) => format!("trained: {reason}"),
+            Ok(Training::Reused { due, .. }) => format!("reused until {due}"),
+            Err(e) => format!("error: {e}"),
+        };
+        let keep = |training: Training, as_of, promoted| {
+            let last = training.last_trained(&job, as_of, promoted);
+            std::fs::write(
+                dir.path().join(TRAINED_STATE),
+                serde_json::to_string(&last).unwrap(),
+            )
+            .unwrap();
+        };
+        let mut model = artifact(1.0, &job.features.hash);
+        let p: Vec<f64> = (0..40).map(|i| i as f64 / 40.0).collect();
+        let y: Vec<bool> = (0..40).map(|i| i >= 20).collect();
+        model.validation = Metrics::compute(&p, &y);
+        std::fs::write(
+            dir.path().join(MODEL_STATE),
+            serde_json::to_string(&model).unwrap(),
+        )
+        .unwrap();
+        assert!(decision(&job, day(1)).contains("no earlier training"));
+        keep(
+            Training::plan(&job, Some(dir.path()), day(1)).unwrap(),
+            day(1),
+            true,
+        );
+        assert_eq!(decision(&job, day(2)), "reused until 2026-11-08");
+        assert_eq!(decision(&job, day(7)), "reused until 2026-11-08");
+        assert!(decision(&job, day(8)).contains("due: last trained as of 2026-11-01"));
+        let mut other = job.clone();
+        other.model.horizon_days += 1;
+        assert!(decision(&other, day(2)).contains("other feature or model definitions"));
+        // A night of other definitions whose model the gate refused: the model kept has the
+        // old definitions, so the night after (with the new ones) trains again...
+        let refused = Training::plan(&other, Some(dir.path()), day(2)).unwrap();
+        let last = refused.last_trained(&other, day(2), false);
+        assert_eq!(last.definitions, training_definitions(&job));
+        std::fs::write(
+            dir.path().join(TRAINED_STATE),
+            serde_json::to_string(&last).unwrap(),
+        )
+        .unwrap();
+        assert!(decision(&other, day(3)).contains("other feature or model definitions"));
+        // ... while the old definitions reuse it until 7 days after that training.
+        assert_eq!(decision(&job, day(3)), "reused until 2026-11-09");
+        // Nightly training ignores the state.
+        job.model.retrain_every_days = 1;
+        assert!(decision(&job, day(3)).contains("every night"));
     }
 }

@@ -222,7 +222,7 @@ fn nights_between_trainings_score_with_the_model_in_production_read_either_way()
         training["reason"]
             .as_str()
             .unwrap()
-            .contains("definitions changed"),
+            .contains("other feature or model definitions"),
         "{training}"
     );
 }

@@ -127,7 +127,7 @@ pub struct ModelDef {
     pub max_training_rows: usize,
     /// Reason codes per scored customer. Default: 3.
     pub reasons: usize,
-    /// Train a new model every this many nights; the nights between score with the model in
+    /// Train a new model every this many days; the nights between score with the model in
     /// production (trained on the same definitions) and measure it on their validation
     /// cutoff. Default: 1 (every night).
     pub retrain_every_days: i64,
@@ -233,6 +233,12 @@ impl ModelDef {
             p.push(
                 "model.max_training_rows",
                 "expected a positive number, found 0",
+            );
+        }
+        if retrain_every_days > 3660 {
+            p.push(
+                "model.retrain_every_days",
+                format!("expected at most 3660 days (ten years), found {retrain_every_days}"),
             );
         }
         let gate_tolerance = raw.gate.and_then(|g| g.tolerance).unwrap_or(0.01);
