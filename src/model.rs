@@ -105,19 +105,35 @@ impl Scaler {
     }
 }
 
+/// A metric that cannot be measured (an AUC without positives) is NaN, which JSON writes as
+/// null; it reads back as NaN, so an artifact with one stays readable.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// Validation metrics.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Metrics {
+    #[serde(deserialize_with = "nan_if_null")]
     pub auc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub pr_auc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub log_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub brier: f64,
     /// Expected calibration error over 10 equal-width probability bins.
+    #[serde(deserialize_with = "nan_if_null")]
     pub ece: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub lift_top_decile: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub precision_at_5: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub precision_at_10: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub precision_at_20: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub positive_rate: f64,
     pub n: usize,
     /// Per score decile (1 = top): size, positives, rate, lift, cumulative gain.
@@ -131,18 +147,25 @@ pub struct Decile {
     pub decile: usize,
     pub n: usize,
     pub positives: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub rate: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub lift: f64,
     /// Share of all positives captured by deciles 1..=this one.
+    #[serde(deserialize_with = "nan_if_null")]
     pub cumulative_gain: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CalibrationBin {
+    #[serde(deserialize_with = "nan_if_null")]
     pub lower: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub upper: f64,
     pub n: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean_predicted: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub observed_rate: f64,
 }
 
@@ -841,6 +864,18 @@ impl Artifact {
 mod tests {
     use super::*;
 
+    #[test]
+    fn metrics_that_cannot_be_measured_survive_a_round_trip_through_json() {
+        // No positive: AUC, PR-AUC and lift are NaN, written as null.
+        let m = Metrics::compute(&[0.1, 0.4, 0.7], &[false, false, false]);
+        assert!(m.auc.is_nan());
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains("\"auc\":null"), "{text}");
+        let back: Metrics = serde_json::from_str(&text).unwrap();
+        assert!(back.auc.is_nan());
+        assert_eq!(back.n, 3);
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+    }
     #[test]
     fn auc_counts_ties_as_half() {
         // pos scores: 0.8, 0.5; neg: 0.5, 0.2. Pairs: (0.8>0.5)=1, (0.8>0.2)=1, (0.5=0.5)=0.5, (0.5>0.2)=1 -> 3.5/4
