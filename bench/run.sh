@@ -93,8 +93,9 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
   if [ "${INCREMENTAL:-1}" -gt 0 ] && has incremental; then
     # One new day on 180 days of history: as many events as the size, over 180 days (fewer
     # customers, as long a history as a year's half). The night before
-    # reads every file; then the next night, once reading only its new file (the default) and
-    # once with --full-refresh from a copy of the same state. Their outputs must agree.
+    # reads every file and trains; then the next night, from copies of its state, with a model
+    # trained nightly and weekly, each once reading only its new file (the default) and once
+    # with --full-refresh. The two reads' outputs must agree.
     idir=$data/$size-180d
     if [ ! -f "$idir/events/.complete" ]; then
       rm -rf "$idir"
