@@ -666,17 +666,71 @@ impl Daily {
         })
     }
 
-    /// Every frame through `f`, keeping `self`.
-    pub fn clone_with(&self, f: impl Fn(&DataFrame) -> Result<DataFrame>) -> Result<Daily> {
-        Ok(Daily {
-            events: f(&self.events)?,
-            values: self
-                .values
-                .iter()
-                .map(|(i, df)| Ok((*i, f(df)?)))
-                .collect::<Result<_>>()?,
-            sessions: self.sessions.as_ref().map(&f).transpose()?,
-        })
+    /// The (customer, day) pairs here: every event's, one row each.
+    pub fn days(&self) -> Result<DataFrame> {
+        self.events
+            .select([ev::CUSTOMER_ID, D])
+            .ctx("daily customers")
+    }
+
+    /// (the rows of the (customer, day) pairs in `days` (a `days()` frame) and of every day
+    /// of the customers in `customers`, the others'), each in the order of `self`.
+    pub fn split(self, days: &DataFrame, customers: &Series) -> Result<(Daily, Daily)> {
+        const AGAIN: &str = "_again";
+        let days = days.clone().lazy().with_column(lit(true).alias(AGAIN));
+        let customers = lit(customers.clone()).implode(false);
+        let split = |df: DataFrame| -> Result<(DataFrame, DataFrame)> {
+            let marked = df
+                .lazy()
+                .join(
+                    days.clone(),
+                    [col(ev::CUSTOMER_ID), col(D)],
+                    [col(ev::CUSTOMER_ID), col(D)],
+                    crate::util::left_join_ordered(),
+                )
+                .with_column(
+                    col(AGAIN)
+                        .is_not_null()
+                        .or(col(ev::CUSTOMER_ID).is_in(customers.clone(), false))
+                        .alias(AGAIN),
+                )
+                .collect()
+                .ctx("splitting daily aggregates")?;
+            let part = |again: bool| {
+                marked
+                    .clone()
+                    .lazy()
+                    .filter(if again { col(AGAIN) } else { col(AGAIN).not() })
+                    .drop(cols([AGAIN]))
+                    .collect()
+                    .ctx("splitting daily aggregates")
+            };
+            Ok((part(true)?, part(false)?))
+        };
+        let (events_in, events_out) = split(self.events)?;
+        let mut values_in = std::collections::BTreeMap::new();
+        let mut values_out = std::collections::BTreeMap::new();
+        for (i, df) in self.values {
+            let (a, b) = split(df)?;
+            values_in.insert(i, a);
+            values_out.insert(i, b);
+        }
+        let (sessions_in, sessions_out) = match self.sessions.map(split).transpose()? {
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (None, None),
+        };
+        Ok((
+            Daily {
+                events: events_in,
+                values: values_in,
+                sessions: sessions_in,
+            },
+            Daily {
+                events: events_out,
+                values: values_out,
+                sessions: sessions_out,
+            },
+        ))
     }
 
     /// The customers with days here (every event has a day in `events`).

@@ -66,8 +66,7 @@ impl History {
         features: &FeatureSet,
         rename: &DataFrame,
     ) -> Result<History> {
-        let touched = concat_series(&[
-            night.daily.customer_ids()?,
+        let renamed = concat_series(&[
             rename
                 .column(crate::features::RENAME_FROM)
                 .ctx("renames")?
@@ -79,7 +78,9 @@ impl History {
                 .as_materialized_series()
                 .clone(),
         ])?;
-        let (again, untouched) = before.split(&touched)?;
+        let touched = concat_series(&[night.daily.customer_ids()?, renamed.clone()])?;
+        let days = night.daily.days()?;
+        let (again, untouched) = before.split(&days, &touched, &renamed)?;
         let combined = History::combine(vec![again, night], features, Some(rename))?;
         let sort = |df: DataFrame, keys: &[&str]| -> Result<DataFrame> {
             df.lazy()
@@ -106,18 +107,24 @@ impl History {
         })
     }
 
-    /// (the rows of the customers in `ids`, the others').
-    fn split(self, ids: &Series) -> Result<(History, History)> {
+    /// (the rows to combine again with a night's, the others'): the daily aggregates of the
+    /// (customer, day) pairs in `days` and of every day of the customers in `renamed`, the
+    /// labels and signals of the customers in `touched`.
+    fn split(
+        self,
+        days: &DataFrame,
+        touched: &Series,
+        renamed: &Series,
+    ) -> Result<(History, History)> {
         let part = |df: &DataFrame, inside: bool| -> Result<DataFrame> {
-            let is_in = col(ev::CUSTOMER_ID).is_in(lit(ids.clone()).implode(false), false);
+            let is_in = col(ev::CUSTOMER_ID).is_in(lit(touched.clone()).implode(false), false);
             df.clone()
                 .lazy()
                 .filter(if inside { is_in } else { is_in.not() })
                 .collect()
                 .ctx("splitting history")
         };
-        let daily_in = self.daily.clone_with(|df| part(df, true))?;
-        let daily_out = self.daily.map(|df| part(&df, false))?;
+        let (daily_in, daily_out) = self.daily.split(days, renamed)?;
         Ok((
             History {
                 daily: daily_in,

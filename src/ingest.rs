@@ -1165,30 +1165,60 @@ pub fn ingest_from(
     }
     let rules = quarantine_rules(quality);
     let cap = rules.len() as u32;
-    let mut lf = concat(frames, UnionArgs::default())
+    let unreadable = |e: PolarsError| InputError::Unreadable {
+        location: location.clone(),
+        source: Box::new(e),
+    };
+    let lf = concat(frames, UnionArgs::default())
         .ctx("combining input files")?
         .with_column(reason_code(&rules).alias(REASON_CODE));
-    if let Some(p) = previous {
-        lf = lf.join(
-            p.state
-                .sessions
-                .clone()
-                .lazy()
-                .select([col(ev::DOMAIN_SESSIONID), col(START)]),
-            [col(ev::DOMAIN_SESSIONID)],
-            [col(ev::DOMAIN_SESSIONID)],
-            crate::util::left_join_ordered(),
-        );
-    } else {
-        lf = lf.with_column(lit(NULL).cast(DataType::Int64).alias(START));
-    }
+    // The night before's starts of the tracker sessions these files have (`_start`, for the
+    // session cap), and of the others.
+    let (lf, starts_before) = match previous {
+        Some(p) => {
+            let rows = lf.collect().map_err(unreadable)?;
+            let ids = rows
+                .column(ev::DOMAIN_SESSIONID)
+                .ctx("session ids")?
+                .as_materialized_series()
+                .drop_nulls()
+                .unique()
+                .ctx("session ids")?;
+            let here = col(ev::DOMAIN_SESSIONID).is_in(lit(ids).implode(false), false);
+            let part = |inside: bool| {
+                p.state
+                    .sessions
+                    .clone()
+                    .lazy()
+                    .filter(if inside {
+                        here.clone()
+                    } else {
+                        here.clone().not()
+                    })
+                    .collect()
+                    .ctx("session starts")
+            };
+            let (continued, others) = (part(true)?, part(false)?);
+            let lf = rows.lazy().join(
+                continued
+                    .clone()
+                    .lazy()
+                    .select([col(ev::DOMAIN_SESSIONID), col(START)]),
+                [col(ev::DOMAIN_SESSIONID)],
+                [col(ev::DOMAIN_SESSIONID)],
+                crate::util::left_join_ordered(),
+            );
+            (lf, Some((continued, others)))
+        }
+        None => (
+            lf.with_column(lit(NULL).cast(DataType::Int64).alias(START)),
+            None,
+        ),
+    };
     let all = lf
         .with_column(long_sessions(quality, &rules).alias(REASON_CODE))
         .collect()
-        .map_err(|e| InputError::Unreadable {
-            location: location.clone(),
-            source: Box::new(e),
-        })?;
+        .map_err(unreadable)?;
     let read = all.height();
     let micros = |c: &str| col(c).cast(DataType::Int64);
     // The session cap measures from a session's first usable row: one that moves it earlier
@@ -1207,12 +1237,12 @@ pub fn ingest_from(
             micros(ev::COLLECTOR_TSTAMP).min().alias(START),
             micros(ev::COLLECTOR_TSTAMP).max().alias(LAST),
         ]);
-    let sessions = match previous {
-        Some(p) => {
+    let sessions = match starts_before {
+        Some((continued, others)) => {
             let moved = sessions_now
                 .clone()
                 .join(
-                    p.state.sessions.clone().lazy(),
+                    continued.clone().lazy(),
                     [col(ev::DOMAIN_SESSIONID)],
                     [col(ev::DOMAIN_SESSIONID)],
                     JoinArgs::new(JoinType::Inner).with_suffix(Some("_before".into())),
@@ -1231,13 +1261,12 @@ pub fn ingest_from(
                     id.unwrap_or_default()
                 ))));
             }
-            concat(
-                [p.state.sessions.clone().lazy(), sessions_now],
-                UnionArgs::default(),
-            )
-            .ctx("session starts")?
-            .group_by([col(ev::DOMAIN_SESSIONID)])
-            .agg([col(START).min(), col(LAST).max()])
+            // Only the sessions these files have are combined again.
+            let combined = concat([continued.lazy(), sessions_now], UnionArgs::default())
+                .ctx("session starts")?
+                .group_by([col(ev::DOMAIN_SESSIONID)])
+                .agg([col(START).min(), col(LAST).max()]);
+            concat([others.lazy(), combined], UnionArgs::default()).ctx("session starts")?
         }
         None => sessions_now,
     }

@@ -1126,52 +1126,11 @@ fn prepare_incremental(
         .ctx("identity changes")?;
     timer.lap("identity");
 
-    // The sessions of the nights before, under today's customer ids. A merged customer's gap
-    // sessions are numbered by customer: they would be numbered anew.
-    let renamed = before.sessions.clone().lazy().join(
-        rename.clone().lazy().select([
-            col(features::RENAME_FROM).alias(ev::CUSTOMER_ID),
-            col(features::RENAME_TO).alias("_to"),
-        ]),
-        [col(ev::CUSTOMER_ID)],
-        [col(ev::CUSTOMER_ID)],
-        crate::util::left_join_ordered(),
-    );
-    let gap_merged = renamed
-        .clone()
-        .filter(
-            col("_to")
-                .is_not_null()
-                .and(col(ev::SESSION_ID).str().starts_with(lit("gap:"))),
-        )
-        .limit(1)
-        .collect()
-        .ctx("sessions of merged customers")?;
-    if let Some(id) = crate::util::strings(&gap_merged, ev::CUSTOMER_ID)?
-        .into_iter()
-        .next()
-    {
-        return Ok(Err(format!(
-            "identity merged customer {}, whose sessions without a tracker session id are numbered anew",
-            id.unwrap_or_default()
-        )));
-    }
-    let customers = resolved
-        .customers
-        .clone()
-        .lazy()
-        .select([col(ev::CUSTOMER_ID)]);
-    let sessions_before = renamed
-        .with_column(coalesce(&[col("_to"), col(ev::CUSTOMER_ID)]).alias(ev::CUSTOMER_ID))
-        .drop(cols(["_to"]))
-        .join(
-            customers,
-            [col(ev::CUSTOMER_ID)],
-            [col(ev::CUSTOMER_ID)],
-            JoinArgs::new(JoinType::Semi),
-        )
-        .collect()
-        .ctx("sessions of the nights before")?;
+    let sessions_before =
+        match sessions::carried_over(before.sessions, &rename, &resolved.customers)? {
+            Ok(s) => s,
+            Err(why) => return Ok(Err(why)),
+        };
     let carry = sessions::gap_carry(&sessions_before)?;
     let (events, sessions_now) = sessions::sessionize(
         std::mem::take(&mut resolved.events),

@@ -224,11 +224,100 @@ pub fn sessionize(
     Ok((events, sessions))
 }
 
-/// The sessions of all the events of the nights before (`before`, under the customers' ids
-/// of now) and of this night (`now`): a session both have continues, its rows combined as
-/// one built from all its events would be. Err (why) when that cannot be exact: a session
-/// two merged customers both had, or one whose new events do not all come after its old
-/// ones (the order of a breadcrumb, landing and exit page).
+/// The sessions of the nights before (`before`) under today's customer ids (`rename`:
+/// `previous_id`, `customer_id`), of the customers in `customers` (a `customer_id` column).
+/// Err (why) when a renamed customer's sessions cannot be carried over exactly: gap sessions
+/// (numbered by customer, they would be numbered anew), or a session that both merged
+/// customers had. Only the renamed customers' sessions are looked at again.
+pub fn carried_over(
+    before: DataFrame,
+    rename: &DataFrame,
+    customers: &DataFrame,
+) -> Result<std::result::Result<DataFrame, String>> {
+    let keys = [col(ev::SESSION_ID), col(ev::CUSTOMER_ID)];
+    let from = rename
+        .column(crate::features::RENAME_FROM)
+        .ctx("identity renames")?
+        .as_materialized_series()
+        .clone();
+    let moved = before
+        .clone()
+        .lazy()
+        .filter(col(ev::CUSTOMER_ID).is_in(lit(from).implode(false), false))
+        .collect()
+        .ctx("sessions of merged customers")?;
+    let gap = moved
+        .clone()
+        .lazy()
+        .filter(col(ev::SESSION_ID).str().starts_with(lit(GAP_PREFIX)))
+        .limit(1)
+        .collect()
+        .ctx("sessions of merged customers")?;
+    if let Some(id) = crate::util::strings(&gap, ev::CUSTOMER_ID)?
+        .into_iter()
+        .next()
+    {
+        return Ok(Err(format!(
+            "identity merged customer {}, whose sessions without a tracker session id are numbered anew",
+            id.unwrap_or_default()
+        )));
+    }
+    // The new ids as one column (joining the wide rows would copy them all).
+    let ids = crate::features::renamed(
+        before.select([ev::CUSTOMER_ID]).ctx("sessions")?.lazy(),
+        Some(rename),
+    )
+    .collect()
+    .ctx("sessions of merged customers")?;
+    let mut carried = before;
+    carried
+        .with_column(ids.column(ev::CUSTOMER_ID).ctx("sessions")?.clone())
+        .ctx("sessions of merged customers")?;
+    let known = customers
+        .column(ev::CUSTOMER_ID)
+        .ctx("customers")?
+        .as_materialized_series()
+        .clone();
+    let carried = carried
+        .lazy()
+        .filter(col(ev::CUSTOMER_ID).is_in(lit(known).implode(false), false))
+        .collect()
+        .ctx("sessions of the nights before")?;
+    // Only a moved session can now share its keys with another.
+    let shared = carried
+        .clone()
+        .lazy()
+        .select(keys.clone())
+        .join(
+            crate::features::renamed(moved.lazy(), Some(rename))
+                .select(keys.clone())
+                .unique(None, UniqueKeepStrategy::Any),
+            keys.clone(),
+            keys.clone(),
+            JoinArgs::new(JoinType::Semi),
+        )
+        .group_by(keys)
+        .agg([len().alias("_n")])
+        .filter(col("_n").gt(lit(1)))
+        .limit(1)
+        .collect()
+        .ctx("sessions of merged customers")?;
+    if let Some(id) = crate::util::strings(&shared, ev::SESSION_ID)?
+        .into_iter()
+        .next()
+    {
+        return Ok(Err(format!(
+            "session {} was a session of two customers identity merged",
+            id.unwrap_or_default()
+        )));
+    }
+    Ok(Ok(carried))
+}
+
+/// The sessions of all the events of the nights before (`before`, `carried_over`) and of
+/// this night (`now`): a session both have continues, its rows combined as one built from
+/// all its events would be. Err (why) when that cannot be exact: a session whose new events
+/// do not all come after its old ones (the order of a breadcrumb, landing and exit page).
 pub fn combine(
     before: DataFrame,
     now: DataFrame,
@@ -240,18 +329,6 @@ pub fn combine(
             .next()
             .map(|id| format!("session {} {what}", id.unwrap_or_default())))
     };
-    let shared = before
-        .clone()
-        .lazy()
-        .group_by(keys.clone())
-        .agg([len().alias("_n")])
-        .filter(col("_n").gt(lit(1)))
-        .limit(1)
-        .collect()
-        .ctx("combining sessions")?;
-    if let Some(why) = first_of(&shared, "was a session of two customers identity merged")? {
-        return Ok(Err(why));
-    }
     let both = now
         .clone()
         .lazy()
@@ -279,22 +356,26 @@ pub fn combine(
         return Ok(Err(why));
     }
     let schema = before.schema().clone();
-    let continued = both.lazy().select(keys.clone());
+    // The rows of the sessions both have, marked by one join.
+    const AGAIN: &str = "_again";
+    let continued = both
+        .lazy()
+        .select(keys.clone())
+        .with_column(lit(true).alias(AGAIN));
     let part = |df: DataFrame, n: u32| df.lazy().with_column(lit(n).alias("_part"));
-    let rows =
-        concat([part(before, 0), part(now, 1)], UnionArgs::default()).ctx("combining sessions")?;
-    let in_both = rows.clone().join(
-        continued.clone(),
-        keys.clone(),
-        keys.clone(),
-        JoinArgs::new(JoinType::Semi),
-    );
-    let alone = rows.join(
-        continued,
-        keys.clone(),
-        keys.clone(),
-        JoinArgs::new(JoinType::Anti),
-    );
+    let rows = concat([part(before, 0), part(now, 1)], UnionArgs::default())
+        .ctx("combining sessions")?
+        .join(
+            continued,
+            keys.clone(),
+            keys.clone(),
+            crate::util::left_join_ordered(),
+        )
+        .with_column(col(AGAIN).is_not_null())
+        .collect()
+        .ctx("combining sessions")?;
+    let in_both = rows.clone().lazy().filter(col(AGAIN)).drop(cols([AGAIN]));
+    let alone = rows.lazy().filter(col(AGAIN).not()).drop(cols([AGAIN]));
     let first = |c: &str| col(c).drop_nulls().first().alias(c);
     let combined = in_both
         .sort(["_part"], Default::default())
@@ -416,6 +497,123 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// (customer, session) of every session, in order; gap sessions as "gap".
+    fn keys(sessions: &DataFrame) -> Vec<(String, String)> {
+        let text = |c: &str| crate::util::strings(sessions, c).unwrap();
+        text(ev::CUSTOMER_ID)
+            .into_iter()
+            .zip(text(ev::SESSION_ID))
+            .map(|(c, s)| {
+                let s = s.unwrap();
+                let s = if s.starts_with(GAP_PREFIX) {
+                    "gap".into()
+                } else {
+                    s
+                };
+                (c.unwrap(), s)
+            })
+            .collect()
+    }
+
+    fn rename(pairs: &[(&str, &str)]) -> DataFrame {
+        DataFrame::new(
+            pairs.len(),
+            vec![
+                Column::new(
+                    crate::features::RENAME_FROM.into(),
+                    pairs.iter().map(|p| p.0).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    crate::features::RENAME_TO.into(),
+                    pairs.iter().map(|p| p.1).collect::<Vec<_>>(),
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sessions_are_carried_over_under_new_ids_unless_a_merge_cannot_be_exact() {
+        let (_, before) = sessionize(
+            events(&[
+                ("e1", "a", Some("s1"), 0, "page_view", "/"),
+                ("e2", "b", Some("s2"), 5, "page_view", "/"),
+                ("e3", "c", None, 7, "page_view", "/"),
+                ("e4", "d", Some("s1"), 9, "page_view", "/"),
+                ("e5", "gone", Some("s3"), 9, "page_view", "/"),
+            ]),
+            30,
+            None,
+        )
+        .unwrap();
+        let customers = |ids: &[&str]| {
+            DataFrame::new(
+                ids.len(),
+                vec![Column::new(ev::CUSTOMER_ID.into(), ids.to_vec())],
+            )
+            .unwrap()
+        };
+        let now = customers(&["a", "c", "d"]);
+        // b merged into a; "gone" is no customer now (suppressed).
+        let mut carried = keys(
+            &carried_over(before.clone(), &rename(&[("b", "a")]), &now)
+                .unwrap()
+                .unwrap(),
+        );
+        carried.sort();
+        let pair = |c: &str, s: &str| (c.to_string(), s.to_string());
+        assert_eq!(
+            carried,
+            [
+                pair("a", "s1"),
+                pair("a", "s2"),
+                pair("c", "gap"),
+                pair("d", "s1")
+            ]
+        );
+        // c's sessions without a tracker session are numbered by customer.
+        let why = carried_over(before.clone(), &rename(&[("c", "a")]), &now)
+            .unwrap()
+            .unwrap_err();
+        assert!(why.contains("identity merged customer c,"), "{why}");
+        // a and d both had tracker session s1: merged, it would be one session twice.
+        let why = carried_over(before, &rename(&[("d", "a")]), &now)
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            why.contains("session s1 was a session of two customers"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_continued_session_is_combined_as_one_build_unless_it_gained_earlier_events() {
+        let all = [
+            ("e1", "a", Some("s1"), 0, "page_view", "/"),
+            ("e2", "b", Some("s2"), 1, "page_view", "/b"),
+            ("e3", "a", Some("s1"), 5, "cart_add", "/p/1"),
+            ("e4", "a", Some("s1"), 9, "page_view", "/cart"),
+            ("e5", "b", Some("s3"), 100, "page_view", "/c"),
+            ("e6", "c", Some("s4"), 3, "page_view", "/"),
+        ];
+        let (_, once) = sessionize(events(&all), 30, None).unwrap();
+        let (_, before) = sessionize(events(&all[..3]), 30, None).unwrap();
+        let (_, now) = sessionize(events(&all[3..]), 30, None).unwrap();
+        let combined = combine(before.clone(), now).unwrap().unwrap();
+        assert!(combined.equals_missing(&once), "{combined}\n{once}");
+        let (_, late) = sessionize(
+            events(&[("e7", "a", Some("s1"), 2, "page_view", "/x")]),
+            30,
+            None,
+        )
+        .unwrap();
+        let why = combine(before, late).unwrap().unwrap_err();
+        assert!(
+            why.contains("session s1 gained events before its last one"),
+            "{why}"
+        );
     }
 
     #[test]
