@@ -460,7 +460,6 @@ pub fn resolve(
         .unique(None, UniqueKeepStrategy::Any)
         .collect()
         .ctx("identity edges")?;
-
     // Combine with the previous state.
     let mut first: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     let mut previous_id: HashMap<String, String> = HashMap::new();
@@ -507,19 +506,25 @@ pub fn resolve(
         add_edges(&prev.edges)?;
     }
     add_edges(&edges_now)?;
-
     // Suppression: customers named by id, or owning a suppressed e-mail, are forgotten.
     let names: Vec<String> = first.keys().cloned().collect();
+    // First and last sighting by node index (`first` is in the order of `names`).
+    let seen: Vec<(i64, i64)> = first.values().copied().collect();
     let index: HashMap<&str, usize> = names
         .iter()
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
         .collect();
 
+    // Every edge by node index, in the order of `edge_set`.
+    let edge_idx: Vec<(usize, usize)> = edge_set
+        .iter()
+        .map(|(a, b)| (index[a.as_str()], index[b.as_str()]))
+        .collect();
+
     // Guards on the cumulative graph.
     let mut neighbours: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); names.len()];
-    for (a, b) in &edge_set {
-        let (ia, ib) = (index[a.as_str()], index[b.as_str()]);
+    for &(ia, ib) in &edge_idx {
         neighbours[ia].insert(ib);
         neighbours[ib].insert(ia);
     }
@@ -539,8 +544,7 @@ pub fn resolve(
         .map(|(i, n)| limits.get(kind_of(n)).is_some_and(|&l| degree[i] > l))
         .collect();
     let mut sets = DisjointSets::new(names.len());
-    for (a, b) in &edge_set {
-        let (ia, ib) = (index[a.as_str()], index[b.as_str()]);
+    for &(ia, ib) in &edge_idx {
         if !shared[ia] && !shared[ib] {
             sets.union(ia, ib);
         }
@@ -549,7 +553,7 @@ pub fn resolve(
     for i in 0..names.len() {
         components.entry(sets.find(i)).or_default().push(i);
     }
-    let rank = |i: usize| (first[&names[i]].0, names[i].as_str());
+    let rank = |i: usize| (seen[i].0, names[i].as_str());
     let mut comps: Vec<Vec<usize>> = components.into_values().collect();
     for c in &mut comps {
         c.sort_by(|&a, &b| rank(a).cmp(&rank(b)));
@@ -650,18 +654,20 @@ pub fn resolve(
             ),
             Column::new(
                 FIRST_SEEN.into(),
-                idx.iter().map(|&i| first[&names[i]].0).collect::<Vec<_>>(),
+                idx.iter().map(|&i| seen[i].0).collect::<Vec<_>>(),
             ),
             Column::new(
                 LAST_SEEN.into(),
-                idx.iter().map(|&i| first[&names[i]].1).collect::<Vec<_>>(),
+                idx.iter().map(|&i| seen[i].1).collect::<Vec<_>>(),
             ),
         ],
     )
     .ctx("identity state")?;
     let kept_edges: Vec<&(String, String)> = edge_set
         .iter()
-        .filter(|(a, b)| keep[index[a.as_str()]] && keep[index[b.as_str()]])
+        .zip(&edge_idx)
+        .filter(|(_, (ia, ib))| keep[*ia] && keep[*ib])
+        .map(|(e, _)| e)
         .collect();
     let edge_df = DataFrame::new(
         kept_edges.len(),
@@ -730,7 +736,6 @@ pub fn resolve(
         ],
     )
     .ctx("identity changes")?;
-
     // The customer of each event, in event order, through its identity key.
     let primary_customer = node_df
         .clone()
@@ -790,7 +795,6 @@ pub fn resolve(
             .ctx("assigning customer ids")?
     };
     let suppressed_events = before - events_out.height();
-
     let identity = node_df
         .clone()
         .lazy()
@@ -822,7 +826,6 @@ pub fn resolve(
         .sort([ev::CUSTOMER_ID, KIND, IDENTIFIER], Default::default())
         .collect()
         .ctx("identity")?;
-
     // Latest user id and e-mail hash per customer.
     let latest = |k: &str, alias: &str| {
         identity
