@@ -253,13 +253,9 @@ pub fn carried_over(
         .limit(1)
         .collect()
         .ctx("sessions of merged customers")?;
-    if let Some(id) = crate::util::strings(&gap, ev::CUSTOMER_ID)?
-        .into_iter()
-        .next()
-    {
+    if let Some(id) = first_value(&gap, ev::CUSTOMER_ID)? {
         return Ok(Err(format!(
-            "identity merged customer {}, whose sessions without a tracker session id are numbered anew",
-            id.unwrap_or_default()
+            "identity merged customer {id}, whose sessions without a tracker session id are numbered anew"
         )));
     }
     // The new ids as one column (joining the wide rows would copy them all).
@@ -302,16 +298,20 @@ pub fn carried_over(
         .limit(1)
         .collect()
         .ctx("sessions of merged customers")?;
-    if let Some(id) = crate::util::strings(&shared, ev::SESSION_ID)?
-        .into_iter()
-        .next()
-    {
+    if let Some(id) = first_value(&shared, ev::SESSION_ID)? {
         return Ok(Err(format!(
-            "session {} was a session of two customers identity merged",
-            id.unwrap_or_default()
+            "session {id} was a session of two customers identity merged"
         )));
     }
     Ok(Ok(carried))
+}
+
+/// The first value of `column` in `df` (the first row a check found), if any.
+fn first_value(df: &DataFrame, column: &str) -> Result<Option<String>> {
+    Ok(crate::util::strings(df, column)?
+        .into_iter()
+        .next()
+        .map(Option::unwrap_or_default))
 }
 
 /// The sessions of all the events of the nights before (`before`, `carried_over`) and of
@@ -323,12 +323,6 @@ pub fn combine(
     now: DataFrame,
 ) -> Result<std::result::Result<DataFrame, String>> {
     let keys = [col(ev::SESSION_ID), col(ev::CUSTOMER_ID)];
-    let first_of = |df: &DataFrame, what: &str| -> Result<Option<String>> {
-        Ok(crate::util::strings(df, ev::SESSION_ID)?
-            .into_iter()
-            .next()
-            .map(|id| format!("session {} {what}", id.unwrap_or_default())))
-    };
     let both = now
         .clone()
         .lazy()
@@ -352,8 +346,10 @@ pub fn combine(
         .limit(1)
         .collect()
         .ctx("combining sessions")?;
-    if let Some(why) = first_of(&early, "gained events before its last one")? {
-        return Ok(Err(why));
+    if let Some(id) = first_value(&early, ev::SESSION_ID)? {
+        return Ok(Err(format!(
+            "session {id} gained events before its last one"
+        )));
     }
     let schema = before.schema().clone();
     // The rows of the sessions both have, marked by one join.
