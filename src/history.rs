@@ -58,8 +58,9 @@ impl History {
     }
 
     /// The night before's history `before` combined with a night's (`night`, of the night's
-    /// events): only the customers the night touched (with events, or merged by `rename`)
-    /// are combined again, the others' rows are taken as they are.
+    /// events): only the daily aggregates of the days the night touched (its (customer, day)
+    /// pairs, and every day of a customer merged by `rename`) and the labels and signals of
+    /// its customers are combined again, the other rows are taken as they are.
     pub fn add_night(
         before: History,
         night: History,
