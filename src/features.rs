@@ -397,6 +397,7 @@ const WEIGHT: &str = "_w";
 ///
 /// Daily aggregates of two sets of events combine into those of both (`combine`), which is
 /// what lets a night add its events to the days kept from the nights before.
+#[derive(Clone)]
 pub struct Daily {
     /// One row per (customer, day): `_last_t` and the partials of every event aggregate.
     events: DataFrame,

@@ -14,6 +14,7 @@ use crate::error::{Context, Result};
 use crate::features::Daily;
 use crate::schema::event as ev;
 
+#[derive(Clone)]
 pub struct History {
     pub daily: Daily,
     /// `labels::label_days`.

@@ -57,6 +57,7 @@ pub enum Stage {
 /// What ingest and identity know about the whole night, whichever customers a run computes:
 /// the identity outputs and state, the quarantine, the counts, and the day of the first event
 /// (which places the cutoffs).
+#[derive(Clone)]
 struct Night {
     as_of: NaiveDate,
     first_day: NaiveDate,
@@ -152,7 +153,7 @@ struct IncrementRecord {
 }
 
 /// `run.json`'s account of what a night read.
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct NightRead {
     #[serde(flatten)]
     refresh: Refresh,
@@ -513,6 +514,21 @@ fn write_stage_frame(stage: &std::path::Path, name: &str, df: &DataFrame) -> Res
     )
 }
 
+/// Writes the events and sessions a night or a shard keeps. The sessions are written as they
+/// are published (`sessions.parquet`), so that the run links the one file into its output
+/// instead of writing the largest frame it publishes twice.
+fn write_events_and_sessions(
+    stage: &std::path::Path,
+    events: &DataFrame,
+    sessions: &DataFrame,
+) -> Result<()> {
+    write_stage_frame(stage, EVENTS_FRAME, events)?;
+    write_parquet(
+        &mut sessions.clone(),
+        &stage.join(format!("{SESSIONS_FRAME}.parquet")),
+    )
+}
+
 fn read_stage_frame(stage: &std::path::Path, name: &str) -> Result<DataFrame> {
     crate::util::read_parquet(&stage.join(format!("{name}.parquet")))
 }
@@ -629,9 +645,7 @@ impl Prepared {
     /// Writes the night and the events and sessions into a state directory.
     fn write(&self, dir: &std::path::Path) -> Result<()> {
         self.night.write(dir, None)?;
-        let stage = dir.join(STAGE_DIR);
-        write_stage_frame(&stage, EVENTS_FRAME, &self.events)?;
-        write_stage_frame(&stage, SESSIONS_FRAME, &self.sessions)
+        write_events_and_sessions(&dir.join(STAGE_DIR), &self.events, &self.sessions)
     }
 
     /// What the run of `night` kept in `dir` (a night's state, or a shard's part), for the
@@ -690,20 +704,29 @@ impl Prepared {
     }
 }
 
-/// The events and sessions a night's state keeps for `--from-stage features`, the largest
-/// files of the state: written on a thread of their own while the model trains and the
-/// audiences are built, into a directory beside the nights, and moved into the night when it
-/// is committed. A rerun from the features stage links the files the night already has.
-enum StageEvents {
-    Writing {
-        dir: PathBuf,
-        handle: Option<std::thread::JoinHandle<Result<()>>>,
+/// What a night keeps in state besides the model and the audiences: the identity graph, the
+/// stage outputs (with the events and sessions, for `--from-stage features`) and what the
+/// next night starts from (`Increment`). All of it is known once the night is prepared, so
+/// it is written on a thread of its own while the features are computed, the model trains
+/// and the audiences are built, into a directory beside the nights, and moved into the night
+/// when it is committed.
+struct Keeping {
+    dir: PathBuf,
+    handle: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+/// The events and sessions a night keeps (the largest files of its state).
+enum KeptEvents {
+    Frames {
+        events: DataFrame,
+        sessions: DataFrame,
     },
-    /// The night the run started from (the same events), found in `state` at the commit.
+    /// The night the run started from (the same events: a rerun from the features stage),
+    /// found in `state`.
     Linked { state: PathBuf, night: NaiveDate },
 }
 
-/// Where `StageEvents` writes, under the state root, by process id.
+/// Where `Keeping` writes, under the state root, by process id.
 const STAGE_WRITING: &str = ".stage-writing-";
 const EVENTS_FRAME: &str = "events";
 const SESSIONS_FRAME: &str = "sessions";
@@ -712,10 +735,39 @@ const STAGE_EVENT_FRAMES: [&str; 2] = [EVENTS_FRAME, SESSIONS_FRAME];
 const SNAPSHOTS_FRAME: &str = "snapshots";
 const CONTACTS_FRAME: &str = "contacts";
 
-impl StageEvents {
-    /// Starts writing; the caller holds the state location's lock, so what an earlier run
+impl KeptEvents {
+    fn write(&self, stage: &std::path::Path) -> Result<()> {
+        match self {
+            KeptEvents::Frames { events, sessions } => {
+                write_events_and_sessions(stage, events, sessions)
+            }
+            KeptEvents::Linked { state, night } => {
+                let from = crate::state::StateDir::new(state.clone())
+                    .night(*night)
+                    .join(STAGE_DIR);
+                std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
+                for name in STAGE_EVENT_FRAMES {
+                    let file = format!("{name}.parquet");
+                    link_or_copy(&from.join(&file), &stage.join(&file))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Keeping {
+    /// Starts writing `night`, its events, and the state for the next night (`increment`,
+    /// with `history`); the caller holds the state location's lock, so what an earlier run
     /// that crashed left behind can go.
-    fn write(state: &std::path::Path, events: DataFrame, sessions: DataFrame) -> Result<Self> {
+    fn start(
+        state: &std::path::Path,
+        night: Night,
+        events: KeptEvents,
+        history: crate::history::History,
+        increment: Increment,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(state).ctx(format!("creating {}", state.display()))?;
         for entry in std::fs::read_dir(state).ctx(format!("listing {}", state.display()))? {
             let entry = entry.ctx("listing state")?;
             if entry
@@ -732,15 +784,17 @@ impl StageEvents {
         let to = dir.clone();
         let handle = std::thread::spawn(move || {
             let t = Instant::now();
-            write_stage_frame(&to, STAGE_EVENT_FRAMES[0], &events)?;
-            write_stage_frame(&to, STAGE_EVENT_FRAMES[1], &sessions)?;
+            night.write(&to, None)?;
+            events.write(&to.join(STAGE_DIR))?;
+            drop(events);
+            increment.write(&history, &to)?;
             info!(
                 ms = t.elapsed().as_millis() as u64,
-                "the night's events kept"
+                "the night's state kept"
             );
             Ok(())
         });
-        Ok(StageEvents::Writing {
+        Ok(Keeping {
             dir,
             handle: Some(handle),
         })
@@ -749,55 +803,45 @@ impl StageEvents {
     /// Waits until the files are written: before publishing, so that a night whose state
     /// cannot be kept is not published either.
     fn wait(&mut self) -> Result<()> {
-        if let StageEvents::Writing { handle, .. } = self
-            && let Some(h) = handle.take()
-        {
+        if let Some(h) = self.handle.take() {
             h.join().map_err(|_| crate::error::Error::Io {
-                context: "writing the night's events".into(),
+                context: "writing the night's state".into(),
                 source: std::io::Error::other("the writer thread panicked"),
             })??;
         }
         Ok(())
     }
 
-    /// Puts the files into `stage`, the stage directory of the night being committed.
-    fn finish(&mut self, stage: &std::path::Path) -> Result<()> {
+    /// The night's sessions as published (`write_events_and_sessions`), once written.
+    fn sessions(&mut self) -> Result<PathBuf> {
         self.wait()?;
-        std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
-        let file = |name: &str| format!("{name}.parquet");
-        match self {
-            StageEvents::Writing { dir, .. } => {
-                for name in STAGE_EVENT_FRAMES {
-                    std::fs::rename(dir.join(file(name)), stage.join(file(name)))
-                        .ctx(format!("moving {} into the night", file(name)))?;
-                }
-                Ok(())
-            }
-            StageEvents::Linked { state, night } => {
-                let from = crate::state::StateDir::new(state.clone())
-                    .night(*night)
-                    .join(STAGE_DIR);
-                for name in STAGE_EVENT_FRAMES {
-                    let (src, dst) = (from.join(file(name)), stage.join(file(name)));
-                    if std::fs::hard_link(&src, &dst).is_err() {
-                        std::fs::copy(&src, &dst).ctx(format!("copying {}", src.display()))?;
-                    }
-                }
-                Ok(())
-            }
+        Ok(self
+            .dir
+            .join(STAGE_DIR)
+            .join(format!("{SESSIONS_FRAME}.parquet")))
+    }
+
+    /// Moves what was written into `night`, the directory of the night being committed.
+    fn finish(&mut self, night: &std::path::Path) -> Result<()> {
+        self.wait()?;
+        for entry in std::fs::read_dir(&self.dir).ctx(format!("listing {}", self.dir.display()))? {
+            let entry = entry.ctx("listing the kept state")?;
+            std::fs::rename(entry.path(), night.join(entry.file_name())).ctx(format!(
+                "moving {} into the night",
+                entry.file_name().to_string_lossy()
+            ))?;
         }
+        Ok(())
     }
 }
 
-impl Drop for StageEvents {
+impl Drop for Keeping {
     /// A run that fails (or a model that is refused) leaves nothing beside the nights.
     fn drop(&mut self) {
-        if let StageEvents::Writing { dir, handle } = self {
-            if let Some(h) = handle.take() {
-                let _ = h.join();
-            }
-            let _ = std::fs::remove_dir_all(dir);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -2337,31 +2381,29 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                     prep
                 }
             };
+            let mut prep = prep;
+            let read = prep.increment.read();
+            let events = match opts.from_stage {
+                Stage::Ingest => KeptEvents::Frames {
+                    events: prep.events.clone(),
+                    sessions: prep.sessions.clone(),
+                },
+                Stage::Features => KeptEvents::Linked {
+                    state: state.root().to_path_buf(),
+                    night: prep.night.as_of,
+                },
+            };
+            let keeping = Keeping::start(
+                state.root(),
+                prep.night.clone(),
+                events,
+                prep.history.clone(),
+                std::mem::replace(&mut prep.increment, Increment::None),
+            )?;
             let training = plan_training(prep.night.as_of)?;
             let cutoffs = training.cutoffs(prep.night.cutoffs(&job)?);
             let part = per_customer(&prep, &job, &cutoffs, &cache(&prep.fingerprint), &mut timer)?;
-            let Prepared {
-                night,
-                events,
-                sessions,
-                history,
-                increment,
-                ..
-            } = prep;
-            let kept = match opts.from_stage {
-                Stage::Ingest => StageEvents::write(state.root(), events, sessions)?,
-                Stage::Features => StageEvents::Linked {
-                    state: state.root().to_path_buf(),
-                    night: night.as_of,
-                },
-            };
-            (
-                night,
-                training,
-                cutoffs,
-                part,
-                Some((kept, history, increment)),
-            )
+            (prep.night, training, cutoffs, part, Some((keeping, read)))
         }
     };
     info!(training = %training.describe(job.model.retrain_every_days), "model");
@@ -2546,11 +2588,20 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     )?;
     timer.lap("audience");
 
+    // The sessions a night keeps are the file it publishes.
+    match kept.as_mut() {
+        Some((keeping, _)) => {
+            link_or_copy(&keeping.sessions()?, &staging.path("sessions.parquet"))?
+        }
+        None => write_parquet(
+            &mut part.sessions.clone(),
+            &staging.path("sessions.parquet"),
+        )?,
+    }
     for (name, df) in [
         ("scores", &scores),
         ("features", &scoring),
         ("validation", &validation_scores),
-        ("sessions", &part.sessions),
         ("identity", &night.identity),
         ("identity_changes", &night.changes),
         ("identity_shared", &night.shared),
@@ -2624,15 +2675,15 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         peak_rss_mib_by_stage: timer.peaks.clone(),
         peak_rss_mib: crate::util::peak_rss_mib(),
         rows: metrics.rows.clone(),
-        read: kept.as_ref().and_then(|(_, _, increment)| increment.read()),
+        read: kept.as_ref().and_then(|(_, read)| read.clone()),
     };
     std::fs::write(
         staging.path(crate::publish::RUN_RECORD),
         serde_json::to_string_pretty(&record).expect("json") + "\n",
     )
     .ctx("writing run.json")?;
-    if let Some((events, ..)) = kept.as_mut() {
-        events.wait()?;
+    if let Some((keeping, _)) = kept.as_mut() {
+        keeping.wait()?;
     }
     let output_dir = staging.publish()?;
     info!(output = %output_dir.display(), "published");
@@ -2641,11 +2692,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     // identity graph and the model in production (the new one if promoted, else the same).
     state.commit(as_of, job.state_keep_nights, |dir| {
         match kept.as_mut() {
-            Some((events, history, increment)) => {
-                night.write(dir, None)?;
-                events.finish(&dir.join(STAGE_DIR))?;
-                increment.write(history, dir)?
-            }
+            Some((keeping, _)) => keeping.finish(dir)?,
             None => night.write(dir, opts.merge_shards)?,
         }
         write_parquet(
