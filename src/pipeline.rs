@@ -2357,7 +2357,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             (night, training, cutoffs, part, None)
         }
         None => {
-            let prep = match opts.from_stage {
+            let mut prep = match opts.from_stage {
                 Stage::Ingest => prepare(
                     &inputs,
                     opts.as_of,
@@ -2381,7 +2381,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                     prep
                 }
             };
-            let mut prep = prep;
             let read = prep.increment.read();
             let events = match opts.from_stage {
                 Stage::Ingest => KeptEvents::Frames {
@@ -2588,7 +2587,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     )?;
     timer.lap("audience");
 
-    // The sessions a night keeps are the file it publishes.
+    // The sessions a night keeps are the file it publishes; linking them waits until the
+    // night's state is written, so that a night whose state cannot be kept is not published.
     match kept.as_mut() {
         Some((keeping, _)) => {
             link_or_copy(&keeping.sessions()?, &staging.path("sessions.parquet"))?
@@ -2682,9 +2682,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         serde_json::to_string_pretty(&record).expect("json") + "\n",
     )
     .ctx("writing run.json")?;
-    if let Some((keeping, _)) = kept.as_mut() {
-        keeping.wait()?;
-    }
     let output_dir = staging.publish()?;
     info!(output = %output_dir.display(), "published");
     audience::log_activations(&output_root, as_of, &audiences)?;
