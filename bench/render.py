@@ -87,6 +87,9 @@ def main() -> None:
             if not inc:
                 continue
             night, full = inc["night"].get("wall_s"), inc["full"].get("wall_s")
+            def runs(part: str) -> str:
+                walls = inc[part].get("runs_wall_s", [])
+                return f"median of {', '.join(f'{w:.1f}' for w in walls)} s; " if len(walls) > 1 else ""
             if not night or not full:
                 print(f"- NOT met: incremental night at {s} with {cadence}: not measured")
                 continue
@@ -95,8 +98,9 @@ def main() -> None:
             decision = (inc.get("training") or {}).get("decision", "?")
             check(night <= 0.15 * full and inc["identical"] and read.get("read") == "incremental",
                   f"{s}: {inc['events']:,} events over {inc['history_days']} days, with {cadence}: the next night "
-                  f"{how} ({decision} a model) in {night:.1f} s (peak {inc['night'].get('peak_rss_mib')} MiB) against "
-                  f"{full:.1f} s (peak {inc['full'].get('peak_rss_mib')} MiB) for the same night with --full-refresh: "
+                  f"{how} ({decision} a model) in {night:.1f} s ({runs('night')}peak "
+                  f"{inc['night'].get('peak_rss_mib')} MiB) against {full:.1f} s ({runs('full')}peak "
+                  f"{inc['full'].get('peak_rss_mib')} MiB) for the same night with --full-refresh: "
                   f"{100 * night / full:.0f}% (at most 15%); published files "
                   f"{'byte-identical' if inc['identical'] else 'DIFFERENT'} (all but run.json)")
             nightly = r.get("incremental", {}).get("full", {}).get("wall_s")

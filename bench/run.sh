@@ -10,6 +10,7 @@
 #   LIMIT_GIB=20 ...          # memory cap of one propel run (default 20 GiB)
 #   SHARDS=2 ...              # also run the night as SHARDS shards + merge (0: not; default 2)
 #   INCREMENTAL=1 ...         # also time one new day on 180 days of history (0: not; default 1)
+#   REPEATS=3 ...             # times each read of that day is run (the median is kept; default 3)
 #   STEPS="incremental" ...   # only these steps (run shards incremental duckdb; default all),
 #                             # the others' results kept from an earlier run of the harness
 set -euo pipefail
@@ -129,15 +130,21 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
     for cadence in nightly weekly; do
       prefix=$([ "$cadence" = weekly ] && echo weekly_ || true)
       job=$([ "$cadence" = weekly ] && echo "--job $weekly/job.toml" || true)
-      rm -rf "$idir/next-inc" "$idir/next-full"
-      cp -a "$idir/inc" "$idir/next-inc"
-      cp -a "$idir/inc" "$idir/next-full"
-      ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run $job --input "$idir/events" --output "$idir/next-inc" --as-of "$last" --log-format json ) \
-        > /dev/null 2> "$dir/${prefix}incremental.time"
-      ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run $job --input "$idir/events" --output "$idir/next-full" --as-of "$last" --full-refresh --log-format json ) \
-        > /dev/null 2> "$dir/${prefix}full_refresh.time"
-      cp "$idir/next-inc/$last/run.json" "$dir/${prefix}incremental.run.json"
-      cp "$idir/next-full/$last/run.json" "$dir/${prefix}full_refresh.run.json"
+      # Each read REPEATS times (default 3), alternating, each from a fresh copy of the state:
+      # one run of a few seconds varies by a fifth here; record.py keeps the median.
+      rm -f "$dir/${prefix}"incremental.*.time "$dir/${prefix}"incremental.*.run.json \
+        "$dir/${prefix}"full_refresh.*.time "$dir/${prefix}"full_refresh.*.run.json
+      for r in $(seq 1 "${REPEATS:-3}"); do
+        rm -rf "$idir/next-inc" "$idir/next-full"
+        cp -a "$idir/inc" "$idir/next-inc"
+        cp -a "$idir/inc" "$idir/next-full"
+        ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run $job --input "$idir/events" --output "$idir/next-inc" --as-of "$last" --log-format json ) \
+          > /dev/null 2> "$dir/${prefix}incremental.$r.time"
+        ( ulimit -v "$limit_kib"; /usr/bin/time -v "$propel" run $job --input "$idir/events" --output "$idir/next-full" --as-of "$last" --full-refresh --log-format json ) \
+          > /dev/null 2> "$dir/${prefix}full_refresh.$r.time"
+        cp "$idir/next-inc/$last/run.json" "$dir/${prefix}incremental.$r.run.json"
+        cp "$idir/next-full/$last/run.json" "$dir/${prefix}full_refresh.$r.run.json"
+      done
       cp "$idir/next-inc/$last/metrics.json" "$dir/${prefix}incremental.metrics.json"
       # Every published file but run.json (timings, and what the night read).
       python3 - "$idir/next-inc/$last" "$idir/next-full/$last" > "$dir/${prefix}incremental_identical.txt" <<'PY'
