@@ -172,6 +172,19 @@ def main() -> None:
   `sessions.parquet` is a link to the state's file (at 10M over 180 days, the incremental
   night went from about 23 s to about 20 s with these two, measured by hand). The events' fingerprint (the stage cache's key) is BLAKE3 over 64 KiB buffers (SHA-256
   value by value took most of the labels stage: 9 s at 10M).
+- A third of a run's processor time is the kernel zeroing memory the process touches for
+  the first time (`clear_page_erms` under transparent huge page faults: 27% of the samples of
+  the 10M run, 33% of the 1M run's, profiled with `perf record` in session 10). On this VM a
+  first touch costs about 0.85 s per GiB (a bare 4 GiB touch: 3.4 s of system time), so here
+  peak memory and memory churn are time. Tried and not kept (10M, by hand): never purging
+  (`MIMALLOC_PURGE_DELAY=-1`: 89 s against 86 s, peak 16.3 GB against 11.0 GB, the zeroing
+  moved to the larger heap); no transparent huge pages (`MIMALLOC_ALLOW_THP=0`: 10% faster at
+  1M, 11% slower at 10M with 11 million faults instead of 1.9 million). What would shrink it
+  is holding less: the streaming engine above.
+- The same binary on the same data varies by up to a third between runs on this VM (the 10M
+  run: 86 s, 107 s, 113 s and 123 s by hand and in the harness within one hour), so the
+  incremental nights are each run three times and their median recorded; the whole runs are
+  run once, the DuckDB figures beside them come from the same hour.
 - Before these changes the 10M run died at the 20 GiB cap (19.2 GiB resident when identity
   finished) and the 1M run peaked at 2.5 GiB.
 - Compare within one run of the harness only: DuckDB's own times vary about 2x between
