@@ -1,6 +1,7 @@
 """One size's results as JSON, from the files bench/run.sh leaves behind."""
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -44,13 +45,16 @@ def main() -> None:
     size, n, dir_, run, duck, failure = sys.argv[1:7]
     d = Path(dir_)
     result = {"size": size, "target_events": int(n)}
+    if os.environ.get("CAP"):
+        result["cap"] = os.environ["CAP"]
     gen = d / "generate.txt"
     if gen.exists():
         m = re.search(r"wrote (\d+) events", gen.read_text())
         result["events"] = int(m.group(1)) if m else None
     if (d / "generate_s.txt").exists():
         result["generate_s"] = float((d / "generate_s.txt").read_text())
-    result["propel"] = gnu_time(d / "propel.time")
+    whole = median_run(d, "propel")
+    result["propel"] = whole["run"] if whole and not failure else gnu_time(d / "propel.time")
     if failure:
         result["propel"]["failure"] = failure
         # The stages that finished before the failure, from the run's JSON log lines.
@@ -62,7 +66,7 @@ def main() -> None:
         # The full run's record (the reruns from features write their own run.json).
         kept = d / "propel_run.json"
         record = json.loads((kept if kept.exists() else Path(run) / "run.json").read_text())
-        result["propel"]["stages_ms"] = record["timings_ms"]
+        result["propel"].setdefault("stages_ms", record["timings_ms"])
         result["propel"]["customers"] = record["rows"]["customers"]
         result["from_features_cold"] = gnu_time(d / "features_cold.time")
         result["from_features_warm"] = gnu_time(d / "features_warm.time")
@@ -95,7 +99,21 @@ def main() -> None:
             "identical": (d / f"{prefix}incremental_identical.txt").read_text().strip() == "yes",
         }
     if duck:
-        result["duckdb"] = json.loads(Path(duck).read_text()) | gnu_time(d / "duckdb.time")
+        # `duck` names the repeated runs `<duck>.<k>.json` (with `.time`); an older harness left
+        # one `duckdb.json`.
+        runs = [json.loads(j.read_text()) | gnu_time(j.with_suffix(".time"))
+                for j in sorted(Path(duck).parent.glob(Path(duck).name + ".*.json"))]
+        if not runs and (d / "duckdb.json").is_file():
+            runs = [json.loads((d / "duckdb.json").read_text()) | gnu_time(d / "duckdb.time")]
+        if runs:
+            median = lambda xs: sorted(xs)[(len(xs) - 1) // 2]
+            out = dict(runs[0])
+            for k in ["features_s", "scan_s", "wall_s"]:
+                if all(k in r for r in runs):
+                    out[k] = median([r[k] for r in runs])
+                    out[f"runs_{k}"] = [r[k] for r in runs]
+            out["peak_rss_mib"] = max(r.get("peak_rss_mib", 0) for r in runs)
+            result["duckdb"] = out
     print(json.dumps(result, indent=2))
 
 

@@ -35,7 +35,10 @@ def main() -> None:
           "about 1% duplicates), whole job from reading to audiences and report, release build. "
           "DuckDB: the hand-written features of `bench/features.sql` (21 of propel's features, "
           "same cutoffs, same Parquet, 2 threads) and a bare scan of the columns propel reads "
-          "(`bench/duckdb_features.py`). Wall times; peak memory is the maximum resident set size.\n")
+          "(`bench/duckdb_features.py`). Wall times; peak memory is the maximum resident set size.")
+    print("Each propel run is capped at 20 GiB (`LIMIT_GIB`): in a memory cgroup where the harness can "
+          "make one, else by `ulimit -v` (two pairs of 10M runs by hand: 93 s and 87 s under ulimit, "
+          "93 s and 82 s in a cgroup); DuckDB is not capped.\n")
     print("| size | events | customers | propel end to end | propel peak | DuckDB features | DuckDB peak | bare scan | from features (cold) | from features (nothing changed) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for s, r in results.items():
@@ -44,6 +47,16 @@ def main() -> None:
         print(f"| {s} | {r.get('events', '-'):,} | {p.get('customers', '-')} | {e2e} | {fmt(p.get('peak_rss_mib'), 'MiB')} "
               f"| {fmt(d.get('features_s'))} | {fmt(d.get('peak_rss_mib'), 'MiB')} | {fmt(d.get('scan_s'))} "
               f"| {fmt(r.get('from_features_cold', {}).get('wall_s'))} | {fmt(r.get('from_features_warm', {}).get('wall_s'))} |")
+    repeated = []
+    for s, r in results.items():
+        p, d = r.get("propel", {}), r.get("duckdb", {})
+        walls = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
+        if len(p.get("runs_wall_s", [])) > 1 or len(d.get("runs_features_s", [])) > 1:
+            repeated.append(f"{s}: propel {walls(p.get('runs_wall_s', []))} s; DuckDB features "
+                            f"{walls(d.get('runs_features_s', []))} s; bare scan {walls(d.get('runs_scan_s', []))} s")
+    if repeated:
+        print("\nWhere runs were repeated, the table has their medians (per stage: the median run's). "
+              "Every run: " + "; ".join(repeated) + ".")
     print("\nPer-stage wall time of propel (ms, from `run.json`; for a failed run, the stages that finished):\n")
     stages = ["ingest", "identity", "sessions", "history", "labels", "features", "model", "score", "audience", "publish"]
     print("| size | " + " | ".join(stages) + " |")
