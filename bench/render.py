@@ -195,9 +195,9 @@ def main() -> None:
   1M, 11% slower at 10M with 11 million faults instead of 1.9 million). What would shrink it
   is holding less: the streaming engine above.
 - The same binary on the same data varies by up to a third between runs on this VM (the 10M
-  run: 86 s, 107 s, 113 s and 123 s by hand and in the harness within one hour), so the
-  incremental nights are each run three times and their median recorded; the whole runs are
-  run once, the DuckDB figures beside them come from the same hour.
+  run: 86 s, 107 s, 113 s and 123 s by hand and in the harness within one hour; DuckDB's 1M
+  features 11.3 s and 6.4 s on the same day), so the whole runs, DuckDB and the incremental
+  nights are each run three times (`REPEATS`) and their medians recorded.
 - Before these changes the 10M run died at the 20 GiB cap (19.2 GiB resident when identity
   finished) and the 1M run peaked at 2.5 GiB.
 - Compare within one run of the harness only: DuckDB's own times vary about 2x between
