@@ -23,9 +23,15 @@ def gnu_time(path: Path) -> dict:
     return out
 
 
+def middle(xs: list, key=lambda x: x):
+    """The median element of `xs` by `key` (the lower one of an even count)."""
+    return sorted(xs, key=key)[(len(xs) - 1) // 2]
+
+
 def median_run(d: Path, name: str) -> dict | None:
-    """Of the repeated runs `name.<k>.time` (with `name.<k>.run.json`), the one with the median
-    wall time, its stages, and every run's wall time; None if there is none."""
+    """Of the repeated runs `name.<k>.time` (with `name.<k>.run.json`): the median run's wall
+    time and stages, the highest peak of them all, and every run's wall time; None if there is
+    none."""
     runs = []
     for t in sorted(d.glob(f"{name}.*.time")):
         record = json.loads(t.with_suffix(".run.json").read_text())
@@ -33,10 +39,13 @@ def median_run(d: Path, name: str) -> dict | None:
     runs = [r for r in runs if "wall_s" in r[0]]
     if not runs:
         return None
-    runs.sort(key=lambda r: r[0]["wall_s"])
-    timed, record = runs[(len(runs) - 1) // 2]
+    timed, record = middle(runs, key=lambda r: r[0]["wall_s"])
     return {
-        "run": timed | {"stages_ms": record["timings_ms"], "runs_wall_s": [r[0]["wall_s"] for r in runs]},
+        "run": timed | {
+            "peak_rss_mib": max(r[0].get("peak_rss_mib", 0) for r in runs),
+            "stages_ms": record["timings_ms"],
+            "runs_wall_s": sorted(r[0]["wall_s"] for r in runs),
+        },
         "read": record.get("read"),
     }
 
@@ -106,12 +115,11 @@ def main() -> None:
         if not runs and (d / "duckdb.json").is_file():
             runs = [json.loads((d / "duckdb.json").read_text()) | gnu_time(d / "duckdb.time")]
         if runs:
-            median = lambda xs: sorted(xs)[(len(xs) - 1) // 2]
             out = dict(runs[0])
             for k in ["features_s", "scan_s", "wall_s"]:
                 if all(k in r for r in runs):
-                    out[k] = median([r[k] for r in runs])
-                    out[f"runs_{k}"] = [r[k] for r in runs]
+                    out[k] = middle([r[k] for r in runs])
+                    out[f"runs_{k}"] = sorted(r[k] for r in runs)
             out["peak_rss_mib"] = max(r.get("peak_rss_mib", 0) for r in runs)
             result["duckdb"] = out
     print(json.dumps(result, indent=2))

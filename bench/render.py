@@ -21,6 +21,11 @@ def fmt(v, unit="s"):
     return "-" if v is None else (f"{v:.1f} {unit}" if isinstance(v, float) else f"{v} {unit}")
 
 
+def walls(xs: list) -> str:
+    """Wall times, in seconds to a tenth."""
+    return ", ".join(f"{x:.1f}" for x in xs)
+
+
 def main() -> None:
     results = {}
     for s in SIZES:
@@ -50,12 +55,12 @@ def main() -> None:
     repeated = []
     for s, r in results.items():
         p, d = r.get("propel", {}), r.get("duckdb", {})
-        walls = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
         if len(p.get("runs_wall_s", [])) > 1 or len(d.get("runs_features_s", [])) > 1:
             repeated.append(f"{s}: propel {walls(p.get('runs_wall_s', []))} s; DuckDB features "
                             f"{walls(d.get('runs_features_s', []))} s; bare scan {walls(d.get('runs_scan_s', []))} s")
     if repeated:
-        print("\nWhere runs were repeated, the table has their medians (per stage: the median run's). "
+        print("\nWhere runs were repeated, the table has their medians (per stage: the median run's; "
+              "peak memory: the highest of the runs). "
               "Every run: " + "; ".join(repeated) + ".")
     print("\nPer-stage wall time of propel (ms, from `run.json`; for a failed run, the stages that finished):\n")
     stages = ["ingest", "identity", "sessions", "history", "labels", "features", "model", "score", "audience", "publish"]
@@ -101,8 +106,8 @@ def main() -> None:
                 continue
             night, full = inc["night"].get("wall_s"), inc["full"].get("wall_s")
             def runs(part: str) -> str:
-                walls = inc[part].get("runs_wall_s", [])
-                return f"median of {', '.join(f'{w:.1f}' for w in walls)} s; " if len(walls) > 1 else ""
+                every = inc[part].get("runs_wall_s", [])
+                return f"median of {walls(every)} s; " if len(every) > 1 else ""
             if not night or not full:
                 print(f"- NOT met: incremental night at {s} with {cadence}: not measured")
                 continue
@@ -136,7 +141,8 @@ def main() -> None:
               f"{merge.get('wall_s', 0):.1f} s (peak {merge.get('peak_rss_mib', '-')} MiB); shards run one after "
               f"the other here, so a fan-out on {sh['count']} machines takes about {slowest + merge.get('wall_s', 0):.0f} s "
               f"against {r.get('propel', {}).get('wall_s', 0):.0f} s for one run; published files "
-              f"{'byte-identical to' if sh['identical'] else 'DIFFERENT from'} the unsharded run's (manifest compared).")
+              f"{'byte-identical to' if sh['identical'] else 'DIFFERENT from'} the unsharded run's (manifest compared)"
+              + (f". Measured in {sh['measured']}, not in the same run as the one-run figure." if sh.get("measured") else "."))
         stages = ["ingest", "identity", "sessions", "history", "labels", "features"]
         per = " / ".join(
             f"{k} " + ", ".join(str(e["stages_ms"].get(k, "-")) for e in each) for k in stages

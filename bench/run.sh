@@ -95,8 +95,9 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
   run=$(find "$dir/out" -maxdepth 1 -name '20*' -type d 2>/dev/null | sort | tail -1)
   shards=${SHARDS:-2}
   has shards || shards=0
-  rm -f "$dir"/shard-*.time "$dir/merge.time" "$dir/shards_identical.txt"
   if [ "$shards" -gt 0 ]; then
+    # Replaces the shard results of an earlier run (kept when this run does not shard).
+    rm -f "$dir"/shard-*.time "$dir"/shard-*.run.json "$dir/merge.time" "$dir/shards_identical.txt"
     # One after the other here (2 cores): each shard's time and memory is what one machine of
     # a fan-out would need. The merge must publish exactly the whole run's files.
     echo "== $size: $shards shards, then the merge"
