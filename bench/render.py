@@ -175,13 +175,24 @@ def main() -> None:
   night's kept events took 8.2 GB instead of 1.2 GB and the run peaked at 22 GB; written
   with plain strings (the oldest IPC level) the 10M night did not finish (24 GB resident).
 - What keeps a second copy away: ingest decodes the files once and filters the wide columns
-  one at a time, the identity graph is built from distinct identifier combinations, the
-  sessions sort gathers column by column, and mimalloc returns the freed chunks that glibc's
+  one at a time, the identity graph is built from distinct identifier combinations,
+  sessionising sorts only the 12 columns a session is built from (the events keep their input
+  order: every aggregate over them breaks ties by event id), and mimalloc returns the freed chunks that glibc's
   allocator kept resident. It returns freed pages after a second: purging them at once (as
   until session 9) faulted them in again on every reuse, most of a run's system time (10M
   over 180 days, measured by hand: a full read 140 s with 15.6 million page faults against
   121 s with 1.6 million, peaking at 16.3 GB instead of 14.3 GB; the incremental night about
   19 s against 14-18 s).
+- Three changes of session 11, measured by hand on the 10M set against the binary before
+  them, two runs each, alternating: user time 117 s and 120 s against 135 s and 132 s, the
+  stages after ingest 66 s against 71 s, features 16.4 s and 15.2 s against 19.6 s and
+  19.2 s. New customer ids are `c_` and 10 hex digits (12 bytes, inside an Arrow string view,
+  so grouping, joining and sorting by customer compare no string buffers; 16 digits before,
+  and ids already kept stay as they are); a cutoff's features group by customer alone, not by
+  (customer, cutoff) (one key hashes without row encoding); sessionising sorts 12 columns, not
+  all 46. The logistic regression's matrix products (linfa multiplies the training matrix by a
+  one-column matrix) run on two threads (matrixmultiply's `threading`): the 1M model stage
+  2.5-2.8 s against 3.1 s on one thread (`MATMUL_NUM_THREADS=1`), outputs byte-identical.
 - Time outside the stages: what a night keeps in state (its events, about 1 GB of Parquet at
   10M, kept for `--from-stage features`; the identity graph; the daily aggregates and the
   rest the next night starts from) is written on a thread of their own from the moment the

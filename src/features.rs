@@ -132,7 +132,8 @@ fn aggregate_expr(name: &str, a: &Aggregate) -> Expr {
     e.alias(name)
 }
 
-/// `top_share`: per (customer, cutoff, value of `field`) weights, then the largest share.
+/// `top_share`: per (customer, value of `field`) weights, then the largest share (`rows` are
+/// of one cutoff).
 fn top_share(name: &str, a: &Aggregate, rows: LazyFrame) -> LazyFrame {
     let field = a.field.as_deref().expect("validated");
     let weight = match &a.weight {
@@ -141,19 +142,19 @@ fn top_share(name: &str, a: &Aggregate, rows: LazyFrame) -> LazyFrame {
     };
     let weights = rows
         .filter(mask(a, true).and(col(field).is_not_null()))
-        .group_by([col(ev::CUSTOMER_ID), col(output::CUTOFF), col(field)])
+        .group_by([col(ev::CUSTOMER_ID), col(field)])
         .agg([weight.sum().alias(WEIGHT)]);
     largest_share(name, weights, field)
 }
 
-/// The largest share one value takes of a (customer, cutoff)'s weights: `weights` has one
-/// row per (customer, cutoff, `value`) with its integer weight `_w`.
+/// The largest share one value takes of a customer's weights at one cutoff: `weights` has one
+/// row per (customer, `value`) with its integer weight `_w`.
 fn largest_share(name: &str, weights: LazyFrame, value: &str) -> LazyFrame {
     weights
         // A fixed order, so that identical inputs give identical bits whatever order the
         // group-by emitted.
-        .sort([ev::CUSTOMER_ID, output::CUTOFF, value], Default::default())
-        .group_by([col(ev::CUSTOMER_ID), col(output::CUTOFF)])
+        .sort([ev::CUSTOMER_ID, value], Default::default())
+        .group_by([col(ev::CUSTOMER_ID)])
         .agg([(col(WEIGHT).max().cast(DataType::Float64)
             / col(WEIGHT).sum().cast(DataType::Float64))
         .alias(name)])
@@ -837,7 +838,9 @@ impl Daily {
                 .gt_eq(lit(today - from_days))
                 .and(col(D).lt(lit(today - to_days))),
         };
-        let keys = [col(ev::CUSTOMER_ID), col(output::CUTOFF)];
+        // One cutoff: its rows are grouped by customer alone (one key hashes and compares
+        // faster than two), and the cutoff joins the result at the end.
+        let keys = [col(ev::CUSTOMER_ID)];
         let days_rows = |df: &DataFrame| {
             df.clone()
                 .lazy()
@@ -930,7 +933,7 @@ impl Daily {
                     } else {
                         largest_share(
                             name,
-                            rows.group_by([col(ev::CUSTOMER_ID), col(output::CUTOFF), col(VALUE)])
+                            rows.group_by([col(ev::CUSTOMER_ID), col(VALUE)])
                                 .agg([col(WEIGHT).sum()]),
                             VALUE,
                         )
@@ -957,7 +960,12 @@ impl Daily {
         if !none_is_zero.is_empty() {
             lf = lf.with_columns(none_is_zero);
         }
-        finish(lf, set, population, fills)
+        finish(
+            lf.with_column(lit(t).alias(output::CUTOFF)),
+            set,
+            population,
+            fills,
+        )
     }
 
     /// The sessions at a cutoff rebuilt from their days before it (`days_rows` keeps those
@@ -1161,7 +1169,7 @@ pub(crate) mod reference {
             .filter(keep)
             .with_column(lit(t).alias(output::CUTOFF))
             .cache();
-        let keys = [col(ev::CUSTOMER_ID), col(output::CUTOFF)];
+        let keys = [col(ev::CUSTOMER_ID)];
 
         let mut event_aggs = vec![col(T).max().alias("_last_t")];
         let mut session_aggs = Vec::new();
@@ -1198,7 +1206,12 @@ pub(crate) mod reference {
         for b in branches {
             lf = lf.join(b, keys.clone(), keys.clone(), JoinArgs::new(JoinType::Left));
         }
-        finish(lf, set, population, fills)
+        finish(
+            lf.with_column(lit(t).alias(output::CUTOFF)),
+            set,
+            population,
+            fills,
+        )
     }
 }
 

@@ -53,6 +53,10 @@ pub const LAST_SEEN: &str = "last_seen";
 pub const NODE: &str = "node";
 pub const DEGREE: &str = "degree";
 pub const LIMIT: &str = "limit";
+/// Hex digits of a new customer id's hash (`c_` and 10 digits: 40 bits, a collision salted
+/// away below). Twelve bytes fit inside an Arrow string view, so the per-customer stages,
+/// which group, join and sort by customer id, compare ids without reading a string buffer.
+const ID_DIGITS: usize = 10;
 const EDGE_A: &str = "a";
 const EDGE_B: &str = "b";
 
@@ -591,7 +595,7 @@ pub fn resolve(
                     } else {
                         format!("{}#{salt}", names[c[0]])
                     };
-                    let id = format!("c_{}", &sha256_hex(&seed)[..16]);
+                    let id = format!("c_{}", &sha256_hex(&seed)[..ID_DIGITS]);
                     // Never reuse an id that is taken or that another component may claim.
                     if !taken.contains(&id) && !id_rank.contains_key(id.as_str()) {
                         break id;
@@ -981,7 +985,10 @@ mod tests {
         assert_ne!(customer_of(&r, "7"), a);
         assert_eq!(r.customers.height(), 2);
         // The id comes from the earliest identifier (cookie D at t=5 for the other one).
-        assert_eq!(a, format!("c_{}", &sha256_hex("domain_userid:A")[..16]));
+        assert_eq!(
+            a,
+            format!("c_{}", &sha256_hex("domain_userid:A")[..ID_DIGITS])
+        );
         // E-mails are stored hashed only.
         let ids: Vec<String> = strings(&r.identity, IDENTIFIER)
             .unwrap()

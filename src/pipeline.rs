@@ -1021,8 +1021,8 @@ fn prepare_full(
         &suppression(job)?,
     )?;
     warn_shared(&resolved);
-    // The resolved rows share their columns with the raw ones: let them go, so that
-    // sessionising sorts the only copy.
+    // The resolved rows share their columns with the raw ones: let them go, so that the
+    // columns sessionising rewrites are the only copy.
     drop(raw);
     let resolved_events = std::mem::take(&mut resolved.events);
     let first_day = crate::util::event_date_range(&resolved_events)?.0;

@@ -64,7 +64,23 @@ pub fn gap_carry(sessions: &DataFrame) -> Result<DataFrame> {
         .ctx("gap sessions of the nights before")
 }
 
-/// Adds `session_id` to every event; returns (events, sessions). `carry` (`gap_carry`)
+/// The event columns a session is built from.
+const SESSION_COLUMNS: [&str; 12] = [
+    ev::SESSION_ID,
+    ev::CUSTOMER_ID,
+    ev::TSTAMP,
+    ev::EVENT_ID,
+    ev::EVENT_TYPE,
+    ev::PAGE_PATH,
+    ev::PAGE_REFERRER,
+    ev::REFR_MEDIUM,
+    ev::MKT_SOURCE,
+    ev::MKT_MEDIUM,
+    ev::MKT_CAMPAIGN,
+    ev::USERAGENT,
+];
+
+/// Adds `session_id` to every event (which keep their order); returns (events, sessions). `carry` (`gap_carry`)
 /// continues the gap sessions of the nights before.
 pub fn sessionize(
     mut events: DataFrame,
@@ -162,13 +178,18 @@ pub fn sessionize(
                 .clone(),
         )
         .ctx("assigning sessions")?;
-    let events =
-        crate::util::sort_by_columns(events, &[ev::CUSTOMER_ID, ev::TSTAMP, ev::EVENT_ID])?;
+    // The sessions need their events in time order; the events themselves do not (every
+    // aggregate over them breaks ties by event id), so only the columns read here are sorted.
+    let in_order = crate::util::sort_by_columns(
+        events
+            .select(SESSION_COLUMNS)
+            .ctx("the columns sessions read")?,
+        &[ev::CUSTOMER_ID, ev::TSTAMP, ev::EVENT_ID],
+    )?;
 
     let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
     let pv = || is(EventType::PageView);
-    let sessions = events
-        .clone()
+    let sessions = in_order
         .lazy()
         // A tracker session is one customer's: a shared device's session that identity split
         // between two people (its cookie's guard) gives each of them a session, so every
