@@ -120,7 +120,8 @@ def main() -> None:
                   f"{inc['night'].get('peak_rss_mib')} MiB) against {full:.1f} s ({runs('full')}peak "
                   f"{inc['full'].get('peak_rss_mib')} MiB) for the same night with --full-refresh: "
                   f"{100 * night / full:.0f}% (at most 15%); published files "
-                  f"{'byte-identical' if inc['identical'] else 'DIFFERENT'} (all but run.json)")
+                  f"{'byte-identical' if inc['identical'] else 'DIFFERENT'} (all but run.json)"
+                  + (f"; measured in {inc['measured']}, not in the same run as the figures above" if inc.get("measured") else ""))
             nightly = r.get("incremental", {}).get("full", {}).get("wall_s")
             if key == "incremental_weekly" and nightly:
                 print(f"  Against a full recompute that also trains (the nightly job with --full-refresh, "

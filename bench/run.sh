@@ -77,7 +77,7 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
     if [ "$status" -ne 0 ] || [ -z "$run" ]; then
       echo "propel failed on $size (exit $status): $(tail -1 "$dir/propel.time")"
       reason=$(grep -m1 -E 'error|memory allocation|terminated by signal' "$dir/propel.time" | cut -c1-200)
-      CAP="$cap" python3 bench/record.py "$size" "$n" "$dir" "" "" "exit $status under $cap: $reason" > "$results/$size.json"
+      PREVIOUS="$results/$size.json" CAP="$cap" python3 bench/record.py "$size" "$n" "$dir" "" "" "exit $status under $cap: $reason" > "$results/$size.json.new" && mv "$results/$size.json.new" "$results/$size.json"
       failed=yes
       break
     fi
@@ -190,7 +190,7 @@ PY
     /usr/bin/time -v "$venv/bin/python" bench/duckdb_features.py "$dir/events" "$run" > "$dir/duckdb.$r.json" 2> "$dir/duckdb.$r.time"
   done
   fi
-  CAP="$cap" python3 bench/record.py "$size" "$n" "$dir" "$run" "$dir/duckdb" "" > "$results/$size.json"
+  PREVIOUS="$results/$size.json" CAP="$cap" python3 bench/record.py "$size" "$n" "$dir" "$run" "$dir/duckdb" "" > "$results/$size.json.new" && mv "$results/$size.json.new" "$results/$size.json"
   cat "$results/$size.json"
 done
 python3 bench/render.py > BENCHMARKS.md
