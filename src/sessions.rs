@@ -80,8 +80,8 @@ const SESSION_COLUMNS: [&str; 12] = [
     ev::USERAGENT,
 ];
 
-/// Adds `session_id` to every event (which keep their order); returns (events, sessions). `carry` (`gap_carry`)
-/// continues the gap sessions of the nights before.
+/// Adds `session_id` to every event (the events keep their order); returns (events,
+/// sessions). `carry` (`gap_carry`) continues the gap sessions of the nights before.
 pub fn sessionize(
     mut events: DataFrame,
     inactivity_minutes: i64,
