@@ -194,6 +194,8 @@ def main() -> None:
   all 46. The logistic regression's matrix products (linfa multiplies the training matrix by a
   one-column matrix) run on two threads (matrixmultiply's `threading`): the 1M model stage
   2.5-2.8 s against 3.1 s on one thread (`MATMUL_NUM_THREADS=1`), outputs byte-identical.
+  Tried and not kept: the daily aggregates' ten frames as one query (`collect_all`, the events
+  selected once): the 10M history stage 15.4 s and 15.2 s against 16.0 s and 14.6 s.
 - Time outside the stages: what a night keeps in state (its events, about 1 GB of Parquet at
   10M, kept for `--from-stage features`; the identity graph; the daily aggregates and the
   rest the next night starts from) is written on a thread of their own from the moment the
