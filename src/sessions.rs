@@ -674,6 +674,40 @@ mod tests {
     }
 
     #[test]
+    fn sessions_do_not_depend_on_the_order_of_the_events_which_keep_theirs() {
+        let rows: Vec<Row> = vec![
+            ("e1", "a", Some("s1"), 0, "page_view", "/"),
+            ("e2", "a", Some("s1"), 5, "cart_add", "/p/1"),
+            ("e3", "a", Some("s1"), 7, "page_view", "/p/1"),
+            ("e4", "a", Some("s1"), 9, "page_view", "/cart"),
+            ("e5", "b", None, 100, "page_view", "/x"),
+            ("e6", "b", None, 110, "page_view", "/y"),
+            ("e7", "b", None, 110, "page_view", "/z"),
+            ("e8", "b", None, 170, "page_view", "/w"),
+        ];
+        let (in_order, sessions) = sessionize(events(&rows), 30, None).unwrap();
+        let mut shuffled = rows.clone();
+        shuffled.reverse();
+        shuffled.swap(1, 5);
+        let (out, again) = sessionize(events(&shuffled), 30, None).unwrap();
+        assert!(sessions.equals_missing(&again), "{sessions}\n{again}");
+        // The events come back as they went in, each with its session.
+        let ids = |df: &DataFrame| crate::util::strings(df, ev::EVENT_ID).unwrap();
+        let expected: Vec<Option<String>> =
+            shuffled.iter().map(|r| Some(r.0.to_string())).collect();
+        assert_eq!(ids(&out), expected);
+        let session_of = |df: &DataFrame| {
+            let mut pairs: Vec<_> = ids(df)
+                .into_iter()
+                .zip(crate::util::strings(df, ev::SESSION_ID).unwrap())
+                .collect();
+            pairs.sort();
+            pairs
+        };
+        assert_eq!(session_of(&in_order), session_of(&out));
+    }
+
+    #[test]
     fn tracker_sessions_and_inactivity_gaps() {
         // Minutes. Customer a: tracker session s1 (3 page views). Customer b: no tracker
         // session; gaps of 10, 29, 31 minutes -> two sessions (the 31-minute gap splits).
