@@ -262,6 +262,16 @@ pub fn compute_from(
 /// The event columns `set` reads: keys, time and type, the session of session aggregates,
 /// and every field, weight and filter of event aggregates (session aggregates read only
 /// sessions, built from those).
+/// Column `name` of the events, as text where the events hold it as a categorical
+/// (`event::CATEGORICAL`).
+fn text(name: &str) -> Expr {
+    if ev::CATEGORICAL.contains(&name) {
+        col(name).cast(DataType::String)
+    } else {
+        col(name)
+    }
+}
+
 fn columns_read(set: &FeatureSet) -> Vec<String> {
     let mut out: Vec<String> = [ev::CUSTOMER_ID, ev::TSTAMP, ev::EVENT_TYPE]
         .map(String::from)
@@ -434,6 +444,9 @@ impl Daily {
             }
             let m = condition(a, true);
             let field = || col(a.field.as_deref().expect("validated: field present"));
+            // A field's values as the daily aggregates keep them: text, also where the events
+            // hold a categorical.
+            let value = || text(a.field.as_deref().expect("validated: field present"));
             let p = |part: &str| partial(i, part);
             // The value of the first (last) event in time, ties going to the smaller (larger)
             // event id whichever order the rows came in; the winner's id travels with its
@@ -470,14 +483,14 @@ impl Daily {
                 Agg::First | Agg::DaysSinceFirst => {
                     aggs.push(col(T).filter(m.clone()).min().alias(p("t")));
                     if a.agg == Agg::First {
-                        aggs.push(by_time(field(), false).alias(p("v")));
+                        aggs.push(by_time(value(), false).alias(p("v")));
                         aggs.push(id_at_time(false).alias(p("k")));
                     }
                 }
                 Agg::Last | Agg::DaysSinceLast => {
                     aggs.push(col(T).filter(m.clone()).max().alias(p("t")));
                     if a.agg == Agg::Last {
-                        aggs.push(by_time(field(), true).alias(p("v")));
+                        aggs.push(by_time(value(), true).alias(p("v")));
                         aggs.push(id_at_time(true).alias(p("k")));
                     }
                 }
@@ -501,7 +514,7 @@ impl Daily {
                     i,
                     base.clone()
                         .filter(m.and(field().is_not_null()))
-                        .select([col(ev::CUSTOMER_ID), col(D), field().alias(VALUE)])
+                        .select([col(ev::CUSTOMER_ID), col(D), value().alias(VALUE)])
                         .unique(None, UniqueKeepStrategy::Any),
                 )),
                 Agg::TopShare => {
@@ -513,7 +526,7 @@ impl Daily {
                         i,
                         base.clone()
                             .filter(m.and(field().is_not_null()))
-                            .group_by([col(ev::CUSTOMER_ID), col(D), field().alias(VALUE)])
+                            .group_by([col(ev::CUSTOMER_ID), col(D), value().alias(VALUE)])
                             .agg([weight.sum().alias(WEIGHT)]),
                     ))
                 }
@@ -1561,6 +1574,10 @@ name = "session_top"
 agg = "top_share"
 over = "sessions"
 field = "has_search"
+[[feature]]
+name = "k1_lines"
+agg = "count"
+where = [{ field = "category", op = "==", value = "k1" }, { field = "category", op = "!=", value = "k9" }]
 "#
         ));
         let cutoffs: Vec<i64> = [1010, 1031, 1032, 1055, 1070, 1075]
@@ -1583,6 +1600,22 @@ field = "has_search"
                     assert!(
                         daily.equals_missing(&direct),
                         "seed {seed}, {name}, {population:?}:\n{daily}\n{direct}"
+                    );
+                    // The same from the events as ingest holds them (categoricals), and
+                    // daily aggregates that keep text, as the history kept by earlier
+                    // versions does.
+                    let held = crate::util::categorical(events.clone()).unwrap();
+                    assert!(held.column(ev::CATEGORY).unwrap().dtype().is_categorical());
+                    for values in Daily::build(&held, features).unwrap().values.values() {
+                        assert_eq!(values.column(VALUE).unwrap().dtype(), &DataType::String);
+                    }
+                    let from_held = compute(&held, &cutoffs, features, population)
+                        .unwrap()
+                        .collect()
+                        .unwrap();
+                    assert!(
+                        from_held.equals_missing(&daily),
+                        "seed {seed}, {name}, {population:?}, categoricals:\n{from_held}\n{daily}"
                     );
                 }
             }

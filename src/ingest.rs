@@ -1545,6 +1545,7 @@ pub fn ingest_from(
             .ctx("events after the as-of date")?;
     }
     events.drop_in_place(INPUT).ctx("dropping ingest columns")?;
+    let events = crate::util::categorical(events)?;
     let counts = IngestCounts {
         files: files_read,
         files_pruned,

@@ -262,18 +262,17 @@ mod tests {
             ],
         )
         .unwrap();
+        let held = crate::util::categorical(events.clone()).unwrap();
         let ids = |text: &str| -> Vec<String> {
             let label = def(text).label;
-            let pos = positives(
-                &label_days(&events, &label).unwrap(),
-                &[10 * day],
-                7,
-                &label,
-            )
-            .unwrap()
-            .sort([ev::CUSTOMER_ID], Default::default())
-            .collect()
-            .unwrap();
+            // The events as ingest holds them (categoricals) give the same label days.
+            let days = label_days(&events, &label).unwrap();
+            assert!(days.equals_missing(&label_days(&held, &label).unwrap()));
+            let pos = positives(&days, &[10 * day], 7, &label)
+                .unwrap()
+                .sort([ev::CUSTOMER_ID], Default::default())
+                .collect()
+                .unwrap();
             pos.column(ev::CUSTOMER_ID)
                 .unwrap()
                 .str()

@@ -427,7 +427,7 @@ fn all_kept_events(
     let renames = crate::util::read_parquet(&inc.join(format!("{RENAMES_FRAME}.parquet")))?;
     let mut all = Vec::new();
     for file in kept_events_before(inc)? {
-        let df = crate::util::read_parquet(&file)?;
+        let df = crate::util::categorical(crate::util::read_parquet(&file)?)?;
         let schema = own.schema().clone();
         all.push(
             features::renamed(df.lazy(), Some(&renames))
@@ -663,7 +663,7 @@ impl Prepared {
             .into());
         }
         let stage = dir.join(STAGE_DIR);
-        let events = read_stage_frame(&stage, EVENTS_FRAME)?;
+        let events = crate::util::categorical(read_stage_frame(&stage, EVENTS_FRAME)?)?;
         let inc = dir.join(INCREMENT_DIR);
         let record: Option<IncrementRecord> = std::fs::read_to_string(inc.join(INCREMENT_RECORD))
             .ok()

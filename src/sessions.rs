@@ -189,6 +189,9 @@ pub fn sessionize(
 
     let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
     let pv = || is(EventType::PageView);
+    // Sessions hold text: the events' descriptive columns are categoricals.
+    let text = |e: Expr| e.cast(DataType::String);
+    let first_text = |c: &str| text(col(c).drop_nulls().first()).alias(c);
     let sessions = in_order
         .lazy()
         // A tracker session is one customer's: a shared device's session that identity split
@@ -204,33 +207,16 @@ pub fn sessionize(
             .alias(DURATION_S),
             len().alias(EVENTS),
             pv().sum().alias(PAGE_VIEWS),
-            col(ev::PAGE_PATH).filter(pv()).first().alias(LANDING_PAGE),
-            col(ev::PAGE_PATH).filter(pv()).last().alias(EXIT_PAGE),
-            col(ev::PAGE_REFERRER)
-                .drop_nulls()
-                .first()
-                .alias(ev::PAGE_REFERRER),
-            col(ev::REFR_MEDIUM)
-                .drop_nulls()
-                .first()
-                .alias(ev::REFR_MEDIUM),
-            col(ev::MKT_SOURCE)
-                .drop_nulls()
-                .first()
-                .alias(ev::MKT_SOURCE),
-            col(ev::MKT_MEDIUM)
-                .drop_nulls()
-                .first()
-                .alias(ev::MKT_MEDIUM),
-            col(ev::MKT_CAMPAIGN)
-                .drop_nulls()
-                .first()
-                .alias(ev::MKT_CAMPAIGN),
-            col(ev::USERAGENT).drop_nulls().first().alias(ev::USERAGENT),
-            device_class(col(ev::USERAGENT).drop_nulls().first()).alias(DEVICE),
-            col(ev::PAGE_PATH)
-                .filter(pv())
-                .head(Some(BREADCRUMB_MAX))
+            text(col(ev::PAGE_PATH).filter(pv()).first()).alias(LANDING_PAGE),
+            text(col(ev::PAGE_PATH).filter(pv()).last()).alias(EXIT_PAGE),
+            first_text(ev::PAGE_REFERRER),
+            first_text(ev::REFR_MEDIUM),
+            first_text(ev::MKT_SOURCE),
+            first_text(ev::MKT_MEDIUM),
+            first_text(ev::MKT_CAMPAIGN),
+            first_text(ev::USERAGENT),
+            device_class(text(col(ev::USERAGENT).drop_nulls().first())).alias(DEVICE),
+            text(col(ev::PAGE_PATH).filter(pv()).head(Some(BREADCRUMB_MAX)))
                 .implode(true)
                 .alias(BREADCRUMB),
             is(EventType::CartAdd).any(true).alias(HAS_CART_ADD),

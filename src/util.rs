@@ -41,6 +41,23 @@ pub fn write_parquet_with(
     Ok(())
 }
 
+/// `events` with the repeating descriptive columns (`event::CATEGORICAL`) that it has as
+/// categoricals (a column already categorical stays as it is: events kept as text by an
+/// earlier version read back the same).
+pub fn categorical(mut events: DataFrame) -> Result<DataFrame> {
+    let cat = DataType::from_categories(Categories::global());
+    for name in crate::schema::event::CATEGORICAL {
+        let Ok(column) = events.column(name) else {
+            continue;
+        };
+        if column.dtype() == &DataType::String {
+            let c = column.cast(&cat).ctx(name)?;
+            events.with_column(c).ctx(name)?;
+        }
+    }
+    Ok(events)
+}
+
 /// Hex SHA-256 of a string.
 pub fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))

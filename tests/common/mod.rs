@@ -90,10 +90,13 @@ pub fn run_dir(root: &Path) -> PathBuf {
     dirs[0].clone()
 }
 
-/// The non-null values of a text column, in row order.
+/// The non-null values of a text column (or of a categorical one, as the events hold their
+/// descriptive columns), in row order.
 pub fn strings(df: &DataFrame, column: &str) -> Vec<String> {
     df.column(column)
         .unwrap_or_else(|e| panic!("{column}: {e}"))
+        .cast(&DataType::String)
+        .unwrap()
         .str()
         .unwrap()
         .iter()
