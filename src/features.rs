@@ -259,9 +259,6 @@ pub fn compute_from(
     Ok(lf.sort([output::CUTOFF, ev::CUSTOMER_ID], Default::default()))
 }
 
-/// The event columns `set` reads: keys, time and type, the session of session aggregates,
-/// and every field, weight and filter of event aggregates (session aggregates read only
-/// sessions, built from those).
 /// Column `name` of the events, as text where the events hold it as a categorical
 /// (`event::CATEGORICAL`).
 fn text(name: &str) -> Expr {
@@ -272,6 +269,9 @@ fn text(name: &str) -> Expr {
     }
 }
 
+/// The event columns `set` reads: keys, time and type, the session of session aggregates,
+/// and every field, weight and filter of event aggregates (session aggregates read only
+/// sessions, built from those).
 fn columns_read(set: &FeatureSet) -> Vec<String> {
     let mut out: Vec<String> = [ev::CUSTOMER_ID, ev::TSTAMP, ev::EVENT_TYPE]
         .map(String::from)

@@ -64,9 +64,10 @@ pub mod event {
     /// Added by the sessions stage.
     pub const SESSION_ID: &str = "session_id";
 
-    /// The descriptive columns whose values repeat (a few hundred user agents, paths or
-    /// categories across millions of events): held in memory as categoricals, four bytes a
-    /// row instead of a sixteen-byte string view and the string's bytes.
+    /// The descriptive columns whose values repeat (user agents, paths, categories: far
+    /// fewer values than events): held in memory as categoricals, four bytes a row instead
+    /// of a sixteen-byte string view. Their mapping is the process's, kept for the run; the
+    /// page URL (query strings make it nearly unique) and the identifiers stay text.
     pub const CATEGORICAL: [&str; 15] = [
         EVENT_TYPE,
         CHANNEL,
