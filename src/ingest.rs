@@ -1545,6 +1545,7 @@ pub fn ingest_from(
             .ctx("events after the as-of date")?;
     }
     events.drop_in_place(INPUT).ctx("dropping ingest columns")?;
+    // After the carried events joined them: ingest's state (deferred events, keys) stays text.
     let events = crate::util::categorical(events)?;
     let counts = IngestCounts {
         files: files_read,

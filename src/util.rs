@@ -325,6 +325,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn events_kept_as_text_or_as_categoricals_read_back_alike() {
+        use crate::schema::event as ev;
+        let text = df!(
+            ev::EVENT_ID => ["e1", "e2", "e3"],
+            ev::CATEGORY => [Some("garden"), None, Some("toys")],
+            ev::USERAGENT => ["Mozilla/5.0 (X11)", "curl/8", "Mozilla/5.0 (X11)"],
+        )
+        .unwrap();
+        let held = categorical(text.clone()).unwrap();
+        // Only the descriptive columns the frame has change, and only their type.
+        assert_eq!(
+            held.column(ev::EVENT_ID).unwrap().dtype(),
+            &DataType::String
+        );
+        assert!(held.column(ev::CATEGORY).unwrap().dtype().is_categorical());
+        for name in [ev::CATEGORY, ev::USERAGENT] {
+            let back = held.column(name).unwrap().cast(&DataType::String).unwrap();
+            assert!(back.equals_missing(text.column(name).unwrap()), "{name}");
+        }
+        // A night kept by an earlier version (text) and one kept now (categoricals) combine
+        // once read back through `categorical`, as the kept events of several nights do.
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            dir.path().join("old.parquet"),
+            dir.path().join("new.parquet"),
+        );
+        write_parquet(&mut text.clone(), &old).unwrap();
+        write_parquet(&mut held.clone(), &new).unwrap();
+        let old = categorical(read_parquet(&old).unwrap()).unwrap();
+        let new = categorical(read_parquet(&new).unwrap()).unwrap();
+        assert!(new.equals_missing(&held));
+        let both = old.vstack(&new).unwrap();
+        assert_eq!(both.height(), 6);
+        assert_eq!(both.schema(), held.schema());
+    }
+
+    #[test]
     fn a_frame_writes_the_same_bytes_however_it_is_chunked() {
         let part = |from: i64| {
             let n = 300_000;

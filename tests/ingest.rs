@@ -245,14 +245,8 @@ fn the_flat_layout_example_reads_without_loss() {
         (5, 5, 0)
     );
     let e = got.events;
-    let event_type = e
-        .column("event_type")
-        .unwrap()
-        .cast(&DataType::String)
-        .unwrap();
-    let types: Vec<&str> = event_type.str().unwrap().iter().flatten().collect();
     assert_eq!(
-        types,
+        strings(&e, "event_type"),
         ["order", "order_line", "order_line", "order", "order_line"]
     );
     // Line value derived from quantity x unit price; the +01:00 time converted to UTC.
