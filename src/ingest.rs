@@ -350,7 +350,7 @@ const PARSE_ERROR: &str = "_parse_error";
 
 /// Reads one flat-layout file: columns by their canonical names, absent ones null.
 /// Text values (CSV) are parsed; a value that does not parse is a quarantine reason.
-fn flat_exprs(schema: &Schema, file: &str) -> Vec<Expr> {
+fn flat_exprs(schema: &Schema) -> Vec<Expr> {
     let mut exprs = Vec::new();
     let mut errors = Vec::new();
     let mut tstamp = col(ev::TSTAMP);
@@ -471,7 +471,6 @@ fn flat_exprs(schema: &Schema, file: &str) -> Vec<Expr> {
         coalesce(&errors)
     };
     exprs.push(error.alias(PARSE_ERROR));
-    exprs.push(lit(file.to_string()).alias(SOURCE_FILE));
     exprs.push(lit(NULL).cast(utc()).alias(DVCE_CREATED));
     exprs.push(lit(NULL).cast(utc()).alias(DVCE_SENT));
     exprs
@@ -581,7 +580,7 @@ impl Reader<'_> {
         }
     }
 
-    fn canonical(&self, file: &str) -> Vec<Expr> {
+    fn canonical(&self) -> Vec<Expr> {
         let name = if self.has(sp::EVENT_NAME) {
             coalesce(&[col(sp::EVENT_NAME), self.string(sp::EVENT)])
         } else {
@@ -760,7 +759,6 @@ impl Reader<'_> {
             self.context(sp::ECOMMERCE_CHECKOUT_STEP, "step", f64t)
                 .alias(ev::CHECKOUT_STEP),
             lit(NULL).cast(DataType::String).alias(PARSE_ERROR),
-            lit(file.to_string()).alias(SOURCE_FILE),
             self.typed(sp::DVCE_CREATED_TSTAMP, utc())
                 .alias(DVCE_CREATED),
             self.typed(sp::DVCE_SENT_TSTAMP, utc()).alias(DVCE_SENT),
@@ -770,6 +768,9 @@ impl Reader<'_> {
 
 /// Column naming the file a row came from (quarantine only).
 pub const SOURCE_FILE: &str = "source_file";
+/// A row's input position (`_order`) is its file's place in the files read times this,
+/// plus its row in the file.
+const FILE_POSITION: u64 = 1 << 40;
 const ORDER: &str = "_order";
 
 /// True on the row that comes first in its `group` by `by` then input position (the
@@ -1116,29 +1117,35 @@ pub fn ingest_from(
             "no files loaded since the night before".into(),
         )));
     }
+    // What each file's rows keep: the canonical columns and the helpers the cross-row rules
+    // and the quarantine need. The row-local quarantine rules are decided file by file, so
+    // the device times they need are not kept; nor is the file's name, which the quarantined
+    // rows get back from their input position.
+    let rules = quarantine_rules(quality);
+    let cap = rules.len() as u32;
     let order: Vec<Expr> = canonical_columns()
         .into_iter()
         .map(|(c, _)| col(c))
-        .chain([
-            col(PARSE_ERROR),
-            col(SOURCE_FILE),
-            col(DVCE_CREATED),
-            col(DVCE_SENT),
-            col(ORDER),
-            col(INPUT),
-        ])
+        .chain([col(PARSE_ERROR), col(ORDER), col(INPUT), col(REASON_CODE)])
+        .collect();
+    // The repeating descriptive columns become categoricals as each file is read (after the
+    // rules read them as text): four bytes a row from the start, never a string view.
+    let cat = DataType::from_categories(Categories::global());
+    let categoricals: Vec<Expr> = crate::schema::event::CATEGORICAL
+        .iter()
+        .map(|c| col(*c).cast(cat.clone()))
         .collect();
     let mut frames = Vec::new();
-    let mut files_read = 0;
+    let mut paths = Vec::new();
     for (k, (input, files)) in inputs.iter().zip(&new_files).enumerate() {
         for path in files {
             let schema = file_schema(path, input.layout)?;
             let exprs = match input.layout {
-                Layout::LakeLoader => Reader { schema: &schema }.canonical(path),
-                Layout::Flat => flat_exprs(&schema, path),
+                Layout::LakeLoader => Reader { schema: &schema }.canonical(),
+                Layout::Flat => flat_exprs(&schema),
             };
             // File and row position: the deterministic tie-break between duplicates.
-            let position = (lit(files_read as u64) * lit(1u64 << 40)
+            let position = (lit(paths.len() as u64) * lit(FILE_POSITION)
                 + col(ORDER).cast(DataType::UInt64))
             .alias(ORDER);
             let lf = scan(path)?
@@ -1149,11 +1156,14 @@ pub fn ingest_from(
                         .chain([position, lit(k as u32).alias(INPUT)])
                         .collect::<Vec<_>>(),
                 )
-                .select(order.clone());
+                .with_column(reason_code(&rules).alias(REASON_CODE))
+                .select(order.clone())
+                .with_columns(categoricals.clone());
             frames.push(lf);
-            files_read += 1;
+            paths.push(path.clone());
         }
     }
+    let files_read = paths.len();
     if frames.is_empty() {
         return Err(InputError::AsOf {
             as_of: as_of.map(|d| d.to_string()).unwrap_or_default(),
@@ -1163,15 +1173,11 @@ pub fn ingest_from(
         }
         .into());
     }
-    let rules = quarantine_rules(quality);
-    let cap = rules.len() as u32;
     let unreadable = |e: PolarsError| InputError::Unreadable {
         location: location.clone(),
         source: Box::new(e),
     };
-    let lf = concat(frames, UnionArgs::default())
-        .ctx("combining input files")?
-        .with_column(reason_code(&rules).alias(REASON_CODE));
+    let lf = concat(frames, UnionArgs::default()).ctx("combining input files")?;
     // The night before's starts of the tracker sessions these files have (`_start`, for the
     // session cap), and of the others.
     let (lf, starts_before) = match previous {
@@ -1273,22 +1279,37 @@ pub fn ingest_from(
     .sort([ev::DOMAIN_SESSIONID], Default::default())
     .collect()
     .ctx("session starts")?;
+    let files = df!(
+        "_file" => (0..paths.len() as u64).collect::<Vec<_>>(),
+        SOURCE_FILE => &paths,
+    )
+    .ctx("quarantine")?;
     let quarantine = all
         .clone()
         .lazy()
         .filter(col(REASON_CODE).is_not_null())
         .sort([ORDER], Default::default())
-        .with_column(reason_text(&rules).alias(output::QUARANTINE_REASON))
-        .drop(cols([
-            ORDER,
-            PARSE_ERROR,
-            DVCE_CREATED,
-            DVCE_SENT,
-            REASON_CODE,
-            START,
-        ]))
+        .with_columns([
+            reason_text(&rules).alias(output::QUARANTINE_REASON),
+            col(ORDER).floor_div(lit(FILE_POSITION)).alias("_file"),
+        ])
+        .join(
+            files.lazy(),
+            [col("_file")],
+            [col("_file")],
+            crate::util::left_join_ordered(),
+        )
+        .select(
+            canonical_columns()
+                .into_iter()
+                .map(|(c, _)| col(c))
+                .chain([col(SOURCE_FILE), col(INPUT), col(output::QUARANTINE_REASON)])
+                .collect::<Vec<_>>(),
+        )
         .collect()
         .ctx("quarantine")?;
+    // The quarantine is kept between nights and published as text.
+    let quarantine = crate::util::text(quarantine)?;
     // Each collect below projects the key columns it needs.
     let valid = all
         .clone()
@@ -1510,20 +1531,14 @@ pub fn ingest_from(
             .select(canonical.clone())
     };
     let mut all = all;
-    for helper in [
-        ORDER,
-        SOURCE_FILE,
-        PARSE_ERROR,
-        DVCE_CREATED,
-        DVCE_SENT,
-        REASON_CODE,
-        START,
-    ] {
+    for helper in [ORDER, PARSE_ERROR, REASON_CODE, START] {
         all.drop_in_place(helper).ctx("dropping ingest columns")?;
     }
     // `all` is moved in: each wide column is freed as soon as its filtered copy exists.
     let mut events = crate::util::filter_by_columns(all, &used)?;
-    let mut deferred = deferred_now.collect().ctx("events after the as-of date")?;
+    // Ingest's state (deferred events, keys) stays text.
+    let mut deferred =
+        crate::util::text(deferred_now.collect().ctx("events after the as-of date")?)?;
     if let Some(before) = deferred_before.filter(|d| d.height() > 0) {
         let now = |keep: Expr| {
             before
@@ -1538,15 +1553,13 @@ pub fn ingest_from(
             now(col(ev::TSTAMP).gt_eq(lit(cutoff).cast(utc())))?,
         );
         events = events
-            .vstack(&use_now)
+            .vstack(&crate::util::categorical(use_now)?)
             .ctx("events carried from the night before")?;
         deferred = still_after
             .vstack(&deferred)
             .ctx("events after the as-of date")?;
     }
     events.drop_in_place(INPUT).ctx("dropping ingest columns")?;
-    // After the carried events joined them: ingest's state (deferred events, keys) stays text.
-    let events = crate::util::categorical(events)?;
     let counts = IngestCounts {
         files: files_read,
         files_pruned,

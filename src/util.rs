@@ -58,6 +58,26 @@ pub fn categorical(mut events: DataFrame) -> Result<DataFrame> {
     Ok(events)
 }
 
+/// `df` with its categorical columns as text: what is kept between nights and quarantined
+/// stays text, whatever ingest holds in memory.
+pub fn text(mut df: DataFrame) -> Result<DataFrame> {
+    let names: Vec<PlSmallStr> = df
+        .columns()
+        .iter()
+        .filter(|c| c.dtype().is_categorical())
+        .map(|c| c.name().clone())
+        .collect();
+    for name in names {
+        let c = df
+            .column(&name)
+            .ctx(name.to_string())?
+            .cast(&DataType::String)
+            .ctx(name.to_string())?;
+        df.with_column(c).ctx(name.to_string())?;
+    }
+    Ok(df)
+}
+
 /// Hex SHA-256 of a string.
 pub fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))

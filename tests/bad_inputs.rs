@@ -112,6 +112,10 @@ fn fails(dir: &Path, flat: bool, expected: &[&str]) {
 /// Exactly the rows `ids` are quarantined, each with a reason containing `reason`.
 fn quarantines(got: &Ingested, ids: &[&str], reason: &str) {
     let q = &got.quarantine;
+    // Kept between nights and published as text, whatever ingest holds in memory.
+    for c in ["event_type", "useragent", "page_path"] {
+        assert_eq!(q.column(c).unwrap().dtype(), &DataType::String, "{c}");
+    }
     let reasons = strings(q, "quarantine_reason");
     assert_eq!(q.height(), ids.len(), "{reasons:?}");
     assert!(reasons.iter().all(|r| r.contains(reason)), "{reasons:?}");
@@ -252,6 +256,36 @@ fn nulls_in_mandatory_columns_are_quarantined() {
         &["e2"],
         "missing collector_tstamp",
     );
+}
+
+#[test]
+fn a_quarantined_row_names_the_file_it_came_from() {
+    // Three files of different ids; the first and the last each have one row without an
+    // identifier (rows 3 and 1).
+    let tmp = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for (day, bad) in [(28, Some(3)), (29, None), (30, Some(1))] {
+        let mut df = with(Column::new(
+            "domain_userid".into(),
+            (0..5)
+                .map(|i| (Some(i) != bad).then_some("c"))
+                .collect::<Vec<_>>(),
+        ));
+        df.with_column(Column::new(
+            "event_id".into(),
+            (0..5).map(|i| format!("d{day}-e{i}")).collect::<Vec<_>>(),
+        ))
+        .unwrap();
+        let rel = format!("in/load_tstamp_date=2026-05-{day}/part-0.parquet");
+        paths.push(write(tmp.path(), &rel, &mut df));
+    }
+    let got = ingested(&lake(&tmp.path().join("in")));
+    quarantines(&got, &["d28-e3", "d30-e1"], "no identifier");
+    let ids = strings(&got.quarantine, "event_id");
+    let files = strings(&got.quarantine, "source_file");
+    let named = |id: &str| files[ids.iter().position(|i| i == id).unwrap()].clone();
+    assert_eq!(named("d28-e3"), paths[0].display().to_string());
+    assert_eq!(named("d30-e1"), paths[2].display().to_string());
 }
 
 #[test]
