@@ -1130,10 +1130,9 @@ pub fn ingest_from(
         .collect();
     // The repeating descriptive columns become categoricals as each file is read (after the
     // rules read them as text): four bytes a row from the start, never a string view.
-    let cat = DataType::from_categories(Categories::global());
     let categoricals: Vec<Expr> = crate::schema::event::CATEGORICAL
         .iter()
-        .map(|c| col(*c).cast(cat.clone()))
+        .map(|c| col(*c).cast(crate::util::categorical_type()))
         .collect();
     let mut frames = Vec::new();
     let mut paths = Vec::new();

@@ -41,11 +41,17 @@ pub fn write_parquet_with(
     Ok(())
 }
 
+/// The type the events hold their repeating descriptive columns in (`event::CATEGORICAL`):
+/// categoricals of the process's global mapping, so that frames built apart combine.
+pub fn categorical_type() -> DataType {
+    DataType::from_categories(Categories::global())
+}
+
 /// `events` with the repeating descriptive columns (`event::CATEGORICAL`) that it has as
 /// categoricals (a column already categorical stays as it is: events kept as text by an
 /// earlier version read back the same).
 pub fn categorical(mut events: DataFrame) -> Result<DataFrame> {
-    let cat = DataType::from_categories(Categories::global());
+    let cat = categorical_type();
     for name in crate::schema::event::CATEGORICAL {
         let Ok(column) = events.column(name) else {
             continue;
