@@ -758,23 +758,37 @@ impl Daily {
             .ctx("daily customers")
     }
 
-    /// The rows of both, whose customers are distinct, sorted.
-    pub fn append(self, other: Daily) -> Result<Daily> {
-        let stack = |a: DataFrame, b: &DataFrame| a.vstack(b).ctx("appending daily aggregates");
-        let mut values = self.values;
-        for (i, df) in other.values {
-            let joined = match values.remove(&i) {
-                Some(mine) => stack(mine, &df)?,
-                None => df,
-            };
-            values.insert(i, joined);
+    /// The rows of all `parts`, whose customers are distinct, sorted.
+    pub fn append(parts: Vec<Daily>) -> Result<Daily> {
+        let stack = |frames: Vec<DataFrame>| -> Result<DataFrame> {
+            concat(
+                frames.into_iter().map(|f| f.lazy()).collect::<Vec<_>>(),
+                UnionArgs::default(),
+            )
+            .ctx("appending daily aggregates")?
+            .collect()
+            .ctx("appending daily aggregates")
+        };
+        let mut events = Vec::new();
+        let mut values: std::collections::BTreeMap<usize, Vec<DataFrame>> = Default::default();
+        let mut sessions = Vec::new();
+        for part in parts {
+            events.push(part.events);
+            for (i, df) in part.values {
+                values.entry(i).or_default().push(df);
+            }
+            sessions.extend(part.sessions);
         }
         Daily {
-            events: stack(self.events, &other.events)?,
-            values,
-            sessions: match (self.sessions, other.sessions) {
-                (Some(a), Some(b)) => Some(stack(a, &b)?),
-                (a, b) => a.or(b),
+            events: stack(events)?,
+            values: values
+                .into_iter()
+                .map(|(i, frames)| Ok((i, stack(frames)?)))
+                .collect::<Result<_>>()?,
+            sessions: if sessions.is_empty() {
+                None
+            } else {
+                Some(stack(sessions)?)
             },
         }
         .sorted()

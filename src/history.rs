@@ -84,28 +84,31 @@ impl History {
         let days = night.daily.days()?;
         let (again, untouched) = before.split(&days, &touched, &renamed)?;
         let combined = History::combine(vec![again, night], features, Some(rename))?;
-        let sort = |df: DataFrame, keys: &[&str]| -> Result<DataFrame> {
-            df.lazy()
+        History::append(vec![untouched, combined])
+    }
+
+    /// The histories of `parts`, whose customers are distinct, as one: what `build` gives
+    /// for all their events.
+    pub fn append(parts: Vec<History>) -> Result<History> {
+        let mut daily = Vec::new();
+        let mut labels = Vec::new();
+        let mut signals = Vec::new();
+        for p in parts {
+            daily.push(p.daily);
+            labels.push(p.labels.lazy());
+            signals.push(p.signals.lazy());
+        }
+        let sorted = |frames: Vec<LazyFrame>, keys: &[&str]| -> Result<DataFrame> {
+            concat(frames, UnionArgs::default())
+                .ctx("appending history")?
                 .sort(keys.to_vec(), Default::default())
                 .collect()
                 .ctx("appending history")
         };
         Ok(History {
-            daily: untouched.daily.append(combined.daily)?,
-            labels: sort(
-                untouched
-                    .labels
-                    .vstack(&combined.labels)
-                    .ctx("appending history")?,
-                &[ev::CUSTOMER_ID, "_d"],
-            )?,
-            signals: sort(
-                untouched
-                    .signals
-                    .vstack(&combined.signals)
-                    .ctx("appending history")?,
-                &[ev::CUSTOMER_ID],
-            )?,
+            daily: Daily::append(daily)?,
+            labels: sorted(labels, &[ev::CUSTOMER_ID, "_d"])?,
+            signals: sorted(signals, &[ev::CUSTOMER_ID])?,
         })
     }
 

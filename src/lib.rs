@@ -13,6 +13,7 @@ pub mod generate;
 pub mod history;
 
 pub mod audience;
+pub mod buckets;
 pub mod consent;
 pub mod destinations;
 pub mod feature_report;

@@ -78,7 +78,7 @@ struct Night {
 struct Prepared {
     night: Night,
     /// The events this run read: all of them, or those since the night before.
-    events: DataFrame,
+    events: NightEvents,
     /// Every session of the customers this run computes.
     sessions: DataFrame,
     /// What the per-customer stages need of all their events.
@@ -89,6 +89,59 @@ struct Prepared {
     increment: Increment,
     /// Events used by this night and the nights before (`rows.events`).
     events_used: usize,
+}
+
+/// Removes what runs that crashed left in `dir` under names starting with `prefixes`; the
+/// caller holds `dir`'s lock, so no live run is writing there.
+fn clear_aside(dir: &std::path::Path, prefixes: &[&str]) -> Result<()> {
+    std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
+    for entry in std::fs::read_dir(dir).ctx(format!("listing {}", dir.display()))? {
+        let entry = entry.ctx(format!("listing {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if prefixes.iter().any(|p| name.starts_with(p)) {
+            std::fs::remove_dir_all(entry.path())
+                .ctx(format!("removing {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A night's events as they are kept: in memory (a night that read only its new files, or
+/// what `--from-stage features` read back), or already written by `buckets` to a scratch
+/// file that the night's state links (removed with the last reference).
+#[derive(Clone)]
+enum NightEvents {
+    Frame(DataFrame),
+    Written(std::sync::Arc<tempfile::TempDir>),
+}
+
+/// The kept events file in a `NightEvents::Written` directory.
+const WRITTEN_EVENTS: &str = "events.parquet";
+
+impl NightEvents {
+    /// A scratch directory under `dir` (the state location, or a shard's directory, whose
+    /// lock the run holds) for the events `buckets` writes.
+    fn scratch(dir: &std::path::Path) -> Result<tempfile::TempDir> {
+        clear_aside(dir, &[EVENTS_WRITING])?;
+        tempfile::Builder::new()
+            .prefix(EVENTS_WRITING)
+            .tempdir_in(dir)
+            .ctx(format!("creating a scratch directory in {}", dir.display()))
+    }
+
+    /// Writes (or links) the events into `stage`.
+    fn write(&self, stage: &std::path::Path) -> Result<()> {
+        match self {
+            NightEvents::Frame(events) => write_stage_frame(stage, EVENTS_FRAME, events),
+            NightEvents::Written(dir) => {
+                std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
+                link_or_copy(
+                    &dir.path().join(WRITTEN_EVENTS),
+                    &stage.join(format!("{EVENTS_FRAME}.parquet")),
+                )
+            }
+        }
+    }
 }
 
 /// How a night read its events: every file, or only those loaded since the night before
@@ -519,10 +572,10 @@ fn write_stage_frame(stage: &std::path::Path, name: &str, df: &DataFrame) -> Res
 /// instead of writing the largest frame it publishes twice.
 fn write_events_and_sessions(
     stage: &std::path::Path,
-    events: &DataFrame,
+    events: &NightEvents,
     sessions: &DataFrame,
 ) -> Result<()> {
-    write_stage_frame(stage, EVENTS_FRAME, events)?;
+    events.write(stage)?;
     write_parquet(
         &mut sessions.clone(),
         &stage.join(format!("{SESSIONS_FRAME}.parquet")),
@@ -699,7 +752,7 @@ impl Prepared {
             history,
             increment,
             events_used,
-            events,
+            events: NightEvents::Frame(events),
         })
     }
 }
@@ -718,7 +771,7 @@ struct Keeping {
 /// The events and sessions a night keeps (the largest files of its state).
 enum KeptEvents {
     Frames {
-        events: DataFrame,
+        events: NightEvents,
         sessions: DataFrame,
     },
     /// The night the run started from (the same events: a rerun from the features stage),
@@ -728,6 +781,9 @@ enum KeptEvents {
 
 /// Where `Keeping` writes, under the state root, by process id.
 const STAGE_WRITING: &str = ".stage-writing-";
+/// Where `buckets` writes a night's events (`NightEvents::scratch`), under the state root or
+/// a shard's directory.
+const EVENTS_WRITING: &str = ".events-writing-";
 const EVENTS_FRAME: &str = "events";
 const SESSIONS_FRAME: &str = "sessions";
 const STAGE_EVENT_FRAMES: [&str; 2] = [EVENTS_FRAME, SESSIONS_FRAME];
@@ -758,8 +814,7 @@ impl KeptEvents {
 
 impl Keeping {
     /// Starts writing `night`, its events, and the state for the next night (`increment`,
-    /// with `history`); the caller holds the state location's lock, so what an earlier run
-    /// that crashed left behind can go.
+    /// with `history`), under the state location, whose lock the caller holds.
     fn start(
         state: &std::path::Path,
         night: Night,
@@ -767,18 +822,6 @@ impl Keeping {
         history: crate::history::History,
         increment: Increment,
     ) -> Result<Self> {
-        std::fs::create_dir_all(state).ctx(format!("creating {}", state.display()))?;
-        for entry in std::fs::read_dir(state).ctx(format!("listing {}", state.display()))? {
-            let entry = entry.ctx("listing state")?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(STAGE_WRITING)
-            {
-                std::fs::remove_dir_all(entry.path())
-                    .ctx(format!("removing {}", entry.path().display()))?;
-            }
-        }
         let dir = state.join(format!("{STAGE_WRITING}{}", std::process::id()));
         std::fs::create_dir_all(&dir).ctx(format!("creating {}", dir.display()))?;
         let to = dir.clone();
@@ -1032,9 +1075,25 @@ fn prepare_full(
     };
     timer.lap("identity");
 
-    let (events, sessions) = sessions::sessionize(events, job.session_inactivity_minutes, None)?;
-    timer.lap("sessions");
-    let history = crate::history::History::build(&events, &job.features, &job.model.label)?;
+    // Sessions and history a bucket of customers at a time; the events are kept on disk.
+    let scratch = NightEvents::scratch(&match shard {
+        Some(shard) => shard.dir(state, as_of),
+        None => state.root().to_path_buf(),
+    })?;
+    let buckets = crate::buckets::buckets_for(events.height());
+    info!(buckets, "sessions and history");
+    let crate::buckets::Bucketed {
+        sessions,
+        history,
+        events,
+        history_took,
+    } = crate::buckets::sessions_and_history(
+        events,
+        buckets,
+        job,
+        &scratch.path().join(WRITTEN_EVENTS),
+    )?;
+    timer.lap_before("sessions", history_took);
     let files = ingest_state.files.clone();
     let increment = match shard {
         Some(_) => Increment::None,
@@ -1055,7 +1114,7 @@ fn prepare_full(
                 propel_version: env!("CARGO_PKG_VERSION").into(),
                 definitions: increment_definitions(job),
                 as_of,
-                events: events.height(),
+                events,
                 files,
                 refresh: Refresh::Full { reason },
                 counts: counts.clone(),
@@ -1068,8 +1127,8 @@ fn prepare_full(
         sessions,
         fingerprint: history.fingerprint()?,
         history,
-        events_used: events.height(),
-        events,
+        events_used: events,
+        events: NightEvents::Written(std::sync::Arc::new(scratch)),
         increment,
     };
     timer.lap("history");
@@ -1245,7 +1304,7 @@ fn prepare_incremental(
         fingerprint: history.fingerprint()?,
         history,
         events_used,
-        events,
+        events: NightEvents::Frame(events),
         increment,
     };
     timer.lap("history");
@@ -1853,6 +1912,14 @@ impl Timer {
         }
     }
 
+    /// Records the end of `stage`, which ran interleaved with the next one (bucket by
+    /// bucket): `next_took` of the time since the last lap was the next stage's.
+    fn lap_before(&mut self, stage: &'static str, next_took: std::time::Duration) {
+        self.start += next_took.min(self.start.elapsed());
+        self.lap(stage);
+        self.start -= next_took;
+    }
+
     /// Records the end of `stage`; the next one starts.
     fn lap(&mut self, stage: &'static str) {
         use tracing_indicatif::span_ext::IndicatifSpanExt;
@@ -2330,6 +2397,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         .collect::<Result<Vec<_>>>()?;
     let started_utc = chrono::Utc::now();
     let mut timer = Timer::start(opts.as_of);
+    // What a run that crashed was writing aside (the lock is held: no live run writes there).
+    clear_aside(&state_dir, &[STAGE_WRITING, EVENTS_WRITING])?;
 
     let state = crate::state::StateDir::new(state_dir.clone());
     let cache = |fingerprint: &str| Cache {

@@ -133,8 +133,12 @@ pub fn sort_by_columns(df: DataFrame, by: &[&str]) -> Result<DataFrame> {
         .idx()
         .ctx("sort order")?
         .clone();
-    let height = df.height();
-    map_columns(df, height, |column| column.take(&idx))
+    take_by_columns(df, &idx)
+}
+
+/// The rows of `df` at `idx`, gathered column by column (see `map_columns`).
+pub fn take_by_columns(df: DataFrame, idx: &IdxCa) -> Result<DataFrame> {
+    map_columns(df, idx.len(), |column| column.take(idx))
 }
 
 /// The rows of `df` where `mask` is true, in one chunk per column, filtered column by column

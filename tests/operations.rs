@@ -159,9 +159,24 @@ fn kill_9_at_any_stage_leaves_the_last_outputs_and_state_intact() {
         }
     }
 
+    // A night that reads every file keeps its events as it sessionises them: killed then,
+    // it leaves them aside.
+    let mut full = night2.clone();
+    full.push("--full-refresh");
+    assert!(kill_when(&full, tmp.path(), "stage done", Some("history")));
+    assert_eq!(state_files(&state), state1, "killed after the history");
+
     // The next run succeeds and gives exactly what an uninterrupted run gives.
     let o = propel(tmp.path(), &night2);
     assert!(o.status.success(), "{}", stderr(&o));
+    // What the killed runs were writing aside (the events kept bucket by bucket, the night's
+    // state) is gone with them: the next run cleared it.
+    let aside: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".events-writing-") || n.starts_with(".stage-writing-"))
+        .collect();
+    assert!(aside.is_empty(), "left aside: {aside:?}");
     let clean = tmp.path().join("clean");
     for night in ["2026-05-14", "2026-05-15"] {
         let o = propel(tmp.path(), &run_args(&job, &events, &clean, night));
