@@ -1,9 +1,10 @@
 //! The per-customer stages of a night that reads every file (sessions and the customers'
 //! history), a bucket of customers at a time. Every session and every history row is one
 //! customer's (see `sessions::sessionize`, `history::History`), so the buckets' results,
-//! put together and sorted, are what one pass over all the events gives (tested); each
-//! bucket's events are written to the night's kept events file as soon as they have their
-//! sessions, so that after this stage no copy of the events stays in memory.
+//! put together and sorted, are what one pass over all the events gives (tested). A bucket
+//! holds a slice of the events while it is sessionised, then goes to a writer thread that
+//! appends it to the night's kept events file while the next one is sessionised: the night's
+//! events are held once, and after this stage only the last bucket's, until written.
 
 use std::path::Path;
 
@@ -14,12 +15,11 @@ use crate::error::{Context, Result};
 use crate::history::History;
 use crate::schema::event as ev;
 
-/// About this many events make a bucket: each holds a few hundred megabytes while it is
-/// sessionised, instead of the night's gigabytes.
+/// About this many events make a bucket by default (`[sessions] events_per_bucket`): each
+/// holds a few hundred megabytes while it is sessionised, instead of the night's gigabytes.
 pub const EVENTS_PER_BUCKET: usize = 1 << 20;
 
 const BUCKET: &str = "_bucket";
-const ROW: &str = "_bucket_row";
 /// Rows per row group of the kept events file (polars' default for a whole frame).
 const ROW_GROUP: usize = 512 * 512;
 
@@ -29,14 +29,119 @@ pub struct Bucketed {
     pub sessions: DataFrame,
     pub history: History,
     pub events: usize,
-    /// Of the time taken, what building the history took (the rest: sessions, and writing
-    /// the events).
+    /// Of the time taken, what building the history took (the rest: sessions).
     pub history_took: std::time::Duration,
+    /// The events with their `session_id`, still being written.
+    pub kept: KeptFile,
 }
 
-/// The number of buckets for `events` events.
-pub fn buckets_for(events: usize) -> usize {
-    events.div_ceil(EVENTS_PER_BUCKET).max(1)
+/// The events a night keeps, written bucket after bucket on a thread of their own while the
+/// next bucket is sessionised and, after the last, while the later stages run: into a
+/// scratch directory, removed with this (the night's state links the file).
+pub struct KeptFile {
+    dir: tempfile::TempDir,
+    writer: std::sync::Mutex<Writer>,
+}
+
+enum Writer {
+    Running(std::thread::JoinHandle<Result<()>>),
+    Written,
+    Failed(String),
+}
+
+/// The kept events file in a `KeptFile`'s directory.
+const KEPT_FILE: &str = "events.parquet";
+
+impl KeptFile {
+    /// Starts the writer thread, which writes every frame `sessions_and_history` sends it
+    /// (Parquet without compression or statistics, as the state's stage frames are).
+    fn start(dir: tempfile::TempDir) -> (KeptFile, std::sync::mpsc::SyncSender<DataFrame>) {
+        // No frame waits: the writer holds the bucket it writes, the caller the next one.
+        let (send, frames) = std::sync::mpsc::sync_channel::<DataFrame>(0);
+        let path = dir.path().join(KEPT_FILE);
+        let handle = std::thread::spawn(move || -> Result<()> {
+            let mut writer: Option<polars::io::parquet::write::BatchedWriter<std::fs::File>> = None;
+            for part in frames {
+                let writer = match &mut writer {
+                    Some(w) => w,
+                    None => writer.insert(
+                        ParquetWriter::new(
+                            std::fs::File::create(&path)
+                                .ctx(format!("creating {}", path.display()))?,
+                        )
+                        .with_compression(ParquetCompression::Uncompressed)
+                        .with_statistics(StatisticsOptions::empty())
+                        .batched(part.schema())
+                        .ctx(format!("writing {}", path.display()))?,
+                    ),
+                };
+                for start in (0..part.height()).step_by(ROW_GROUP) {
+                    let mut group = part.slice(start as i64, ROW_GROUP);
+                    group.rechunk_mut_par();
+                    writer
+                        .write_batch(&group)
+                        .ctx(format!("writing {}", path.display()))?;
+                }
+            }
+            writer
+                .expect("a night has at least one bucket")
+                .finish()
+                .ctx(format!("writing {}", path.display()))?;
+            Ok(())
+        });
+        let kept = KeptFile {
+            dir,
+            writer: std::sync::Mutex::new(Writer::Running(handle)),
+        };
+        (kept, send)
+    }
+
+    /// The scratch directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The file, once every frame is written.
+    pub fn wait(&self) -> Result<std::path::PathBuf> {
+        let failed = |message: String| crate::error::Error::Io {
+            context: "writing the kept events".into(),
+            source: std::io::Error::other(message),
+        };
+        let mut writer = self
+            .writer
+            .lock()
+            .expect("the writer's state is never poisoned");
+        if let Writer::Running(_) = *writer {
+            let Writer::Running(handle) = std::mem::replace(&mut *writer, Writer::Written) else {
+                unreachable!("matched above")
+            };
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    *writer = Writer::Failed(e.to_string());
+                    return Err(e);
+                }
+                Err(_) => *writer = Writer::Failed("the writer thread panicked".into()),
+            }
+        }
+        match &*writer {
+            Writer::Failed(message) => Err(failed(message.clone())),
+            _ => Ok(self.dir.path().join(KEPT_FILE)),
+        }
+    }
+}
+
+impl Drop for KeptFile {
+    /// The writer ends once its frames are written (their sender is gone by now); the
+    /// directory goes after it.
+    fn drop(&mut self) {
+        let _ = self.wait();
+    }
+}
+
+/// The number of buckets for `events` events, `per_bucket` to a bucket.
+pub fn buckets_for(events: usize, per_bucket: usize) -> usize {
+    events.div_ceil(per_bucket.max(1)).max(1)
 }
 
 /// A customer's bucket of `count`: the high half of its place on the ring, so that buckets
@@ -46,83 +151,96 @@ fn bucket_of(id: &str, count: usize) -> u32 {
 }
 
 /// Sessions and history of `events`, `count` buckets of customers at a time; the events,
-/// with their `session_id`, are written bucket after bucket to `kept` (Parquet without
-/// compression or statistics, as the state's stage frames are).
+/// with their `session_id`, are written bucket after bucket into `scratch` (`KeptFile`).
 pub fn sessions_and_history(
     events: DataFrame,
     count: usize,
     job: &Job,
-    kept: &Path,
+    scratch: tempfile::TempDir,
 ) -> Result<Bucketed> {
     let total = events.height();
-    let (events, bounds) = into_buckets(events, count)?;
-    let mut writer: Option<polars::io::parquet::write::BatchedWriter<std::fs::File>> = None;
+    let buckets = bucket_ids(&events, count)?;
+    let (kept, send) = KeptFile::start(scratch);
     let mut sessions = Vec::new();
     let mut histories = Vec::new();
     let mut history_took = std::time::Duration::ZERO;
-    for (offset, len) in bounds {
-        let (part, part_sessions) = crate::sessions::sessionize(
-            events.slice(offset as i64, len),
-            job.session_inactivity_minutes,
-            None,
-        )?;
+    for (bucket, rows) in buckets.rows.iter().enumerate() {
+        // (A night without events has its one bucket, empty.)
+        if rows.as_ref().is_some_and(|r| r.is_empty()) && total > 0 {
+            continue;
+        }
+        // A bucket's rows are gathered from the events, which stay as they are until every
+        // bucket is done: each bucket's memory is reused by the next.
+        let started = std::time::Instant::now();
+        let part = match rows {
+            None => events.clone(),
+            Some(rows) => crate::util::take_by_columns(events.clone(), rows)?,
+        };
+        let (part, part_sessions) =
+            crate::sessions::sessionize(part, job.session_inactivity_minutes, None)?;
+        let sessionised = started.elapsed();
         let started = std::time::Instant::now();
         histories.push(History::build(&part, &job.features, &job.model.label)?);
         history_took += started.elapsed();
+        tracing::debug!(
+            bucket,
+            events = part.height(),
+            sessions_ms = sessionised.as_millis() as u64,
+            history_ms = started.elapsed().as_millis() as u64,
+            "bucket done"
+        );
         sessions.push(part_sessions);
-        let writer = match &mut writer {
-            Some(w) => w,
-            None => writer.insert(
-                ParquetWriter::new(
-                    std::fs::File::create(kept).ctx(format!("creating {}", kept.display()))?,
-                )
-                .with_compression(ParquetCompression::Uncompressed)
-                .with_statistics(StatisticsOptions::empty())
-                .batched(part.schema())
-                .ctx(format!("writing {}", kept.display()))?,
-            ),
-        };
-        for start in (0..len).step_by(ROW_GROUP) {
-            let mut group = part.slice(start as i64, ROW_GROUP);
-            group.rechunk_mut_par();
-            writer
-                .write_batch(&group)
-                .ctx(format!("writing {}", kept.display()))?;
+        if send.send(part).is_err() {
+            // The writer stops early only on an error, which says why.
+            kept.wait()?;
+            return Err(crate::error::Error::Io {
+                context: "writing the kept events".into(),
+                source: std::io::Error::other("the writer stopped"),
+            });
         }
     }
+    drop(send);
     drop(events);
-    writer
-        .expect("a night has at least one bucket")
-        .finish()
-        .ctx(format!("writing {}", kept.display()))?;
-    let sessions = concat(
-        sessions.into_iter().map(|s| s.lazy()).collect::<Vec<_>>(),
-        UnionArgs::default(),
-    )
-    .ctx("the sessions of every bucket")?
-    .sort(
-        [ev::CUSTOMER_ID, crate::sessions::START, ev::SESSION_ID],
-        Default::default(),
-    )
-    .collect()
-    .ctx("the sessions of every bucket")?;
+    // One bucket's results are sorted already.
+    let sessions = if sessions.len() == 1 {
+        sessions.remove(0)
+    } else {
+        concat(
+            sessions.into_iter().map(|s| s.lazy()).collect::<Vec<_>>(),
+            UnionArgs::default(),
+        )
+        .ctx("the sessions of every bucket")?
+        .sort(
+            [ev::CUSTOMER_ID, crate::sessions::START, ev::SESSION_ID],
+            Default::default(),
+        )
+        .collect()
+        .ctx("the sessions of every bucket")?
+    };
     let started = std::time::Instant::now();
-    let history = History::append(histories)?;
+    let history = if histories.len() == 1 {
+        histories.remove(0)
+    } else {
+        History::append(histories)?
+    };
     history_took += started.elapsed();
     Ok(Bucketed {
         sessions,
         history,
         events: total,
         history_took,
+        kept,
     })
 }
 
-/// `events` sorted by bucket (in their order within one), without a second copy, and each
-/// non-empty bucket's (offset, length). With no events, one empty bucket.
-fn into_buckets(events: DataFrame, count: usize) -> Result<(DataFrame, Vec<(usize, usize)>)> {
-    if count == 1 || events.height() == 0 {
-        let height = events.height();
-        return Ok((events, vec![(0, height)]));
+/// The rows of each bucket, in their order (`None`: every row, the one bucket).
+struct Buckets {
+    rows: Vec<Option<IdxCa>>,
+}
+
+fn bucket_ids(events: &DataFrame, count: usize) -> Result<Buckets> {
+    if count == 1 {
+        return Ok(Buckets { rows: vec![None] });
     }
     let ids = events
         .column(ev::CUSTOMER_ID)
@@ -130,53 +248,48 @@ fn into_buckets(events: DataFrame, count: usize) -> Result<(DataFrame, Vec<(usiz
         .as_materialized_series()
         .unique()
         .ctx("customer ids")?;
-    let buckets: Vec<u32> = ids
+    let buckets: Vec<Option<u32>> = ids
         .str()
         .ctx("customer ids")?
         .iter()
-        .map(|id| id.map_or(0, |id| bucket_of(id, count)))
+        .map(|id| id.map(|id| bucket_of(id, count)))
         .collect();
     let map = DataFrame::new(
         ids.len(),
         vec![ids.into_column(), Column::new(BUCKET.into(), buckets)],
     )
     .ctx("customer buckets")?;
-    let keys = events
+    let of_events = events
         .select([ev::CUSTOMER_ID])
         .ctx("customer ids")?
         .lazy()
-        .with_row_index(ROW, None)
         .join(
             map.lazy(),
             [col(ev::CUSTOMER_ID)],
             [col(ev::CUSTOMER_ID)],
             crate::util::left_join_ordered(),
         )
-        .sort([BUCKET, ROW], Default::default())
-        .select([col(BUCKET), col(ROW)])
+        // Identity gives every event a customer; were one without, it would go to bucket 0.
+        .select([col(BUCKET).fill_null(lit(0u32))])
         .collect()
         .ctx("customer buckets")?;
-    let order = keys
-        .column(ROW)
-        .ctx("bucket order")?
-        .idx()
-        .ctx("bucket order")?;
-    let mut bounds = Vec::new();
-    let mut start = 0;
-    let sorted_buckets = keys
+    let mut rows: Vec<Vec<IdxSize>> = vec![Vec::new(); count];
+    for (row, bucket) in of_events
         .column(BUCKET)
         .ctx("buckets")?
         .u32()
         .ctx("buckets")?
-        .rechunk();
-    let values = sorted_buckets.cont_slice().ctx("buckets")?;
-    for i in 1..=values.len() {
-        if i == values.len() || values[i] != values[i - 1] {
-            bounds.push((start, i - start));
-            start = i;
-        }
+        .into_no_null_iter()
+        .enumerate()
+    {
+        rows[bucket as usize].push(row as IdxSize);
     }
-    Ok((crate::util::take_by_columns(events, order)?, bounds))
+    Ok(Buckets {
+        rows: rows
+            .into_iter()
+            .map(|r| Some(IdxCa::from_vec("rows".into(), r)))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -217,17 +330,28 @@ mod tests {
         let job = Job::load(None).unwrap();
         let events = resolved_events(dir.path(), &job);
         let run = |count: usize| {
-            let kept = dir.path().join(format!("kept-{count}.parquet"));
-            let b = sessions_and_history(events.clone(), count, &job, &kept).unwrap();
+            let b = sessions_and_history(
+                events.clone(),
+                count,
+                &job,
+                tempfile::tempdir_in(dir.path()).unwrap(),
+            )
+            .unwrap();
             // The kept events, in an order that does not depend on the buckets.
-            let kept = crate::util::read_parquet(&kept)
+            let kept = crate::util::read_parquet(&b.kept.wait().unwrap())
                 .unwrap()
                 .sort([ev::EVENT_ID], Default::default())
                 .unwrap();
             (b, kept)
         };
         let (one, kept_one) = run(1);
-        assert_eq!(into_buckets(events.clone(), 4).unwrap().1.len(), 4);
+        assert!(
+            bucket_ids(&events, 4)
+                .unwrap()
+                .rows
+                .iter()
+                .all(|r| !r.as_ref().unwrap().is_empty())
+        );
         let (four, kept_four) = run(4);
         assert!(one.sessions.height() > 100 && one.events == events.height());
         assert!(
@@ -247,10 +371,11 @@ mod tests {
 
     #[test]
     fn buckets_grow_with_the_events() {
-        assert_eq!(buckets_for(0), 1);
-        assert_eq!(buckets_for(1), 1);
-        assert_eq!(buckets_for(EVENTS_PER_BUCKET), 1);
-        assert_eq!(buckets_for(EVENTS_PER_BUCKET + 1), 2);
+        assert_eq!(buckets_for(0, EVENTS_PER_BUCKET), 1);
+        assert_eq!(buckets_for(1, EVENTS_PER_BUCKET), 1);
+        assert_eq!(buckets_for(EVENTS_PER_BUCKET, EVENTS_PER_BUCKET), 1);
+        assert_eq!(buckets_for(EVENTS_PER_BUCKET + 1, EVENTS_PER_BUCKET), 2);
+        assert_eq!(buckets_for(10, 3), 4);
     }
 
     #[test]

@@ -91,14 +91,18 @@ struct Prepared {
     events_used: usize,
 }
 
-/// Removes what runs that crashed left in `dir` under names starting with `prefixes`; the
-/// caller holds `dir`'s lock, so no live run is writing there.
-fn clear_aside(dir: &std::path::Path, prefixes: &[&str]) -> Result<()> {
+/// Removes what runs that crashed left in `dir` under names starting with `prefixes`, but
+/// not `keep` (this run's own); the caller holds `dir`'s lock, so no other run writes there.
+fn clear_aside(
+    dir: &std::path::Path,
+    prefixes: &[&str],
+    keep: Option<&std::path::Path>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
     for entry in std::fs::read_dir(dir).ctx(format!("listing {}", dir.display()))? {
         let entry = entry.ctx(format!("listing {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        if prefixes.iter().any(|p| name.starts_with(p)) {
+        if prefixes.iter().any(|p| name.starts_with(p)) && keep != Some(entry.path().as_path()) {
             std::fs::remove_dir_all(entry.path())
                 .ctx(format!("removing {}", entry.path().display()))?;
         }
@@ -107,38 +111,42 @@ fn clear_aside(dir: &std::path::Path, prefixes: &[&str]) -> Result<()> {
 }
 
 /// A night's events as they are kept: in memory (a night that read only its new files, or
-/// what `--from-stage features` read back), or already written by `buckets` to a scratch
-/// file that the night's state links (removed with the last reference).
+/// what `--from-stage features` read back), or written by `buckets` to a scratch file that
+/// the night's state links (removed with the last reference).
 #[derive(Clone)]
 enum NightEvents {
     Frame(DataFrame),
-    Written(std::sync::Arc<tempfile::TempDir>),
+    Written(std::sync::Arc<crate::buckets::KeptFile>),
 }
 
-/// The kept events file in a `NightEvents::Written` directory.
-const WRITTEN_EVENTS: &str = "events.parquet";
-
 impl NightEvents {
-    /// A scratch directory under `dir` (the state location, or a shard's directory, whose
-    /// lock the run holds) for the events `buckets` writes.
+    /// A scratch directory under `dir` (the state location, or a shard's directory) for the
+    /// events `buckets` writes; what a run that crashed left there is removed under the
+    /// directory's lock (`run`, `Part::write`).
     fn scratch(dir: &std::path::Path) -> Result<tempfile::TempDir> {
-        clear_aside(dir, &[EVENTS_WRITING])?;
+        std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
         tempfile::Builder::new()
             .prefix(EVENTS_WRITING)
             .tempdir_in(dir)
             .ctx(format!("creating a scratch directory in {}", dir.display()))
     }
 
+    /// The scratch directory of written events.
+    fn scratch_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            NightEvents::Frame(_) => None,
+            NightEvents::Written(kept) => Some(kept.dir()),
+        }
+    }
+
     /// Writes (or links) the events into `stage`.
     fn write(&self, stage: &std::path::Path) -> Result<()> {
         match self {
             NightEvents::Frame(events) => write_stage_frame(stage, EVENTS_FRAME, events),
-            NightEvents::Written(dir) => {
+            NightEvents::Written(kept) => {
+                let file = kept.wait()?;
                 std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
-                link_or_copy(
-                    &dir.path().join(WRITTEN_EVENTS),
-                    &stage.join(format!("{EVENTS_FRAME}.parquet")),
-                )
+                link_or_copy(&file, &stage.join(format!("{EVENTS_FRAME}.parquet")))
             }
         }
     }
@@ -1075,24 +1083,21 @@ fn prepare_full(
     };
     timer.lap("identity");
 
-    // Sessions and history a bucket of customers at a time; the events are kept on disk.
+    // Sessions and history a bucket of customers at a time; the events are written to disk as
+    // they go.
     let scratch = NightEvents::scratch(&match shard {
         Some(shard) => shard.dir(state, as_of),
         None => state.root().to_path_buf(),
     })?;
-    let buckets = crate::buckets::buckets_for(events.height());
+    let buckets = crate::buckets::buckets_for(events.height(), job.events_per_bucket);
     info!(buckets, "sessions and history");
     let crate::buckets::Bucketed {
         sessions,
         history,
         events,
         history_took,
-    } = crate::buckets::sessions_and_history(
-        events,
-        buckets,
-        job,
-        &scratch.path().join(WRITTEN_EVENTS),
-    )?;
+        kept,
+    } = crate::buckets::sessions_and_history(events, buckets, job, scratch)?;
     timer.lap_before("sessions", history_took);
     let files = ingest_state.files.clone();
     let increment = match shard {
@@ -1128,7 +1133,7 @@ fn prepare_full(
         fingerprint: history.fingerprint()?,
         history,
         events_used: events,
-        events: NightEvents::Written(std::sync::Arc::new(scratch)),
+        events: NightEvents::Written(std::sync::Arc::new(kept)),
         increment,
     };
     timer.lap("history");
@@ -1515,13 +1520,11 @@ impl Part {
     /// its directory `dir`, whose lock the caller holds: aside first, then renamed into place
     /// (a crash leaves the old part, or none, which the merge reports as not completed).
     fn write(&self, prep: &Prepared, record: &PartRecord, dir: &std::path::Path) -> Result<()> {
-        for entry in std::fs::read_dir(dir).ctx(format!("listing {}", dir.display()))? {
-            let entry = entry.ctx("listing the shard")?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with(PART_PENDING) || name.starts_with(PART_REPLACED) {
-                std::fs::remove_dir_all(entry.path()).ctx(format!("removing {name}"))?;
-            }
-        }
+        clear_aside(
+            dir,
+            &[PART_PENDING, PART_REPLACED, EVENTS_WRITING],
+            prep.events.scratch_dir(),
+        )?;
         let pending = dir.join(format!("{PART_PENDING}{}", std::process::id()));
         prep.write(&pending)?;
         write_stage_frame(&pending, SNAPSHOTS_FRAME, &self.snapshots)?;
@@ -1915,7 +1918,8 @@ impl Timer {
     /// Records the end of `stage`, which ran interleaved with the next one (bucket by
     /// bucket): `next_took` of the time since the last lap was the next stage's.
     fn lap_before(&mut self, stage: &'static str, next_took: std::time::Duration) {
-        self.start += next_took.min(self.start.elapsed());
+        let next_took = next_took.min(self.start.elapsed());
+        self.start += next_took;
         self.lap(stage);
         self.start -= next_took;
     }
@@ -2398,7 +2402,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let started_utc = chrono::Utc::now();
     let mut timer = Timer::start(opts.as_of);
     // What a run that crashed was writing aside (the lock is held: no live run writes there).
-    clear_aside(&state_dir, &[STAGE_WRITING, EVENTS_WRITING])?;
+    clear_aside(&state_dir, &[STAGE_WRITING, EVENTS_WRITING], None)?;
 
     let state = crate::state::StateDir::new(state_dir.clone());
     let cache = |fingerprint: &str| Cache {

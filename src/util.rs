@@ -136,7 +136,8 @@ pub fn sort_by_columns(df: DataFrame, by: &[&str]) -> Result<DataFrame> {
     take_by_columns(df, &idx)
 }
 
-/// The rows of `df` at `idx`, gathered column by column (see `map_columns`).
+/// The rows of `df` at `idx`, in one chunk per column, gathered column by column (see
+/// `map_columns`).
 pub fn take_by_columns(df: DataFrame, idx: &IdxCa) -> Result<DataFrame> {
     map_columns(df, idx.len(), |column| column.take(idx))
 }

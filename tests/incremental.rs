@@ -40,6 +40,14 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
     let tmp = tempfile::tempdir().unwrap();
     let events = small_events(tmp.path());
     let job = quick_job(tmp.path());
+    // The incremental nights start from a night whose sessions and history were built in
+    // buckets of 5,000 events (about five), the full reads in one.
+    let bucketed = tmp.path().join("bucketed.toml");
+    std::fs::write(
+        &bucketed,
+        std::fs::read_to_string(&job).unwrap() + "[sessions]\nevents_per_bucket = 5000\n",
+    )
+    .unwrap();
     let (inc, full) = (tmp.path().join("inc"), tmp.path().join("full"));
     let nights = ["2026-05-13", "2026-05-14", "2026-05-15", "2026-05-16"];
     let (mut merges, mut carried) = (0, 0);
@@ -54,7 +62,7 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
             )
             .unwrap();
         }
-        night(tmp.path(), &job, &events, &inc, as_of, &[]);
+        night(tmp.path(), &bucketed, &events, &inc, as_of, &[]);
         night(tmp.path(), &job, &events, &full, as_of, &["--full-refresh"]);
         let (a, b) = (inc.join(as_of), full.join(as_of));
         let (ra, rb) = (read(&a), read(&b));
@@ -68,6 +76,11 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
             carried += ra["counts"]["carried"].as_u64().unwrap();
         }
         assert_eq!(rb["reason"], "--full-refresh");
+        if i == 0 {
+            assert_eq!(ra["read"], "full");
+            let used = json(&a, "metrics.json")["rows"]["events"].as_u64().unwrap();
+            assert!(used > 15_000, "{used} events: too few for several buckets");
+        }
         assert_eq!(files(&a), files(&b), "{as_of}");
         for f in files(&a) {
             if READ_DEPENDENT.contains(&f.as_str()) {

@@ -165,6 +165,14 @@ fn kill_9_at_any_stage_leaves_the_last_outputs_and_state_intact() {
     full.push("--full-refresh");
     assert!(kill_when(&full, tmp.path(), "stage done", Some("history")));
     assert_eq!(state_files(&state), state1, "killed after the history");
+    assert!(
+        std::fs::read_dir(&state).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".events-writing-")),
+        "the killed night's events are not aside in the state location"
+    );
 
     // The next run succeeds and gives exactly what an uninterrupted run gives.
     let o = propel(tmp.path(), &night2);

@@ -218,6 +218,7 @@ struct RawOutput {
 #[serde(deny_unknown_fields)]
 struct RawSessions {
     inactivity_minutes: Option<i64>,
+    events_per_bucket: Option<usize>,
 }
 
 /// Input layout of the event files.
@@ -249,6 +250,9 @@ pub struct Job {
     pub model: ModelDef,
     /// Gap that ends a session when the tracker gave no session id. Default: 30 minutes.
     pub session_inactivity_minutes: i64,
+    /// A night that reads every file builds sessions and history this many events at a time
+    /// (see `buckets`): fewer take less memory. Default: `buckets::EVENTS_PER_BUCKET`.
+    pub events_per_bucket: usize,
     /// Where state kept between runs lives (identity graph). Default: `<output>/_state`.
     pub state: Option<String>,
     /// How many nights of state are kept (a rerun or backfill of a night needs the state
@@ -324,12 +328,24 @@ impl Job {
         }
         let inactivity = raw
             .sessions
+            .as_ref()
             .and_then(|s| s.inactivity_minutes)
             .unwrap_or(30);
         if inactivity <= 0 {
             problems.push(
                 "sessions.inactivity_minutes",
                 format!("expected a positive number of minutes, found {inactivity}"),
+            );
+        }
+        let events_per_bucket = raw
+            .sessions
+            .as_ref()
+            .and_then(|s| s.events_per_bucket)
+            .unwrap_or(crate::buckets::EVENTS_PER_BUCKET);
+        if events_per_bucket == 0 {
+            problems.push(
+                "sessions.events_per_bucket",
+                "expected a positive number of events, found 0",
             );
         }
         if raw.state.as_ref().and_then(|s| s.keep_nights) == Some(0) {
@@ -475,6 +491,7 @@ impl Job {
             features: features.expect("checked above"),
             model: model.expect("checked above"),
             session_inactivity_minutes: inactivity,
+            events_per_bucket,
             state_keep_nights: raw.state.as_ref().and_then(|s| s.keep_nights).unwrap_or(7),
             state: raw.state.and_then(|s| s.url),
             identity_limits,
@@ -507,6 +524,17 @@ mod tests {
         let job = Job::load(None).expect("default job");
         assert!(job.features.features.len() >= 15);
         assert!(job.audiences.audiences.len() >= 4);
+        assert_eq!(job.events_per_bucket, crate::buckets::EVENTS_PER_BUCKET);
+    }
+
+    #[test]
+    fn a_bucket_of_no_events_is_refused() {
+        let source = Source::embedded("job.toml", "[sessions]\nevents_per_bucket = 0\n");
+        let err = Job::parse(&source, true).unwrap_err().to_string();
+        assert!(
+            err.contains("sessions.events_per_bucket") && err.contains("found 0"),
+            "{err}"
+        );
     }
 
     #[test]
