@@ -607,16 +607,7 @@ impl Daily {
         rename: Option<&DataFrame>,
     ) -> Result<Daily> {
         let all = |frames: Vec<DataFrame>| all_renamed(frames, rename);
-        let mut events = Vec::new();
-        let mut values: std::collections::BTreeMap<usize, Vec<DataFrame>> = Default::default();
-        let mut sessions = Vec::new();
-        for part in parts {
-            events.push(part.events);
-            for (i, df) in part.values {
-                values.entry(i).or_default().push(df);
-            }
-            sessions.extend(part.sessions);
-        }
+        let (events, values, sessions) = Daily::frames_of(parts);
         let events = all(events)?
             .group_by([col(ev::CUSTOMER_ID), col(D)])
             .agg(partial_combiners(set))
@@ -758,6 +749,28 @@ impl Daily {
             .ctx("daily customers")
     }
 
+    /// The frames of `parts`, frame by frame: the daily events, the values by feature, the
+    /// sessions.
+    fn frames_of(
+        parts: Vec<Daily>,
+    ) -> (
+        Vec<DataFrame>,
+        std::collections::BTreeMap<usize, Vec<DataFrame>>,
+        Vec<DataFrame>,
+    ) {
+        let mut events = Vec::new();
+        let mut values: std::collections::BTreeMap<usize, Vec<DataFrame>> = Default::default();
+        let mut sessions = Vec::new();
+        for part in parts {
+            events.push(part.events);
+            for (i, df) in part.values {
+                values.entry(i).or_default().push(df);
+            }
+            sessions.extend(part.sessions);
+        }
+        (events, values, sessions)
+    }
+
     /// The rows of all `parts`, whose customers are distinct, sorted.
     pub fn append(parts: Vec<Daily>) -> Result<Daily> {
         let stack = |frames: Vec<DataFrame>| -> Result<DataFrame> {
@@ -769,16 +782,7 @@ impl Daily {
             .collect()
             .ctx("appending daily aggregates")
         };
-        let mut events = Vec::new();
-        let mut values: std::collections::BTreeMap<usize, Vec<DataFrame>> = Default::default();
-        let mut sessions = Vec::new();
-        for part in parts {
-            events.push(part.events);
-            for (i, df) in part.values {
-                values.entry(i).or_default().push(df);
-            }
-            sessions.extend(part.sessions);
-        }
+        let (events, values, sessions) = Daily::frames_of(parts);
         Daily {
             events: stack(events)?,
             values: values
