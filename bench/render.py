@@ -208,14 +208,18 @@ def main() -> None:
   and five). With the kept events written in the foreground (commit b53024f, harness run the
   same morning) the 10M run peaked at 7.8-7.9 GB instead of 9.3 and took 133-147 s against
   DuckDB's 72-74 s, but the demo (4.1 s) and 1M (14.3 s) runs lost the background write they
-  had; the incremental nights above were measured on that commit (weekly 22.2 s against 128.4
-  s, 17%; nightly 38%). With the writer thread (this table) the 10M run takes 122.6-138.9 s
+  had; the incremental nights on that commit: weekly 22.2 s against 128.4 s (17%), nightly
+  38%. With the writer thread (this table) the 10M run takes 122.6-138.9 s
   (median 126.7 s against 148.9 s in session 13's run) and peaks at 8.6-8.8 GB: the writer
   holds one bucket while the next is gathered. Per bucket at 10M, gathering its rows takes
   0.3-1.8 s, sessionising 1.2-2.1 s and its history 0.9-1.5 s; the spread is the fresh pages
   again (a bucket's memory is returned after a second, before the next asks for as much).
   The peak is now ingest's and identity's (6.4-7.0 GB, every event held) plus the events
-  held until the last bucket is written. Bounded memory needs ingest and identity by bucket
+  held until the last bucket is written. The incremental nights above, rerun on this code:
+  the weekly night 23.0 s against a full refresh now 116.8 s (20%), the nightly 36%; the
+  incremental night does not use buckets, so the ratio moved with the full refresh and the
+  VM (the same weekly night took 16-18 s and 31-34 s by hand in two hours of this session,
+  about 12% and 20%). Bounded memory needs ingest and identity by bucket
   too: deduplication by a hash of the event id, identity from the distinct identifier
   combinations (as now), the events spilled to disk by customer bucket; not built.
 - An incremental night that trains spends most of its time on what does not shrink with one

@@ -1,10 +1,10 @@
 //! The per-customer stages of a night that reads every file (sessions and the customers'
 //! history), a bucket of customers at a time. Every session and every history row is one
 //! customer's (see `sessions::sessionize`, `history::History`), so the buckets' results,
-//! put together and sorted, are what one pass over all the events gives (tested). A bucket
-//! holds a slice of the events while it is sessionised, then goes to a writer thread that
-//! appends it to the night's kept events file while the next one is sessionised: the night's
-//! events are held once, and after this stage only the last bucket's, until written.
+//! put together and sorted, are what one pass over all the events gives (tested). A bucket's
+//! events are gathered from the night's, sessionised, then handed to a writer thread that
+//! appends them to the night's kept events file while the next bucket is worked on: the
+//! night's events are held once, and after this stage only the last bucket's, until written.
 
 use std::path::Path;
 
