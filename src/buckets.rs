@@ -160,6 +160,8 @@ pub fn sessions_and_history(
 ) -> Result<Bucketed> {
     let total = events.height();
     let buckets = bucket_ids(&events, count)?;
+    // `send` is declared after `kept`, so it is dropped first on every way out: dropping `kept`
+    // waits for the writer, which ends only once `send` is gone.
     let (kept, send) = KeptFile::start(scratch);
     let mut sessions = Vec::new();
     let mut histories = Vec::new();
