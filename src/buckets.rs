@@ -1,10 +1,13 @@
 //! The per-customer stages of a night that reads every file (sessions and the customers'
 //! history), a bucket of customers at a time. Every session and every history row is one
 //! customer's (see `sessions::sessionize`, `history::History`), so the buckets' results,
-//! put together and sorted, are what one pass over all the events gives (tested). A bucket's
-//! events are gathered from the night's, sessionised, then handed to a writer thread that
-//! appends them to the night's kept events file while the next bucket is worked on: the
-//! night's events are held once, and after this stage only the last bucket's, until written.
+//! put together and sorted, are what one pass over all the events gives (tested).
+//!
+//! With more than one bucket, each bucket's events are gathered from the night's and written
+//! to a scratch file of their own, and the night's events are let go; the buckets are then
+//! read back one at a time, sessionised, and handed to a writer thread that appends them to
+//! the night's kept events file while the next bucket is worked on. So this stage holds one
+//! bucket's events (and the one being written), not the night's.
 
 use std::path::Path;
 
@@ -159,24 +162,29 @@ pub fn sessions_and_history(
     scratch: tempfile::TempDir,
 ) -> Result<Bucketed> {
     let total = events.height();
-    let buckets = bucket_ids(&events, count)?;
+    // More than one bucket: each is written to the scratch directory, and the night's events
+    // let go, before the first is sessionised; then they are read back one at a time.
+    let mut parts = if count == 1 {
+        Parts::Held(Some(events))
+    } else {
+        let started = std::time::Instant::now();
+        let spilled = spill(events, count, scratch.path())?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "events written by bucket"
+        );
+        Parts::Spilled(spilled)
+    };
     // `send` is declared after `kept`, so it is dropped first on every way out: dropping `kept`
     // waits for the writer, which ends only once `send` is gone.
     let (kept, send) = KeptFile::start(scratch);
     let mut sessions = Vec::new();
     let mut histories = Vec::new();
     let mut history_took = std::time::Duration::ZERO;
-    for (bucket, rows) in buckets.rows.iter().enumerate() {
-        // (A night without events has its one bucket, empty.)
-        if rows.as_ref().is_some_and(|r| r.is_empty()) && total > 0 {
-            continue;
-        }
-        // A bucket's rows are gathered from the events, which stay as they are until every
-        // bucket is done: each bucket's memory is reused by the next.
+    for bucket in 0..count {
         let started = std::time::Instant::now();
-        let part = match rows {
-            None => events.clone(),
-            Some(rows) => crate::util::take_by_columns(events.clone(), rows)?,
+        let Some(part) = parts.take(bucket)? else {
+            continue;
         };
         let (part, part_sessions) =
             crate::sessions::sessionize(part, job.session_inactivity_minutes, None)?;
@@ -202,7 +210,7 @@ pub fn sessions_and_history(
         }
     }
     drop(send);
-    drop(events);
+    drop(parts);
     // One bucket's results are sorted already.
     let sessions = if sessions.len() == 1 {
         sessions.remove(0)
@@ -235,15 +243,68 @@ pub fn sessions_and_history(
     })
 }
 
-/// The rows of each bucket, in their order (`None`: every row, the one bucket).
-struct Buckets {
-    rows: Vec<Option<IdxCa>>,
+/// A night's events by bucket: held (the one bucket), or written one file a bucket.
+enum Parts {
+    Held(Option<DataFrame>),
+    Spilled(Spilled),
 }
 
-fn bucket_ids(events: &DataFrame, count: usize) -> Result<Buckets> {
-    if count == 1 {
-        return Ok(Buckets { rows: vec![None] });
+/// The buckets' files (`None`: a bucket without events), in a directory removed with this.
+struct Spilled {
+    _dir: tempfile::TempDir,
+    files: Vec<Option<std::path::PathBuf>>,
+}
+
+impl Parts {
+    /// Bucket `bucket`'s events, once (`None`: it has none).
+    fn take(&mut self, bucket: usize) -> Result<Option<DataFrame>> {
+        match self {
+            // A night without events has its one bucket, empty.
+            Parts::Held(events) => Ok(events.take()),
+            Parts::Spilled(spilled) => match spilled.files[bucket].take() {
+                None => Ok(None),
+                Some(file) => {
+                    let part = crate::util::categorical(crate::util::read_parquet(&file)?)?;
+                    std::fs::remove_file(&file).ctx(format!("removing {}", file.display()))?;
+                    Ok(Some(part))
+                }
+            },
+        }
     }
+}
+
+/// Writes the events of each of `count` buckets to a file of its own in a directory under
+/// `dir`, in the events' order, and lets the events go.
+fn spill(events: DataFrame, count: usize, dir: &Path) -> Result<Spilled> {
+    let rows = bucket_rows(&events, count)?;
+    let spill_dir = tempfile::Builder::new()
+        .prefix("buckets-")
+        .tempdir_in(dir)
+        .ctx(format!("creating a directory in {}", dir.display()))?;
+    let mut files = Vec::with_capacity(count);
+    for (bucket, rows) in rows.into_iter().enumerate() {
+        if rows.is_empty() {
+            files.push(None);
+            continue;
+        }
+        let mut part = crate::util::take_by_columns(events.clone(), &rows)?;
+        let file = spill_dir.path().join(format!("{bucket}.parquet"));
+        crate::util::write_parquet_with(
+            &mut part,
+            &file,
+            ParquetCompression::Uncompressed,
+            StatisticsOptions::empty(),
+        )?;
+        files.push(Some(file));
+    }
+    Ok(Spilled {
+        _dir: spill_dir,
+        files,
+    })
+}
+
+/// The rows of each of `count` buckets, in their order.
+fn bucket_rows(events: &DataFrame, count: usize) -> Result<Vec<IdxCa>> {
     let ids = events
         .column(ev::CUSTOMER_ID)
         .ctx("customer ids")?
@@ -286,12 +347,10 @@ fn bucket_ids(events: &DataFrame, count: usize) -> Result<Buckets> {
     {
         rows[bucket as usize].push(row as IdxSize);
     }
-    Ok(Buckets {
-        rows: rows
-            .into_iter()
-            .map(|r| Some(IdxCa::from_vec("rows".into(), r)))
-            .collect(),
-    })
+    Ok(rows
+        .into_iter()
+        .map(|r| IdxCa::from_vec("rows".into(), r))
+        .collect())
 }
 
 #[cfg(test)]
@@ -348,11 +407,10 @@ mod tests {
         };
         let (one, kept_one) = run(1);
         assert!(
-            bucket_ids(&events, 4)
+            bucket_rows(&events, 4)
                 .unwrap()
-                .rows
                 .iter()
-                .all(|r| !r.as_ref().unwrap().is_empty())
+                .all(|r| !r.is_empty())
         );
         let (four, kept_four) = run(4);
         assert!(one.sessions.height() > 100 && one.events == events.height());
