@@ -287,7 +287,9 @@ fn spill(events: DataFrame, count: usize, dir: &Path) -> Result<Spilled> {
             files.push(None);
             continue;
         }
+        let started = std::time::Instant::now();
         let mut part = crate::util::take_by_columns(events.clone(), &rows)?;
+        let gathered = started.elapsed();
         let file = spill_dir.path().join(format!("{bucket}.parquet"));
         crate::util::write_parquet_with(
             &mut part,
@@ -295,6 +297,12 @@ fn spill(events: DataFrame, count: usize, dir: &Path) -> Result<Spilled> {
             ParquetCompression::Uncompressed,
             StatisticsOptions::empty(),
         )?;
+        tracing::debug!(
+            bucket,
+            gather_ms = gathered.as_millis() as u64,
+            write_ms = (started.elapsed() - gathered).as_millis() as u64,
+            "bucket written"
+        );
         files.push(Some(file));
     }
     Ok(Spilled {
