@@ -965,24 +965,21 @@ fn first_match(mut pairs: impl Iterator<Item = (Expr, Expr)>) -> ChainedThen {
 /// Snowplow's session cap: a tracker session that lasts longer than N days (from its first
 /// usable event, on the collector clock) is quarantined from that point on, as
 /// dbt-snowplow-utils does; its first N days of events stay. The rule is the last of `rules`.
-/// The frame carries `_start`, the session's start on the nights before (null if none).
+/// The frame carries `_start`, the session's first usable collector time over this night's
+/// rows and the nights before's.
 fn long_sessions(quality: &Quality, rules: &[(Expr, Expr)]) -> Expr {
     let code = col(REASON_CODE);
     let collector = col(ev::COLLECTOR_TSTAMP).cast(DataType::Int64);
-    let here = collector
-        .clone()
-        .filter(code.clone().is_null())
-        .min()
-        .over([col(ev::DOMAIN_SESSIONID)])
-        .expect("a window over one column");
-    // `_start`: the session's first usable row on the nights before (null on a full read).
-    let start = polars::lazy::dsl::min_horizontal([here, col(START)]).expect("two expressions");
     when(
         code.clone()
             .is_null()
-            .and(col(ev::DOMAIN_SESSIONID).is_not_null().and(
-                collector.gt(start + lit(quality.max_session_days * crate::util::MICROS_PER_DAY)),
-            )),
+            .and(
+                col(ev::DOMAIN_SESSIONID).is_not_null().and(
+                    collector
+                        .gt(col(START)
+                            + lit(quality.max_session_days * crate::util::MICROS_PER_DAY)),
+                ),
+            ),
     )
     .then(lit(rules.len() as u32))
     .otherwise(code)
@@ -1122,7 +1119,6 @@ pub fn ingest_from(
     // the device times they need are not kept; nor is the file's name, which the quarantined
     // rows get back from their input position.
     let rules = quarantine_rules(quality);
-    let cap = rules.len() as u32;
     let order: Vec<Expr> = canonical_columns()
         .into_iter()
         .map(|(c, _)| col(c))
@@ -1176,19 +1172,38 @@ pub fn ingest_from(
         location: location.clone(),
         source: Box::new(e),
     };
-    let lf = concat(frames, UnionArgs::default()).ctx("combining input files")?;
-    // The night before's starts of the tracker sessions these files have (`_start`, for the
-    // session cap), and of the others.
-    let (lf, starts_before) = match previous {
+    let rows = concat(frames, UnionArgs::default())
+        .ctx("combining input files")?
+        .collect()
+        .map_err(unreadable)?;
+    let read = rows.height();
+    let micros = |c: &str| col(c).cast(DataType::Int64);
+    // Each tracker session's first and last usable collector time (the row rules passed; the
+    // session cap is measured from the first), combined with the nights before's.
+    let sessions_now = rows
+        .clone()
+        .lazy()
+        .filter(
+            col(REASON_CODE)
+                .is_null()
+                .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
+        )
+        .group_by([col(ev::DOMAIN_SESSIONID)])
+        .agg([
+            micros(ev::COLLECTOR_TSTAMP).min().alias(START),
+            micros(ev::COLLECTOR_TSTAMP).max().alias(LAST),
+        ])
+        .collect()
+        .ctx("session starts")?;
+    let sessions = match previous {
         Some(p) => {
-            let rows = lf.collect().map_err(unreadable)?;
-            let ids = rows
+            // The night before's starts of the tracker sessions these files have, and of the
+            // others.
+            let ids = sessions_now
                 .column(ev::DOMAIN_SESSIONID)
                 .ctx("session ids")?
                 .as_materialized_series()
-                .drop_nulls()
-                .unique()
-                .ctx("session ids")?;
+                .clone();
             let here = col(ev::DOMAIN_SESSIONID).is_in(lit(ids).implode(false), false);
             let part = |inside: bool| {
                 p.state
@@ -1204,48 +1219,11 @@ pub fn ingest_from(
                     .ctx("session starts")
             };
             let (continued, others) = (part(true)?, part(false)?);
-            let lf = rows.lazy().join(
-                continued
-                    .clone()
-                    .lazy()
-                    .select([col(ev::DOMAIN_SESSIONID), col(START)]),
-                [col(ev::DOMAIN_SESSIONID)],
-                [col(ev::DOMAIN_SESSIONID)],
-                crate::util::left_join_ordered(),
-            );
-            (lf, Some((continued, others)))
-        }
-        None => (
-            lf.with_column(lit(NULL).cast(DataType::Int64).alias(START)),
-            None,
-        ),
-    };
-    let all = lf
-        .with_column(long_sessions(quality, &rules).alias(REASON_CODE))
-        .collect()
-        .map_err(unreadable)?;
-    let read = all.height();
-    let micros = |c: &str| col(c).cast(DataType::Int64);
-    // The session cap measures from a session's first usable row: one that moves it earlier
-    // can quarantine rows the night before used.
-    let sessions_now = all
-        .clone()
-        .lazy()
-        .filter(
-            col(REASON_CODE)
-                .is_null()
-                .or(col(REASON_CODE).eq(lit(cap)))
-                .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
-        )
-        .group_by([col(ev::DOMAIN_SESSIONID)])
-        .agg([
-            micros(ev::COLLECTOR_TSTAMP).min().alias(START),
-            micros(ev::COLLECTOR_TSTAMP).max().alias(LAST),
-        ]);
-    let sessions = match starts_before {
-        Some((continued, others)) => {
+            // The session cap measures from a session's first usable row: one that moves it
+            // earlier can quarantine rows the night before used.
             let moved = sessions_now
                 .clone()
+                .lazy()
                 .join(
                     continued.clone().lazy(),
                     [col(ev::DOMAIN_SESSIONID)],
@@ -1267,17 +1245,43 @@ pub fn ingest_from(
                 ))));
             }
             // Only the sessions these files have are combined again.
-            let combined = concat([continued.lazy(), sessions_now], UnionArgs::default())
+            let combined = concat([continued.lazy(), sessions_now.lazy()], UnionArgs::default())
                 .ctx("session starts")?
                 .group_by([col(ev::DOMAIN_SESSIONID)])
                 .agg([col(START).min(), col(LAST).max()]);
             concat([others.lazy(), combined], UnionArgs::default()).ctx("session starts")?
         }
-        None => sessions_now,
+        None => sessions_now.lazy(),
     }
     .sort([ev::DOMAIN_SESSIONID], Default::default())
     .collect()
     .ctx("session starts")?;
+    // Each row's session start, worked out on the session ids alone and added to the rows
+    // (which a join would copy), then the session cap.
+    let starts = rows
+        .select([ev::DOMAIN_SESSIONID])
+        .ctx("session starts")?
+        .lazy()
+        .join(
+            sessions
+                .clone()
+                .lazy()
+                .select([col(ev::DOMAIN_SESSIONID), col(START)]),
+            [col(ev::DOMAIN_SESSIONID)],
+            [col(ev::DOMAIN_SESSIONID)],
+            crate::util::left_join_ordered(),
+        )
+        .select([col(START)])
+        .collect()
+        .ctx("session starts")?;
+    let mut rows = rows;
+    rows.with_column(starts.column(START).ctx("session starts")?.clone())
+        .ctx("session starts")?;
+    let all = rows
+        .lazy()
+        .with_column(long_sessions(quality, &rules).alias(REASON_CODE))
+        .collect()
+        .map_err(unreadable)?;
     let files = df!(
         "_file" => (0..paths.len() as u64).collect::<Vec<_>>(),
         SOURCE_FILE => &paths,
