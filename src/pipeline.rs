@@ -412,9 +412,14 @@ fn night_before(
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     key_files.sort();
+    let loading = std::time::Instant::now();
     let Some(identity) = identity::IdentityState::load(&dir)? else {
         return Ok(Err("the night before kept no identity graph".into()));
     };
+    tracing::debug!(
+        ms = loading.elapsed().as_millis() as u64,
+        "identity graph read"
+    );
     let mut events_before: Vec<(String, PathBuf)> = kept_events_before(&inc)?
         .into_iter()
         .map(|f| (f.file_name().expect("a file").to_string_lossy().into(), f))
@@ -425,15 +430,29 @@ fn night_before(
         return Ok(Err("the night before kept no events".into()));
     }
     events_before.push((format!("{}.parquet", record.as_of), own));
+    let started = std::time::Instant::now();
+    let lap = |what: &str| {
+        tracing::debug!(
+            what,
+            ms = started.elapsed().as_millis() as u64,
+            "state read"
+        )
+    };
+    let ingest = ingest::IngestState {
+        files: record.files.clone(),
+        sessions: read(INGEST_FRAMES[0])?,
+        orders: read(INGEST_FRAMES[1])?,
+        deferred: read(INGEST_FRAMES[2])?,
+    };
+    lap("ingest");
+    let history = crate::history::History::read(&inc.join(HISTORY_DIR), &job.features)?;
+    lap("history");
+    let sessions = read_stage_frame(&dir.join(STAGE_DIR), SESSIONS_FRAME)?;
+    lap("sessions");
     Ok(Ok(Before {
-        ingest: ingest::IngestState {
-            files: record.files.clone(),
-            sessions: read(INGEST_FRAMES[0])?,
-            orders: read(INGEST_FRAMES[1])?,
-            deferred: read(INGEST_FRAMES[2])?,
-        },
-        history: crate::history::History::read(&inc.join(HISTORY_DIR), &job.features)?,
-        sessions: read_stage_frame(&dir.join(STAGE_DIR), SESSIONS_FRAME)?,
+        ingest,
+        history,
+        sessions,
         quarantine: read_stage_frame(&dir.join(STAGE_DIR), "quarantine")?,
         renames: read(RENAMES_FRAME)?,
         events_before,
