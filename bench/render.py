@@ -222,6 +222,34 @@ def main() -> None:
   about 12% and 20%). Bounded memory needs ingest and identity by bucket
   too: deduplication by a hash of the event id, identity from the distinct identifier
   combinations (as now), the events spilled to disk by customer bucket; not built.
+- Session 15: with more than one bucket, each bucket's events are written to a scratch file
+  (uncompressed Parquet) and the night's events are let go before the first bucket is
+  sessionised (commit e40b7ae). The 10M peak fell to 7.0-7.2 GB from 8.6-8.8 (identity's is
+  now the highest), at a cost: writing the ten buckets takes 15-19 s (1.3-1.7 s of Parquet
+  encoding a bucket of a million events, gathering its rows 0.2-1.0 s), and the 10M run took
+  136.3-158.6 s (median 136.9 s) against DuckDB's 75.3-80.9 s. Writing two buckets at once
+  peaked at 10.8 GB and was slower; Arrow IPC took 72 s. The session cap now measures from a
+  sessions table joined onto the rows instead of a window over every row (72ce367), the step
+  that lets ingest later run in buckets of event ids (published files byte-identical, 10M and
+  the incremental night). The run now turns transparent huge pages off for itself (792b2df):
+  reading a 76 MB state file into fresh memory took 0.25 s to 4.6 s with them (a fault on
+  a 2 MiB page the kernel may first compact memory for) and 0.36-0.38 s in eight runs
+  without; probably much of the run-to-run spread blamed on this VM in sessions 12-14. By
+  hand, the weekly 10M incremental night took 17.5-23 s (one 32.5 s) without them against
+  36.3-36.8 s with them in the same hour; the 10M full read did not change (136.4 s, 98 s of
+  it system time in 4 KiB faults). In the harness (the incremental lines above, on 792b2df)
+  the weekly night took 15.1-17.0 s against 119.5-132.4 s for its full refresh: 13%, the
+  first time this line is met in the harness; its full refresh is slower than session 14's
+  116.8 s by the bucket writes, and against that 116.8 s the night would be 14%. The
+  nightly-model night (it trains) is 39.5 s against 131.4 s, 30%: features at every
+  training cutoff and the fit do not shrink with one day. Two measurements for the plan: the polars streaming
+  engine (0.55) reads the session id and collector time of 10M events and groups them by
+  session in 0.8 s, and groups every event id in 4.4 s at 1.8 GB; its out-of-core budget
+  (`POLARS_OOC_MEMORY_BUDGET_MB=300`, with its counting allocator) did not lower that peak
+  (2.4 GB, 6.8 s). Decoding every column of the 10M files takes 20-43 s and 6.3 GB (user
+  agent alone 1.2 GB as text). So bounded memory needs the events on disk between stages
+  in buckets (ingest by event id, then by customer), paying a Parquet write of every event
+  (about 15 s at 10M here) on top of the kept events' own.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
