@@ -438,6 +438,31 @@ mod tests {
     }
 
     #[test]
+    fn a_scratch_directory_that_cannot_be_written_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = Job::load(None).unwrap();
+        let events = resolved_events(dir.path(), &job);
+        let gone = || {
+            let scratch = tempfile::tempdir_in(dir.path()).unwrap();
+            std::fs::remove_dir(scratch.path()).unwrap();
+            scratch
+        };
+        // One bucket: the writer thread fails to create the kept file, and says so when the
+        // file is asked for.
+        let one = sessions_and_history(events.clone(), 1, &job, gone()).unwrap();
+        let err = one.kept.wait().unwrap_err().to_string();
+        assert!(err.contains("creating") && err.contains(KEPT_FILE), "{err}");
+        // The same answer the second time (the night's state asks again).
+        assert!(one.kept.wait().is_err());
+        // More: the buckets cannot be written aside.
+        let err = sessions_and_history(events, 4, &job, gone())
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(err.contains("creating a directory"), "{err}");
+    }
+
+    #[test]
     fn buckets_grow_with_the_events() {
         assert_eq!(buckets_for(0, EVENTS_PER_BUCKET), 1);
         assert_eq!(buckets_for(1, EVENTS_PER_BUCKET), 1);

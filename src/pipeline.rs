@@ -412,14 +412,19 @@ fn night_before(
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     key_files.sort();
-    let loading = std::time::Instant::now();
+    // How long each part of the state takes to read (`PROPEL_LOG=propel=debug`).
+    let started = std::time::Instant::now();
+    let lap = |what: &str| {
+        tracing::debug!(
+            what,
+            ms = started.elapsed().as_millis() as u64,
+            "state read"
+        )
+    };
     let Some(identity) = identity::IdentityState::load(&dir)? else {
         return Ok(Err("the night before kept no identity graph".into()));
     };
-    tracing::debug!(
-        ms = loading.elapsed().as_millis() as u64,
-        "identity graph read"
-    );
+    lap("identity");
     let mut events_before: Vec<(String, PathBuf)> = kept_events_before(&inc)?
         .into_iter()
         .map(|f| (f.file_name().expect("a file").to_string_lossy().into(), f))
@@ -430,14 +435,6 @@ fn night_before(
         return Ok(Err("the night before kept no events".into()));
     }
     events_before.push((format!("{}.parquet", record.as_of), own));
-    let started = std::time::Instant::now();
-    let lap = |what: &str| {
-        tracing::debug!(
-            what,
-            ms = started.elapsed().as_millis() as u64,
-            "state read"
-        )
-    };
     let ingest = ingest::IngestState {
         files: record.files.clone(),
         sessions: read(INGEST_FRAMES[0])?,
