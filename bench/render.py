@@ -252,6 +252,34 @@ def main() -> None:
   agent alone 1.2 GB as text). So bounded memory needs the events on disk between stages
   in buckets (ingest by event id, then by customer), paying a Parquet write of every event
   (about 15 s at 10M here) on top of the kept events' own.
+- Session 16: profiling the 10M run (`perf`, and polars' own `profile()` of the feature
+  query) showed the features spending most of their time in polars' slow path for a filter
+  inside a group-by aggregation (`col(x).filter(window).sum()` regroups the rows of every
+  group). The features and the daily aggregates now mask instead
+  (`when(window).then(x).otherwise(null).sum()`, the same values); a session with a single
+  day before the cutoff is taken as it stands, and only the few sessions spread over days
+  are grouped (0cbbe67). The 10M run's features at every cutoff: 5.3-5.9 s against 12 s
+  (`features` stage 10.7 s in the table against 17.0 s in session 15's). One hazard
+  surfaced on the way: a count whose mask is the literal `true` (a count of every event)
+  summed one per group or the group's length depending on how polars planned the rest of
+  the query; such counts now use `len()`, and the daily-vs-events test has one (it fails
+  without the fix). In ingest, the session table and the event ids seen twice are grouped
+  on polars' streaming engine (62a9909; the session table 2.0-2.5 s against 4.6 s), and
+  the snapshots cache is written with LZ4 and no statistics (0.9 s against 1.6 s). Published
+  files byte-identical to the reference 10M run. The table's run is on 24d8406: 10M in
+  99.7-115.5 s (median 105.0 s) against DuckDB's 72.6 s, 1.45x (1.67x in session 15's
+  run), not met. The incremental lines above are on 24d8406 too: the weekly-model night
+  11% of its full refresh (13% in session 15's run), the nightly-model night 25% (30%);
+  that night still spends 9.2 s on features at every cutoff and 12.5 s fitting, so 15% is
+  out of its reach while the model is refitted every night. Where the rest goes (10M, by hand, with `PROPEL_LOG=propel=debug`): ingest
+  38 s (reading the files 19 s, duplicates 7.7 s, filtering the used rows into a new frame
+  4.8 s), identity 6-10 s, sessions 29-35 s of which writing the buckets aside 15 s,
+  history 12-14 s, model 12.5 s. And why fresh memory costs so much here: this VM's
+  balloon device has free page reporting on (feature bit 5 of `virtio_balloon`;
+  `page_reporting` in the kernel profile), so pages the guest frees go back to the host and
+  the next touch faults on both. Never purging freed memory (`MIMALLOC_PURGE_DELAY=-1`, THP
+  off) cut the 10M run's faults from 9.9 to 2.8 million but not its system time (95 s
+  against 87 s), at 11.3 GB peak.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
