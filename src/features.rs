@@ -139,18 +139,24 @@ fn aggregate_expr(name: &str, a: &Aggregate) -> Expr {
     e.alias(name)
 }
 
+/// A `top_share` value's weight in a group: its rows' `weight` (fixed point, missing as 0),
+/// or its number of rows without one (`len()`: a literal one summed in a group-by is one per
+/// group or the group's length depending on the plan, see `rows_where`).
+fn total_weight(a: &Aggregate) -> Expr {
+    match &a.weight {
+        Some(w) => fixed_point(col(w.as_str())).fill_null(lit(0i64)).sum(),
+        None => len().cast(DataType::Int64),
+    }
+}
+
 /// `top_share`: per (customer, value of `field`) weights, then the largest share (`rows` are
 /// of one cutoff).
 fn top_share(name: &str, a: &Aggregate, rows: LazyFrame) -> LazyFrame {
     let field = a.field.as_deref().expect("validated");
-    let weight = match &a.weight {
-        Some(w) => fixed_point(col(w.as_str())).fill_null(lit(0i64)),
-        None => lit(1i64),
-    };
     let weights = rows
         .filter(mask(a, true).and(col(field).is_not_null()))
         .group_by([col(ev::CUSTOMER_ID), col(field)])
-        .agg([weight.sum().alias(WEIGHT)]);
+        .agg([total_weight(a).alias(WEIGHT)]);
     largest_share(name, weights, field)
 }
 
@@ -558,19 +564,13 @@ impl Daily {
                         .select([col(ev::CUSTOMER_ID), col(D), value().alias(VALUE)])
                         .unique(None, UniqueKeepStrategy::Any),
                 )),
-                Agg::TopShare => {
-                    let weight = match &a.weight {
-                        Some(w) => fixed_point(col(w.as_str())).fill_null(lit(0i64)),
-                        None => lit(1i64),
-                    };
-                    value_plans.push((
-                        i,
-                        base.clone()
-                            .filter(m.and(field().is_not_null()))
-                            .group_by([col(ev::CUSTOMER_ID), col(D), value().alias(VALUE)])
-                            .agg([weight.sum().alias(WEIGHT)]),
-                    ))
-                }
+                Agg::TopShare => value_plans.push((
+                    i,
+                    base.clone()
+                        .filter(m.and(field().is_not_null()))
+                        .group_by([col(ev::CUSTOMER_ID), col(D), value().alias(VALUE)])
+                        .agg([total_weight(a).alias(WEIGHT)]),
+                )),
             }
         }
         let events = base
@@ -1508,6 +1508,25 @@ agg = "count"
         assert_eq!(v("b", "aov"), None);
         assert_eq!(v("b", "since_order"), Some(365.0));
         assert_eq!(v("b", "spend_per_order"), None);
+    }
+
+    #[test]
+    fn a_top_share_without_a_weight_weighs_each_value_by_its_events() {
+        let t = 100 * DAY;
+        let rows: Vec<Row> = [0.0, 0.0, 12.0, 0.0]
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| ("c", "search", t - DAY - k as i64, None, Some(n)))
+            .collect();
+        let features = set(
+            "[[feature]]\nname = \"top_results\"\nagg = \"top_share\"\nfield = \"search_total_results\"\nwindow = \"30d\"\n",
+        );
+        let out = compute(&events(&rows), &[t], &features, Population::AllSeen)
+            .unwrap()
+            .collect()
+            .unwrap();
+        // Three of the four searches found nothing.
+        assert_eq!(value(&out, "c", "top_results"), Some(0.75));
     }
 
     #[test]
