@@ -403,7 +403,7 @@ fn night_before(
     }
     if record.definitions != increment_definitions(job) {
         return Ok(Err(
-            "the feature, label, session, quality or identity definitions changed since the night before".into(),
+            "the feature, label, session, quality or identity definitions (or how this propel computes the features) changed since the night before".into(),
         ));
     }
     let read = |name: &str| crate::util::read_parquet(&inc.join(format!("{name}.parquet")));

@@ -341,11 +341,19 @@ pub struct FeatureDef {
     pub examples: Vec<Example>,
 }
 
+/// Version of the values propel computes for given feature definitions, part of
+/// `FeatureSet::hash`. Raise it when a change alters what the daily aggregates or the
+/// snapshots hold for the same definitions: the state, caches and models made before are
+/// then built again, never combined with new values. 2: a `top_share` without a weight counts
+/// events, and a count over every row counts rows (both summed a literal one in a group-by).
+pub const VALUES_VERSION: u32 = 2;
+
 /// A validated feature set: definitions in file order, plus a hash of their content.
 #[derive(Debug, Clone)]
 pub struct FeatureSet {
     pub features: Vec<FeatureDef>,
-    /// SHA-256 of the feature file text: models record it, scoring compares it.
+    /// SHA-256 of the feature file text and `VALUES_VERSION`: models record it, scoring
+    /// compares it, and the state and caches a night keeps are keyed by it.
     pub hash: String,
     pub source: String,
 }
@@ -448,7 +456,9 @@ impl FeatureSet {
         }
         Ok(FeatureSet {
             features,
-            hash: hex::encode(Sha256::digest(source.text.as_bytes())),
+            hash: hex::encode(Sha256::digest(
+                format!("{VALUES_VERSION}\n{}", source.text).as_bytes(),
+            )),
             source: source.name.clone(),
         })
     }
