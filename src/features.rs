@@ -79,20 +79,52 @@ fn exact_mean(e: Expr) -> Expr {
         .otherwise(exact_sum(e) / n)
 }
 
-/// Rows of the group that the feature looks at: event types, window, then `where`.
-fn mask(a: &Aggregate, with_filters: bool) -> Expr {
-    let mut m = events_expr(&a.events).and(window_expr(a.window));
+/// The rows of a group an aggregate looks at (`expr`, never null), and whether that is every
+/// row (`expr` is then the literal `true`).
+#[derive(Clone)]
+struct Mask {
+    expr: Expr,
+    every_row: bool,
+}
+
+impl Mask {
+    /// The number of rows where the mask holds (Int64). Every row is `len()`: a literal is one
+    /// value per group, not one per row, and summed in a group-by it gave one or the group's
+    /// length depending on how polars planned the rest of the query.
+    fn count(&self) -> Expr {
+        if self.every_row {
+            len().cast(DataType::Int64)
+        } else {
+            self.expr.clone().cast(DataType::Int64).sum()
+        }
+    }
+}
+
+/// The rows an aggregate looks at: its event types, then its window (with_window: false for
+/// the daily aggregates, which a cutoff's window cuts later) and its `where` (with_filters:
+/// false for the denominator of `share`).
+fn mask(a: &Aggregate, with_window: bool, with_filters: bool) -> Mask {
+    let mut m = events_expr(&a.events);
+    if with_window {
+        m = m.and(window_expr(a.window));
+    }
     if with_filters {
         for f in &a.filters {
             m = m.and(filter_expr(f));
         }
     }
-    m.fill_null(lit(false))
+    Mask {
+        expr: m.fill_null(lit(false)),
+        every_row: a.events.is_empty()
+            && (!with_window || a.window == Window::All)
+            && (!with_filters || a.filters.is_empty()),
+    }
 }
 
 /// The aggregation expression of one aggregate feature over one (customer, cutoff) group.
 fn aggregate_expr(name: &str, a: &Aggregate) -> Expr {
-    let m = mask(a, true);
+    let rows = mask(a, true, true);
+    let m = rows.expr.clone();
     let name_of_field = || a.field.as_deref().expect("validated: field present");
     // Filtered where the aggregation counts nulls (distinct values, a first or last by time);
     // else null outside the mask (`kept`).
@@ -104,7 +136,7 @@ fn aggregate_expr(name: &str, a: &Aggregate) -> Expr {
     let by_time = |e: Expr| e.sort_by([col(T).filter(m.clone())], SortMultipleOptions::default());
     let f64t = DataType::Float64;
     let e = match a.agg {
-        Agg::Count => rows_where(m.clone(), every_row(a, true, true)).cast(f64t),
+        Agg::Count => rows.count().cast(f64t),
         Agg::CountDistinct => field().drop_nulls().n_unique().cast(f64t),
         Agg::Sum => exact_sum(kept_field()),
         Agg::Mean => exact_mean(kept_field()),
@@ -119,16 +151,13 @@ fn aggregate_expr(name: &str, a: &Aggregate) -> Expr {
             .n_unique()
             .cast(f64t),
         Agg::Share => {
-            let all = mask(a, false);
+            let all = mask(a, true, false);
             let (num, den) = match &a.field {
                 Some(f) => (
                     exact_sum(kept(col(f.as_str()), m.clone())),
-                    exact_sum(kept(col(f.as_str()), all)),
+                    exact_sum(kept(col(f.as_str()), all.expr)),
                 ),
-                None => (
-                    rows_where(m.clone(), every_row(a, true, true)).cast(f64t.clone()),
-                    rows_where(all, every_row(a, false, true)).cast(f64t),
-                ),
+                None => (rows.count().cast(f64t.clone()), all.count().cast(f64t)),
             };
             when(den.clone().eq(lit(0.0)))
                 .then(lit(NULL).cast(DataType::Float64))
@@ -140,8 +169,7 @@ fn aggregate_expr(name: &str, a: &Aggregate) -> Expr {
 }
 
 /// A `top_share` value's weight in a group: its rows' `weight` (fixed point, missing as 0),
-/// or its number of rows without one (`len()`: a literal one summed in a group-by is one per
-/// group or the group's length depending on the plan, see `rows_where`).
+/// or its number of rows without one (`len()`, not a literal one summed: see `Mask::count`).
 fn total_weight(a: &Aggregate) -> Expr {
     match &a.weight {
         Some(w) => fixed_point(col(w.as_str())).fill_null(lit(0i64)).sum(),
@@ -154,7 +182,7 @@ fn total_weight(a: &Aggregate) -> Expr {
 fn top_share(name: &str, a: &Aggregate, rows: LazyFrame) -> LazyFrame {
     let field = a.field.as_deref().expect("validated");
     let weights = rows
-        .filter(mask(a, true).and(col(field).is_not_null()))
+        .filter(mask(a, true, true).expr.and(col(field).is_not_null()))
         .group_by([col(ev::CUSTOMER_ID), col(field)])
         .agg([total_weight(a).alias(WEIGHT)]);
     largest_share(name, weights, field)
@@ -307,25 +335,6 @@ fn columns_read(set: &FeatureSet) -> Vec<String> {
     out
 }
 
-/// Whether the mask of `a` (`mask`, or `condition` without the window) holds on every row:
-/// no event type, and no `where` (with_filters) or window (with_window) to check.
-fn every_row(a: &Aggregate, with_filters: bool, with_window: bool) -> bool {
-    a.events.is_empty()
-        && (!with_filters || a.filters.is_empty())
-        && (!with_window || a.window == Window::All)
-}
-
-/// The number of rows (Int64) where `m` holds; `every_row` when `m` is the literal `true`.
-/// A literal is one value per group, not one per row: summed in a group-by it gave one or
-/// the group's length depending on how polars planned the rest of the query.
-fn rows_where(m: Expr, every_row: bool) -> Expr {
-    if every_row {
-        len().cast(DataType::Int64)
-    } else {
-        m.cast(DataType::Int64).sum()
-    }
-}
-
 /// `e` where `m` holds, null elsewhere. Sums, means, minima and maxima over it skip the other
 /// rows as they would over `e.filter(m)`, but a filter inside a group-by regroups the rows of
 /// every group, and masking does not (the features at every cutoff of the 10M run: 8 s
@@ -340,18 +349,6 @@ fn kept_where(e: Expr, window: Window, in_window: Expr) -> Expr {
         Window::All => e,
         Window::Range { .. } => kept(e, in_window),
     }
-}
-
-/// Event-type and `where` condition of an aggregate, without its window (with_filters:
-/// false leaves the `where` out, the denominator of `share`).
-fn condition(a: &Aggregate, with_filters: bool) -> Expr {
-    let mut m = events_expr(&a.events);
-    if with_filters {
-        for f in &a.filters {
-            m = m.and(filter_expr(f));
-        }
-    }
-    m.fill_null(lit(false))
 }
 
 /// The column of partial aggregate `part` of the event feature at `index`.
@@ -490,7 +487,8 @@ impl Daily {
                 over_sessions = true;
                 continue;
             }
-            let m = condition(a, true);
+            let rows = mask(a, false, true);
+            let m = rows.expr.clone();
             let field = || col(a.field.as_deref().expect("validated: field present"));
             // A field's values as the daily aggregates keep them: text, also where the events
             // hold a categorical.
@@ -518,9 +516,7 @@ impl Daily {
                 if last { k.max() } else { k.min() }
             };
             match a.agg {
-                Agg::Count | Agg::ActiveDays => {
-                    aggs.push(rows_where(m.clone(), every_row(a, true, false)).alias(p("n")))
-                }
+                Agg::Count | Agg::ActiveDays => aggs.push(rows.count().alias(p("n"))),
                 Agg::Sum => aggs.push(kept(fixed_point(field()), m.clone()).sum().alias(p("s"))),
                 Agg::Mean => aggs.extend([
                     kept(fixed_point(field()), m.clone()).sum().alias(p("s")),
@@ -543,18 +539,19 @@ impl Daily {
                     }
                 }
                 Agg::Share => {
-                    let all = condition(a, false);
+                    let all = mask(a, false, false);
                     match &a.field {
                         Some(f) => aggs.extend([
                             kept(fixed_point(col(f.as_str())), m.clone())
                                 .sum()
                                 .alias(p("n")),
-                            kept(fixed_point(col(f.as_str())), all).sum().alias(p("a")),
+                            kept(fixed_point(col(f.as_str())), all.expr)
+                                .sum()
+                                .alias(p("a")),
                         ]),
-                        None => aggs.extend([
-                            rows_where(m.clone(), every_row(a, true, false)).alias(p("n")),
-                            rows_where(all, every_row(a, false, false)).alias(p("a")),
-                        ]),
+                        None => {
+                            aggs.extend([rows.count().alias(p("n")), all.count().alias(p("a"))])
+                        }
                     }
                 }
                 Agg::CountDistinct => value_plans.push((

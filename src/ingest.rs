@@ -1164,12 +1164,7 @@ pub fn ingest_from(
         }
     }
     let files_read = paths.len();
-    // Debug timings of ingest's steps.
-    let mut clock = std::time::Instant::now();
-    let mut lap = |step: &str| {
-        tracing::debug!(step, ms = clock.elapsed().as_millis() as u64, "ingest");
-        clock = std::time::Instant::now();
-    };
+    let mut laps = crate::util::Laps::start("ingest");
     if frames.is_empty() {
         return Err(InputError::AsOf {
             as_of: as_of.map(|d| d.to_string()).unwrap_or_default(),
@@ -1188,7 +1183,7 @@ pub fn ingest_from(
         .collect()
         .map_err(unreadable)?;
     let read = rows.height();
-    lap("files read");
+    laps.lap("files read");
     let micros = |c: &str| col(c).cast(DataType::Int64);
     // Each tracker session's first and last usable collector time (the row rules passed; the
     // session cap is measured from the first), combined with the nights before's.
@@ -1269,7 +1264,7 @@ pub fn ingest_from(
     .sort([ev::DOMAIN_SESSIONID], Default::default())
     .collect()
     .ctx("session starts")?;
-    lap("sessions table");
+    laps.lap("sessions table");
     // Each row's session start, worked out on the session ids alone and added to the rows
     // (which a join would copy), then the session cap.
     let starts = rows
@@ -1296,7 +1291,7 @@ pub fn ingest_from(
         .with_column(long_sessions(quality, &rules).alias(REASON_CODE))
         .collect()
         .map_err(unreadable)?;
-    lap("session cap");
+    laps.lap("session cap");
     let files = df!(
         "_file" => (0..paths.len() as u64).collect::<Vec<_>>(),
         SOURCE_FILE => &paths,
@@ -1328,7 +1323,7 @@ pub fn ingest_from(
         .ctx("quarantine")?;
     // The quarantine is kept between nights and published as text.
     let quarantine = crate::util::text(quarantine)?;
-    lap("quarantine");
+    laps.lap("quarantine");
     // Each collect below projects the key columns it needs.
     let valid = all
         .clone()
@@ -1338,7 +1333,7 @@ pub fn ingest_from(
     // Rows stay in input order (files in listing order, rows in file order) throughout.
     let copies = later_copies(valid.clone())?;
     let mut unique = without(valid, copies.clone());
-    lap("duplicates");
+    laps.lap("duplicates");
     // Copies of events kept on earlier nights: the kept copy stays kept unless this one would
     // have won (earlier collector time, or the same from an input listed before).
     let mut kept_before = Series::new_empty(ORDER.into(), &DataType::UInt64);
@@ -1408,7 +1403,7 @@ pub fn ingest_from(
     // One order tracked twice in a session (a reloaded confirmation page, a retried tracker
     // call with a new event id): the first one counts, as dbt-snowplow-ecommerce does.
     let repeats = repeated_orders(unique.clone())?;
-    lap("repeated orders");
+    laps.lap("repeated orders");
     let orders_now = without(unique.clone(), repeats.clone())
         .filter(
             col(ev::EVENT_TYPE)
@@ -1469,7 +1464,7 @@ pub fn ingest_from(
     .sort([ev::DOMAIN_SESSIONID, ev::ORDER_ID], Default::default())
     .collect()
     .ctx("orders")?;
-    lap("orders");
+    laps.lap("orders");
     let new_keys = unique
         .clone()
         .select([
@@ -1479,12 +1474,12 @@ pub fn ingest_from(
         ])
         .collect()
         .ctx("event keys")?;
-    lap("event keys");
+    laps.lap("event keys");
     let deduped = without(without(unique, repeats.clone()), repeated_before.clone())
         .select([col(ORDER), micros(ev::TSTAMP).alias(ev::TSTAMP)])
         .collect()
         .ctx("deduplicating events")?;
-    lap("deduplicated");
+    laps.lap("deduplicated");
     let valid_rows = read - quarantine.height();
     let duplicates = valid_rows - deduped.height();
     let carried = previous.map_or(0, |p| p.state.deferred.height());
@@ -1541,7 +1536,7 @@ pub fn ingest_from(
         .collect()
         .ctx("selecting the used rows")?;
     let used = used.columns()[0].bool().ctx("used rows")?.clone();
-    lap("used rows");
+    laps.lap("used rows");
     let canonical: Vec<Expr> = canonical_columns()
         .into_iter()
         .map(|(c, _)| col(c))
@@ -1561,7 +1556,7 @@ pub fn ingest_from(
     }
     // `all` is moved in: each wide column is freed as soon as its filtered copy exists.
     let mut events = crate::util::filter_by_columns(all, &used)?;
-    lap("events filtered");
+    laps.lap("events filtered");
     // Ingest's state (deferred events, keys) stays text.
     let mut deferred =
         crate::util::text(deferred_now.collect().ctx("events after the as-of date")?)?;

@@ -412,19 +412,11 @@ fn night_before(
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     key_files.sort();
-    // How long each part of the state takes to read (`PROPEL_LOG=propel=debug`).
-    let started = std::time::Instant::now();
-    let lap = |what: &str| {
-        tracing::debug!(
-            what,
-            ms = started.elapsed().as_millis() as u64,
-            "state read"
-        )
-    };
+    let mut laps = crate::util::Laps::start("reading the night before's state");
     let Some(identity) = identity::IdentityState::load(&dir)? else {
         return Ok(Err("the night before kept no identity graph".into()));
     };
-    lap("identity");
+    laps.lap("identity");
     let mut events_before: Vec<(String, PathBuf)> = kept_events_before(&inc)?
         .into_iter()
         .map(|f| (f.file_name().expect("a file").to_string_lossy().into(), f))
@@ -441,11 +433,11 @@ fn night_before(
         orders: read(INGEST_FRAMES[1])?,
         deferred: read(INGEST_FRAMES[2])?,
     };
-    lap("ingest");
+    laps.lap("ingest");
     let history = crate::history::History::read(&inc.join(HISTORY_DIR), &job.features)?;
-    lap("history");
+    laps.lap("history");
     let sessions = read_stage_frame(&dir.join(STAGE_DIR), SESSIONS_FRAME)?;
-    lap("sessions");
+    laps.lap("sessions");
     Ok(Ok(Before {
         ingest,
         history,

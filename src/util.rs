@@ -169,6 +169,32 @@ fn map_columns(
     DataFrame::new(height, mapped).ctx("reshaping columns")
 }
 
+/// Debug timings of the steps of `what` (`PROPEL_LOG=propel=debug`): each `lap` logs the
+/// milliseconds since the previous one (or the start).
+pub struct Laps {
+    what: &'static str,
+    clock: std::time::Instant,
+}
+
+impl Laps {
+    pub fn start(what: &'static str) -> Laps {
+        Laps {
+            what,
+            clock: std::time::Instant::now(),
+        }
+    }
+
+    pub fn lap(&mut self, step: &str) {
+        tracing::debug!(
+            what = self.what,
+            step,
+            ms = self.clock.elapsed().as_millis() as u64,
+            "step done"
+        );
+        self.clock = std::time::Instant::now();
+    }
+}
+
 /// Left join that keeps the left frame's row order (outputs must not depend on hash order).
 pub fn left_join_ordered() -> JoinArgs {
     let mut args = JoinArgs::new(JoinType::Left);
