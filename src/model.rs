@@ -1,5 +1,6 @@
-//! Model: logistic regression (linfa-logistic) on standardised features, validated out of
-//! time on the latest labelled cutoff, which nothing else touches.
+//! Model: logistic regression (argmin's L-BFGS, `logistic`) on standardised features, or
+//! gradient-boosted trees (perpetual), validated out of time on the latest labelled cutoff,
+//! which nothing else touches.
 //!
 //! Selection and calibration use a held-out *calibration cutoff* (the latest training
 //! cutoff): models are fitted on the training cutoffs whose label windows end before it,
@@ -12,8 +13,6 @@
 //! dominate. The artifact carries feature names and order, the scaler and the feature-set
 //! hash; scoring refuses an artifact whose features differ from the current definitions.
 
-use linfa::prelude::*;
-use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2, ShapeBuilder};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -21,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelDef;
 use crate::error::{Context, ModelError, Result};
 
-/// The one place where a polars frame becomes a linfa (ndarray 0.16) matrix: polars uses
+mod logistic;
+
+/// The one place where a polars frame becomes an ndarray 0.16 matrix (argmin's): polars uses
 /// ndarray 0.17, so the column-major buffer is handed over without a copy. Nulls become NaN.
 pub fn to_matrix(df: &DataFrame, columns: &[String]) -> Result<Array2<f64>> {
     let n = df.height();
@@ -558,8 +559,8 @@ fn balance(x: &Array2<f64>, y: &Array1<bool>) -> (Array2<f64>, Array1<bool>) {
 
 /// Convergence of the logistic fit: the solver stops when the gradient of the summed log
 /// loss is below this many units per training row, i.e. the gradient of the mean loss below
-/// 1e-4 (scikit-learn's default criterion). linfa's tolerance is absolute and its loss a sum,
-/// so its default would never be met on large data and every fit would run to
+/// 1e-4 (scikit-learn's default criterion). The solver's tolerance is absolute and the loss a
+/// sum, so a fixed one would never be met on large data and every fit would run to
 /// `max_iterations`.
 const GRADIENT_TOLERANCE_PER_ROW: f64 = 1e-4;
 
@@ -575,55 +576,25 @@ pub fn fit_logistic(
     warm: Option<(&[f64], f64)>,
 ) -> Result<(Scaler, Vec<f64>, f64)> {
     let scaler = Scaler::fit(x);
-    // Column-major: linfa's gradient multiplies by the transposed matrix, which is then
-    // contiguous row by row (several times faster than with a row-major matrix).
-    let z = scaler
-        .transform(x)
-        .reversed_axes()
-        .as_standard_layout()
-        .to_owned()
-        .reversed_axes();
-    let dataset = Dataset::new(z, y.clone());
-    // linfa's "positive" class is the majority class; the model is expressed as
-    // P(label = true), so a warm start and the result flip sign when `true` is the minority.
-    let trues = y.iter().filter(|&&l| l).count();
-    let falses = y.len() - trues;
-    let true_is_majority = trues > falses || (trues == falses && y.first() == Some(&true));
-    let sign = if true_is_majority { 1.0 } else { -1.0 };
-    let mut params = LogisticRegression::default()
-        .alpha(l2)
-        .max_iterations(max_iterations)
-        .gradient_tolerance(GRADIENT_TOLERANCE_PER_ROW * y.len().max(1) as f64);
-    if let Some((coefficients, intercept)) = warm {
-        let init: Array1<f64> = coefficients
-            .iter()
-            .chain([&intercept])
-            .map(|c| sign * c)
-            .collect();
-        params = params.initial_params(init);
-    }
-    let fitted = params
-        .fit(&dataset)
-        .map_err(|e| ModelError::Fit(e.to_string()))?;
-    debug_assert_eq!(fitted.labels().pos.class, true_is_majority);
-    let coefficients = fitted.params().iter().map(|c| sign * c).collect();
-    Ok((scaler, coefficients, sign * fitted.intercept()))
+    let init = warm
+        .map(|(coefficients, intercept)| coefficients.iter().copied().chain([intercept]).collect());
+    let (coefficients, intercept) = logistic::fit(
+        scaler.transform(x).view(),
+        y.as_slice().expect("contiguous labels"),
+        l2,
+        max_iterations,
+        GRADIENT_TOLERANCE_PER_ROW * y.len().max(1) as f64,
+        init,
+    )?;
+    Ok((scaler, coefficients, intercept))
 }
 
 /// Platt scaling of held-out logits `s` against labels `y`.
 pub fn fit_platt(s: &[f64], y: &[bool]) -> Result<Calibration> {
     let x = Array2::from_shape_vec((s.len(), 1), s.to_vec()).expect("one column");
-    let y: Array1<bool> = y.iter().copied().collect();
-    let fitted = LogisticRegression::default()
-        .alpha(1e-6)
-        .max_iterations(200)
-        .fit(&Dataset::new(x, y))
+    let (a, b) = logistic::fit(x.view(), y, 1e-6, 200, 1e-4, None)
         .map_err(|e| ModelError::Fit(format!("calibration: {e}")))?;
-    let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
-    Ok(Calibration {
-        a: sign * fitted.params()[0],
-        b: sign * fitted.intercept(),
-    })
+    Ok(Calibration { a: a[0], b })
 }
 
 /// Model families propel can train.
@@ -770,7 +741,14 @@ pub fn train(
         // The penalties form a path: each logistic fit starts from the previous solution.
         let mut path: Option<Artifact> = None;
         for (family, l2) in candidates {
+            let started = std::time::Instant::now();
             let fitted = fit_family(family, &x_fit, &y_fit, l2, path.as_ref(), def)?;
+            tracing::debug!(
+                ?family,
+                l2,
+                ms = started.elapsed().as_millis() as u64,
+                "candidate fitted"
+            );
             let s = fitted.logits(&x_held);
             let a = auc(&s, &y_held);
             tried.push(Candidate {
@@ -814,7 +792,14 @@ pub fn train(
         (def.families[0], l2, Calibration::IDENTITY, None, None)
     };
     // The refit on every training cutoff starts from the chosen fit on the earlier ones.
+    let started = std::time::Instant::now();
     let fitted = fit_family(family, x, y, l2, warm.as_ref(), def)?;
+    tracing::debug!(
+        ?family,
+        l2,
+        ms = started.elapsed().as_millis() as u64,
+        "refitted on every training cutoff"
+    );
     Ok(Trained {
         family,
         scaler: fitted.scaler,
