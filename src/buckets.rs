@@ -3,11 +3,14 @@
 //! customer's (see `sessions::sessionize`, `history::History`), so the buckets' results,
 //! put together and sorted, are what one pass over all the events gives (tested).
 //!
-//! With more than one bucket, each bucket's events are gathered from the night's and written
-//! to a scratch file of their own, and the night's events are let go; the buckets are then
-//! read back one at a time, sessionised, and handed to a writer thread that appends them to
-//! the night's kept events file while the next bucket is worked on. So this stage holds one
-//! bucket's events (and the one being written), not the night's.
+//! Each bucket is sessionised in turn and handed to a writer thread that appends it to the
+//! night's kept events file while the next bucket is worked on. With more than one bucket,
+//! the buckets are gathered from the night's events; when those take more memory than
+//! `[sessions] write_buckets_above_mib`, each bucket is first written to a scratch file of its
+//! own and the night's events are let go, so this stage holds one bucket's events (and the one
+//! being written), not the night's. Writing them aside costs time (at 10M events about 15 s
+//! on the benchmark machine, where holding them costs 1.6 GB more at the peak), so it is done
+//! only under that memory pressure.
 
 use std::path::Path;
 
@@ -153,20 +156,46 @@ fn bucket_of(id: &str, count: usize) -> u32 {
     ((crate::util::customer_hash(id) >> 32) % count as u64) as u32
 }
 
+/// The in-memory size (bytes) of a night's events above which `sessions_and_history` writes
+/// its buckets aside: `[sessions] write_buckets_above_mib`, else a quarter of the memory this
+/// process may use (the machine's, or its cgroup's limit, as polars reads it).
+pub fn write_buckets_above(job: &Job) -> u64 {
+    match job.write_buckets_above_mib {
+        Some(mib) => mib.saturating_mul(1 << 20),
+        None => polars_utils::sys::total_memory() / 4,
+    }
+}
+
 /// Sessions and history of `events`, `count` buckets of customers at a time; the events,
 /// with their `session_id`, are written bucket after bucket into `scratch` (`KeptFile`).
+/// Events taking more than `write_above` bytes are written aside by bucket first.
 pub fn sessions_and_history(
     events: DataFrame,
     count: usize,
+    write_above: u64,
     job: &Job,
     scratch: tempfile::TempDir,
 ) -> Result<Bucketed> {
     let total = events.height();
-    // More than one bucket: each is written to the scratch directory, and the night's events
-    // let go, before the first is sessionised; then they are read back one at a time.
+    let size = events.estimated_size() as u64;
     let mut parts = if count == 1 {
         Parts::Held(Some(events))
+    } else if size <= write_above {
+        tracing::info!(
+            mib = size >> 20,
+            at_most_mib = write_above >> 20,
+            "buckets taken from the events in memory"
+        );
+        let rows = bucket_rows(&events, count)?;
+        Parts::Gathered { events, rows }
     } else {
+        // Each bucket is written to the scratch directory, and the night's events let go,
+        // before the first is sessionised; then they are read back one at a time.
+        tracing::info!(
+            mib = size >> 20,
+            at_most_mib = write_above >> 20,
+            "buckets written aside: the events take more memory than the stage may hold"
+        );
         let started = std::time::Instant::now();
         let spilled = spill(events, count, scratch.path())?;
         tracing::debug!(
@@ -243,9 +272,15 @@ pub fn sessions_and_history(
     })
 }
 
-/// A night's events by bucket: held (the one bucket), or written one file a bucket.
+/// A night's events by bucket: held (the one bucket), gathered bucket by bucket from the
+/// events held, or written one file a bucket.
 enum Parts {
     Held(Option<DataFrame>),
+    Gathered {
+        events: DataFrame,
+        /// Each bucket's rows, taken as it is gathered.
+        rows: Vec<IdxCa>,
+    },
     Spilled(Spilled),
 }
 
@@ -261,6 +296,14 @@ impl Parts {
         match self {
             // A night without events has its one bucket, empty.
             Parts::Held(events) => Ok(events.take()),
+            Parts::Gathered { events, rows } => {
+                let rows =
+                    std::mem::replace(&mut rows[bucket], IdxCa::new_vec("rows".into(), vec![]));
+                if rows.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(crate::util::take_by_columns(events.clone(), &rows)?))
+            }
             Parts::Spilled(spilled) => match spilled.files[bucket].take() {
                 None => Ok(None),
                 Some(file) => {
@@ -398,10 +441,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let job = Job::load(None).unwrap();
         let events = resolved_events(dir.path(), &job);
-        let run = |count: usize| {
+        // `write_above`: 0 writes every bucket aside, u64::MAX gathers them from memory.
+        let run = |count: usize, write_above: u64| {
             let b = sessions_and_history(
                 events.clone(),
                 count,
+                write_above,
                 &job,
                 tempfile::tempdir_in(dir.path()).unwrap(),
             )
@@ -413,27 +458,29 @@ mod tests {
                 .unwrap();
             (b, kept)
         };
-        let (one, kept_one) = run(1);
+        let (one, kept_one) = run(1, 0);
         assert!(
             bucket_rows(&events, 4)
                 .unwrap()
                 .iter()
                 .all(|r| !r.is_empty())
         );
-        let (four, kept_four) = run(4);
         assert!(one.sessions.height() > 100 && one.events == events.height());
-        assert!(
-            one.sessions.equals_missing(&four.sessions),
-            "sessions differ:\n{}\n{}",
-            one.sessions,
-            four.sessions
-        );
-        assert_eq!(
-            one.history.fingerprint().unwrap(),
-            four.history.fingerprint().unwrap()
-        );
         assert_eq!(kept_one.height(), events.height());
-        assert!(kept_one.equals_missing(&kept_four));
+        for write_above in [0, u64::MAX] {
+            let (four, kept_four) = run(4, write_above);
+            assert!(
+                one.sessions.equals_missing(&four.sessions),
+                "sessions differ:\n{}\n{}",
+                one.sessions,
+                four.sessions
+            );
+            assert_eq!(
+                one.history.fingerprint().unwrap(),
+                four.history.fingerprint().unwrap()
+            );
+            assert!(kept_one.equals_missing(&kept_four));
+        }
         assert!(kept_one.column(ev::SESSION_ID).unwrap().null_count() == 0);
     }
 
@@ -449,13 +496,13 @@ mod tests {
         };
         // One bucket: the writer thread fails to create the kept file, and says so when the
         // file is asked for.
-        let one = sessions_and_history(events.clone(), 1, &job, gone()).unwrap();
+        let one = sessions_and_history(events.clone(), 1, 0, &job, gone()).unwrap();
         let err = one.kept.wait().unwrap_err().to_string();
         assert!(err.contains("creating") && err.contains(KEPT_FILE), "{err}");
         // The same answer the second time (the night's state asks again).
         assert!(one.kept.wait().is_err());
         // More: the buckets cannot be written aside.
-        let err = sessions_and_history(events, 4, &job, gone())
+        let err = sessions_and_history(events, 4, 0, &job, gone())
             .err()
             .expect("an error")
             .to_string();

@@ -219,6 +219,7 @@ struct RawOutput {
 struct RawSessions {
     inactivity_minutes: Option<i64>,
     events_per_bucket: Option<usize>,
+    write_buckets_above_mib: Option<u64>,
 }
 
 /// Input layout of the event files.
@@ -253,6 +254,10 @@ pub struct Job {
     /// A night that reads every file builds sessions and history this many events at a time
     /// (see `buckets`): fewer take less memory. Default: `buckets::EVENTS_PER_BUCKET`.
     pub events_per_bucket: usize,
+    /// Above this many MiB of events in memory, the buckets are written to scratch files and
+    /// the events let go before sessions are built (see `buckets`). Default (`None`): a
+    /// quarter of the memory the process may use (`buckets::write_buckets_above`).
+    pub write_buckets_above_mib: Option<u64>,
     /// Where state kept between runs lives (identity graph). Default: `<output>/_state`.
     pub state: Option<String>,
     /// How many nights of state are kept (a rerun or backfill of a night needs the state
@@ -492,6 +497,10 @@ impl Job {
             model: model.expect("checked above"),
             session_inactivity_minutes: inactivity,
             events_per_bucket,
+            write_buckets_above_mib: raw
+                .sessions
+                .as_ref()
+                .and_then(|s| s.write_buckets_above_mib),
             state_keep_nights: raw.state.as_ref().and_then(|s| s.keep_nights).unwrap_or(7),
             state: raw.state.and_then(|s| s.url),
             identity_limits,
@@ -525,6 +534,10 @@ mod tests {
         assert!(job.features.features.len() >= 15);
         assert!(job.audiences.audiences.len() >= 4);
         assert_eq!(job.events_per_bucket, crate::buckets::EVENTS_PER_BUCKET);
+        assert_eq!(job.write_buckets_above_mib, None);
+        let source = Source::embedded("job.toml", "[sessions]\nwrite_buckets_above_mib = 512\n");
+        let job = Job::parse(&source, true).unwrap();
+        assert_eq!(crate::buckets::write_buckets_above(&job), 512 << 20);
     }
 
     #[test]
