@@ -87,6 +87,7 @@ pub fn sessionize(
     inactivity_minutes: i64,
     carry: Option<&DataFrame>,
 ) -> Result<(DataFrame, DataFrame)> {
+    let mut laps = crate::util::Laps::start("sessionize");
     let gap = inactivity_minutes * 60 * 1_000_000;
     let t = || col(ev::TSTAMP).cast(DataType::Int64);
     // Events without a tracker session: split each customer's stream at inactivity gaps.
@@ -155,21 +156,32 @@ pub fn sessionize(
             .alias(GAP_SESSION),
         )
         .select([col(ROW), col(GAP_SESSION)]);
-    let session_ids = keys
-        .join(
+    let tracker = || coalesce(&[col(ev::DOMAIN_SESSIONID), col(ev::CLIENT_SESSIONID)]);
+    let with_tracker = events
+        .clone()
+        .lazy()
+        .select([tracker().alias(ev::SESSION_ID)])
+        .collect()
+        .ctx("assigning sessions")?;
+    // Every event with a tracker session (as Snowplow's trackers give): nothing to split.
+    let session_ids = if with_tracker
+        .column(ev::SESSION_ID)
+        .ctx("session ids")?
+        .null_count()
+        == 0
+    {
+        with_tracker
+    } else {
+        keys.join(
             fallback,
             [col(ROW)],
             [col(ROW)],
             crate::util::left_join_ordered(),
         )
-        .select([coalesce(&[
-            col(ev::DOMAIN_SESSIONID),
-            col(ev::CLIENT_SESSIONID),
-            col(GAP_SESSION),
-        ])
-        .alias(ev::SESSION_ID)])
+        .select([coalesce(&[tracker(), col(GAP_SESSION)]).alias(ev::SESSION_ID)])
         .collect()
-        .ctx("assigning sessions")?;
+        .ctx("assigning sessions")?
+    };
     events
         .with_column(
             session_ids
@@ -178,6 +190,7 @@ pub fn sessionize(
                 .clone(),
         )
         .ctx("assigning sessions")?;
+    laps.lap("session ids");
     // The sessions need their events in time order; the events themselves do not (every
     // aggregate over them breaks ties by event id), so only the columns read here are sorted.
     let in_order = crate::util::sort_by_columns(
@@ -187,6 +200,7 @@ pub fn sessionize(
         &[ev::CUSTOMER_ID, ev::TSTAMP, ev::EVENT_ID],
     )?;
 
+    laps.lap("sorted");
     let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
     let pv = || is(EventType::PageView);
     // Sessions hold text: the events' descriptive columns are categoricals.
@@ -228,6 +242,7 @@ pub fn sessionize(
         .sort([ev::CUSTOMER_ID, START, ev::SESSION_ID], Default::default())
         .collect()
         .ctx("building sessions")?;
+    laps.lap("grouped");
     Ok((events, sessions))
 }
 
