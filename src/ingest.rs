@@ -789,27 +789,58 @@ fn first_in(group: &[&str], by: &str) -> Expr {
 /// earliest `collector_tstamp` wins, then input order). Worked out on the key columns of the
 /// ids seen twice only, never by a window over every row.
 fn later_copies(rows: LazyFrame) -> Result<Series> {
-    let keys = rows.select([col(ORDER), col(ev::EVENT_ID), col(ev::COLLECTOR_TSTAMP)]);
-    // The streaming engine groups the ids faster than the in-memory one (the 10M run's key
-    // columns alone: 2.0 s against 5.2 s).
-    let seen_twice = keys
-        .clone()
-        .group_by([col(ev::EVENT_ID)])
-        .agg([len().alias("_n")])
-        .filter(col("_n").gt(lit(1)))
-        .select([col(ev::EVENT_ID)])
-        .collect_with_engine(Engine::Streaming)
-        .ctx("finding duplicate events")?
-        .unwrap_single();
+    let keys = rows
+        .select([col(ORDER), col(ev::EVENT_ID), col(ev::COLLECTOR_TSTAMP)])
+        .collect()
+        .ctx("finding duplicate events")?;
+    let candidates = same_hash(
+        keys.column(ev::EVENT_ID)
+            .ctx("event ids")?
+            .str()
+            .ctx("event ids")?,
+    );
     let copies = keys
-        .join(
-            seen_twice.lazy(),
-            [col(ev::EVENT_ID)],
-            [col(ev::EVENT_ID)],
-            JoinArgs::new(JoinType::Semi),
-        )
+        .filter(&candidates)
+        .ctx("finding duplicate events")?
+        .lazy()
         .filter(first_in(&[ev::EVENT_ID], ev::COLLECTOR_TSTAMP).not());
     positions(copies, "finding duplicate events")
+}
+
+/// True on each id whose 64-bit hash another id of `ids` has: every repeated id, and the rare
+/// id that only collides with another. Sorting the hashes finds them several times faster
+/// than grouping the ids (a 10M run: 6 s grouping the strings on the streaming engine, 4 s
+/// grouping the hashes in memory, where every one of ten million groups is a list of rows).
+/// The rows it is asked about have an id (the quarantine takes the others).
+fn same_hash(ids: &StringChunked) -> BooleanChunked {
+    use rayon::prelude::*;
+    use std::hash::Hasher;
+    // SipHash with fixed keys: the same on every run.
+    let hash = |id: &str| {
+        let mut h = std::hash::DefaultHasher::new();
+        h.write(id.as_bytes());
+        h.finish()
+    };
+    let chunks: Vec<Vec<u64>> = ids
+        .downcast_iter()
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|array| array.values_iter().map(hash).collect())
+        .collect();
+    let hashes = chunks.concat();
+    let mut sorted = hashes.clone();
+    sorted.par_sort_unstable();
+    let repeated: std::collections::HashSet<u64> = sorted
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    hashes
+        .par_iter()
+        .map(|h| repeated.contains(h))
+        .collect::<Vec<bool>>()
+        .into_iter()
+        .collect_ca(PlSmallStr::EMPTY)
 }
 
 /// The input positions of the order events of `rows` whose order id was already ordered
@@ -1632,4 +1663,24 @@ pub fn check_schemas(input: &InputDef) -> Result<usize> {
         file_schema(f, input.layout)?;
     }
     Ok(files.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_seen_twice_are_found_across_chunks() {
+        let mut ids = StringChunked::new("id".into(), ["e1", "e2", "e3", "e2"]);
+        ids.append(&StringChunked::new("id".into(), ["e4", "e1", "e5", "e1"]))
+            .unwrap();
+        assert_eq!(ids.chunks().len(), 2);
+        let seen: Vec<bool> = same_hash(&ids).iter().map(|v| v.unwrap()).collect();
+        assert_eq!(
+            seen,
+            [true, true, false, true, false, true, false, true],
+            "e1 three times, e2 twice"
+        );
+        assert!(!same_hash(&StringChunked::new("id".into(), ["a", "b"])).any());
+    }
 }
