@@ -383,9 +383,9 @@ pub fn resolve(
     let email = |raw: &str| node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(raw)));
     // The graph is built from the distinct identifier combinations (with their first and
     // last sighting), never from every event: its cost grows with identifiers, not events.
-    // Grouped on the streaming engine (10M events: the identity stage 4.4 s against 5.2-7.7 s in
-    // memory); their order does not
-    // matter, since the graph below is built in sorted maps and sets.
+    // Grouped on the streaming engine (10M events: the identity stage 4.4 s against 5.2-7.7 s
+    // in memory); their order does not matter, since the graph below is built in sorted maps
+    // and sets.
     let combinations = events
         .clone()
         .lazy()
