@@ -479,6 +479,7 @@ mod tests {
                 one.history.fingerprint().unwrap(),
                 four.history.fingerprint().unwrap()
             );
+            assert_eq!(kept_one.schema(), kept_four.schema());
             assert!(kept_one.equals_missing(&kept_four));
         }
         assert!(kept_one.column(ev::SESSION_ID).unwrap().null_count() == 0);

@@ -787,8 +787,8 @@ fn first_in(group: &[&str], by: &str) -> Expr {
 
 /// The input positions (`_order`) of the later copies of an event id in `rows` (the
 /// earliest `collector_tstamp` wins, then input order). Worked out on the key columns of the
-/// ids seen twice only, never by a window over every row.
-fn later_copies(rows: LazyFrame) -> Result<Series> {
+/// ids whose `hash` another id shares (`same_hash`), never by a window over every row.
+fn later_copies(rows: LazyFrame, hash: fn(&str) -> u64) -> Result<Series> {
     let keys = rows
         .select([col(ORDER), col(ev::EVENT_ID), col(ev::COLLECTOR_TSTAMP)])
         .collect()
@@ -798,6 +798,7 @@ fn later_copies(rows: LazyFrame) -> Result<Series> {
             .ctx("event ids")?
             .str()
             .ctx("event ids")?,
+        hash,
     );
     let copies = keys
         .filter(&candidates)
@@ -807,37 +808,40 @@ fn later_copies(rows: LazyFrame) -> Result<Series> {
     positions(copies, "finding duplicate events")
 }
 
-/// True on each id whose 64-bit hash another id of `ids` has: every repeated id, and the rare
-/// id that only collides with another. Sorting the hashes finds them several times faster
-/// than grouping the ids (a 10M run: 6 s grouping the strings on the streaming engine, 4 s
-/// grouping the hashes in memory, where every one of ten million groups is a list of rows).
-/// The rows it is asked about have an id (the quarantine takes the others).
-fn same_hash(ids: &StringChunked) -> BooleanChunked {
-    use rayon::prelude::*;
+/// A 64-bit hash of an event id for `same_hash`. Any hash gives the same copies (they are
+/// decided on the ids); one that spreads the ids well keeps the candidates few.
+fn id_hash(id: &str) -> u64 {
     use std::hash::Hasher;
-    // SipHash with fixed keys: the same on every run.
-    let hash = |id: &str| {
-        let mut h = std::hash::DefaultHasher::new();
-        h.write(id.as_bytes());
-        h.finish()
-    };
-    let chunks: Vec<Vec<u64>> = ids
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(id.as_bytes());
+    h.finish()
+}
+
+/// True on each id whose `hash` another id of `ids` has: every repeated id, and the rare id
+/// that only collides with another (a null id is never one: the quarantine takes those).
+/// Sorting the hashes finds them several times faster than grouping the ids (a 10M run: 6 s
+/// grouping the strings on the streaming engine, 4 s grouping the hashes in memory, where
+/// every one of ten million groups is a list of rows).
+fn same_hash(ids: &StringChunked, hash: fn(&str) -> u64) -> BooleanChunked {
+    use rayon::prelude::*;
+    let hashes: Vec<Option<u64>> = ids
         .downcast_iter()
         .collect::<Vec<_>>()
         .into_par_iter()
-        .map(|array| array.values_iter().map(hash).collect())
+        .flat_map_iter(|array| array.iter().map(|id| id.map(hash)).collect::<Vec<_>>())
         .collect();
-    let hashes = chunks.concat();
-    let mut sorted = hashes.clone();
+    let mut sorted: Vec<u64> = hashes.iter().flatten().copied().collect();
     sorted.par_sort_unstable();
-    let repeated: std::collections::HashSet<u64> = sorted
+    let mut repeated: Vec<u64> = sorted
         .windows(2)
         .filter(|w| w[0] == w[1])
         .map(|w| w[0])
         .collect();
+    drop(sorted);
+    repeated.dedup();
     hashes
         .par_iter()
-        .map(|h| repeated.contains(h))
+        .map(|h| h.is_some_and(|h| repeated.binary_search(&h).is_ok()))
         .collect::<Vec<bool>>()
         .into_iter()
         .collect_ca(PlSmallStr::EMPTY)
@@ -1362,7 +1366,7 @@ pub fn ingest_from(
         .filter(col(REASON_CODE).is_null())
         .drop(cols([REASON_CODE]));
     // Rows stay in input order (files in listing order, rows in file order) throughout.
-    let copies = later_copies(valid.clone())?;
+    let copies = later_copies(valid.clone(), id_hash)?;
     let mut unique = without(valid, copies.clone());
     laps.lap("duplicates");
     // Copies of events kept on earlier nights: the kept copy stays kept unless this one would
@@ -1671,16 +1675,50 @@ mod tests {
 
     #[test]
     fn ids_seen_twice_are_found_across_chunks() {
-        let mut ids = StringChunked::new("id".into(), ["e1", "e2", "e3", "e2"]);
-        ids.append(&StringChunked::new("id".into(), ["e4", "e1", "e5", "e1"]))
-            .unwrap();
+        let mut ids = StringChunked::new("id".into(), [Some("e1"), Some("e2"), None, Some("e2")]);
+        ids.append(&StringChunked::new(
+            "id".into(),
+            [Some("e4"), Some("e1"), None, Some("e1")],
+        ))
+        .unwrap();
         assert_eq!(ids.chunks().len(), 2);
-        let seen: Vec<bool> = same_hash(&ids).iter().map(|v| v.unwrap()).collect();
+        let seen: Vec<bool> = same_hash(&ids, id_hash)
+            .iter()
+            .map(|v| v.unwrap())
+            .collect();
         assert_eq!(
             seen,
             [true, true, false, true, false, true, false, true],
-            "e1 three times, e2 twice"
+            "e1 three times, e2 twice, nulls never"
         );
-        assert!(!same_hash(&StringChunked::new("id".into(), ["a", "b"])).any());
+        let two = StringChunked::new("id".into(), ["a", "b"]);
+        assert!(!same_hash(&two, id_hash).any());
+        // Ids that only share a hash are candidates, not copies.
+        assert!(same_hash(&two, |_| 7).all());
+    }
+
+    #[test]
+    fn copies_are_decided_on_the_ids_whatever_the_hash() {
+        let rows = df!(
+            ORDER => [0u64, 1, 2, 3, 4, 5],
+            ev::EVENT_ID => ["a", "b", "a", "c", "b", "a"],
+            ev::COLLECTOR_TSTAMP => [5i64, 1, 3, 1, 1, 3],
+        )
+        .unwrap();
+        let copies = |hash: fn(&str) -> u64| {
+            let mut p: Vec<u64> = later_copies(rows.clone().lazy(), hash)
+                .unwrap()
+                .u64()
+                .unwrap()
+                .into_no_null_iter()
+                .collect();
+            p.sort();
+            p
+        };
+        // "a": the earliest collector time (3) wins, the first of the tie (2) before 5; "b":
+        // a tie, input order keeps 1.
+        assert_eq!(copies(id_hash), [0, 4, 5]);
+        // Every id a candidate: the same copies.
+        assert_eq!(copies(|_| 0), [0, 4, 5]);
     }
 }

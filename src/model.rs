@@ -579,8 +579,9 @@ pub fn fit_logistic(
     let init = warm
         .map(|(coefficients, intercept)| coefficients.iter().copied().chain([intercept]).collect());
     let (coefficients, intercept) = logistic::fit(
+        &format!("the logistic regression with l2 = {l2}"),
         scaler.transform(x).view(),
-        y.as_slice().expect("contiguous labels"),
+        &y.to_vec(),
         l2,
         max_iterations,
         GRADIENT_TOLERANCE_PER_ROW * y.len().max(1) as f64,
@@ -592,8 +593,15 @@ pub fn fit_logistic(
 /// Platt scaling of held-out logits `s` against labels `y`.
 pub fn fit_platt(s: &[f64], y: &[bool]) -> Result<Calibration> {
     let x = Array2::from_shape_vec((s.len(), 1), s.to_vec()).expect("one column");
-    let (a, b) = logistic::fit(x.view(), y, 1e-6, 200, 1e-4, None)
-        .map_err(|e| ModelError::Fit(format!("calibration: {e}")))?;
+    let (a, b) = logistic::fit(
+        "the calibration (Platt scaling of the held-out scores)",
+        x.view(),
+        y,
+        1e-6,
+        200,
+        1e-4,
+        None,
+    )?;
     Ok(Calibration { a: a[0], b })
 }
 

@@ -31,8 +31,10 @@ const MEMORY: usize = 10;
 /// Minimises the penalised log loss of labels `y` on the columns of `x` (standardised,
 /// finite), from `init` (coefficients then intercept; zeros when `None`), until the gradient's
 /// norm is below `tolerance` or after `max_iterations`. Returns the coefficients and the
-/// intercept of P(label = true). The intercept is not penalised.
+/// intercept of P(label = true). The intercept is not penalised. `what` names the fit in
+/// errors.
 pub fn fit(
+    what: &str,
     x: ArrayView2<f64>,
     y: &[bool],
     l2: f64,
@@ -40,38 +42,41 @@ pub fn fit(
     tolerance: f64,
     init: Option<Array1<f64>>,
 ) -> Result<(Vec<f64>, f64)> {
+    let failed = |message: String| -> crate::error::Error {
+        ModelError::Fit(format!("{what}: {message}")).into()
+    };
+    let refuse = |message: String| Err(failed(message));
     let p = x.ncols();
     if x.nrows() != y.len() {
-        return Err(ModelError::Fit(format!(
-            "{} rows of features but {} labels",
+        return refuse(format!(
+            "expected a label for each of {} rows, found {} labels",
             x.nrows(),
             y.len()
-        ))
-        .into());
+        ));
     }
-    if let Some((i, j)) = x
-        .indexed_iter()
-        .find_map(|(at, v)| (!v.is_finite()).then_some(at))
-    {
-        return Err(ModelError::Fit(format!(
-            "feature {j} of training row {i} is not a finite number after standardisation"
-        ))
-        .into());
+    let trues = y.iter().filter(|&&l| l).count();
+    if trues == 0 || trues == y.len() {
+        return refuse(format!(
+            "expected rows of both labels, found {trues} true and {} false",
+            y.len() - trues
+        ));
+    }
+    if let Some(((i, j), v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return refuse(format!(
+            "expected finite values, found {v} in column {j} of row {i}"
+        ));
     }
     let init = init.unwrap_or_else(|| Array1::zeros(p + 1));
-    if init.len() != p + 1 {
-        return Err(ModelError::Fit(format!(
-            "a start of {} parameters for {p} features and an intercept",
-            init.len()
-        ))
-        .into());
+    if init.len() != p + 1 || init.iter().any(|v| !v.is_finite()) {
+        return refuse(format!(
+            "expected a start of {} finite parameters ({p} coefficients and an intercept), found {init}",
+            p + 1
+        ));
     }
-    // Column-major, so that each feature's values are one contiguous slice.
-    let x = x
-        .reversed_axes()
-        .as_standard_layout()
-        .reversed_axes()
-        .to_owned();
+    // Column-major, so that each feature's values are one contiguous slice (borrowed when
+    // they are already).
+    let transposed = x.reversed_axes();
+    let x = transposed.as_standard_layout().reversed_axes();
     let problem = LogLoss {
         x: x.view(),
         y: y.iter().map(|&l| if l { 1.0 } else { -1.0 }).collect(),
@@ -80,12 +85,12 @@ pub fn fit(
     };
     let solver = LBFGS::new(MoreThuenteLineSearch::new(), MEMORY)
         .with_tolerance_grad(tolerance)
-        .map_err(|e| ModelError::Fit(e.to_string()))?;
+        .map_err(|e| failed(format!("the solver's settings: {e}")))?;
     let result = Executor::new(problem, solver)
         .configure(|state| state.param(init.clone()).max_iters(max_iterations))
         .timer(false)
         .run()
-        .map_err(|e| ModelError::Fit(e.to_string()))?;
+        .map_err(|e| failed(format!("the solver stopped: {e}")))?;
     let w = result.state.best_param.unwrap_or(init);
     Ok((w.slice(s![..p]).to_vec(), w[p]))
 }
@@ -96,19 +101,26 @@ struct LogLoss<'a> {
     x: ArrayView2<'a, f64>,
     y: Vec<f64>,
     l2: f64,
-    /// The parameters last asked for and their signed margins `y (x w + b)`: the line search
-    /// asks for the loss at a point and then for its gradient.
-    last: Mutex<Option<(Array1<f64>, Vec<f64>)>>,
+    /// The point last asked about: the line search asks for the loss at a point and then for
+    /// its gradient, and L-BFGS asks for the gradient at the point the line search chose.
+    last: Mutex<Option<Point>>,
+}
+
+/// Parameters, their signed margins `y (x w + b)` and, once asked for, their gradient.
+struct Point {
+    w: Array1<f64>,
+    margins: Vec<f64>,
+    gradient: Option<Array1<f64>>,
 }
 
 impl LogLoss<'_> {
-    /// The signed margins at `w`, kept as the last.
-    fn margins(&self, w: &Array1<f64>) -> Vec<f64> {
+    /// The signed margins at `w`, kept as the last point, and its gradient if known.
+    fn margins(&self, w: &Array1<f64>) -> (Vec<f64>, Option<Array1<f64>>) {
         let mut last = self.last.lock().expect("no fit panics holding it");
-        if let Some((at, m)) = last.as_ref()
-            && at == w
+        if let Some(point) = last.as_ref()
+            && point.w == w
         {
-            return m.clone();
+            return (point.margins.clone(), point.gradient.clone());
         }
         let p = self.x.ncols();
         let (coefficients, intercept) = (w.slice(s![..p]), w[p]);
@@ -125,8 +137,12 @@ impl LogLoss<'_> {
                 }
                 out *= &ArrayView1::from(y);
             });
-        *last = Some((w.clone(), m.clone()));
-        m
+        *last = Some(Point {
+            w: w.clone(),
+            margins: m.clone(),
+            gradient: None,
+        });
+        (m, None)
     }
 }
 
@@ -160,7 +176,7 @@ impl CostFunction for LogLoss<'_> {
     fn cost(&self, w: &Array1<f64>) -> std::result::Result<f64, argmin::core::Error> {
         let p = self.x.ncols();
         let coefficients = w.slice(s![..p]);
-        let loss = -chunked_sum(&self.margins(w), log_sigmoid);
+        let loss = -chunked_sum(&self.margins(w).0, log_sigmoid);
         Ok(loss + 0.5 * self.l2 * coefficients.dot(&coefficients))
     }
 }
@@ -171,8 +187,11 @@ impl Gradient for LogLoss<'_> {
 
     fn gradient(&self, w: &Array1<f64>) -> std::result::Result<Array1<f64>, argmin::core::Error> {
         let p = self.x.ncols();
+        let (mut r, known) = self.margins(w);
+        if let Some(g) = known {
+            return Ok(g);
+        }
         // d loss / d margin of each row, signed back: (sigmoid(y z) - 1) y.
-        let mut r = self.margins(w);
         r.par_chunks_mut(ROWS_PER_CHUNK)
             .zip(self.y.par_chunks(ROWS_PER_CHUNK))
             .for_each(|(r, y)| {
@@ -186,7 +205,13 @@ impl Gradient for LogLoss<'_> {
             .map(|j| self.x.column(j).dot(&r) + self.l2 * w[j])
             .collect();
         g.push(chunked_sum(r.as_slice().expect("contiguous"), |v| v));
-        Ok(Array1::from(g))
+        let g = Array1::from(g);
+        if let Some(point) = self.last.lock().expect("no fit panics holding it").as_mut()
+            && point.w == w
+        {
+            point.gradient = Some(g.clone());
+        }
+        Ok(g)
     }
 }
 
@@ -256,7 +281,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap()
-                .install(|| fit(x.view(), &y, 1.0, 200, 1e-8, None).unwrap())
+                .install(|| fit("test", x.view(), &y, 1.0, 200, 1e-8, None).unwrap())
         };
         let (coefficients, intercept) = run(1);
         assert!(coefficients[0] > 0.5, "{coefficients:?}");
@@ -275,12 +300,44 @@ mod tests {
     }
 
     #[test]
-    fn features_that_are_not_finite_are_refused() {
+    fn a_warm_start_at_the_optimum_stays_there() {
+        let (x, y) = data(2000);
+        let (coefficients, intercept) = fit("cold", x.view(), &y, 1.0, 200, 1e-6, None).unwrap();
+        let start = Array1::from_iter(coefficients.iter().copied().chain([intercept]));
+        let (warm, warm_intercept) =
+            fit("warm", x.view(), &y, 1.0, 200, 1e-6, Some(start)).unwrap();
+        for (a, b) in warm
+            .iter()
+            .chain([&warm_intercept])
+            .zip(coefficients.iter().chain([&intercept]))
+        {
+            assert!(
+                (a - b).abs() < 1e-6,
+                "{warm:?} {warm_intercept} against {coefficients:?} {intercept}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_fitted_is_refused_with_what_was_found() {
         let (mut x, y) = data(50);
+        let refused = |x: &Array2<f64>, y: &[bool], init: Option<Array1<f64>>| {
+            fit("the test fit", x.view(), y, 1.0, 10, 1e-4, init)
+                .unwrap_err()
+                .to_string()
+        };
+        // One label only: the intercept would run off to infinity.
+        let err = refused(&x, &[false; 50], None);
+        assert!(
+            err.contains("the test fit") && err.contains("found 0 true and 50 false"),
+            "{err}"
+        );
+        let err = refused(&x, &y[..10], None);
+        assert!(err.contains("each of 50 rows, found 10 labels"), "{err}");
+        let err = refused(&x, &y, Some(Array1::zeros(2)));
+        assert!(err.contains("a start of 3 finite parameters"), "{err}");
         x[[7, 1]] = f64::NAN;
-        let err = fit(x.view(), &y, 1.0, 10, 1e-4, None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("feature 1 of training row 7"), "{err}");
+        let err = refused(&x, &y, None);
+        assert!(err.contains("found NaN in column 1 of row 7"), "{err}");
     }
 }
