@@ -280,6 +280,42 @@ def main() -> None:
   the next touch faults on both. Never purging freed memory (`MIMALLOC_PURGE_DELAY=-1`, THP
   off) cut the 10M run's faults from 9.9 to 2.8 million but not its system time (95 s
   against 87 s), at 11.3 GB peak.
+- Session 17: four changes, each checked at 10M for byte-identical published files. (1) The
+  logistic regression is fitted by argmin's L-BFGS (the solver linfa-logistic uses) on
+  propel's own loss and gradient (d6676df, 4750642): matrix-vector products on a
+  column-major matrix, where linfa-logistic multiplied the training matrix by a one-column
+  matrix, which packed all of it (250k x 58) at every product, and computed the margins
+  twice at every point; the margins and gradient of the last point are kept. Fixed chunks
+  and ordered sums give the same bits on any thread count (tested). The seven fits of the
+  10M night: 4.8 s against 9.3 s; the model's last bits moved (10M validation AUC
+  0.84994519 both), so `model.json` and the scores differ from earlier runs in their last
+  digits. linfa, linfa-logistic and matrixmultiply's threading are no longer dependencies.
+  (2) Sessions and history gather each bucket from the events in memory, and write the
+  buckets aside first only when the events take more than `[sessions]
+  write_buckets_above_mib` (default a quarter of the memory the process may use; a1da8f7):
+  the 10M events take 3.7 GiB of 6.0 allowed here, so the 15 s of bucket writes are gone
+  and the peak is back at 8.3-8.5 GB (7.0 GB written aside). (3) Ingest finds the event ids
+  seen twice by sorting a 64-bit hash of each id and then deciding on the ids (db738aa):
+  0.7-2.4 s against 6.6-7.2 s. Session 16's riddle (the streaming group-by of the ids 3x
+  slower in the run than alone) is moot: grouping the hashes in memory still took 4 s, as
+  polars' in-memory group-by keeps a list of rows for each of ten million groups. (4)
+  Identity groups the identifier combinations on the streaming engine (8c38423; the stage
+  4.3-4.4 s against 5.2-7.7 s), and sessionising skips the gap-session join when every event
+  has a tracker session (6d3ec29). The table's run is on 1d492fd: 10M in 85.5-91.2 s
+  (median 88.8 s, peak 8.5 GB) against DuckDB's 75.3 s, 1.18x (1.45x in session 16's run),
+  not met. By stage (the median run): ingest 29.2 s (reading the files 15-29 s by hand,
+  filtering the used rows into a new frame 3.5-5.6 s, the session table and the session
+  cap about 2.3 s each), identity 4.3 s, sessions 23.4 s and history 13.3 s over ten
+  buckets (per bucket: gathering its rows about 0.5 s, sessionising 1-2 s, its history
+  about 1 s), features 9.5 s, model 7.4 s. A `perf` profile of the run still has the
+  kernel zeroing fresh pages at 32% of the samples and writing files into the page cache
+  (the night's state, written while the features and model run) at 5%. The incremental
+  lines above are on 4750642: the weekly-model night 13% of its full refresh (11% in
+  session 16's run), the nightly-model night 26% (25%): its fit is now 7.6 s instead of
+  12.5 s, but the night took 27.8-35.9 s, its other stages slower on the day (identity, which
+  rebuilds the graph from all its nodes, 3.9 s). The full refresh of that set (11.8M events
+  over 180 days) takes 109.6-119.1 s at 10.0 GB, against 120.7 s and 11.0 GB in session
+  16's run.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
@@ -314,7 +350,8 @@ def main() -> None:
   (customer, cutoff) (one key hashes without row encoding); sessionising sorts 12 columns, not
   all 46. The logistic regression's matrix products (linfa multiplies the training matrix by a
   one-column matrix) run on two threads (matrixmultiply's `threading`): the 1M model stage
-  2.5-2.8 s against 3.1 s on one thread (`MATMUL_NUM_THREADS=1`), outputs byte-identical.
+  2.5-2.8 s against 3.1 s on one thread (`MATMUL_NUM_THREADS=1`), outputs byte-identical
+  (session 17 replaced these products with matrix-vector ones).
   Tried and not kept: the daily aggregates' ten frames as one query (`collect_all`, the events
   selected once): the 10M history stage 15.4 s and 15.2 s against 16.0 s and 14.6 s.
 - Time outside the stages: what a night keeps in state (its events, about 1 GB of Parquet at
