@@ -502,6 +502,14 @@ mod tests {
         assert!(err.contains("creating") && err.contains(KEPT_FILE), "{err}");
         // The same answer the second time (the night's state asks again).
         assert!(one.kept.wait().is_err());
+        // Four buckets gathered from memory: the writer stops before the buckets are all sent
+        // (in practice at the first; the run then answers with the writer's error), or after
+        // (its error then comes when the file is asked for).
+        let err = match sessions_and_history(events.clone(), 4, u64::MAX, &job, gone()) {
+            Err(e) => e.to_string(),
+            Ok(b) => b.kept.wait().unwrap_err().to_string(),
+        };
+        assert!(err.contains("creating") && err.contains(KEPT_FILE), "{err}");
         // More: the buckets cannot be written aside.
         let err = sessions_and_history(events, 4, 0, &job, gone())
             .err()
