@@ -280,7 +280,8 @@ def main() -> None:
   the next touch faults on both. Never purging freed memory (`MIMALLOC_PURGE_DELAY=-1`, THP
   off) cut the 10M run's faults from 9.9 to 2.8 million but not its system time (95 s
   against 87 s), at 11.3 GB peak.
-- Session 17: four changes, each checked at 10M for byte-identical published files. (1) The
+- Session 17: four changes, each checked at 10M against the run before (published files
+  byte-identical except where said). (1) The
   logistic regression is fitted by argmin's L-BFGS (the solver linfa-logistic uses) on
   propel's own loss and gradient (d6676df, 4750642): matrix-vector products on a
   column-major matrix, where linfa-logistic multiplied the training matrix by a one-column
