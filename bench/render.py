@@ -281,9 +281,8 @@ def main() -> None:
   off) cut the 10M run's faults from 9.9 to 2.8 million but not its system time (95 s
   against 87 s), at 11.3 GB peak.
 - Session 17: four changes, each checked at 10M against the run before (published files
-  byte-identical except where said). (1) The
-  logistic regression is fitted by argmin's L-BFGS (the solver linfa-logistic uses) on
-  propel's own loss and gradient (d6676df, 4750642): matrix-vector products on a
+  byte-identical except where said). (1) The logistic regression is fitted by argmin's
+  L-BFGS (the solver linfa-logistic uses) on propel's own loss and gradient (d6676df, 4750642): matrix-vector products on a
   column-major matrix, where linfa-logistic multiplied the training matrix by a one-column
   matrix, which packed all of it (250k x 58) at every product, and computed the margins
   twice at every point; the margins and gradient of the last point are kept. Fixed chunks
