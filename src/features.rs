@@ -570,16 +570,19 @@ impl Daily {
                 )),
             }
         }
+        let mut laps = crate::util::Laps::start("daily aggregates");
         let events = base
             .clone()
             .group_by(keys)
             .agg(aggs)
             .collect()
             .ctx("daily aggregates")?;
+        laps.lap("by customer and day");
         let values = value_plans
             .into_iter()
             .map(|(i, lf)| Ok((i, lf.collect().ctx("daily distinct values")?)))
             .collect::<Result<_>>()?;
+        laps.lap("distinct values");
         let sessions = if over_sessions {
             let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
             let n = |t: EventType| is(t).cast(DataType::Int64).sum();

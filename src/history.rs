@@ -29,10 +29,17 @@ const SIGNALS: &str = "signals.parquet";
 impl History {
     /// The history of `events` (canonical events with `customer_id` and `session_id`).
     pub fn build(events: &DataFrame, features: &FeatureSet, label: &LabelDef) -> Result<History> {
+        let mut laps = crate::util::Laps::start("history");
+        let daily = Daily::build(events, features)?;
+        laps.lap("daily aggregates");
+        let labels = crate::labels::label_days(events, label)?;
+        laps.lap("label days");
+        let signals = crate::consent::signals(events)?;
+        laps.lap("consent signals");
         Ok(History {
-            daily: Daily::build(events, features)?,
-            labels: crate::labels::label_days(events, label)?,
-            signals: crate::consent::signals(events)?,
+            daily,
+            labels,
+            signals,
         })
     }
 
