@@ -168,16 +168,17 @@ pub fn write_buckets_above(job: &Job) -> u64 {
 
 /// Sessions and history of `events`, `count` buckets of customers at a time; the events,
 /// with their `session_id`, are written bucket after bucket into `scratch` (`KeptFile`).
-/// Events taking more than `write_above` bytes are written aside by bucket first.
+/// Events taking more than `write_buckets_above(job)` bytes are written aside by bucket
+/// first.
 pub fn sessions_and_history(
     events: DataFrame,
     count: usize,
-    write_above: u64,
     job: &Job,
     scratch: tempfile::TempDir,
 ) -> Result<Bucketed> {
     let total = events.height();
     let size = events.estimated_size() as u64;
+    let write_above = write_buckets_above(job);
     let mut parts = if count == 1 {
         Parts::Held(Some(events))
     } else if size <= write_above {
@@ -186,8 +187,7 @@ pub fn sessions_and_history(
             at_most_mib = write_above >> 20,
             "buckets taken from the events in memory"
         );
-        let rows = bucket_rows(&events, count)?;
-        Parts::Gathered { events, rows }
+        Parts::Gathered(Gathered::new(events, count)?)
     } else {
         // Each bucket is written to the scratch directory, and the night's events let go,
         // before the first is sessionised; then they are read back one at a time.
@@ -197,7 +197,7 @@ pub fn sessions_and_history(
             "buckets written aside: the events take more memory than the stage may hold"
         );
         let started = std::time::Instant::now();
-        let spilled = spill(events, count, scratch.path())?;
+        let spilled = spill(Gathered::new(events, count)?, scratch.path())?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "events written by bucket"
@@ -276,12 +276,29 @@ pub fn sessions_and_history(
 /// events held, or written one file a bucket.
 enum Parts {
     Held(Option<DataFrame>),
-    Gathered {
-        events: DataFrame,
-        /// Each bucket's rows, taken as it is gathered.
-        rows: Vec<IdxCa>,
-    },
+    Gathered(Gathered),
     Spilled(Spilled),
+}
+
+/// The night's events and each bucket's rows (`None`: a bucket without events).
+struct Gathered {
+    events: DataFrame,
+    rows: Vec<Option<IdxCa>>,
+}
+
+impl Gathered {
+    fn new(events: DataFrame, count: usize) -> Result<Gathered> {
+        let rows = bucket_rows(&events, count)?;
+        Ok(Gathered { events, rows })
+    }
+
+    /// Bucket `bucket`'s events, gathered once (`None`: it has none).
+    fn take(&mut self, bucket: usize) -> Result<Option<DataFrame>> {
+        self.rows[bucket]
+            .take()
+            .map(|rows| crate::util::take_by_columns(self.events.clone(), &rows))
+            .transpose()
+    }
 }
 
 /// The buckets' files (`None`: a bucket without events), in a directory removed with this.
@@ -296,14 +313,7 @@ impl Parts {
         match self {
             // A night without events has its one bucket, empty.
             Parts::Held(events) => Ok(events.take()),
-            Parts::Gathered { events, rows } => {
-                let rows =
-                    std::mem::replace(&mut rows[bucket], IdxCa::new_vec("rows".into(), vec![]));
-                if rows.is_empty() {
-                    return Ok(None);
-                }
-                Ok(Some(crate::util::take_by_columns(events.clone(), &rows)?))
-            }
+            Parts::Gathered(gathered) => gathered.take(bucket),
             Parts::Spilled(spilled) => match spilled.files[bucket].take() {
                 None => Ok(None),
                 Some(file) => {
@@ -316,23 +326,22 @@ impl Parts {
     }
 }
 
-/// Writes the events of each of `count` buckets to a file of its own in a directory under
-/// `dir`, in the events' order, and lets the events go.
-fn spill(events: DataFrame, count: usize, dir: &Path) -> Result<Spilled> {
-    let rows = bucket_rows(&events, count)?;
+/// Writes the events of each bucket to a file of its own in a directory under `dir`, in the
+/// events' order, and lets the events go.
+fn spill(mut gathered: Gathered, dir: &Path) -> Result<Spilled> {
     let spill_dir = tempfile::Builder::new()
         .prefix("buckets-")
         .tempdir_in(dir)
         .ctx(format!("creating a directory in {}", dir.display()))?;
+    let count = gathered.rows.len();
     let mut files = Vec::with_capacity(count);
-    for (bucket, rows) in rows.into_iter().enumerate() {
-        if rows.is_empty() {
+    for bucket in 0..count {
+        let started = std::time::Instant::now();
+        let Some(mut part) = gathered.take(bucket)? else {
             files.push(None);
             continue;
-        }
-        let started = std::time::Instant::now();
-        let mut part = crate::util::take_by_columns(events.clone(), &rows)?;
-        let gathered = started.elapsed();
+        };
+        let taken = started.elapsed();
         let file = spill_dir.path().join(format!("{bucket}.parquet"));
         crate::util::write_parquet_with(
             &mut part,
@@ -342,8 +351,8 @@ fn spill(events: DataFrame, count: usize, dir: &Path) -> Result<Spilled> {
         )?;
         tracing::debug!(
             bucket,
-            gather_ms = gathered.as_millis() as u64,
-            write_ms = (started.elapsed() - gathered).as_millis() as u64,
+            gather_ms = taken.as_millis() as u64,
+            write_ms = (started.elapsed() - taken).as_millis() as u64,
             "bucket written"
         );
         files.push(Some(file));
@@ -354,8 +363,8 @@ fn spill(events: DataFrame, count: usize, dir: &Path) -> Result<Spilled> {
     })
 }
 
-/// The rows of each of `count` buckets, in their order.
-fn bucket_rows(events: &DataFrame, count: usize) -> Result<Vec<IdxCa>> {
+/// The rows of each of `count` buckets, in their order (`None`: a bucket without events).
+fn bucket_rows(events: &DataFrame, count: usize) -> Result<Vec<Option<IdxCa>>> {
     let ids = events
         .column(ev::CUSTOMER_ID)
         .ctx("customer ids")?
@@ -400,7 +409,7 @@ fn bucket_rows(events: &DataFrame, count: usize) -> Result<Vec<IdxCa>> {
     }
     Ok(rows
         .into_iter()
-        .map(|r| IdxCa::from_vec("rows".into(), r))
+        .map(|r| (!r.is_empty()).then(|| IdxCa::from_vec("rows".into(), r)))
         .collect())
 }
 
@@ -441,12 +450,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let job = Job::load(None).unwrap();
         let events = resolved_events(dir.path(), &job);
-        // `write_above`: 0 writes every bucket aside, u64::MAX gathers them from memory.
-        let run = |count: usize, write_above: u64| {
+        // `write_above_mib`: 0 writes every bucket aside, u64::MAX gathers them from memory.
+        let run = |count: usize, write_above_mib: u64| {
+            let job = Job {
+                write_buckets_above_mib: Some(write_above_mib),
+                ..job.clone()
+            };
             let b = sessions_and_history(
                 events.clone(),
                 count,
-                write_above,
                 &job,
                 tempfile::tempdir_in(dir.path()).unwrap(),
             )
@@ -459,12 +471,7 @@ mod tests {
             (b, kept)
         };
         let (one, kept_one) = run(1, 0);
-        assert!(
-            bucket_rows(&events, 4)
-                .unwrap()
-                .iter()
-                .all(|r| !r.is_empty())
-        );
+        assert!(bucket_rows(&events, 4).unwrap().iter().all(Option::is_some));
         assert!(one.sessions.height() > 100 && one.events == events.height());
         assert_eq!(kept_one.height(), events.height());
         for write_above in [0, u64::MAX] {
@@ -497,7 +504,7 @@ mod tests {
         };
         // One bucket: the writer thread fails to create the kept file, and says so when the
         // file is asked for.
-        let one = sessions_and_history(events.clone(), 1, 0, &job, gone()).unwrap();
+        let one = sessions_and_history(events.clone(), 1, &job, gone()).unwrap();
         let err = one.kept.wait().unwrap_err().to_string();
         assert!(err.contains("creating") && err.contains(KEPT_FILE), "{err}");
         // The same answer the second time (the night's state asks again).
@@ -505,13 +512,21 @@ mod tests {
         // Four buckets gathered from memory: the writer stops before the buckets are all sent
         // (in practice at the first; the run then answers with the writer's error), or after
         // (its error then comes when the file is asked for).
-        let err = match sessions_and_history(events.clone(), 4, u64::MAX, &job, gone()) {
+        let held = Job {
+            write_buckets_above_mib: Some(u64::MAX),
+            ..job.clone()
+        };
+        let err = match sessions_and_history(events.clone(), 4, &held, gone()) {
             Err(e) => e.to_string(),
             Ok(b) => b.kept.wait().unwrap_err().to_string(),
         };
         assert!(err.contains("creating") && err.contains(KEPT_FILE), "{err}");
         // More: the buckets cannot be written aside.
-        let err = sessions_and_history(events, 4, 0, &job, gone())
+        let aside = Job {
+            write_buckets_above_mib: Some(0),
+            ..job
+        };
+        let err = sessions_and_history(events, 4, &aside, gone())
             .err()
             .expect("an error")
             .to_string();

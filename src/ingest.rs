@@ -828,7 +828,7 @@ fn same_hash(ids: &StringChunked, hash: fn(&str) -> u64) -> BooleanChunked {
         .downcast_iter()
         .collect::<Vec<_>>()
         .into_par_iter()
-        .flat_map_iter(|array| array.iter().map(|id| id.map(hash)).collect::<Vec<_>>())
+        .flat_map_iter(|array| array.iter().map(|id| id.map(hash)))
         .collect();
     let mut sorted: Vec<u64> = hashes.iter().flatten().copied().collect();
     sorted.par_sort_unstable();
@@ -842,9 +842,7 @@ fn same_hash(ids: &StringChunked, hash: fn(&str) -> u64) -> BooleanChunked {
     hashes
         .par_iter()
         .map(|h| h.is_some_and(|h| repeated.binary_search(&h).is_ok()))
-        .collect::<Vec<bool>>()
-        .into_iter()
-        .collect_ca(PlSmallStr::EMPTY)
+        .collect()
 }
 
 /// The input positions of the order events of `rows` whose order id was already ordered

@@ -1122,13 +1122,7 @@ fn prepare_full(
         events,
         history_took,
         kept,
-    } = crate::buckets::sessions_and_history(
-        events,
-        buckets,
-        crate::buckets::write_buckets_above(job),
-        job,
-        scratch,
-    )?;
+    } = crate::buckets::sessions_and_history(events, buckets, job, scratch)?;
     timer.lap_before("sessions", history_took);
     let files = ingest_state.files.clone();
     let increment = match shard {

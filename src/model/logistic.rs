@@ -114,14 +114,21 @@ struct Point {
 }
 
 impl LogLoss<'_> {
-    /// The signed margins at `w`, kept as the last point, and its gradient if known.
-    fn margins(&self, w: &Array1<f64>) -> (Vec<f64>, Option<Array1<f64>>) {
+    /// `f` of the point `w`, worked out unless it is the last one asked about.
+    fn at<R>(&self, w: &Array1<f64>, f: impl FnOnce(&mut Point) -> R) -> R {
         let mut last = self.last.lock().expect("no fit panics holding it");
-        if let Some(point) = last.as_ref()
-            && point.w == w
-        {
-            return (point.margins.clone(), point.gradient.clone());
+        if !matches!(last.as_ref(), Some(point) if point.w == w) {
+            *last = Some(Point {
+                w: w.clone(),
+                margins: self.margins(w),
+                gradient: None,
+            });
         }
+        f(last.as_mut().expect("set above"))
+    }
+
+    /// The signed margins `y (x w + b)`.
+    fn margins(&self, w: &Array1<f64>) -> Vec<f64> {
         let p = self.x.ncols();
         let (coefficients, intercept) = (w.slice(s![..p]), w[p]);
         let mut m = vec![0.0; self.x.nrows()];
@@ -137,12 +144,29 @@ impl LogLoss<'_> {
                 }
                 out *= &ArrayView1::from(y);
             });
-        *last = Some(Point {
-            w: w.clone(),
-            margins: m.clone(),
-            gradient: None,
-        });
-        (m, None)
+        m
+    }
+
+    /// The gradient at `point`.
+    fn gradient_at(&self, point: &Point) -> Array1<f64> {
+        let p = self.x.ncols();
+        // d loss / d margin of each row, signed back: (sigmoid(y z) - 1) y.
+        let mut r = vec![0.0; point.margins.len()];
+        r.par_chunks_mut(ROWS_PER_CHUNK)
+            .zip(point.margins.par_chunks(ROWS_PER_CHUNK))
+            .zip(self.y.par_chunks(ROWS_PER_CHUNK))
+            .for_each(|((r, m), y)| {
+                for ((r, m), y) in r.iter_mut().zip(m).zip(y) {
+                    *r = (sigmoid(*m) - 1.0) * y;
+                }
+            });
+        let r = ArrayView1::from(&r);
+        let mut g: Vec<f64> = (0..p)
+            .into_par_iter()
+            .map(|j| self.x.column(j).dot(&r) + self.l2 * point.w[j])
+            .collect();
+        g.push(chunked_sum(r.as_slice().expect("contiguous"), |v| v));
+        Array1::from(g)
     }
 }
 
@@ -176,7 +200,7 @@ impl CostFunction for LogLoss<'_> {
     fn cost(&self, w: &Array1<f64>) -> std::result::Result<f64, argmin::core::Error> {
         let p = self.x.ncols();
         let coefficients = w.slice(s![..p]);
-        let loss = -chunked_sum(&self.margins(w).0, log_sigmoid);
+        let loss = -self.at(w, |point| chunked_sum(&point.margins, log_sigmoid));
         Ok(loss + 0.5 * self.l2 * coefficients.dot(&coefficients))
     }
 }
@@ -186,32 +210,14 @@ impl Gradient for LogLoss<'_> {
     type Gradient = Array1<f64>;
 
     fn gradient(&self, w: &Array1<f64>) -> std::result::Result<Array1<f64>, argmin::core::Error> {
-        let p = self.x.ncols();
-        let (mut r, known) = self.margins(w);
-        if let Some(g) = known {
-            return Ok(g);
-        }
-        // d loss / d margin of each row, signed back: (sigmoid(y z) - 1) y.
-        r.par_chunks_mut(ROWS_PER_CHUNK)
-            .zip(self.y.par_chunks(ROWS_PER_CHUNK))
-            .for_each(|(r, y)| {
-                for (r, y) in r.iter_mut().zip(y) {
-                    *r = (sigmoid(*r) - 1.0) * y;
-                }
-            });
-        let r = ArrayView1::from(&r);
-        let mut g: Vec<f64> = (0..p)
-            .into_par_iter()
-            .map(|j| self.x.column(j).dot(&r) + self.l2 * w[j])
-            .collect();
-        g.push(chunked_sum(r.as_slice().expect("contiguous"), |v| v));
-        let g = Array1::from(g);
-        if let Some(point) = self.last.lock().expect("no fit panics holding it").as_mut()
-            && point.w == w
-        {
+        Ok(self.at(w, |point| {
+            let g = match point.gradient.take() {
+                Some(g) => g,
+                None => self.gradient_at(point),
+            };
             point.gradient = Some(g.clone());
-        }
-        Ok(g)
+            g
+        }))
     }
 }
 
