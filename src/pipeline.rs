@@ -1916,6 +1916,8 @@ struct Timer {
     start: Instant,
     timings: BTreeMap<&'static str, u128>,
     peaks: BTreeMap<&'static str, u64>,
+    /// Page faults and system time at the last lap.
+    usage: crate::util::Usage,
     span: tracing::span::EnteredSpan,
 }
 
@@ -1936,6 +1938,7 @@ impl Timer {
             start: Instant::now(),
             timings: BTreeMap::new(),
             peaks: BTreeMap::new(),
+            usage: crate::util::Usage::now(),
             span: span.entered(),
         }
     }
@@ -1953,7 +1956,15 @@ impl Timer {
     fn lap(&mut self, stage: &'static str) {
         use tracing_indicatif::span_ext::IndicatifSpanExt;
         let ms = self.start.elapsed().as_millis();
-        info!(stage, ms = ms as u64, "stage done");
+        let usage = crate::util::Usage::now();
+        info!(
+            stage,
+            ms = ms as u64,
+            faults = usage.faults.saturating_sub(self.usage.faults),
+            system_ms = usage.system_ms.saturating_sub(self.usage.system_ms),
+            "stage done"
+        );
+        self.usage = usage;
         self.timings.insert(stage, ms);
         if let Some(mib) = crate::util::peak_rss_mib() {
             self.peaks.insert(stage, mib);

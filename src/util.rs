@@ -170,10 +170,13 @@ fn map_columns(
 }
 
 /// Debug timings of the steps of `what` (`PROPEL_LOG=propel=debug`): each `lap` logs the
-/// milliseconds since the previous one (or the start).
+/// milliseconds since the previous one (or the start), and the process's page faults and
+/// system time over them (on this project's benchmark VM, first touches of fresh memory are
+/// half a run's processor time; see BENCHMARKS.md).
 pub struct Laps {
     what: &'static str,
     clock: std::time::Instant,
+    usage: Usage,
 }
 
 impl Laps {
@@ -181,17 +184,48 @@ impl Laps {
         Laps {
             what,
             clock: std::time::Instant::now(),
+            usage: Usage::now(),
         }
     }
 
     pub fn lap(&mut self, step: &str) {
+        let usage = Usage::now();
         tracing::debug!(
             what = self.what,
             step,
             ms = self.clock.elapsed().as_millis() as u64,
+            faults = usage.faults.saturating_sub(self.usage.faults),
+            system_ms = usage.system_ms.saturating_sub(self.usage.system_ms),
             "step done"
         );
         self.clock = std::time::Instant::now();
+        self.usage = usage;
+    }
+}
+
+/// This process's minor page faults and system processor time so far (zero where
+/// `getrusage` is not available).
+#[derive(Clone, Copy, Default)]
+pub struct Usage {
+    pub faults: u64,
+    pub system_ms: u64,
+}
+
+impl Usage {
+    pub fn now() -> Usage {
+        #[cfg(unix)]
+        {
+            // Safety: getrusage writes into the zeroed struct it is given.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+                return Usage {
+                    faults: usage.ru_minflt as u64,
+                    system_ms: usage.ru_stime.tv_sec as u64 * 1000
+                        + usage.ru_stime.tv_usec as u64 / 1000,
+                };
+            }
+        }
+        Usage::default()
     }
 }
 
