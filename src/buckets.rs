@@ -156,6 +156,25 @@ fn bucket_of(id: &str, count: usize) -> u32 {
     ((crate::util::customer_hash(id) >> 32) % count as u64) as u32
 }
 
+/// The variable with which polars (and so `write_buckets_above`) is told the memory the
+/// process may use, in bytes.
+pub const MEMORY_OVERRIDE: &str = "POLARS_OVERRIDE_TOTAL_MEMORY";
+
+/// Checks `MEMORY_OVERRIDE` before a run starts: polars stops the process (a panic) on a
+/// value that is not a number of bytes, when it first reads it, midway through a run.
+pub fn check_memory_override() -> Result<()> {
+    match std::env::var(MEMORY_OVERRIDE) {
+        Ok(value) if value.parse::<u64>().is_err() => Err(crate::error::ConfigError::one(
+            MEMORY_OVERRIDE,
+            format!(
+                "expected the memory the run may use as a whole number of bytes (e.g. 3221225472 for 3 GiB), found {value:?}"
+            ),
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// The in-memory size (bytes) of a night's events above which `sessions_and_history` writes
 /// its buckets aside: `[sessions] write_buckets_above_mib`, else a quarter of the memory this
 /// process may use (the machine's, or its cgroup's limit, as polars reads it).

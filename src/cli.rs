@@ -308,6 +308,7 @@ fn print_summary(s: &RunSummary) {
 
 /// Runs a parsed command line.
 pub fn execute(cli: Cli) -> Result<()> {
+    crate::buckets::check_memory_override()?;
     match cli.command {
         Command::Run {
             job,

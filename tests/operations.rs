@@ -351,3 +351,32 @@ fn the_airflow_dag_loads_in_a_real_dagbag() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_memory_override_that_is_not_a_number_is_a_configuration_error() {
+    // polars would stop the run with a panic midway, when it first reads the variable.
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let o = Command::new(env!("CARGO_BIN_EXE_propel"))
+        .args([
+            "run",
+            "--input",
+            events.to_str().unwrap(),
+            "--output",
+            "out",
+        ])
+        .env("POLARS_OVERRIDE_TOTAL_MEMORY", "3GiB")
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("POLARS_OVERRIDE_TOTAL_MEMORY")
+            && err.contains("whole number of bytes")
+            && err.contains("\"3GiB\""),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!tmp.path().join("out").exists(), "nothing is written");
+}
