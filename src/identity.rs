@@ -386,6 +386,7 @@ pub fn resolve(
     // Grouped on the streaming engine (10M events: the identity stage 4.4 s against 5.2-7.7 s
     // in memory); their order does not matter, since the graph below is built in sorted maps
     // and sets.
+    let mut laps = crate::util::Laps::start("identity");
     let combinations = events
         .clone()
         .lazy()
@@ -404,6 +405,7 @@ pub fn resolve(
         .ctx("identity combinations")?
         .unwrap_single();
     tracing::debug!(count = combinations.height(), "identifier combinations");
+    laps.lap("combinations");
     let mut lf = combinations
         .clone()
         .lazy()
@@ -762,6 +764,7 @@ pub fn resolve(
             JoinArgs::new(JoinType::Inner),
         )
         .select([col(KEY_KIND), col(KEY_VALUE), col(ev::CUSTOMER_ID)]);
+    laps.lap("graph");
     let before = events.height();
     let customer = events
         .clone()
@@ -803,6 +806,7 @@ pub fn resolve(
             .collect()
             .ctx("assigning customer ids")?
     };
+    laps.lap("customer ids");
     let suppressed_events = before - events_out.height();
     let identity = node_df
         .clone()
