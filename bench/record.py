@@ -8,11 +8,16 @@ from pathlib import Path
 
 
 def gnu_time(path: Path) -> dict:
-    """Wall seconds and peak RSS (MiB) from `/usr/bin/time -v`."""
+    """Wall seconds, user and system processor seconds and peak RSS (MiB) from
+    `/usr/bin/time -v`."""
     if not path.exists():
         return {}
     text = path.read_text()
     out = {}
+    for key, label in [("user_s", "User time"), ("system_s", "System time")]:
+        m = re.search(label + r" \(seconds\): ([\d.]+)", text)
+        if m:
+            out[key] = float(m.group(1))
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     if m:
         out["peak_rss_mib"] = int(m.group(1)) // 1024
@@ -21,6 +26,15 @@ def gnu_time(path: Path) -> dict:
         h, mnt, s = m.groups()
         out["wall_s"] = int(h or 0) * 3600 + int(mnt) * 60 + float(s)
     return out
+
+
+def stages_system_ms(path: Path) -> dict:
+    """Each stage's system processor time (ms) from the run's JSON log lines (`stage done`),
+    where the run logged it."""
+    if not path.exists():
+        return {}
+    found = re.findall(r'"stage":"([a-z]+)","ms":\d+,"faults":\d+,"system_ms":(\d+)', path.read_text())
+    return {k: int(v) for k, v in found}
 
 
 def middle(xs: list, key=lambda x: x):
@@ -35,11 +49,13 @@ def median_run(d: Path, name: str) -> dict | None:
     runs = []
     for t in sorted(d.glob(f"{name}.*.time")):
         record = json.loads(t.with_suffix(".run.json").read_text())
-        runs.append((gnu_time(t), record))
+        runs.append((gnu_time(t) | {"stages_system_ms": stages_system_ms(t)}, record))
     runs = [r for r in runs if "wall_s" in r[0]]
     if not runs:
         return None
     timed, record = middle(runs, key=lambda r: r[0]["wall_s"])
+    if not timed["stages_system_ms"]:
+        del timed["stages_system_ms"]
     return {
         "run": timed | {
             "peak_rss_mib": max(r[0].get("peak_rss_mib", 0) for r in runs),

@@ -70,6 +70,17 @@ def main() -> None:
         st = r.get("propel", {}).get("stages_ms")
         if st:
             print(f"| {s} | " + " | ".join(str(st.get(k, "-")) for k in stages) + " |")
+    system = {s: r["propel"] for s, r in results.items() if r.get("propel", {}).get("stages_system_ms")}
+    if system:
+        print("\nOf which the kernel's time for the process (system time, ms, from each stage's log line; "
+              "two cores, so a stage can take up to twice its wall time), and the whole run's "
+              "processor time (`/usr/bin/time`, the median run):\n")
+        print("| size | " + " | ".join(stages) + " | run: user s | run: system s |")
+        print("|---|" + "---|" * (len(stages) + 2))
+        for s, p in system.items():
+            st = p["stages_system_ms"]
+            print(f"| {s} | " + " | ".join(str(st.get(k, "-")) for k in stages)
+                  + f" | {p.get('user_s', '-')} | {p.get('system_s', '-')} |")
     def check(ok, text):
         print(f"- {'met' if ok else 'NOT met'}: {text}")
 
