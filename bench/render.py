@@ -72,9 +72,10 @@ def main() -> None:
             print(f"| {s} | " + " | ".join(str(st.get(k, "-")) for k in stages) + " |")
     system = {s: r["propel"] for s, r in results.items() if r.get("propel", {}).get("stages_system_ms")}
     if system:
-        print("\nOf which the kernel's time for the process (system time, ms, from each stage's log line; "
-              "two cores, so a stage can take up to twice its wall time), and the whole run's "
-              "processor time (`/usr/bin/time`, the median run):\n")
+        print("\nOf which the kernel's time for the process (system time, ms, from each stage's log line, "
+              "of the median run; two cores, so a stage can take up to twice its wall time; sessions and "
+              "history run bucket by bucket together, so both are under sessions), and the whole run's "
+              "processor time (`/usr/bin/time`):\n")
         print("| size | " + " | ".join(stages) + " | run: user s | run: system s |")
         print("|---|" + "---|" * (len(stages) + 2))
         for s, p in system.items():
@@ -253,7 +254,7 @@ def main() -> None:
   first time this line is met in the harness; its full refresh is slower than session 14's
   116.8 s by the bucket writes, and against that 116.8 s the night would be 14%. The
   nightly-model night (it trains) is 39.5 s against 131.4 s, 30%: features at every
-  training cutoff and the fit do not shrink with one day. The table's run is on 792b2df too:
+  training cutoff and the fit do not shrink with one day. That session's table was on 792b2df too:
   10M in 119.0-137.9 s (median 122.2 s, peak 6.8 GB) against DuckDB's 73.3 s (1.67x, not
   met); demo 4.1 s, 1M 11.1 s. Two measurements for the plan: the polars streaming
   engine (0.55) reads the session id and collector time of 10M events and groups them by
@@ -277,7 +278,7 @@ def main() -> None:
   without the fix). In ingest, the session table and the event ids seen twice are grouped
   on polars' streaming engine (62a9909; the session table 2.0-2.5 s against 4.6 s), and
   the snapshots cache is written with LZ4 and no statistics (0.9 s against 1.6 s). Published
-  files byte-identical to the reference 10M run. The table's run is on 24d8406: 10M in
+  files byte-identical to the reference 10M run. That session's table was on 24d8406: 10M in
   99.7-115.5 s (median 105.0 s) against DuckDB's 72.6 s, 1.45x (1.67x in session 15's
   run), not met. The incremental lines above are on 24d8406 too: the weekly-model night
   11% of its full refresh (13% in session 15's run), the nightly-model night 25% (30%);
@@ -312,7 +313,7 @@ def main() -> None:
   polars' in-memory group-by keeps a list of rows for each of ten million groups. (4)
   Identity groups the identifier combinations on the streaming engine (8c38423; the stage
   4.3-4.4 s against 5.2-7.7 s), and sessionising skips the gap-session join when every event
-  has a tracker session (6d3ec29). The table's run is on 1d492fd: 10M in 85.5-91.2 s
+  has a tracker session (6d3ec29). Session 17's harness run, on 1d492fd: 10M in 85.5-91.2 s
   (median 88.8 s, peak 8.5 GB) against DuckDB's 75.3 s, 1.18x (1.45x in session 16's run),
   not met. By stage (the median run): ingest 29.2 s (reading the files 15-29 s by hand,
   filtering the used rows into a new frame 3.5-5.6 s, the session table and the session
@@ -327,6 +328,37 @@ def main() -> None:
   rebuilds the graph from all its nodes, 3.9 s). The full refresh of that set (11.8M events
   over 180 days) takes 109.6-119.1 s at 10.0 GB, against 120.7 s and 11.0 GB in session
   16's run.
+- Session 18: nothing a run computes or how it computes it changed; the table's run (demo,
+  1M, 10M) is on e671fe8, 10M in 85.2-96.2 s (median 92.4 s, peak 8,427 MiB) against DuckDB's
+  72.8 s: 1.27x, not met (1.18x in session 17's run, with the same computation). Each stage's
+  log line now carries the page faults and system time it took (8b46ad8, 1d0f758), and the
+  table above shows them: at 10M the kernel took 64 s of the run's 159 s of processor time,
+  25.5 s of it in ingest and 29.5 s in sessions and history. Why it costs so much here: this
+  VM reports free memory to its host (`virtio_balloon` free page reporting) with
+  `page_reporting_order` 5 and `min_free_ms` 0 (`/sys/module/page_reporting/parameters`),
+  so every free block of 128 KiB or more the guest kernel gets back goes to the host at once,
+  and the next touch of that memory faults on the host as well: at 10M a run takes 7.5
+  million faults and 53-81 s of system time (7-11 us a fault, were faults all of it), while
+  at 1M ingest's 283 thousand faults take 0.7 s (2.4 us each). Measured
+  by hand at 10M, alternating with the binary before, two runs each, and not kept: (1)
+  leaving the rows ingest drops in the read frame, selected by a mask until the buckets
+  gather them, instead of filtering them into a new frame: ingest 15.6-16.5 s against
+  20.3-33.8 s and 1.3-1.5 million faults fewer, but identity 8.2-8.9 s against 4.2-4.8 s
+  and sessions 29.7-29.9 s against 24.6-26.5 s, because the columns stay in one chunk per file (120)
+  and polars gathers text from many chunks by copying every string (gathering chunk by
+  chunk, then joining the chunks, copies twice); whole runs 83.9 and 85.7 s against 91.4 and
+  81.9 s. (2) Not writing the kept events at all (the file `--from-stage features` reads; a
+  measurement, not an option): sessions 13.6-14.1 s against 24.1-27.0 s, whole runs 77.2 and
+  81.3 s against 84.8 and 94.4 s, so writing that file costs 8-13 s of a 10M run, most of it
+  system time. Writing it with LZ4, in row groups of 65,536 rows, or encoding its columns on
+  the writer's own thread (`set_parallel(false)`) changed nothing beyond the run-to-run
+  spread. (3) mimalloc purging with MADV_FREE instead of decommitting
+  (`MIMALLOC_PURGE_DECOMMITS=0`): 2.7 million faults instead of 7.5 and sessions 16-19 s
+  instead of 24-27 s, but ingest 34-39 s instead of 23-35 s and a peak of 10,715-10,874 MiB
+  instead of 8,303-8,433 MiB (pages freed that way count until the kernel takes them); whole
+  runs 81.6-88.7 s against 84.2-93.0 s. A run now stops with a configuration error (exit 2)
+  before it starts when `POLARS_OVERRIDE_TOTAL_MEMORY` is not a number of bytes, instead of
+  polars' panic midway (bc00deb).
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
