@@ -353,7 +353,7 @@ def main() -> None:
   system time. Writing it with LZ4, in row groups of 65,536 rows, or encoding its columns on
   the writer's own thread (`set_parallel(false)`) changed nothing beyond the run-to-run
   spread; encoding it and writing the bytes to `/dev/null` instead of a file took sessions
-  21.3-22.7 s against 23.7-23.8 s: the Parquet encoding of 10M rows of 44 columns is most of
+  21.3-22.7 s against 23.7-23.8 s: the Parquet encoding of 10M rows of 45 columns is most of
   the cost, not the page cache. (3) mimalloc purging with MADV_FREE instead of decommitting
   (`MIMALLOC_PURGE_DECOMMITS=0`): 2.7 million faults instead of 7.5 and sessions 16-19 s
   instead of 24-27 s, but ingest 34-39 s instead of 23-35 s and a peak of 10,715-10,874 MiB
