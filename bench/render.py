@@ -354,7 +354,10 @@ def main() -> None:
   the writer's own thread (`set_parallel(false)`) changed nothing beyond the run-to-run
   spread; encoding it and writing the bytes to `/dev/null` instead of a file took sessions
   21.3-22.7 s against 23.7-23.8 s: the Parquet encoding of 10M rows of 45 columns is most of
-  the cost, not the page cache. (3) mimalloc purging with MADV_FREE instead of decommitting
+  the cost, not the page cache. Arrow IPC instead of Parquet (a file a bucket, uncompressed,
+  with polars' `ipc` feature) was far worse: sessions 47-60 s against 25-27 s and 11 million
+  faults, as polars' IPC writer copies each bucket's text out of the buffers it shares with
+  the other buckets and builds each batch in memory before writing it. (3) mimalloc purging with MADV_FREE instead of decommitting
   (`MIMALLOC_PURGE_DECOMMITS=0`): 2.7 million faults instead of 7.5 and sessions 16-19 s
   instead of 24-27 s, but ingest 34-39 s instead of 23-35 s and a peak of 10,715-10,874 MiB
   instead of 8,303-8,433 MiB (pages freed that way count until the kernel takes them); whole
