@@ -33,8 +33,14 @@ def stages_system_ms(path: Path) -> dict:
     where the run logged it."""
     if not path.exists():
         return {}
-    found = re.findall(r'"stage":"([a-z]+)","ms":\d+,"faults":\d+,"system_ms":(\d+)', path.read_text())
-    return {k: int(v) for k, v in found}
+    out = {}
+    for line in path.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        fields = json.loads(line).get("fields", {})
+        if fields.get("message") == "stage done" and "system_ms" in fields:
+            out[fields["stage"]] = fields["system_ms"]
+    return out
 
 
 def middle(xs: list, key=lambda x: x):

@@ -158,7 +158,7 @@ fn bucket_of(id: &str, count: usize) -> u32 {
 
 /// The variable with which polars (and so `write_buckets_above`) is told the memory the
 /// process may use, in bytes.
-pub const MEMORY_OVERRIDE: &str = "POLARS_OVERRIDE_TOTAL_MEMORY";
+const MEMORY_OVERRIDE: &str = "POLARS_OVERRIDE_TOTAL_MEMORY";
 
 /// Checks `MEMORY_OVERRIDE` before a run starts: polars stops the process (a panic) on a
 /// value that is not a number of bytes, when it first reads it, midway through a run.

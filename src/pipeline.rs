@@ -1956,15 +1956,14 @@ impl Timer {
     fn lap(&mut self, stage: &'static str) {
         use tracing_indicatif::span_ext::IndicatifSpanExt;
         let ms = self.start.elapsed().as_millis();
-        let usage = crate::util::Usage::now();
+        let used = self.usage.lap();
         info!(
             stage,
             ms = ms as u64,
-            faults = usage.faults.saturating_sub(self.usage.faults),
-            system_ms = usage.system_ms.saturating_sub(self.usage.system_ms),
+            faults = used.faults,
+            system_ms = used.system_ms,
             "stage done"
         );
-        self.usage = usage;
         self.timings.insert(stage, ms);
         if let Some(mib) = crate::util::peak_rss_mib() {
             self.peaks.insert(stage, mib);

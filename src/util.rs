@@ -189,17 +189,16 @@ impl Laps {
     }
 
     pub fn lap(&mut self, step: &str) {
-        let usage = Usage::now();
+        let used = self.usage.lap();
         tracing::debug!(
             what = self.what,
             step,
             ms = self.clock.elapsed().as_millis() as u64,
-            faults = usage.faults.saturating_sub(self.usage.faults),
-            system_ms = usage.system_ms.saturating_sub(self.usage.system_ms),
+            faults = used.faults,
+            system_ms = used.system_ms,
             "step done"
         );
         self.clock = std::time::Instant::now();
-        self.usage = usage;
     }
 }
 
@@ -226,6 +225,17 @@ impl Usage {
             }
         }
         Usage::default()
+    }
+
+    /// What the process used since `self` was read; `self` becomes now.
+    pub fn lap(&mut self) -> Usage {
+        let now = Usage::now();
+        let used = Usage {
+            faults: now.faults.saturating_sub(self.faults),
+            system_ms: now.system_ms.saturating_sub(self.system_ms),
+        };
+        *self = now;
+        used
     }
 }
 
