@@ -10,7 +10,10 @@
 //! own and the night's events are let go, so this stage holds one bucket's events (and the one
 //! being written), not the night's. Writing them aside costs time (at 10M events about 15 s
 //! on the benchmark machine, where holding them costs 1.6 GB more at the peak), so it is done
-//! only under that memory pressure.
+//! only under that memory pressure. When ingest wrote a night's rows aside, each of its
+//! buckets' events is appended to the files of their customers' buckets
+//! (`append_by_customer`, `BucketFiles`) and the night's events are never held
+//! (`sessions_and_history_written`).
 
 use std::path::Path;
 
@@ -20,6 +23,10 @@ use crate::config::Job;
 use crate::error::{Context, Result};
 use crate::history::History;
 use crate::schema::event as ev;
+
+/// The prefix of scratch directories (buckets written aside, the kept events being written):
+/// a run clears what a crashed run left under this prefix in the state location.
+pub const SCRATCH_PREFIX: &str = ".events-writing-";
 
 /// About this many events make a bucket by default (`[sessions] events_per_bucket`): each
 /// holds a few hundred megabytes while it is sessionised, instead of the night's gigabytes.
@@ -198,7 +205,7 @@ pub fn sessions_and_history(
     let total = events.height();
     let size = events.estimated_size() as u64;
     let write_above = write_buckets_above(job);
-    let mut parts = if count == 1 {
+    let parts = if count == 1 {
         Parts::Held(Some(events))
     } else if size <= write_above {
         tracing::info!(
@@ -223,6 +230,44 @@ pub fn sessions_and_history(
         );
         Parts::Spilled(spilled)
     };
+    each_bucket(parts, count, total, job, scratch)
+}
+
+/// `sessions_and_history` of events already written by bucket of customers
+/// (`append_by_customer`), `events` of them.
+pub fn sessions_and_history_written(
+    spilled: Spilled,
+    events: usize,
+    job: &Job,
+    scratch: tempfile::TempDir,
+) -> Result<Bucketed> {
+    let count = spilled.buckets();
+    each_bucket(Parts::Spilled(spilled), count, events, job, scratch)
+}
+
+/// Appends each row of `events` to the file of its customer's bucket.
+pub fn append_by_customer(files: &mut BucketFiles, events: &DataFrame) -> Result<()> {
+    let count = files.buckets();
+    let ids = events
+        .column(ev::CUSTOMER_ID)
+        .ctx("customer ids")?
+        .str()
+        .ctx("customer ids")?;
+    // Identity gives every event a customer; were one without, it would go to bucket 0.
+    let buckets = ids
+        .iter()
+        .map(|id| id.map_or(0, |id| bucket_of(id, count) as usize));
+    files.append(events, buckets)
+}
+
+/// Sessions and history of each of the `count` buckets of `parts` (`total` events) in turn.
+fn each_bucket(
+    mut parts: Parts,
+    count: usize,
+    total: usize,
+    job: &Job,
+    scratch: tempfile::TempDir,
+) -> Result<Bucketed> {
     // `send` is declared after `kept`, so it is dropped first on every way out: dropping `kept`
     // waits for the writer, which ends only once `send` is gone.
     let (kept, send) = KeptFile::start(scratch);
@@ -320,10 +365,131 @@ impl Gathered {
     }
 }
 
-/// The buckets' files (`None`: a bucket without events), in a directory removed with this.
-struct Spilled {
+/// Rows written by bucket, one file a bucket (`None`: a bucket without rows), in a directory
+/// removed with this.
+pub struct Spilled {
     _dir: tempfile::TempDir,
     files: Vec<Option<std::path::PathBuf>>,
+}
+
+impl Spilled {
+    pub fn buckets(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Bucket `bucket`'s file (`None`: it has none).
+    pub fn file(&self, bucket: usize) -> Option<&Path> {
+        self.files[bucket].as_deref()
+    }
+
+    /// Bucket `bucket`'s rows (`None`: it has none).
+    pub fn read(&self, bucket: usize) -> Result<Option<DataFrame>> {
+        self.files[bucket]
+            .as_ref()
+            .map(|file| crate::util::categorical(crate::util::read_parquet(file)?))
+            .transpose()
+    }
+
+    /// Bucket `bucket`'s rows, once: its file is removed (`None`: it has none).
+    fn take(&mut self, bucket: usize) -> Result<Option<DataFrame>> {
+        let part = self.read(bucket)?;
+        if let Some(file) = self.files[bucket].take() {
+            std::fs::remove_file(&file).ctx(format!("removing {}", file.display()))?;
+        }
+        Ok(part)
+    }
+}
+
+/// Rows written by bucket as they come: each bucket's rows are appended to a file of its own
+/// (Parquet without compression or statistics, opened with its first rows) in a scratch
+/// directory, then read back a bucket at a time (`Spilled`).
+pub struct BucketFiles {
+    dir: tempfile::TempDir,
+    writers: Vec<Option<polars::io::parquet::write::BatchedWriter<std::fs::File>>>,
+}
+
+impl BucketFiles {
+    /// `count` buckets in a new directory under `within` (the system's temporary directory
+    /// without one).
+    pub fn create(within: Option<&Path>, count: usize) -> Result<BucketFiles> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(SCRATCH_PREFIX);
+        let dir = match within {
+            Some(dir) => builder.tempdir_in(dir),
+            None => builder.tempdir(),
+        }
+        .ctx("creating a scratch directory for buckets")?;
+        Ok(BucketFiles {
+            dir,
+            writers: (0..count).map(|_| None).collect(),
+        })
+    }
+
+    pub fn buckets(&self) -> usize {
+        self.writers.len()
+    }
+
+    fn file(&self, bucket: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("{bucket}.parquet"))
+    }
+
+    /// Appends each row of `rows` to its bucket, `buckets` giving each row's, in order.
+    pub fn append(&mut self, rows: &DataFrame, buckets: impl Iterator<Item = usize>) -> Result<()> {
+        let mut of_bucket: Vec<Vec<IdxSize>> = vec![Vec::new(); self.writers.len()];
+        for (row, bucket) in buckets.enumerate() {
+            of_bucket[bucket].push(row as IdxSize);
+        }
+        for (bucket, idx) in of_bucket.into_iter().enumerate() {
+            if !idx.is_empty() {
+                let idx = IdxCa::from_vec("rows".into(), idx);
+                self.append_to(bucket, crate::util::take_by_columns(rows.clone(), &idx)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends every row of `part` to bucket `bucket` (a bucket given no row has no file,
+    /// unless given an empty frame).
+    pub fn append_to(&mut self, bucket: usize, mut part: DataFrame) -> Result<()> {
+        let file = self.file(bucket);
+        let writer = match &mut self.writers[bucket] {
+            Some(w) => w,
+            slot => slot.insert(
+                ParquetWriter::new(
+                    std::fs::File::create(&file).ctx(format!("creating {}", file.display()))?,
+                )
+                .with_compression(ParquetCompression::Uncompressed)
+                .with_statistics(StatisticsOptions::empty())
+                .batched(part.schema())
+                .ctx(format!("writing {}", file.display()))?,
+            ),
+        };
+        if part.height() == 0 {
+            return Ok(());
+        }
+        part.rechunk_mut_par();
+        writer
+            .write_batch(&part)
+            .ctx(format!("writing {}", file.display()))
+    }
+
+    pub fn finish(self) -> Result<Spilled> {
+        let mut files = Vec::with_capacity(self.writers.len());
+        for (bucket, writer) in self.writers.into_iter().enumerate() {
+            files.push(match writer {
+                None => None,
+                Some(w) => {
+                    let file = self.dir.path().join(format!("{bucket}.parquet"));
+                    w.finish().ctx(format!("writing {}", file.display()))?;
+                    Some(file)
+                }
+            });
+        }
+        Ok(Spilled {
+            _dir: self.dir,
+            files,
+        })
+    }
 }
 
 impl Parts {
@@ -333,14 +499,7 @@ impl Parts {
             // A night without events has its one bucket, empty.
             Parts::Held(events) => Ok(events.take()),
             Parts::Gathered(gathered) => gathered.take(bucket),
-            Parts::Spilled(spilled) => match spilled.files[bucket].take() {
-                None => Ok(None),
-                Some(file) => {
-                    let part = crate::util::categorical(crate::util::read_parquet(&file)?)?;
-                    std::fs::remove_file(&file).ctx(format!("removing {}", file.display()))?;
-                    Ok(Some(part))
-                }
-            },
+            Parts::Spilled(spilled) => spilled.take(bucket),
         }
     }
 }

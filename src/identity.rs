@@ -183,8 +183,12 @@ impl IdentityState {
 
 /// Result of identity resolution.
 pub struct Resolved {
-    /// The events with a `customer_id` column (suppressed customers' events removed).
+    /// The events with a `customer_id` column (suppressed customers' events removed); empty
+    /// when resolved from combinations alone (`resolve_combinations`).
     pub events: DataFrame,
+    /// The customer of each identity key (an event's first identifier: its kind's number and
+    /// raw value), which `customer_ids` gives events.
+    pub keys: DataFrame,
     /// kind, identifier, customer_id, first_seen, last_seen: one row per identifier.
     pub identity: DataFrame,
     /// customer_id, user_id (latest non-e-mail user id), email_sha256 (latest e-mail).
@@ -373,19 +377,18 @@ pub fn resolve(
     limits: &BTreeMap<String, usize>,
     suppression: &Suppression,
 ) -> Result<Resolved> {
-    let user = |raw: &str| {
-        if raw.contains('@') {
-            node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(raw)))
-        } else {
-            node(kind::USER_ID, raw.trim())
-        }
-    };
-    let email = |raw: &str| node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(raw)));
-    // The graph is built from the distinct identifier combinations (with their first and
-    // last sighting), never from every event: its cost grows with identifiers, not events.
-    // Grouped on the streaming engine (10M events: the identity stage 4.4 s against 5.2-7.7 s
-    // in memory); their order does not matter, since the graph below is built in sorted maps
-    // and sets.
+    let mut resolved = resolve_combinations(combinations(events)?, previous, limits, suppression)?;
+    resolved.events = customer_ids(events.clone(), &resolved.keys)?;
+    resolved.suppressed_events = events.height() - resolved.events.height();
+    Ok(resolved)
+}
+
+/// The distinct identifier combinations of `events`, with their first and last sighting: the
+/// graph is built from them, never from every event, so its cost grows with identifiers, not
+/// events. Grouped on the streaming engine (10M events: the identity stage 4.4 s against
+/// 5.2-7.7 s in memory); their order does not matter, since the graph is built in sorted maps
+/// and sets.
+pub fn combinations(events: &DataFrame) -> Result<DataFrame> {
     let mut laps = crate::util::Laps::start("identity");
     let combinations = events
         .clone()
@@ -404,8 +407,43 @@ pub fn resolve(
         .collect_with_engine(Engine::Streaming)
         .ctx("identity combinations")?
         .unwrap_single();
-    tracing::debug!(count = combinations.height(), "identifier combinations");
     laps.lap("combinations");
+    Ok(combinations)
+}
+
+/// The combinations of the parts of a night's events (`combinations` of each), as those of
+/// all of them.
+pub fn combine_combinations(parts: Vec<DataFrame>) -> Result<DataFrame> {
+    concat(
+        parts.into_iter().map(|p| p.lazy()).collect::<Vec<_>>(),
+        UnionArgs::default(),
+    )
+    .ctx("identity combinations")?
+    .group_by(NODE_COLUMNS.map(|(_, c)| col(c)))
+    .agg([col(FIRST_SEEN).min(), col(LAST_SEEN).max()])
+    .collect()
+    .ctx("identity combinations")
+}
+
+/// Resolves identities from the identifier `combinations` of a night's events
+/// (`combinations`): everything `resolve` gives but the events, which `customer_ids` then
+/// gives their customer from `Resolved::keys` (`events` is empty, `suppressed_events` 0).
+pub fn resolve_combinations(
+    combinations: DataFrame,
+    previous: Option<&IdentityState>,
+    limits: &BTreeMap<String, usize>,
+    suppression: &Suppression,
+) -> Result<Resolved> {
+    let user = |raw: &str| {
+        if raw.contains('@') {
+            node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(raw)))
+        } else {
+            node(kind::USER_ID, raw.trim())
+        }
+    };
+    let email = |raw: &str| node(kind::EMAIL_SHA256, &sha256_hex(&normalise_email(raw)));
+    let mut laps = crate::util::Laps::start("identity");
+    tracing::debug!(count = combinations.height(), "identifier combinations");
     let mut lf = combinations
         .clone()
         .lazy()
@@ -764,50 +802,8 @@ pub fn resolve(
             JoinArgs::new(JoinType::Inner),
         )
         .select([col(KEY_KIND), col(KEY_VALUE), col(ev::CUSTOMER_ID)]);
+    let keys = key_customer.collect().ctx("identity keys")?;
     laps.lap("graph");
-    let before = events.height();
-    let customer = events
-        .clone()
-        .lazy()
-        .select(identifier_columns())
-        .select(key_exprs())
-        .join(
-            key_customer,
-            [col(KEY_KIND), col(KEY_VALUE)],
-            [col(KEY_KIND), col(KEY_VALUE)],
-            crate::util::left_join_ordered(),
-        )
-        .select([col(ev::CUSTOMER_ID)])
-        .collect_with_engine(Engine::Streaming)
-        .ctx("assigning customer ids")?
-        .unwrap_single();
-    debug_assert_eq!(customer.height(), before, "one customer per event");
-    let mut events_out = events.clone();
-    events_out
-        .with_column(
-            customer
-                .column(ev::CUSTOMER_ID)
-                .ctx("customer ids")?
-                .clone(),
-        )
-        .ctx("assigning customer ids")?;
-    // Rows of suppressed customers go; when there are none, the rows are not copied.
-    let events_out = if events_out
-        .column(ev::CUSTOMER_ID)
-        .ctx("customer ids")?
-        .null_count()
-        == 0
-    {
-        events_out
-    } else {
-        events_out
-            .lazy()
-            .filter(col(ev::CUSTOMER_ID).is_not_null())
-            .collect()
-            .ctx("assigning customer ids")?
-    };
-    laps.lap("customer ids");
-    let suppressed_events = before - events_out.height();
     let identity = node_df
         .clone()
         .lazy()
@@ -874,7 +870,8 @@ pub fn resolve(
         .collect()
         .ctx("customers")?;
     Ok(Resolved {
-        events: events_out,
+        events: DataFrame::empty(),
+        keys,
         identity,
         customers,
         changes: changes_df,
@@ -884,8 +881,57 @@ pub fn resolve(
             edges: edge_df,
         },
         suppressed_customers,
-        suppressed_events,
+        suppressed_events: 0,
     })
+}
+
+/// `events` with the `customer_id` of their identity key in `keys` (`Resolved::keys`); the
+/// events of suppressed customers go.
+pub fn customer_ids(events: DataFrame, keys: &DataFrame) -> Result<DataFrame> {
+    let mut laps = crate::util::Laps::start("identity");
+    let before = events.height();
+    let customer = events
+        .clone()
+        .lazy()
+        .select(identifier_columns())
+        .select(key_exprs())
+        .join(
+            keys.clone().lazy(),
+            [col(KEY_KIND), col(KEY_VALUE)],
+            [col(KEY_KIND), col(KEY_VALUE)],
+            crate::util::left_join_ordered(),
+        )
+        .select([col(ev::CUSTOMER_ID)])
+        .collect_with_engine(Engine::Streaming)
+        .ctx("assigning customer ids")?
+        .unwrap_single();
+    debug_assert_eq!(customer.height(), before, "one customer per event");
+    let mut events = events;
+    events
+        .with_column(
+            customer
+                .column(ev::CUSTOMER_ID)
+                .ctx("customer ids")?
+                .clone(),
+        )
+        .ctx("assigning customer ids")?;
+    // Rows of suppressed customers go; when there are none, the rows are not copied.
+    let events = if events
+        .column(ev::CUSTOMER_ID)
+        .ctx("customer ids")?
+        .null_count()
+        == 0
+    {
+        events
+    } else {
+        events
+            .lazy()
+            .filter(col(ev::CUSTOMER_ID).is_not_null())
+            .collect()
+            .ctx("assigning customer ids")?
+    };
+    laps.lap("customer ids");
+    Ok(events)
 }
 
 #[cfg(test)]

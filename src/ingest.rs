@@ -6,6 +6,13 @@
 //!
 //! The files are decoded once; which rows are used is decided on their key columns, and the
 //! wide columns are then filtered one at a time, so that the rows are never held twice.
+//!
+//! Rows too many to hold (`Memory`) are written aside as they are read, in buckets cut by a
+//! hash of the event id, so that every copy of an event is in one bucket: each bucket's
+//! quarantine and copies are decided on its own, the session cap from the tracker sessions'
+//! starts of every bucket (gathered as the files are read), and the repeated orders and the
+//! as-of date on the order events of every bucket; each bucket's used events are then written
+//! aside again (`Ingested::written`). Either way the same rows are used.
 
 use std::path::PathBuf;
 
@@ -36,8 +43,11 @@ pub struct IngestCounts {
 
 /// The result of ingest.
 pub struct Ingested {
-    /// Canonical events, deduplicated, before the as-of date.
+    /// Canonical events, deduplicated, before the as-of date (empty when `written`).
     pub events: DataFrame,
+    /// When the rows were written aside (`Memory`), the events instead: a file a bucket of
+    /// event ids.
+    pub written: Option<crate::buckets::Spilled>,
     /// Rows that could not be used, with `quarantine_reason`, `source_file` and the input's
     /// number (`_input`, not published).
     pub quarantine: DataFrame,
@@ -46,7 +56,7 @@ pub struct Ingested {
     pub as_of: chrono::NaiveDate,
     /// `event_id`, `collector_tstamp` (µs), `_input` of the events this night kept (the
     /// copies that won), to add to the keys of the nights before.
-    pub new_keys: DataFrame,
+    pub new_keys: NewKeys,
     /// What the next night starts from.
     pub state: IngestState,
 }
@@ -845,27 +855,6 @@ fn same_hash(ids: &StringChunked, hash: fn(&str) -> u64) -> BooleanChunked {
         .collect()
 }
 
-/// The input positions of the order events of `rows` whose order id was already ordered
-/// earlier in the same session, worked out on the key columns of the order events only.
-fn repeated_orders(rows: LazyFrame) -> Result<Series> {
-    let repeats = rows
-        .select([
-            col(ORDER),
-            col(ev::EVENT_TYPE),
-            col(ev::ORDER_ID),
-            col(ev::DOMAIN_SESSIONID),
-            col(ev::TSTAMP),
-        ])
-        .filter(
-            col(ev::EVENT_TYPE)
-                .eq(lit(EventType::Order.name()))
-                .and(col(ev::ORDER_ID).is_not_null())
-                .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
-        )
-        .filter(first_in(&[ev::DOMAIN_SESSIONID, ev::ORDER_ID], ev::TSTAMP).not());
-    positions(repeats, "finding repeated orders")
-}
-
 /// The `_order` column of `rows`, collected.
 fn positions(rows: LazyFrame, what: &str) -> Result<Series> {
     let df = rows.select([col(ORDER)]).collect().ctx(what.to_string())?;
@@ -1065,7 +1054,17 @@ pub fn ingest(
     as_of: Option<chrono::NaiveDate>,
     quality: &Quality,
 ) -> Result<Ingested> {
-    Ok(ingest_from(inputs, as_of, quality, None)?.expect("a full read needs no state"))
+    ingest_with(inputs, as_of, quality, &Memory::held())
+}
+
+/// `ingest`, holding at most what `memory` allows.
+pub fn ingest_with(
+    inputs: &[InputDef],
+    as_of: Option<chrono::NaiveDate>,
+    quality: &Quality,
+    memory: &Memory,
+) -> Result<Ingested> {
+    Ok(ingest_from(inputs, as_of, quality, None, memory)?.expect("a full read needs no state"))
 }
 
 /// Per input, the files listed and the files to read, and how many were pruned.
@@ -1136,6 +1135,7 @@ pub fn ingest_from(
     as_of: Option<chrono::NaiveDate>,
     quality: &Quality,
     previous: Option<&Previous>,
+    memory: &Memory,
 ) -> Result<std::result::Result<Ingested, FullRefresh>> {
     let location = inputs
         .iter()
@@ -1207,35 +1207,15 @@ pub fn ingest_from(
         }
         .into());
     }
-    let unreadable = |e: PolarsError| InputError::Unreadable {
-        location: location.clone(),
-        source: Box::new(e),
+    let unreadable = |e: PolarsError| -> crate::error::Error {
+        InputError::Unreadable {
+            location: location.clone(),
+            source: Box::new(e),
+        }
+        .into()
     };
-    let rows = concat(frames, UnionArgs::default())
-        .ctx("combining input files")?
-        .collect()
-        .map_err(unreadable)?;
-    let read = rows.height();
+    let (mut rows, sessions_now, read) = read_rows(frames, &paths, memory, &unreadable)?;
     laps.lap("files read");
-    let micros = |c: &str| col(c).cast(DataType::Int64);
-    // Each tracker session's first and last usable collector time (the row rules passed; the
-    // session cap is measured from the first), combined with the nights before's.
-    let sessions_now = rows
-        .clone()
-        .lazy()
-        .filter(
-            col(REASON_CODE)
-                .is_null()
-                .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
-        )
-        .group_by([col(ev::DOMAIN_SESSIONID)])
-        .agg([
-            micros(ev::COLLECTOR_TSTAMP).min().alias(START),
-            micros(ev::COLLECTOR_TSTAMP).max().alias(LAST),
-        ])
-        .collect_with_engine(Engine::Streaming)
-        .ctx("session starts")?
-        .unwrap_single();
     let sessions = match previous {
         Some(p) => {
             // The night before's starts of the tracker sessions these files have, and of the
@@ -1298,8 +1278,610 @@ pub fn ingest_from(
     .collect()
     .ctx("session starts")?;
     laps.lap("sessions table");
+    // Each bucket's rows decided on their own (every copy of an event is in its bucket); the
+    // orders, which a session can repeat across buckets, are decided on all of them after.
+    let mut decided = Vec::with_capacity(rows.buckets());
+    // Rows written aside have their event keys written as they are decided.
+    let mut keys_written = match &rows {
+        Rows::Held(_) => None,
+        Rows::Spilled(_) => Some(crate::buckets::BucketFiles::create(
+            memory.scratch.as_deref(),
+            1,
+        )?),
+    };
+    for bucket in 0..rows.buckets() {
+        let Some(part) = rows.take(bucket)? else {
+            decided.push(None);
+            continue;
+        };
+        let all = capped(part, &sessions, quality, &rules, &unreadable)?;
+        match decide(all, &rules, previous, rows.holds())? {
+            Ok(mut d) => {
+                if let Some(keys) = &mut keys_written {
+                    keys.append_to(0, std::mem::take(&mut d.new_keys))?;
+                }
+                decided.push(Some(d))
+            }
+            Err(why) => return Ok(Err(why)),
+        }
+    }
+    laps.lap("rows decided");
+    let done = || decided.iter().flatten();
+    let quarantine = concat(
+        done()
+            .map(|d| d.quarantine.clone().lazy())
+            .collect::<Vec<_>>(),
+        UnionArgs::default(),
+    )
+    .ctx("quarantine")?;
+    let files = df!(
+        "_file" => (0..paths.len() as u64).collect::<Vec<_>>(),
+        SOURCE_FILE => &paths,
+    )
+    .ctx("quarantine")?;
+    let quarantine = quarantine
+        .sort([ORDER], Default::default())
+        .join(
+            files.lazy(),
+            [col("_file")],
+            [col("_file")],
+            crate::util::left_join_ordered(),
+        )
+        .select(
+            canonical_columns()
+                .into_iter()
+                .map(|(c, _)| col(c))
+                .chain([col(SOURCE_FILE), col(INPUT), col(output::QUARANTINE_REASON)])
+                .collect::<Vec<_>>(),
+        )
+        .collect()
+        .ctx("quarantine")?;
+    // The quarantine is kept between nights and published as text.
+    let quarantine = crate::util::text(quarantine)?;
+    laps.lap("quarantine");
+    // One order tracked twice in a session (a reloaded confirmation page, a retried tracker
+    // call with a new event id): the first one counts, as dbt-snowplow-ecommerce does.
+    let candidates = concat(
+        done().map(|d| d.orders.clone().lazy()).collect::<Vec<_>>(),
+        UnionArgs::default(),
+    )
+    .ctx("orders")?
+    .collect()
+    .ctx("orders")?;
+    let repeats = positions(
+        candidates
+            .clone()
+            .lazy()
+            .filter(first_in(&[ev::DOMAIN_SESSIONID, ev::ORDER_ID], ev::TSTAMP).not()),
+        "finding repeated orders",
+    )?;
+    let orders_now = without(candidates.clone().lazy(), repeats.clone()).select([
+        col(ORDER),
+        col(ev::DOMAIN_SESSIONID),
+        col(ev::ORDER_ID),
+        micros(ev::TSTAMP).alias(AT),
+        col(INPUT),
+    ]);
+    laps.lap("repeated orders");
+    let mut repeated_before = Series::new_empty(ORDER.into(), &DataType::UInt64);
+    let orders = match previous {
+        Some(p) => {
+            let again = orders_now
+                .clone()
+                .join(
+                    p.state.orders.clone().lazy(),
+                    [col(ev::DOMAIN_SESSIONID), col(ev::ORDER_ID)],
+                    [col(ev::DOMAIN_SESSIONID), col(ev::ORDER_ID)],
+                    JoinArgs::new(JoinType::Inner).with_suffix(Some("_kept".into())),
+                )
+                .collect()
+                .ctx("finding orders kept before")?;
+            let wins = again
+                .clone()
+                .lazy()
+                .filter(
+                    col(AT).lt(col("_t_kept")).or(col(AT)
+                        .eq(col("_t_kept"))
+                        .and(col(INPUT).lt(col("_input_kept")))),
+                )
+                .select([col(ev::ORDER_ID)])
+                .limit(1)
+                .collect()
+                .ctx("finding orders kept before")?;
+            if let Some(id) = crate::util::strings(&wins, ev::ORDER_ID)?.into_iter().next() {
+                return Ok(Err(FullRefresh(format!(
+                    "order {} was tracked again in its session with an earlier time than the one used before",
+                    id.unwrap_or_default()
+                ))));
+            }
+            repeated_before = positions(again.lazy(), "finding orders kept before")?;
+            concat(
+                [
+                    p.state.orders.clone().lazy(),
+                    without(orders_now, repeated_before.clone()).drop(cols([ORDER])),
+                ],
+                UnionArgs::default(),
+            )
+            .ctx("orders")?
+        }
+        None => orders_now.drop(cols([ORDER])),
+    }
+    .sort([ev::DOMAIN_SESSIONID, ev::ORDER_ID], Default::default())
+    .collect()
+    .ctx("orders")?;
+    laps.lap("orders");
+    let new_keys = match keys_written {
+        Some(keys) => NewKeys::Written(keys.finish()?),
+        None => NewKeys::Held(done().next().expect("rows held").new_keys.clone()),
+    };
+    // The events used: the unique rows but the repeated orders. The newest of them places the
+    // as-of date when none is given.
+    let order_dropped = Series::from_iter(
+        [&repeats, &repeated_before]
+            .into_iter()
+            .flat_map(|s| s.u64().expect("positions").into_no_null_iter()),
+    );
+    let kept_orders = without(candidates.lazy(), order_dropped.clone())
+        .select([
+            len().alias("_n"),
+            micros(ev::TSTAMP).max().alias(ev::TSTAMP),
+        ])
+        .collect()
+        .ctx("deduplicating events")?;
+    let deduped = done().map(|d| d.unique_others).sum::<usize>()
+        + kept_orders
+            .column("_n")
+            .ctx("orders")?
+            .u32()
+            .ctx("orders")?
+            .get(0)
+            .unwrap_or(0) as usize;
+    let newest = done()
+        .filter_map(|d| d.newest_other)
+        .chain(
+            kept_orders
+                .column(ev::TSTAMP)
+                .ctx("orders")?
+                .i64()
+                .ctx("orders")?
+                .get(0),
+        )
+        .max();
+    laps.lap("deduplicated");
+    let valid_rows = read - quarantine.height();
+    let duplicates = valid_rows - deduped;
+    let carried = previous.map_or(0, |p| p.state.deferred.height());
+    if deduped + carried == 0 {
+        if previous.is_some() {
+            // Let a read of every file say what is wrong.
+            return Ok(Err(FullRefresh(
+                "no usable event since the night before".into(),
+            )));
+        }
+        return Err(InputError::Empty {
+            location: location.to_string(),
+            read,
+            quarantined: quarantine.height(),
+        }
+        .into());
+    }
+    let deferred_before = previous.map(|p| p.state.deferred.clone());
+    let day = |micros: i64| {
+        chrono::DateTime::from_timestamp_micros(micros)
+            .expect("valid timestamp")
+            .date_naive()
+    };
+    let last = match &deferred_before {
+        Some(d) if d.height() > 0 => {
+            let before = crate::util::event_date_range(d)?.1;
+            newest.map_or(before, |n| day(n).max(before))
+        }
+        _ => day(newest.expect("events are not empty")),
+    };
+    let as_of = as_of.unwrap_or_else(|| last.succ_opt().expect("date in range"));
+    let cutoff = crate::util::date_to_micros(as_of);
+    // Each bucket's events before the as-of date and its usable events after it.
+    let canonical: Vec<Expr> = canonical_columns()
+        .into_iter()
+        .map(|(c, _)| col(c))
+        .chain([col(INPUT)])
+        .collect();
+    // Rows held give events held; rows written aside give their events written a bucket at a
+    // time (and the events carried from the night before in a bucket of their own).
+    let mut used_events = match &rows {
+        Rows::Held(_) => Used::Held(Vec::new()),
+        Rows::Spilled(spilled) => Used::Written {
+            files: crate::buckets::BucketFiles::create(
+                memory.scratch.as_deref(),
+                spilled.buckets() + 1,
+            )?,
+            rows: 0,
+        },
+    };
+    let mut deferred_now = Vec::new();
+    for (bucket, d) in decided.into_iter().enumerate() {
+        let Some(d) = d else { continue };
+        let all = match d.all {
+            Some(all) => all,
+            None => capped(
+                rows.take(bucket)?.expect("a bucket decided has rows"),
+                &sessions,
+                quality,
+                &rules,
+                &unreadable,
+            )?,
+        };
+        let dropped = Series::from_iter(
+            [&d.copies, &d.kept_before, &order_dropped]
+                .into_iter()
+                .flat_map(|s| s.u64().expect("positions").into_no_null_iter()),
+        );
+        let usable = col(REASON_CODE).is_null().and(not_at(dropped));
+        let before_as_of = col(ev::TSTAMP).cast(DataType::Int64).lt(lit(cutoff));
+        let masks = all
+            .clone()
+            .lazy()
+            .select([
+                usable.clone().and(before_as_of.clone()).alias("_used"),
+                usable.and(before_as_of.not()).alias("_after"),
+            ])
+            .collect()
+            .ctx("selecting the used rows")?;
+        let used = masks.columns()[0].bool().ctx("used rows")?.clone();
+        let after = masks.columns()[1].bool().ctx("used rows")?;
+        // Most nights have none: their filter is skipped.
+        let canonical_rows = |rows: DataFrame| {
+            rows.lazy()
+                .select(canonical.clone())
+                .collect()
+                .ctx("events after the as-of date")
+        };
+        deferred_now.push(if after.any() {
+            canonical_rows(all.clone())?
+                .filter(after)
+                .ctx("events after the as-of date")?
+        } else {
+            canonical_rows(all.clear())?
+        });
+        let mut all = all;
+        for helper in [ORDER, PARSE_ERROR, REASON_CODE, START, INPUT] {
+            all.drop_in_place(helper).ctx("dropping ingest columns")?;
+        }
+        // `all` is moved in: each wide column is freed as soon as its filtered copy exists.
+        used_events.push(bucket, crate::util::filter_by_columns(all, &used)?)?;
+    }
+    drop(rows);
+    laps.lap("events filtered");
+    // Ingest's state (deferred events, keys) stays text.
+    let mut deferred = crate::util::text(
+        concat(
+            deferred_now
+                .into_iter()
+                .map(|d| d.lazy())
+                .collect::<Vec<_>>(),
+            UnionArgs::default(),
+        )
+        .ctx("events after the as-of date")?
+        .collect()
+        .ctx("events after the as-of date")?,
+    )?;
+    if let Some(before) = deferred_before.filter(|d| d.height() > 0) {
+        let now = |keep: Expr| {
+            before
+                .clone()
+                .lazy()
+                .filter(keep)
+                .collect()
+                .ctx("events carried from the night before")
+        };
+        let (use_now, still_after) = (
+            now(col(ev::TSTAMP).lt(lit(cutoff).cast(utc())))?,
+            now(col(ev::TSTAMP).gt_eq(lit(cutoff).cast(utc())))?,
+        );
+        let mut use_now = crate::util::categorical(use_now)?;
+        use_now
+            .drop_in_place(INPUT)
+            .ctx("dropping ingest columns")?;
+        let last = used_events.buckets();
+        used_events.push(last, use_now)?;
+        deferred = still_after
+            .vstack(&deferred)
+            .ctx("events after the as-of date")?;
+    }
+    let (events, written, used) = used_events.finish()?;
+    let counts = IngestCounts {
+        files: files_read,
+        files_pruned,
+        read,
+        carried,
+        used,
+        duplicates,
+        quarantined: quarantine.height(),
+        after_as_of: deferred.height(),
+    };
+    debug_assert_eq!(
+        counts.read + counts.carried,
+        counts.used + counts.duplicates + counts.quarantined + counts.after_as_of
+    );
+    if used == 0 {
+        if previous.is_some() {
+            return Ok(Err(FullRefresh(
+                "no event since the night before is before the as-of date".into(),
+            )));
+        }
+        return Err(InputError::AsOf {
+            as_of: as_of.to_string(),
+            message: format!(
+                "no events before this date ({} events read are all at or after it)",
+                counts.read + counts.carried
+            ),
+        }
+        .into());
+    }
+    Ok(Ok(Ingested {
+        events,
+        written,
+        quarantine,
+        counts,
+        as_of,
+        new_keys,
+        state: IngestState {
+            files: listed,
+            sessions,
+            orders,
+            deferred,
+        },
+    }))
+}
+
+/// How much of a night's rows ingest holds in memory. Rows that would take more than
+/// `hold_up_to` bytes (as polars estimates the first files read) are written to scratch files
+/// in `scratch`, in buckets of about `rows_per_bucket` rows cut by a hash of the event id (every
+/// copy of an event in one bucket), and decided a bucket at a time.
+pub struct Memory {
+    pub hold_up_to: u64,
+    pub rows_per_bucket: usize,
+    /// Under which directory the buckets are written (`buckets::BucketFiles`); without one,
+    /// the system's temporary directory.
+    pub scratch: Option<PathBuf>,
+}
+
+impl Memory {
+    /// Every row held (reads known to be small, and tests).
+    pub fn held() -> Memory {
+        Memory {
+            hold_up_to: u64::MAX,
+            rows_per_bucket: usize::MAX,
+            scratch: None,
+        }
+    }
+}
+
+/// The keys of the events a night kept (`Ingested::new_keys`): held, or written to a file
+/// (when the rows were written aside).
+pub enum NewKeys {
+    Held(DataFrame),
+    Written(crate::buckets::Spilled),
+}
+
+impl NewKeys {
+    /// The keys, read when written.
+    pub fn frame(&self) -> Result<DataFrame> {
+        match self {
+            NewKeys::Held(keys) => Ok(keys.clone()),
+            NewKeys::Written(file) => Ok(file.read(0)?.expect("the keys' file is written")),
+        }
+    }
+}
+
+/// The used events, a bucket of rows at a time.
+enum Used {
+    Held(Vec<DataFrame>),
+    Written {
+        files: crate::buckets::BucketFiles,
+        rows: usize,
+    },
+}
+
+impl Used {
+    fn buckets(&self) -> usize {
+        match self {
+            Used::Held(parts) => parts.len(),
+            Used::Written { files, .. } => files.buckets() - 1,
+        }
+    }
+
+    fn push(&mut self, bucket: usize, events: DataFrame) -> Result<()> {
+        match self {
+            Used::Held(parts) => parts.push(events),
+            Used::Written { files, rows } => {
+                *rows += events.height();
+                if events.height() > 0 {
+                    files.append_to(bucket, events)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The events held (empty when written), the files written, and how many events.
+    fn finish(self) -> Result<(DataFrame, Option<crate::buckets::Spilled>, usize)> {
+        match self {
+            Used::Held(parts) => {
+                let mut parts = parts.into_iter();
+                let mut events = parts.next().expect("a bucket of rows");
+                for part in parts {
+                    events
+                        .vstack_mut_owned(part)
+                        .ctx("events carried from the night before")?;
+                }
+                let used = events.height();
+                Ok((events, None, used))
+            }
+            Used::Written { files, rows } => Ok((DataFrame::empty(), Some(files.finish()?), rows)),
+        }
+    }
+}
+
+fn micros(c: &str) -> Expr {
+    col(c).cast(DataType::Int64)
+}
+
+/// A night's rows as read, with ingest's helper columns: held in memory (one bucket), or
+/// written to disk in buckets of event ids (`None`: a bucket without rows).
+enum Rows {
+    Held(Option<DataFrame>),
+    Spilled(crate::buckets::Spilled),
+}
+
+impl Rows {
+    fn buckets(&self) -> usize {
+        match self {
+            Rows::Held(_) => 1,
+            Rows::Spilled(spilled) => spilled.buckets(),
+        }
+    }
+
+    fn holds(&self) -> bool {
+        matches!(self, Rows::Held(_))
+    }
+
+    /// Bucket `bucket`'s rows (`None`: it has none). Held rows are handed over once; written
+    /// ones are read again at every call.
+    fn take(&mut self, bucket: usize) -> Result<Option<DataFrame>> {
+        match self {
+            Rows::Held(rows) => Ok(rows.take()),
+            Rows::Spilled(spilled) => spilled.read(bucket),
+        }
+    }
+}
+
+/// Each tracker session's first and last usable collector time in `rows` (the row rules
+/// passed; the session cap is measured from the first).
+fn session_times(rows: &DataFrame) -> Result<DataFrame> {
+    Ok(rows
+        .clone()
+        .lazy()
+        .filter(
+            col(REASON_CODE)
+                .is_null()
+                .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
+        )
+        .group_by([col(ev::DOMAIN_SESSIONID)])
+        .agg([
+            micros(ev::COLLECTOR_TSTAMP).min().alias(START),
+            micros(ev::COLLECTOR_TSTAMP).max().alias(LAST),
+        ])
+        .collect_with_engine(Engine::Streaming)
+        .ctx("session starts")?
+        .unwrap_single())
+}
+
+/// Reads `frames` (one a file of `paths`): in one go when the rows fit in `memory`, else a
+/// group of files at a time, each group's rows written into buckets of event ids. Gives the
+/// rows, each tracker session's first and last usable collector time, and the rows read.
+fn read_rows(
+    frames: Vec<LazyFrame>,
+    paths: &[String],
+    memory: &Memory,
+    unreadable: &dyn Fn(PolarsError) -> crate::error::Error,
+) -> Result<(Rows, DataFrame, usize)> {
+    let collect = |frames: Vec<LazyFrame>| -> Result<DataFrame> {
+        concat(frames, UnionArgs::default())
+            .ctx("combining input files")?
+            .collect()
+            .map_err(unreadable)
+    };
+    let held = |rows: DataFrame| -> Result<(Rows, DataFrame, usize)> {
+        let sessions = session_times(&rows)?;
+        let read = rows.height();
+        Ok((Rows::Held(Some(rows)), sessions, read))
+    };
+    if memory.hold_up_to == u64::MAX {
+        return held(collect(frames)?);
+    }
+    // Rows per file, from the files' metadata.
+    let mut counts = Vec::with_capacity(paths.len());
+    for path in paths {
+        let n = scan(path)?.select([len()]).collect().map_err(unreadable)?;
+        counts.push(n.columns()[0].u32().ctx("row count")?.get(0).unwrap_or(0) as usize);
+    }
+    let total: usize = counts.iter().sum();
+    if total <= memory.rows_per_bucket {
+        return held(collect(frames)?);
+    }
+    // Consecutive files of about `rows_per_bucket` rows (at least one file).
+    let mut groups = vec![0usize];
+    let mut in_group = 0;
+    for n in counts {
+        if in_group > 0 && in_group + n > memory.rows_per_bucket {
+            groups.push(0);
+            in_group = 0;
+        }
+        *groups.last_mut().expect("a group") += 1;
+        in_group += n;
+    }
+    let mut frames = frames.into_iter();
+    let mut group = |files: usize| collect(frames.by_ref().take(files).collect());
+    let first = group(groups[0])?;
+    let estimate = first.estimated_size() as u128 * total as u128 / first.height().max(1) as u128;
+    if estimate <= memory.hold_up_to as u128 {
+        let mut rows = first;
+        if groups.len() > 1 {
+            rows.vstack_mut_owned(group(groups[1..].iter().sum())?)
+                .ctx("combining input files")?;
+        }
+        return held(rows);
+    }
+    let buckets = total.div_ceil(memory.rows_per_bucket);
+    tracing::info!(
+        estimated_mib = (estimate >> 20) as u64,
+        at_most_mib = memory.hold_up_to >> 20,
+        buckets,
+        "rows written aside in buckets of event ids: they take more memory than ingest may hold"
+    );
+    let mut writers = crate::buckets::BucketFiles::create(memory.scratch.as_deref(), buckets)?;
+    let mut sessions = Vec::with_capacity(groups.len());
+    let mut read = 0;
+    let mut rows = first;
+    for next in groups[1..].iter().map(Some).chain([None]) {
+        sessions.push(session_times(&rows)?.lazy());
+        read += rows.height();
+        // Every copy of an event in one bucket; a row without an id in the first (the
+        // quarantine takes it).
+        let ids = rows
+            .column(ev::EVENT_ID)
+            .ctx("event ids")?
+            .str()
+            .ctx("event ids")?;
+        writers.append(
+            &rows,
+            ids.iter()
+                .map(|id| id.map_or(0, |id| (id_hash(id) % buckets as u64) as usize)),
+        )?;
+        drop(rows);
+        let Some(&files) = next else { break };
+        rows = group(files)?;
+    }
+    let sessions = concat(sessions, UnionArgs::default())
+        .ctx("session starts")?
+        .group_by([col(ev::DOMAIN_SESSIONID)])
+        .agg([col(START).min(), col(LAST).max()])
+        .collect()
+        .ctx("session starts")?;
+    Ok((Rows::Spilled(writers.finish()?), sessions, read))
+}
+
+/// `rows` with each row's session start and the session cap (`long_sessions`) applied.
+fn capped(
+    rows: DataFrame,
+    sessions: &DataFrame,
+    quality: &Quality,
+    rules: &[(Expr, Expr)],
+    unreadable: &dyn Fn(PolarsError) -> crate::error::Error,
+) -> Result<DataFrame> {
     // Each row's session start, worked out on the session ids alone and added to the rows
-    // (which a join would copy), then the session cap.
+    // (which a join would copy).
     let starts = rows
         .select([ev::DOMAIN_SESSIONID])
         .ctx("session starts")?
@@ -1319,44 +1901,61 @@ pub fn ingest_from(
     let mut rows = rows;
     rows.with_column(starts.column(START).ctx("session starts")?.clone())
         .ctx("session starts")?;
-    let all = rows
-        .lazy()
-        .with_column(long_sessions(quality, &rules).alias(REASON_CODE))
+    rows.lazy()
+        .with_column(long_sessions(quality, rules).alias(REASON_CODE))
         .collect()
-        .map_err(unreadable)?;
-    laps.lap("session cap");
-    let files = df!(
-        "_file" => (0..paths.len() as u64).collect::<Vec<_>>(),
-        SOURCE_FILE => &paths,
-    )
-    .ctx("quarantine")?;
+        .map_err(unreadable)
+}
+
+/// What ingest decides about one bucket's rows on their own.
+struct Decided {
+    /// The rows with the session cap applied, when they are held (written ones are read
+    /// again for the last step).
+    all: Option<DataFrame>,
+    /// The quarantined rows, with their reason, input position and file number.
+    quarantine: DataFrame,
+    /// Positions of the later copies of an event, and of copies of events kept before.
+    copies: Series,
+    kept_before: Series,
+    /// The order events among the unique rows: position, session, order id, time, input.
+    orders: DataFrame,
+    /// The unique rows' event keys (`Ingested::new_keys`).
+    new_keys: DataFrame,
+    /// How many unique rows are not order events, and the newest time among them (µs).
+    unique_others: usize,
+    newest_other: Option<i64>,
+}
+
+/// Decides a bucket's rows (`all`, the session cap applied): quarantine, copies of an event,
+/// copies of events kept before (`previous`), and the keys the orders are decided on.
+fn decide(
+    all: DataFrame,
+    rules: &[(Expr, Expr)],
+    previous: Option<&Previous>,
+    keep: bool,
+) -> Result<std::result::Result<Decided, FullRefresh>> {
     let quarantine = all
         .clone()
         .lazy()
         .filter(col(REASON_CODE).is_not_null())
-        .sort([ORDER], Default::default())
         .with_columns([
-            reason_text(&rules).alias(output::QUARANTINE_REASON),
+            reason_text(rules).alias(output::QUARANTINE_REASON),
             col(ORDER).floor_div(lit(FILE_POSITION)).alias("_file"),
         ])
-        .join(
-            files.lazy(),
-            [col("_file")],
-            [col("_file")],
-            crate::util::left_join_ordered(),
-        )
         .select(
             canonical_columns()
                 .into_iter()
                 .map(|(c, _)| col(c))
-                .chain([col(SOURCE_FILE), col(INPUT), col(output::QUARANTINE_REASON)])
+                .chain([
+                    col(ORDER),
+                    col("_file"),
+                    col(INPUT),
+                    col(output::QUARANTINE_REASON),
+                ])
                 .collect::<Vec<_>>(),
         )
         .collect()
         .ctx("quarantine")?;
-    // The quarantine is kept between nights and published as text.
-    let quarantine = crate::util::text(quarantine)?;
-    laps.lap("quarantine");
     // Each collect below projects the key columns it needs.
     let valid = all
         .clone()
@@ -1366,7 +1965,6 @@ pub fn ingest_from(
     // Rows stay in input order (files in listing order, rows in file order) throughout.
     let copies = later_copies(valid.clone(), id_hash)?;
     let mut unique = without(valid, copies.clone());
-    laps.lap("duplicates");
     // Copies of events kept on earlier nights: the kept copy stays kept unless this one would
     // have won (earlier collector time, or the same from an input listed before).
     let mut kept_before = Series::new_empty(ORDER.into(), &DataType::UInt64);
@@ -1433,71 +2031,24 @@ pub fn ingest_from(
         kept_before = positions(again.lazy(), "finding copies of events kept before")?;
         unique = without(unique, kept_before.clone());
     }
-    // One order tracked twice in a session (a reloaded confirmation page, a retried tracker
-    // call with a new event id): the first one counts, as dbt-snowplow-ecommerce does.
-    let repeats = repeated_orders(unique.clone())?;
-    laps.lap("repeated orders");
-    let orders_now = without(unique.clone(), repeats.clone())
-        .filter(
-            col(ev::EVENT_TYPE)
-                .eq(lit(EventType::Order.name()))
-                .and(col(ev::ORDER_ID).is_not_null())
-                .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
-        )
+    // An order event is decided with the orders of every bucket (`repeated orders`).
+    let is_order = col(ev::EVENT_TYPE)
+        .eq(lit(EventType::Order.name()))
+        .and(col(ev::ORDER_ID).is_not_null())
+        .and(col(ev::DOMAIN_SESSIONID).is_not_null())
+        .fill_null(lit(false));
+    let orders = unique
+        .clone()
+        .filter(is_order.clone())
         .select([
             col(ORDER),
             col(ev::DOMAIN_SESSIONID),
             col(ev::ORDER_ID),
-            micros(ev::TSTAMP).alias(AT),
+            col(ev::TSTAMP),
             col(INPUT),
-        ]);
-    let mut repeated_before = Series::new_empty(ORDER.into(), &DataType::UInt64);
-    let orders = match previous {
-        Some(p) => {
-            let again = orders_now
-                .clone()
-                .join(
-                    p.state.orders.clone().lazy(),
-                    [col(ev::DOMAIN_SESSIONID), col(ev::ORDER_ID)],
-                    [col(ev::DOMAIN_SESSIONID), col(ev::ORDER_ID)],
-                    JoinArgs::new(JoinType::Inner).with_suffix(Some("_kept".into())),
-                )
-                .collect()
-                .ctx("finding orders kept before")?;
-            let wins = again
-                .clone()
-                .lazy()
-                .filter(
-                    col(AT).lt(col("_t_kept")).or(col(AT)
-                        .eq(col("_t_kept"))
-                        .and(col(INPUT).lt(col("_input_kept")))),
-                )
-                .select([col(ev::ORDER_ID)])
-                .limit(1)
-                .collect()
-                .ctx("finding orders kept before")?;
-            if let Some(id) = crate::util::strings(&wins, ev::ORDER_ID)?.into_iter().next() {
-                return Ok(Err(FullRefresh(format!(
-                    "order {} was tracked again in its session with an earlier time than the one used before",
-                    id.unwrap_or_default()
-                ))));
-            }
-            repeated_before = positions(again.lazy(), "finding orders kept before")?;
-            concat(
-                [
-                    p.state.orders.clone().lazy(),
-                    without(orders_now, repeated_before.clone()).drop(cols([ORDER])),
-                ],
-                UnionArgs::default(),
-            )
-            .ctx("orders")?
-        }
-        None => orders_now.drop(cols([ORDER])),
-    }
-    .sort([ev::DOMAIN_SESSIONID, ev::ORDER_ID], Default::default())
-    .collect()
-    .ctx("orders")?;
-    laps.lap("orders");
+        ])
+        .collect()
+        .ctx("orders")?;
     let new_keys = unique
         .clone()
         .select([
@@ -1507,154 +2058,34 @@ pub fn ingest_from(
         ])
         .collect()
         .ctx("event keys")?;
-    laps.lap("event keys");
-    let deduped = without(without(unique, repeats.clone()), repeated_before.clone())
-        .select([col(ORDER), micros(ev::TSTAMP).alias(ev::TSTAMP)])
+    let others = unique
+        .filter(is_order.not())
+        .select([
+            len().alias("_n"),
+            micros(ev::TSTAMP).max().alias(ev::TSTAMP),
+        ])
         .collect()
         .ctx("deduplicating events")?;
-    laps.lap("deduplicated");
-    let valid_rows = read - quarantine.height();
-    let duplicates = valid_rows - deduped.height();
-    let carried = previous.map_or(0, |p| p.state.deferred.height());
-    if deduped.height() + carried == 0 {
-        if previous.is_some() {
-            // Let a read of every file say what is wrong.
-            return Ok(Err(FullRefresh(
-                "no usable event since the night before".into(),
-            )));
-        }
-        return Err(InputError::Empty {
-            location: location.to_string(),
-            read,
-            quarantined: quarantine.height(),
-        }
-        .into());
-    }
-    let deferred_before = previous.map(|p| p.state.deferred.clone());
-    let last = match &deferred_before {
-        Some(d) if d.height() > 0 => {
-            let newest = |df: &DataFrame| -> Result<Option<chrono::NaiveDate>> {
-                Ok(if df.height() == 0 {
-                    None
-                } else {
-                    Some(crate::util::event_date_range(df)?.1)
-                })
-            };
-            newest(&deduped)?.max(newest(d)?).expect("rows on one side")
-        }
-        _ => crate::util::event_date_range(&deduped)?.1,
-    };
-    let as_of = as_of.unwrap_or_else(|| last.succ_opt().expect("date in range"));
-    let cutoff = crate::util::date_to_micros(as_of);
-    let after_as_of = deduped
-        .lazy()
-        .filter(col(ev::TSTAMP).gt_eq(lit(cutoff)))
-        .select([col(ORDER)]);
-    let after_as_of = positions(after_as_of, "as-of filter")?;
-    let dropped = Series::from_iter(
-        [
-            &copies,
-            &kept_before,
-            &repeats,
-            &repeated_before,
-            &after_as_of,
-        ]
-        .into_iter()
-        .flat_map(|s| s.u64().expect("positions").into_no_null_iter()),
-    );
-    let used = all
-        .clone()
-        .lazy()
-        .select([col(REASON_CODE).is_null().and(not_at(dropped))])
-        .collect()
-        .ctx("selecting the used rows")?;
-    let used = used.columns()[0].bool().ctx("used rows")?.clone();
-    laps.lap("used rows");
-    let canonical: Vec<Expr> = canonical_columns()
-        .into_iter()
-        .map(|(c, _)| col(c))
-        .chain([col(INPUT)])
-        .collect();
-    let deferred_now = if after_as_of.is_empty() {
-        all.clear().lazy().select(canonical.clone())
-    } else {
-        all.clone()
-            .lazy()
-            .filter(col(ORDER).is_in(lit(after_as_of.clone()).implode(false), false))
-            .select(canonical.clone())
-    };
-    let mut all = all;
-    for helper in [ORDER, PARSE_ERROR, REASON_CODE, START] {
-        all.drop_in_place(helper).ctx("dropping ingest columns")?;
-    }
-    // `all` is moved in: each wide column is freed as soon as its filtered copy exists.
-    let mut events = crate::util::filter_by_columns(all, &used)?;
-    laps.lap("events filtered");
-    // Ingest's state (deferred events, keys) stays text.
-    let mut deferred =
-        crate::util::text(deferred_now.collect().ctx("events after the as-of date")?)?;
-    if let Some(before) = deferred_before.filter(|d| d.height() > 0) {
-        let now = |keep: Expr| {
-            before
-                .clone()
-                .lazy()
-                .filter(keep)
-                .collect()
-                .ctx("events carried from the night before")
-        };
-        let (use_now, still_after) = (
-            now(col(ev::TSTAMP).lt(lit(cutoff).cast(utc())))?,
-            now(col(ev::TSTAMP).gt_eq(lit(cutoff).cast(utc())))?,
-        );
-        events = events
-            .vstack(&crate::util::categorical(use_now)?)
-            .ctx("events carried from the night before")?;
-        deferred = still_after
-            .vstack(&deferred)
-            .ctx("events after the as-of date")?;
-    }
-    events.drop_in_place(INPUT).ctx("dropping ingest columns")?;
-    let counts = IngestCounts {
-        files: files_read,
-        files_pruned,
-        read,
-        carried,
-        used: events.height(),
-        duplicates,
-        quarantined: quarantine.height(),
-        after_as_of: deferred.height(),
-    };
-    debug_assert_eq!(
-        counts.read + counts.carried,
-        counts.used + counts.duplicates + counts.quarantined + counts.after_as_of
-    );
-    if events.height() == 0 {
-        if previous.is_some() {
-            return Ok(Err(FullRefresh(
-                "no event since the night before is before the as-of date".into(),
-            )));
-        }
-        return Err(InputError::AsOf {
-            as_of: as_of.to_string(),
-            message: format!(
-                "no events before this date ({} events read are all at or after it)",
-                counts.read + counts.carried
-            ),
-        }
-        .into());
-    }
-    Ok(Ok(Ingested {
-        events,
+    Ok(Ok(Decided {
+        all: keep.then_some(all),
         quarantine,
-        counts,
-        as_of,
+        copies,
+        kept_before,
+        orders,
         new_keys,
-        state: IngestState {
-            files: listed,
-            sessions,
-            orders,
-            deferred,
-        },
+        unique_others: others
+            .column("_n")
+            .ctx("events")?
+            .u32()
+            .ctx("events")?
+            .get(0)
+            .unwrap_or(0) as usize,
+        newest_other: others
+            .column(ev::TSTAMP)
+            .ctx("events")?
+            .i64()
+            .ctx("events")?
+            .get(0),
     }))
 }
 

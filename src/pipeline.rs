@@ -174,7 +174,7 @@ enum Increment {
 struct Fresh {
     ingest: ingest::IngestState,
     /// The keys of the events this night kept, added to `key_files`.
-    new_keys: DataFrame,
+    new_keys: ingest::NewKeys,
     /// The night before's key files (one per night), linked into this night's.
     key_files: Vec<PathBuf>,
     /// The kept events of the nights since the last full read (one file per night, each
@@ -312,7 +312,15 @@ impl Increment {
                         StatisticsOptions::empty(),
                     )
                 };
-                frame(&format!("{KEYS_DIR}/{}", record.as_of), new_keys)?;
+                match new_keys {
+                    ingest::NewKeys::Held(keys) => {
+                        frame(&format!("{KEYS_DIR}/{}", record.as_of), keys)?
+                    }
+                    ingest::NewKeys::Written(file) => link_or_copy(
+                        file.file(0).expect("the keys' file is written"),
+                        &to.join(KEYS_DIR).join(format!("{}.parquet", record.as_of)),
+                    )?,
+                }
                 for (name, df) in INGEST_FRAMES.iter().chain([&RENAMES_FRAME]).zip([
                     &ingest.sessions,
                     &ingest.orders,
@@ -799,7 +807,7 @@ enum KeptEvents {
 const STAGE_WRITING: &str = ".stage-writing-";
 /// Where `buckets` writes a night's events (`NightEvents::scratch`), under the state root or
 /// a shard's directory.
-const EVENTS_WRITING: &str = ".events-writing-";
+const EVENTS_WRITING: &str = crate::buckets::SCRATCH_PREFIX;
 const EVENTS_FRAME: &str = "events";
 const SESSIONS_FRAME: &str = "sessions";
 const STAGE_EVENT_FRAMES: [&str; 2] = [EVENTS_FRAME, SESSIONS_FRAME];
@@ -1076,53 +1084,127 @@ fn prepare_full(
     timer: &mut Timer,
 ) -> Result<Prepared> {
     info!(inputs = ?inputs, "ingest");
+    let memory = ingest::Memory {
+        hold_up_to: crate::buckets::write_buckets_above(job),
+        rows_per_bucket: job.events_per_bucket,
+        // Under the state location, where a crashed run's leftovers are cleared; a shard
+        // (which may run beside others on the same state) writes under the system's temporary
+        // directory, since its own directory is named by the night ingest finds.
+        scratch: match shard {
+            Some(_) => None,
+            None => Some(state.root().to_path_buf()),
+        },
+    };
     let ingest::Ingested {
         events: raw,
+        written,
         quarantine,
         counts,
         as_of,
         new_keys,
         state: ingest_state,
-    } = ingest::ingest(inputs, as_of, &job.quality)?;
+    } = ingest::ingest_with(inputs, as_of, &job.quality, &memory)?;
     timer.lap("ingest");
 
     let previous = match state.before(as_of)? {
         Some(dir) => identity::IdentityState::load(&dir)?,
         None => None,
     };
-    let mut resolved = identity::resolve(
-        &raw,
-        previous.as_ref(),
-        &job.identity_limits,
-        &suppression(job)?,
-    )?;
-    warn_shared(&resolved);
-    // The resolved rows share their columns with the raw ones: let them go, so that the
-    // columns sessionising rewrites are the only copy.
-    drop(raw);
-    let resolved_events = std::mem::take(&mut resolved.events);
-    let first_day = crate::util::event_date_range(&resolved_events)?.0;
-    let events = match shard {
-        Some(shard) => shard.select(resolved_events)?,
-        None => resolved_events,
-    };
-    timer.lap("identity");
-
     // Sessions and history a bucket of customers at a time; the events are written to disk as
     // they go.
     let scratch = NightEvents::scratch(&match shard {
         Some(shard) => shard.dir(state, as_of),
         None => state.root().to_path_buf(),
     })?;
-    let buckets = crate::buckets::buckets_for(events.height(), job.events_per_bucket);
-    info!(buckets, "sessions and history");
+    let (resolved, first_day, bucketed) = match written {
+        None => {
+            let mut resolved = identity::resolve(
+                &raw,
+                previous.as_ref(),
+                &job.identity_limits,
+                &suppression(job)?,
+            )?;
+            warn_shared(&resolved);
+            // The resolved rows share their columns with the raw ones: let them go, so that
+            // the columns sessionising rewrites are the only copy.
+            drop(raw);
+            let resolved_events = std::mem::take(&mut resolved.events);
+            let first_day = crate::util::event_date_range(&resolved_events)?.0;
+            let events = match shard {
+                Some(shard) => shard.select(resolved_events)?,
+                None => resolved_events,
+            };
+            timer.lap("identity");
+            let buckets = crate::buckets::buckets_for(events.height(), job.events_per_bucket);
+            info!(buckets, "sessions and history");
+            let bucketed = crate::buckets::sessions_and_history(events, buckets, job, scratch)?;
+            (resolved, first_day, bucketed)
+        }
+        // Events too many to hold: identity from each bucket's identifier combinations, then
+        // each bucket's events, with their customer, written by bucket of customers.
+        Some(written) => {
+            let mut combinations = Vec::with_capacity(written.buckets());
+            for bucket in 0..written.buckets() {
+                if let Some(part) = written.read(bucket)? {
+                    combinations.push(identity::combinations(&part)?);
+                }
+            }
+            let mut resolved = identity::resolve_combinations(
+                identity::combine_combinations(combinations)?,
+                previous.as_ref(),
+                &job.identity_limits,
+                &suppression(job)?,
+            )?;
+            warn_shared(&resolved);
+            let buckets = crate::buckets::buckets_for(counts.used, job.events_per_bucket);
+            let mut by_customer =
+                crate::buckets::BucketFiles::create(Some(scratch.path()), buckets)?;
+            let (mut first_day, mut events) = (None, 0);
+            for bucket in 0..written.buckets() {
+                let Some(part) = written.read(bucket)? else {
+                    continue;
+                };
+                let read = part.height();
+                let part = identity::customer_ids(part, &resolved.keys)?;
+                resolved.suppressed_events += read - part.height();
+                if part.height() == 0 {
+                    continue;
+                }
+                let day = crate::util::event_date_range(&part)?.0;
+                first_day = Some(first_day.map_or(day, |d: NaiveDate| d.min(day)));
+                let part = match shard {
+                    Some(shard) => shard.select(part)?,
+                    None => part,
+                };
+                events += part.height();
+                crate::buckets::append_by_customer(&mut by_customer, &part)?;
+            }
+            drop(written);
+            let Some(first_day) = first_day else {
+                return Err(crate::error::InputError::AsOf {
+                    as_of: as_of.to_string(),
+                    message: "every event before this date is a suppressed customer's".into(),
+                }
+                .into());
+            };
+            timer.lap("identity");
+            info!(buckets, "sessions and history");
+            let bucketed = crate::buckets::sessions_and_history_written(
+                by_customer.finish()?,
+                events,
+                job,
+                scratch,
+            )?;
+            (resolved, first_day, bucketed)
+        }
+    };
     let crate::buckets::Bucketed {
         sessions,
         history,
         events,
         history_took,
         kept,
-    } = crate::buckets::sessions_and_history(events, buckets, job, scratch)?;
+    } = bucketed;
     timer.lap_before("sessions", history_took);
     let files = ingest_state.files.clone();
     let increment = match shard {
@@ -1179,7 +1261,14 @@ fn prepare_incremental(
         state: &before.ingest,
         keys: scan_keys(&before.key_files)?,
     };
-    let ingested = match ingest::ingest_from(inputs, as_of, &job.quality, Some(&previous))? {
+    // A night's new files are read whole (they are one day's).
+    let ingested = match ingest::ingest_from(
+        inputs,
+        as_of,
+        &job.quality,
+        Some(&previous),
+        &ingest::Memory::held(),
+    )? {
         Ok(i) => i,
         Err(ingest::FullRefresh(why)) => return Ok(Err(why)),
     };

@@ -380,3 +380,115 @@ fn events_after_the_as_of_date_are_kept_as_text_for_the_next_night() {
         );
     }
 }
+
+/// A night too large to hold is read into buckets of event ids written aside and decided a
+/// bucket at a time: every count, event, quarantined row, key and state row is what holding
+/// every row gives. The generated events of a few hundred customers come with a file that
+/// sends a third of one day's rows again under new event ids a minute later (the orders among
+/// them are repeated orders, decided across buckets), some without an event id (quarantined),
+/// and some ten days later in their session (the session cap, measured from a session start
+/// that other buckets hold); the as-of date leaves the last day's events after it.
+#[test]
+fn rows_written_aside_in_buckets_of_event_ids_are_decided_as_rows_held() {
+    use propel::schema::snowplow as sp;
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("events");
+    let summary = propel::generate::generate(&propel::generate::GenerateOptions {
+        customers: 300,
+        days: 30,
+        seed: 7,
+        start: chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+        out: events.clone(),
+    })
+    .unwrap();
+    let files = parquet_files(&events);
+    let day = read_parquet(&files[files.len() - 3]);
+    let schema = day.schema().clone();
+    let minute = 60_000_000i64;
+    let later = |c: &str| {
+        let shift = when(col("_i").lt(lit(day.height() as u32 / 20)))
+            .then(lit(10 * 24 * 60 * minute))
+            .otherwise(lit(minute));
+        (col(c).cast(DataType::Int64) + shift)
+            .cast(schema.get(c).unwrap().clone())
+            .alias(c)
+    };
+    let mut again = day
+        .clone()
+        .lazy()
+        .with_row_index("_i", None)
+        .filter((col("_i") % lit(3u32)).eq(lit(0u32)))
+        .with_columns([
+            when((col("_i") % lit(7u32)).eq(lit(0u32)))
+                .then(lit(NULL).cast(DataType::String))
+                .otherwise(col(sp::EVENT_ID) + lit("-again"))
+                .alias(sp::EVENT_ID),
+            later(sp::COLLECTOR_TSTAMP),
+            later(sp::DERIVED_TSTAMP),
+            later(sp::DVCE_CREATED_TSTAMP),
+            later(sp::DVCE_SENT_TSTAMP),
+        ])
+        .drop(cols(["_i"]))
+        .collect()
+        .unwrap();
+    let last_day = files.last().unwrap().parent().unwrap();
+    ParquetWriter::new(std::fs::File::create(last_day.join("part-again.parquet")).unwrap())
+        .finish(&mut again)
+        .unwrap();
+    let as_of = last_day
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .parse::<chrono::NaiveDate>()
+        .unwrap();
+
+    let inputs = lake(&events);
+    let quality = Quality::default();
+    let held = ingest(&inputs, Some(as_of), &quality).unwrap();
+    let memory = propel::ingest::Memory {
+        hold_up_to: 0,
+        rows_per_bucket: 400,
+        scratch: Some(tempfile::tempdir().unwrap().keep()),
+    };
+    let spilled = propel::ingest::ingest_with(&inputs, Some(as_of), &quality, &memory).unwrap();
+
+    let c = &held.counts;
+    assert!(c.read > 10 * memory.rows_per_bucket, "{c:?}");
+    assert!(c.quarantined > 0 && c.after_as_of > 0, "{c:?}");
+    assert!(c.duplicates > summary.duplicates, "repeated orders: {c:?}");
+    assert_eq!(spilled.counts, held.counts);
+    assert_eq!(spilled.as_of, held.as_of);
+    let sorted = |df: &DataFrame| {
+        propel::util::text(df.sort(["event_id"], Default::default()).unwrap()).unwrap()
+    };
+    // The events are written a bucket at a time instead of held.
+    assert!(held.written.is_none() && spilled.events.height() == 0);
+    let written = spilled.written.as_ref().unwrap();
+    let parts: Vec<LazyFrame> = (0..written.buckets())
+        .filter_map(|b| written.read(b).unwrap())
+        .map(|part| part.lazy())
+        .collect();
+    assert!(parts.len() > 10);
+    let events = concat(parts, UnionArgs::default())
+        .unwrap()
+        .collect()
+        .unwrap();
+    assert!(sorted(&events).equals_missing(&sorted(&held.events)));
+    let keys = |i: &propel::ingest::Ingested| sorted(&i.new_keys.frame().unwrap());
+    assert!(keys(&spilled).equals_missing(&keys(&held)));
+    assert!(sorted(&spilled.state.deferred).equals_missing(&sorted(&held.state.deferred)));
+    // Sorted by input position and by their keys already.
+    assert!(spilled.quarantine.equals_missing(&held.quarantine));
+    assert!(spilled.state.sessions.equals_missing(&held.state.sessions));
+    assert!(spilled.state.orders.equals_missing(&held.state.orders));
+    // The buckets' files are gone with the run, but the events' and the keys'.
+    let scratch = memory.scratch.as_ref().unwrap();
+    assert_eq!(std::fs::read_dir(scratch).unwrap().count(), 2);
+    drop(spilled);
+    assert_eq!(std::fs::read_dir(scratch).unwrap().count(), 0);
+    std::fs::remove_dir(scratch).unwrap();
+}

@@ -255,8 +255,10 @@ pub struct Job {
     /// (see `buckets`): fewer take less memory. Default: `buckets::EVENTS_PER_BUCKET`.
     pub events_per_bucket: usize,
     /// Above this many MiB of events in memory, the buckets are written to scratch files and
-    /// the events let go before sessions are built (see `buckets`). Default (`None`): a
-    /// quarter of the memory the process may use (`buckets::write_buckets_above`).
+    /// the events let go before sessions are built (see `buckets`), and a full read whose
+    /// rows would take more is read and decided a bucket of event ids at a time (see
+    /// `ingest::Memory`). Default (`None`): a quarter of the memory the process may use
+    /// (`buckets::write_buckets_above`).
     pub write_buckets_above_mib: Option<u64>,
     /// Where state kept between runs lives (identity graph). Default: `<output>/_state`.
     pub state: Option<String>,
