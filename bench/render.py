@@ -107,6 +107,9 @@ def main() -> None:
         print("- NOT met: 10M events: " + (ten or {}).get("propel", {}).get("failure", "not measured"))
     if hundred and "peak_rss_mib" in hundred.get("propel", {}) and "failure" not in hundred["propel"]:
         check(hundred["propel"]["peak_rss_mib"] <= 3072, f"100M events: peak {hundred['propel']['peak_rss_mib']} MiB (at most 3 GiB)")
+        if ten and "wall_s" in ten.get("propel", {}):
+            h, t = hundred["propel"]["wall_s"], ten["propel"]["wall_s"]
+            check(h <= 11 * t, f"100M events: {h:.1f} s, {h / t:.1f}x the 10M run's {t:.1f} s (at most 11x)")
     else:
         print("- NOT met: 100M events: " + ((hundred or {}).get("propel", {}).get("failure", "not measured")))
     for s, r in results.items():
