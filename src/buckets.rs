@@ -390,8 +390,9 @@ impl Spilled {
             .transpose()
     }
 
-    /// Bucket `bucket`'s rows, once: its file is removed (`None`: it has none).
-    fn take(&mut self, bucket: usize) -> Result<Option<DataFrame>> {
+    /// Bucket `bucket`'s rows, once: its file is removed (`None`: it has none), so that the
+    /// disk holds no more than the buckets still to come.
+    pub fn take(&mut self, bucket: usize) -> Result<Option<DataFrame>> {
         let part = self.read(bucket)?;
         if let Some(file) = self.files[bucket].take() {
             std::fs::remove_file(&file).ctx(format!("removing {}", file.display()))?;

@@ -1290,7 +1290,7 @@ pub fn ingest_from(
         )?),
     };
     for bucket in 0..rows.buckets() {
-        let Some(part) = rows.take(bucket)? else {
+        let Some(part) = rows.take(bucket, false)? else {
             decided.push(None);
             continue;
         };
@@ -1504,7 +1504,7 @@ pub fn ingest_from(
         let all = match d.all {
             Some(all) => all,
             None => capped(
-                rows.take(bucket)?.expect("a bucket decided has rows"),
+                rows.take(bucket, true)?.expect("a bucket decided has rows"),
                 &sessions,
                 quality,
                 &rules,
@@ -1747,10 +1747,11 @@ impl Rows {
     }
 
     /// Bucket `bucket`'s rows (`None`: it has none). Held rows are handed over once; written
-    /// ones are read again at every call.
-    fn take(&mut self, bucket: usize) -> Result<Option<DataFrame>> {
+    /// ones are read again, until `last` (their file is then removed).
+    fn take(&mut self, bucket: usize, last: bool) -> Result<Option<DataFrame>> {
         match self {
             Rows::Held(rows) => Ok(rows.take()),
+            Rows::Spilled(spilled) if last => spilled.take(bucket),
             Rows::Spilled(spilled) => spilled.read(bucket),
         }
     }

@@ -1143,14 +1143,20 @@ fn prepare_full(
         // Events too many to hold: identity from each bucket's identifier combinations, then
         // each bucket's events, with their customer, written by bucket of customers.
         Some(written) => {
-            let mut combinations = Vec::with_capacity(written.buckets());
+            // Buckets of event ids each have most customers' combinations: they are combined
+            // as they come, not held side by side (100M events: past 20 GiB).
+            let mut combinations: Option<DataFrame> = None;
             for bucket in 0..written.buckets() {
                 if let Some(part) = written.read(bucket)? {
-                    combinations.push(identity::combinations(&part)?);
+                    let part = identity::combinations(&part)?;
+                    combinations = Some(match combinations {
+                        None => part,
+                        Some(before) => identity::combine_combinations(vec![before, part])?,
+                    });
                 }
             }
             let mut resolved = identity::resolve_combinations(
-                identity::combine_combinations(combinations)?,
+                combinations.expect("a night written aside has events"),
                 previous.as_ref(),
                 &job.identity_limits,
                 &suppression(job)?,
@@ -1160,8 +1166,9 @@ fn prepare_full(
             let mut by_customer =
                 crate::buckets::BucketFiles::create(Some(scratch.path()), buckets)?;
             let (mut first_day, mut events) = (None, 0);
+            let mut written = written;
             for bucket in 0..written.buckets() {
-                let Some(part) = written.read(bucket)? else {
+                let Some(part) = written.take(bucket)? else {
                     continue;
                 };
                 let read = part.height();
