@@ -370,6 +370,36 @@ def main() -> None:
   runs 81.6-88.7 s against 84.2-93.0 s. A run now stops with a configuration error (exit 2)
   before it starts when `POLARS_OVERRIDE_TOTAL_MEMORY` is not a number of bytes, instead of
   polars' panic midway (bc00deb).
+- Session 19: a full read whose rows would take more than `[sessions] write_buckets_above_mib`
+  (default a quarter of the memory the process may use) no longer holds the night's events
+  (0e0dbf2, 6c08a1f). Ingest reads about `events_per_bucket` rows of files at a time and
+  writes them aside (LZ4) by a hash of the event id, decides each bucket's quarantine and
+  copies on its own, the session cap from every bucket's session starts and the repeated
+  orders and the as-of date from every bucket's order events, and writes each bucket's used
+  events and the event keys aside; identity is resolved from each bucket's identifier
+  combinations, and each bucket's events, with their customer, go to the files of their
+  customers' buckets for sessions and history. Published files byte-identical to holding
+  every row at 1M and 10M (and the incremental night after, at 1M). At 10M forced to write
+  aside (`write_buckets_above_mib = 0`, by hand, one run each): 98.4 s against 57.9 s held,
+  peak 4.7 GB against 8.5 GB, ingest and identity 1.9 GB against 6.6 GB; ingest 39.2 s
+  (reading the files and writing the buckets 21.1 s, deciding them 5.6 s, writing the used
+  events 11.5 s), identity 17.8 s (the used events read twice, written by customer).
+  The 100M run (104,359,498 events, 952,381 customers) does not finish under the 20 GiB
+  cap yet: in a first attempt ingest took 770.7 s (104 million page faults, 246 s of system
+  time) and identity, holding every bucket's identifier combinations side by side (a bucket
+  of event ids has most customers' combinations), was killed at the cap; with them
+  combined as they come, ingest took 862.4 s (a `cargo test` ran beside it for some
+  minutes), identity 404.1 s at about 10 GB resident, and the run was killed at the cap as
+  sessions and history started, before their first bucket was done (cause not found in the
+  session; the same bucket size at 10M peaks at 4.7 GB in that stage). Still held whole at
+  100M: ingest's tracker-session starts (about 14 million), the sessions and daily aggregates
+  until the features run, the feature snapshots. The first scratch files, uncompressed, took
+  18 GB before ingest had read every file; the buckets are now LZ4 and removed once read for
+  the last time. This VM is not session 18's: its free page reporting works in 2 MiB blocks
+  (`page_reporting_order` 9, with `free_bitmap_enable` and `max_waiting_mib` 1024, which
+  that VM did not have), and session 18's binary ran the 10M set in 56.7 s by hand (92.4 s
+  median in session 18's harness run), with byte-identical outputs to this session's. The
+  table's demo, 1M and 10M runs are this session's (on 6c08a1f), on this VM.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
