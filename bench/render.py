@@ -399,7 +399,12 @@ def main() -> None:
   (`page_reporting_order` 9, with `free_bitmap_enable` and `max_waiting_mib` 1024, which
   that VM did not have), and session 18's binary ran the 10M set in 56.7 s by hand (92.4 s
   median in session 18's harness run), with byte-identical outputs to this session's. The
-  table's demo, 1M and 10M runs are this session's (on 6c08a1f), on this VM.
+  table's demo, 1M and 10M runs are this session's (on 6c08a1f), on this VM: 10M in
+  44.7-44.9 s against DuckDB's features in 53.7-55.2 s, the first run of the harness where
+  propel is faster (1.27x slower in session 18's, on the other VM); DuckDB's bare scan
+  8.0-9.7 s (26.8-36.0 s then), so the 4x-scan line is not met here. The 10M run
+  peaks at 8,544 MiB: at 3.7 GiB of events it is held, below the 6 GiB a quarter of this
+  machine allows.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
