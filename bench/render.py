@@ -404,7 +404,14 @@ def main() -> None:
   propel is faster (1.27x slower in session 18's, on the other VM); DuckDB's bare scan
   8.0-9.7 s (26.8-36.0 s then), so the 4x-scan line is not met here. The 10M run
   peaks at 8,544 MiB: at 3.7 GiB of events it is held, below the 6 GiB a quarter of this
-  machine allows.
+  machine allows. The 10M incremental lines above are this session's too (on 2fe4d09):
+  on this VM the full refresh takes 46.8-50.1 s (104.2-107.1 s in session 17's run) while
+  the weekly-model night takes 8.5-9.0 s (13.4-14.4 s), so that night is 18% of its full
+  refresh (13% then): what it spends does not shrink with the machine's page faults as the
+  full read does (history, which reads and writes the whole daily aggregates, 1.5 s; publish
+  1.6 s; ingest 1.4 s; features at two cutoffs 1.2 s; identity, which rebuilds the graph
+  from all its nodes, 1.0 s). Against the nightly job's full refresh (57.1 s) it is 15%;
+  the nightly-model night is 27% (26% then).
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
