@@ -389,9 +389,13 @@ def main() -> None:
   time) and identity, holding every bucket's identifier combinations side by side (a bucket
   of event ids has most customers' combinations), was killed at the cap; with them
   combined as they come, ingest took 862.4 s (a `cargo test` ran beside it for some
-  minutes), identity 404.1 s at about 10 GB resident, and the run was killed at the cap as
-  sessions and history started, before their first bucket was done (cause not found in the
-  session; the same bucket size at 10M peaks at 4.7 GB in that stage). Still held whole at
+  minutes), identity 404.1 s at about 10 GB resident, and the run was killed at the cap
+  during sessions and history (the harness logs at info level, which does not say how many
+  buckets were done). At 10M written aside in 100 buckets of about 100,000 events (by hand,
+  189.0 s, published files as above) that stage still peaks at 4.5 GB against 2.4 GB through
+  identity, as with 10 buckets: what it holds grows with the events, not with the bucket (the
+  sessions and the daily aggregates of every bucket so far, and the kept events' writer),
+  about 20 GB more at 100M. Still held whole at
   100M: ingest's tracker-session starts (about 14 million), the sessions and daily aggregates
   until the features run, the feature snapshots. The first scratch files, uncompressed, took
   18 GB before ingest had read every file; the buckets are now LZ4 and removed once read for
