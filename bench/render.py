@@ -395,7 +395,11 @@ def main() -> None:
   189.0 s, published files as above) that stage still peaks at 4.5 GB against 2.4 GB through
   identity, as with 10 buckets: what it holds grows with the events, not with the bucket (the
   sessions and the daily aggregates of every bucket so far, and the kept events' writer),
-  about 20 GB more at 100M. Still held whole at
+  about 20 GB more at 100M. With 100 buckets at 10M, ingest took 95.0 s (against 39.2 s with
+  10): reading the files and cutting every group of them into 100 buckets' files 56.3 s,
+  29.4 s of it system time; deciding the buckets 14.9 s; writing the used events 19.2 s;
+  identity 45.8 s. Joining each bucket's rows against only its own sessions' starts (not the
+  night's) changed nothing there (97.2 s, by hand, not kept). Still held whole at
   100M: ingest's tracker-session starts (about 14 million), the sessions and daily aggregates
   until the features run, the feature snapshots. The first scratch files, uncompressed, took
   18 GB before ingest had read every file; the buckets are now LZ4 and removed once read for
