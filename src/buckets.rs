@@ -410,17 +410,22 @@ pub struct BucketFiles {
     writers: Vec<Option<polars::io::parquet::write::BatchedWriter<std::fs::File>>>,
 }
 
+/// The file of bucket `bucket` in `dir`.
+fn bucket_file(dir: &Path, bucket: usize) -> std::path::PathBuf {
+    dir.join(format!("{bucket}.parquet"))
+}
+
 impl BucketFiles {
     /// `count` buckets in a new directory under `within` (the system's temporary directory
     /// without one).
     pub fn create(within: Option<&Path>, count: usize) -> Result<BucketFiles> {
         let mut builder = tempfile::Builder::new();
         builder.prefix(SCRATCH_PREFIX);
-        let dir = match within {
-            Some(dir) => builder.tempdir_in(dir),
-            None => builder.tempdir(),
-        }
-        .ctx("creating a scratch directory for buckets")?;
+        let within = within.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let dir = builder.tempdir_in(&within).ctx(format!(
+            "creating a scratch directory in {}",
+            within.display()
+        ))?;
         Ok(BucketFiles {
             dir,
             writers: (0..count).map(|_| None).collect(),
@@ -429,10 +434,6 @@ impl BucketFiles {
 
     pub fn buckets(&self) -> usize {
         self.writers.len()
-    }
-
-    fn file(&self, bucket: usize) -> std::path::PathBuf {
-        self.dir.path().join(format!("{bucket}.parquet"))
     }
 
     /// Appends each row of `rows` to its bucket, `buckets` giving each row's, in order.
@@ -453,7 +454,7 @@ impl BucketFiles {
     /// Appends every row of `part` to bucket `bucket` (a bucket given no row has no file,
     /// unless given an empty frame).
     pub fn append_to(&mut self, bucket: usize, mut part: DataFrame) -> Result<()> {
-        let file = self.file(bucket);
+        let file = bucket_file(self.dir.path(), bucket);
         let writer = match &mut self.writers[bucket] {
             Some(w) => w,
             slot => slot.insert(
@@ -481,7 +482,7 @@ impl BucketFiles {
             files.push(match writer {
                 None => None,
                 Some(w) => {
-                    let file = self.dir.path().join(format!("{bucket}.parquet"));
+                    let file = bucket_file(self.dir.path(), bucket);
                     w.finish().ctx(format!("writing {}", file.display()))?;
                     Some(file)
                 }
@@ -506,41 +507,26 @@ impl Parts {
     }
 }
 
-/// Writes the events of each bucket to a file of its own in a directory under `dir`, in the
-/// events' order, and lets the events go.
+/// Writes the events of each bucket to a file of its own (`BucketFiles`) in a directory under
+/// `dir`, in the events' order, and lets the events go.
 fn spill(mut gathered: Gathered, dir: &Path) -> Result<Spilled> {
-    let spill_dir = tempfile::Builder::new()
-        .prefix("buckets-")
-        .tempdir_in(dir)
-        .ctx(format!("creating a directory in {}", dir.display()))?;
     let count = gathered.rows.len();
-    let mut files = Vec::with_capacity(count);
+    let mut files = BucketFiles::create(Some(dir), count)?;
     for bucket in 0..count {
         let started = std::time::Instant::now();
-        let Some(mut part) = gathered.take(bucket)? else {
-            files.push(None);
+        let Some(part) = gathered.take(bucket)? else {
             continue;
         };
         let taken = started.elapsed();
-        let file = spill_dir.path().join(format!("{bucket}.parquet"));
-        crate::util::write_parquet_with(
-            &mut part,
-            &file,
-            ParquetCompression::Uncompressed,
-            StatisticsOptions::empty(),
-        )?;
+        files.append_to(bucket, part)?;
         tracing::debug!(
             bucket,
             gather_ms = taken.as_millis() as u64,
             write_ms = (started.elapsed() - taken).as_millis() as u64,
             "bucket written"
         );
-        files.push(Some(file));
     }
-    Ok(Spilled {
-        _dir: spill_dir,
-        files,
-    })
+    files.finish()
 }
 
 /// The rows of each of `count` buckets, in their order (`None`: a bucket without events).
@@ -616,13 +602,13 @@ mod tests {
         }];
         let ingested = crate::ingest::ingest(&inputs, None, &job.quality).unwrap();
         crate::identity::resolve(
-            &ingested.events,
+            &ingested.events.frame().unwrap(),
             None,
             &job.identity_limits,
             &crate::identity::Suppression::default(),
         )
         .unwrap()
-        .events
+        .1
     }
 
     #[test]
@@ -710,7 +696,7 @@ mod tests {
             .err()
             .expect("an error")
             .to_string();
-        assert!(err.contains("creating a directory"), "{err}");
+        assert!(err.contains("creating a scratch directory in"), "{err}");
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub enum InputError {
     },
     #[error("--as-of {as_of}: {message}")]
     AsOf { as_of: String, message: String },
+    #[error(
+        "every one of the {used} events used belongs to a customer on the suppression list: no customer is left to score"
+    )]
+    AllSuppressed { used: usize },
 }
 
 /// The model stage refused to train or score.

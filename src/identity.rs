@@ -183,9 +183,6 @@ impl IdentityState {
 
 /// Result of identity resolution.
 pub struct Resolved {
-    /// The events with a `customer_id` column (suppressed customers' events removed); empty
-    /// when resolved from combinations alone (`resolve_combinations`).
-    pub events: DataFrame,
     /// The customer of each identity key (an event's first identifier: its kind's number and
     /// raw value), which `customer_ids` gives events.
     pub keys: DataFrame,
@@ -200,6 +197,8 @@ pub struct Resolved {
     /// The state to keep for the next run.
     pub state: IdentityState,
     pub suppressed_customers: usize,
+    /// The events of suppressed customers removed (`customer_ids`; 0 from
+    /// `resolve_combinations`, whose caller counts them).
     pub suppressed_events: usize,
 }
 
@@ -370,17 +369,18 @@ fn value_map(
     .lazy())
 }
 
-/// Resolves identities; see the module documentation.
+/// Resolves identities (see the module documentation), and gives the events their
+/// `customer_id` (`customer_ids`: suppressed customers' events removed).
 pub fn resolve(
     events: &DataFrame,
     previous: Option<&IdentityState>,
     limits: &BTreeMap<String, usize>,
     suppression: &Suppression,
-) -> Result<Resolved> {
+) -> Result<(Resolved, DataFrame)> {
     let mut resolved = resolve_combinations(combinations(events)?, previous, limits, suppression)?;
-    resolved.events = customer_ids(events.clone(), &resolved.keys)?;
-    resolved.suppressed_events = events.height() - resolved.events.height();
-    Ok(resolved)
+    let with_customers = customer_ids(events.clone(), &resolved.keys)?;
+    resolved.suppressed_events = events.height() - with_customers.height();
+    Ok((resolved, with_customers))
 }
 
 /// The distinct identifier combinations of `events`, with their first and last sighting: the
@@ -427,7 +427,7 @@ pub fn combine_combinations(parts: Vec<DataFrame>) -> Result<DataFrame> {
 
 /// Resolves identities from the identifier `combinations` of a night's events
 /// (`combinations`): everything `resolve` gives but the events, which `customer_ids` then
-/// gives their customer from `Resolved::keys` (`events` is empty, `suppressed_events` 0).
+/// gives their customer from `Resolved::keys`.
 pub fn resolve_combinations(
     combinations: DataFrame,
     previous: Option<&IdentityState>,
@@ -870,7 +870,6 @@ pub fn resolve_combinations(
         .collect()
         .ctx("customers")?;
     Ok(Resolved {
-        events: DataFrame::empty(),
         keys,
         identity,
         customers,
@@ -982,17 +981,30 @@ mod tests {
         .unwrap()
     }
 
-    fn run(rows: &[Row], prev: Option<&IdentityState>) -> Resolved {
-        resolve(
-            &events(rows),
-            prev,
-            &default_limits(),
-            &Suppression::default(),
-        )
-        .unwrap()
+    /// What `resolve` gives: the resolution, and the events with their customer.
+    struct Run {
+        resolved: Resolved,
+        events: DataFrame,
     }
 
-    fn customer_of(r: &Resolved, event_id: &str) -> String {
+    impl std::ops::Deref for Run {
+        type Target = Resolved;
+        fn deref(&self) -> &Resolved {
+            &self.resolved
+        }
+    }
+
+    fn resolved(rows: &[Row], prev: Option<&IdentityState>, suppression: &Suppression) -> Run {
+        let (resolved, events) =
+            resolve(&events(rows), prev, &default_limits(), suppression).unwrap();
+        Run { resolved, events }
+    }
+
+    fn run(rows: &[Row], prev: Option<&IdentityState>) -> Run {
+        resolved(rows, prev, &Suppression::default())
+    }
+
+    fn customer_of(r: &Run, event_id: &str) -> String {
         let df = r
             .events
             .clone()
@@ -1184,7 +1196,7 @@ mod tests {
             customer_ids: BTreeSet::new(),
             email_sha256: [sha256_hex("jane@example.com")].into(),
         };
-        let r = resolve(&events(&STORY), Some(&first.state), &default_limits(), &s).unwrap();
+        let r = resolved(&STORY, Some(&first.state), &s);
         assert_eq!(r.suppressed_customers, 1);
         assert_eq!(r.suppressed_events, 6);
         assert_eq!(r.events.height(), 1);
@@ -1200,7 +1212,7 @@ mod tests {
             customer_ids: [jane.clone()].into(),
             email_sha256: BTreeSet::new(),
         };
-        let r = resolve(&events(&STORY), None, &default_limits(), &s).unwrap();
+        let r = resolved(&STORY, None, &s);
         assert_eq!(r.customers.height(), 1);
     }
 }

@@ -43,11 +43,9 @@ pub struct IngestCounts {
 
 /// The result of ingest.
 pub struct Ingested {
-    /// Canonical events, deduplicated, before the as-of date (empty when `written`).
-    pub events: DataFrame,
-    /// When the rows were written aside (`Memory`), the events instead: a file a bucket of
-    /// event ids.
-    pub written: Option<crate::buckets::Spilled>,
+    /// Canonical events, deduplicated, before the as-of date: in memory, or when the rows
+    /// were written aside (`Memory`), a file a bucket of event ids.
+    pub events: Stored,
     /// Rows that could not be used, with `quarantine_reason`, `source_file` and the input's
     /// number (`_input`, not published).
     pub quarantine: DataFrame,
@@ -56,7 +54,7 @@ pub struct Ingested {
     pub as_of: chrono::NaiveDate,
     /// `event_id`, `collector_tstamp` (µs), `_input` of the events this night kept (the
     /// copies that won), to add to the keys of the nights before.
-    pub new_keys: NewKeys,
+    pub new_keys: Stored,
     /// What the next night starts from.
     pub state: IngestState,
 }
@@ -1411,8 +1409,8 @@ pub fn ingest_from(
     .ctx("orders")?;
     laps.lap("orders");
     let new_keys = match keys_written {
-        Some(keys) => NewKeys::Written(keys.finish()?),
-        None => NewKeys::Held(done().next().expect("rows held").new_keys.clone()),
+        Some(keys) => Stored::Disk(keys.finish()?),
+        None => Stored::Memory(done().next().expect("rows held").new_keys.clone()),
     };
     // The events used: the unique rows but the repeated orders. The newest of them places the
     // as-of date when none is given.
@@ -1588,7 +1586,7 @@ pub fn ingest_from(
             .vstack(&deferred)
             .ctx("events after the as-of date")?;
     }
-    let (events, written, used) = used_events.finish()?;
+    let (events, used) = used_events.finish()?;
     let counts = IngestCounts {
         files: files_read,
         files_pruned,
@@ -1620,7 +1618,6 @@ pub fn ingest_from(
     }
     Ok(Ok(Ingested {
         events,
-        written,
         quarantine,
         counts,
         as_of,
@@ -1657,19 +1654,29 @@ impl Memory {
     }
 }
 
-/// The keys of the events a night kept (`Ingested::new_keys`): held, or written to a file
-/// (when the rows were written aside).
-pub enum NewKeys {
-    Held(DataFrame),
-    Written(crate::buckets::Spilled),
+/// Rows ingest gives (its events, their keys): in memory, or written to disk by bucket (when
+/// the rows were written aside, `Memory`).
+pub enum Stored {
+    Memory(DataFrame),
+    Disk(crate::buckets::Spilled),
 }
 
-impl NewKeys {
-    /// The keys, read when written.
+impl Stored {
+    /// Every row in memory (written ones read, a bucket after another): tests, and nights
+    /// known to be small.
     pub fn frame(&self) -> Result<DataFrame> {
         match self {
-            NewKeys::Held(keys) => Ok(keys.clone()),
-            NewKeys::Written(file) => Ok(file.read(0)?.expect("the keys' file is written")),
+            Stored::Memory(rows) => Ok(rows.clone()),
+            Stored::Disk(spilled) => {
+                let mut parts = Vec::new();
+                for bucket in 0..spilled.buckets() {
+                    parts.extend(spilled.read(bucket)?.map(|p| p.lazy()));
+                }
+                concat(parts, UnionArgs::default())
+                    .ctx("rows written aside")?
+                    .collect()
+                    .ctx("rows written aside")
+            }
         }
     }
 }
@@ -1704,8 +1711,8 @@ impl Used {
         Ok(())
     }
 
-    /// The events held (empty when written), the files written, and how many events.
-    fn finish(self) -> Result<(DataFrame, Option<crate::buckets::Spilled>, usize)> {
+    /// The events, and how many.
+    fn finish(self) -> Result<(Stored, usize)> {
         match self {
             Used::Held(parts) => {
                 let mut parts = parts.into_iter();
@@ -1716,9 +1723,9 @@ impl Used {
                         .ctx("events carried from the night before")?;
                 }
                 let used = events.height();
-                Ok((events, None, used))
+                Ok((Stored::Memory(events), used))
             }
-            Used::Written { files, rows } => Ok((DataFrame::empty(), Some(files.finish()?), rows)),
+            Used::Written { files, rows } => Ok((Stored::Disk(files.finish()?), rows)),
         }
     }
 }

@@ -174,7 +174,7 @@ enum Increment {
 struct Fresh {
     ingest: ingest::IngestState,
     /// The keys of the events this night kept, added to `key_files`.
-    new_keys: ingest::NewKeys,
+    new_keys: ingest::Stored,
     /// The night before's key files (one per night), linked into this night's.
     key_files: Vec<PathBuf>,
     /// The kept events of the nights since the last full read (one file per night, each
@@ -313,10 +313,10 @@ impl Increment {
                     )
                 };
                 match new_keys {
-                    ingest::NewKeys::Held(keys) => {
+                    ingest::Stored::Memory(keys) => {
                         frame(&format!("{KEYS_DIR}/{}", record.as_of), keys)?
                     }
-                    ingest::NewKeys::Written(file) => link_or_copy(
+                    ingest::Stored::Disk(file) => link_or_copy(
                         file.file(0).expect("the keys' file is written"),
                         &to.join(KEYS_DIR).join(format!("{}.parquet", record.as_of)),
                     )?,
@@ -1096,8 +1096,7 @@ fn prepare_full(
         },
     };
     let ingest::Ingested {
-        events: raw,
-        written,
+        events,
         quarantine,
         counts,
         as_of,
@@ -1116,9 +1115,9 @@ fn prepare_full(
         Some(shard) => shard.dir(state, as_of),
         None => state.root().to_path_buf(),
     })?;
-    let (resolved, first_day, bucketed) = match written {
-        None => {
-            let mut resolved = identity::resolve(
+    let (resolved, first_day, bucketed) = match events {
+        ingest::Stored::Memory(raw) => {
+            let (resolved, resolved_events) = identity::resolve(
                 &raw,
                 previous.as_ref(),
                 &job.identity_limits,
@@ -1128,8 +1127,11 @@ fn prepare_full(
             // The resolved rows share their columns with the raw ones: let them go, so that
             // the columns sessionising rewrites are the only copy.
             drop(raw);
-            let resolved_events = std::mem::take(&mut resolved.events);
-            let first_day = crate::util::event_date_range(&resolved_events)?.0;
+            let first_day = (resolved_events.height() > 0)
+                .then(|| crate::util::event_date_range(&resolved_events))
+                .transpose()?
+                .map(|(first, _)| first)
+                .ok_or(crate::error::InputError::AllSuppressed { used: counts.used })?;
             let events = match shard {
                 Some(shard) => shard.select(resolved_events)?,
                 None => resolved_events,
@@ -1142,7 +1144,7 @@ fn prepare_full(
         }
         // Events too many to hold: identity from each bucket's identifier combinations, then
         // each bucket's events, with their customer, written by bucket of customers.
-        Some(written) => {
+        ingest::Stored::Disk(written) => {
             // Buckets of event ids each have most customers' combinations: they are combined
             // as they come, not held side by side (100M events: past 20 GiB).
             let mut combinations: Option<DataFrame> = None;
@@ -1187,13 +1189,8 @@ fn prepare_full(
                 crate::buckets::append_by_customer(&mut by_customer, &part)?;
             }
             drop(written);
-            let Some(first_day) = first_day else {
-                return Err(crate::error::InputError::AsOf {
-                    as_of: as_of.to_string(),
-                    message: "every event before this date is a suppressed customer's".into(),
-                }
-                .into());
-            };
+            let first_day =
+                first_day.ok_or(crate::error::InputError::AllSuppressed { used: counts.used })?;
             timer.lap("identity");
             info!(buckets, "sessions and history");
             let bucketed = crate::buckets::sessions_and_history_written(
@@ -1287,8 +1284,8 @@ fn prepare_incremental(
     }
     timer.lap("ingest");
 
-    let mut resolved = identity::resolve(
-        &ingested.events,
+    let (resolved, resolved_events) = identity::resolve(
+        &ingested.events.frame()?,
         Some(&before.identity),
         &job.identity_limits,
         &suppression(job)?,
@@ -1362,7 +1359,7 @@ fn prepare_incremental(
         };
     let carry = sessions::gap_carry(&sessions_before)?;
     let (events, sessions_now) = sessions::sessionize(
-        std::mem::take(&mut resolved.events),
+        resolved_events,
         job.session_inactivity_minutes,
         Some(&carry),
     )?;

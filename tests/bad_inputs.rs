@@ -449,6 +449,8 @@ fn naive_and_offset_timestamps() {
     );
     let t = got
         .events
+        .frame()
+        .unwrap()
         .column("tstamp")
         .unwrap()
         .datetime()
@@ -478,6 +480,8 @@ fn naive_and_offset_timestamps() {
         let got = ingested(&lake(&tmp.path().join(dir)));
         let t = got
             .events
+            .frame()
+            .unwrap()
             .column("collector_tstamp")
             .unwrap()
             .datetime()

@@ -144,8 +144,8 @@ fn resolve_fixture(csv: &Path) -> BTreeMap<(String, String), String> {
         &propel::config::Quality::default(),
     )
     .unwrap();
-    let r = resolve(
-        &ingested.events,
+    let (r, _) = resolve(
+        &ingested.events.frame().unwrap(),
         None,
         &default_limits(),
         &Suppression::default(),
@@ -431,6 +431,66 @@ fn a_suppressed_person_appears_in_no_output() {
     assert!(m["rows"]["suppressed_events"].as_u64().unwrap() > 0);
 }
 
+/// A night whose every event belongs to a suppressed customer stops with an input error that
+/// says so, whether its rows are held or written aside (held, it used to panic).
+#[test]
+fn a_night_of_suppressed_customers_only_is_an_input_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/examples/store_sales.csv"),
+    )
+    .unwrap();
+    // The header and one customer's order with its lines.
+    let rows: Vec<&str> = example.lines().take(4).collect();
+    std::fs::write(tmp.path().join("in.csv"), rows.join("\n") + "\n").unwrap();
+    std::fs::write(
+        tmp.path().join("forget.csv"),
+        "email\nanna.smith3@example.com\n",
+    )
+    .unwrap();
+    for (name, memory) in [
+        ("held", ""),
+        (
+            "aside",
+            "\n[sessions]\nevents_per_bucket = 1\nwrite_buckets_above_mib = 0\n",
+        ),
+    ] {
+        let job = format!("{name}.toml");
+        std::fs::write(
+            tmp.path().join(&job),
+            format!(
+                "[input]\nurl = \"in.csv\"\nlayout = \"flat\"\n\n[privacy]\nsuppression = \"forget.csv\"\n{memory}"
+            ),
+        )
+        .unwrap();
+        let o = propel(
+            tmp.path(),
+            &[
+                "run",
+                "--job",
+                &job,
+                "--output",
+                name,
+                "--log-format",
+                "json",
+            ],
+        );
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(propel::error::exit_code::INPUT),
+            "{name}: {err}"
+        );
+        assert!(
+            err.contains(
+                "every one of the 3 events used belongs to a customer on the suppression list"
+            ) && !err.contains("panicked"),
+            "{name}: {err}"
+        );
+        assert_eq!(err.contains("rows written aside"), name == "aside", "{err}");
+    }
+}
+
 /// Helper: every string value of a frame, for searching.
 trait AllStrings {
     fn get_columns_string(&self) -> String;
@@ -525,6 +585,7 @@ mod properties {
             &Suppression::default(),
         )
         .unwrap()
+        .0
         .state
     }
 

@@ -175,7 +175,12 @@ fn dedupes_quarantines_and_normalises_with_known_answers() {
         ]
     );
     // The duplicate kept is the one with the earliest collector_tstamp (page /y).
-    let e = got.events.sort(["event_id"], Default::default()).unwrap();
+    let e = got
+        .events
+        .frame()
+        .unwrap()
+        .sort(["event_id"], Default::default())
+        .unwrap();
     // The descriptive columns are held as categoricals: read them as text.
     let col_str = |n: &str| {
         e.column(n)
@@ -244,7 +249,7 @@ fn the_flat_layout_example_reads_without_loss() {
         (got.counts.read, got.counts.used, got.counts.quarantined),
         (5, 5, 0)
     );
-    let e = got.events;
+    let e = got.events.frame().unwrap();
     assert_eq!(
         strings(&e, "event_type"),
         ["order", "order_line", "order_line", "order", "order_line"]
@@ -294,8 +299,8 @@ fn flat_rows_that_do_not_parse_are_quarantined_with_their_reason() {
     )
     .unwrap();
     let got = ingest(&flat(&path), None, &Quality::default()).unwrap();
-    let used: Vec<&str> = got
-        .events
+    let events = got.events.frame().unwrap();
+    let used: Vec<&str> = events
         .column("event_id")
         .unwrap()
         .str()
@@ -375,7 +380,13 @@ fn events_after_the_as_of_date_are_kept_as_text_for_the_next_night() {
             "{c}"
         );
         assert!(
-            got.events.column(c).unwrap().dtype().is_categorical(),
+            got.events
+                .frame()
+                .unwrap()
+                .column(c)
+                .unwrap()
+                .dtype()
+                .is_categorical(),
             "{c}"
         );
     }
@@ -466,18 +477,18 @@ fn rows_written_aside_in_buckets_of_event_ids_are_decided_as_rows_held() {
         propel::util::text(df.sort(["event_id"], Default::default()).unwrap()).unwrap()
     };
     // The events are written a bucket at a time instead of held.
-    assert!(held.written.is_none() && spilled.events.height() == 0);
-    let written = spilled.written.as_ref().unwrap();
-    let parts: Vec<LazyFrame> = (0..written.buckets())
-        .filter_map(|b| written.read(b).unwrap())
-        .map(|part| part.lazy())
-        .collect();
-    assert!(parts.len() > 10);
-    let events = concat(parts, UnionArgs::default())
-        .unwrap()
-        .collect()
-        .unwrap();
-    assert!(sorted(&events).equals_missing(&sorted(&held.events)));
+    let propel::ingest::Stored::Disk(written) = &spilled.events else {
+        panic!("the rows were held")
+    };
+    assert!(
+        (0..written.buckets())
+            .filter(|&b| written.file(b).is_some())
+            .count()
+            > 10
+    );
+    assert!(matches!(held.events, propel::ingest::Stored::Memory(_)));
+    let events = |i: &propel::ingest::Ingested| sorted(&i.events.frame().unwrap());
+    assert!(events(&spilled).equals_missing(&events(&held)));
     let keys = |i: &propel::ingest::Ingested| sorted(&i.new_keys.frame().unwrap());
     assert!(keys(&spilled).equals_missing(&keys(&held)));
     assert!(sorted(&spilled.state.deferred).equals_missing(&sorted(&held.state.deferred)));

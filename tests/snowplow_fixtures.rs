@@ -141,7 +141,9 @@ fn dbt_snowplow_utils_base_dedupe_quarantine_and_sessions() {
     assert_eq!(got.counts.read, 158);
     assert_eq!(got.counts.duplicates, 3);
     assert_eq!(got.counts.quarantined, 10);
-    let used: BTreeSet<String> = strings(&got.events, "event_id").into_iter().collect();
+    let used: BTreeSet<String> = strings(&got.events.frame().unwrap(), "event_id")
+        .into_iter()
+        .collect();
     let expected: BTreeSet<String> = csv_column(
         &base.join("expected/snowplow_base_events_this_run_expected.csv"),
         "event_id",
@@ -154,6 +156,8 @@ fn dbt_snowplow_utils_base_dedupe_quarantine_and_sessions() {
     assert_eq!(extra.len(), 1, "{extra:?}");
     let no_session = got
         .events
+        .frame()
+        .unwrap()
         .clone()
         .lazy()
         .filter(col("event_id").eq(lit(extra[0].as_str())))
@@ -177,6 +181,8 @@ fn dbt_snowplow_utils_base_dedupe_quarantine_and_sessions() {
     // (snowplow_base_events_this_run_actual.sql); its own rule, like propel, keeps the earlier.
     let dup = got
         .events
+        .frame()
+        .unwrap()
         .clone()
         .lazy()
         .filter(col("event_id").eq(lit("9e983d4a-e07c-4858-8e97-bdb7feb31241")))
@@ -211,6 +217,8 @@ fn dbt_snowplow_utils_base_dedupe_quarantine_and_sessions() {
     // event, or start + 3 days for a session that was cut; user = the largest domain_userid.
     let kept = got
         .events
+        .frame()
+        .unwrap()
         .clone()
         .lazy()
         .filter(col("domain_sessionid").is_not_null())
@@ -461,6 +469,8 @@ fn dbt_snowplow_ecommerce_carts_and_transactions() {
     // below (propel has no app filter: its inputs are the retailer's own).
     let events = got
         .events
+        .frame()
+        .unwrap()
         .clone()
         .lazy()
         .with_column(
