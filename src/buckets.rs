@@ -32,25 +32,24 @@ pub const SCRATCH_PREFIX: &str = ".events-writing-";
 /// holds a few hundred megabytes while it is sessionised, instead of the night's gigabytes.
 pub const EVENTS_PER_BUCKET: usize = 1 << 20;
 
-const BUCKET: &str = "_bucket";
-/// Rows per row group of the kept events file (polars' default for a whole frame).
-const ROW_GROUP: usize = 512 * 512;
-
 /// What the per-customer stages made of a night's events.
 pub struct Bucketed {
-    /// Sorted by customer, start and session, as `sessions::sessionize` sorts them.
-    pub sessions: DataFrame,
     pub history: History,
     pub events: usize,
+    /// The number of sessions.
+    pub sessions: usize,
     /// Of the time taken, what building the history took (the rest: sessions).
     pub history_took: std::time::Duration,
-    /// The events with their `session_id`, still being written.
+    /// The events with their `session_id`, and the sessions (sorted by customer, start and
+    /// session, as `sessions::sessionize` sorts them), still being written.
     pub kept: KeptFile,
 }
 
-/// The events a night keeps, written bucket after bucket on a thread of their own while the
-/// next bucket is sessionised and, after the last, while the later stages run: into a
-/// scratch directory, removed with this (the night's state links the file).
+/// The events and sessions a night keeps, written bucket after bucket on a thread of their
+/// own while the next bucket is sessionised and, after the last, while the later stages run:
+/// into a scratch directory, removed with this (the night's state links the files). The
+/// buckets are ranges of customers in order (`CustomerBuckets`), so the files, appended in
+/// bucket order, are sorted as the night's rows would be.
 pub struct KeptFile {
     dir: tempfile::TempDir,
     writer: std::sync::Mutex<Writer>,
@@ -64,43 +63,51 @@ enum Writer {
 
 /// The kept events file in a `KeptFile`'s directory.
 const KEPT_FILE: &str = "events.parquet";
+/// The sessions file in a `KeptFile`'s directory.
+const SESSIONS_FILE: &str = "sessions.parquet";
 
 impl KeptFile {
-    /// Starts the writer thread, which writes every frame `sessions_and_history` sends it
-    /// (Parquet without compression or statistics, as the state's stage frames are).
-    fn start(dir: tempfile::TempDir) -> (KeptFile, std::sync::mpsc::SyncSender<DataFrame>) {
-        // No frame waits: the writer holds the bucket it writes, the caller the next one.
-        let (send, frames) = std::sync::mpsc::sync_channel::<DataFrame>(0);
-        let path = dir.path().join(KEPT_FILE);
+    /// Starts the writer thread, which appends the events and sessions of every bucket
+    /// `sessions_and_history` sends it: the events as the state's stage frames are written
+    /// (without compression or statistics), the sessions as the published files are.
+    fn start(
+        dir: tempfile::TempDir,
+    ) -> (
+        KeptFile,
+        std::sync::mpsc::SyncSender<(DataFrame, DataFrame)>,
+    ) {
+        // No bucket waits: the writer holds the bucket it writes, the caller the next one.
+        let (send, buckets) = std::sync::mpsc::sync_channel::<(DataFrame, DataFrame)>(0);
+        let events_path = dir.path().join(KEPT_FILE);
+        let sessions_path = dir.path().join(SESSIONS_FILE);
         let handle = std::thread::spawn(move || -> Result<()> {
-            let mut writer: Option<polars::io::parquet::write::BatchedWriter<std::fs::File>> = None;
-            for part in frames {
-                let writer = match &mut writer {
-                    Some(w) => w,
-                    None => writer.insert(
-                        ParquetWriter::new(
-                            std::fs::File::create(&path)
-                                .ctx(format!("creating {}", path.display()))?,
-                        )
-                        .with_compression(ParquetCompression::Uncompressed)
-                        .with_statistics(StatisticsOptions::empty())
-                        .batched(part.schema())
-                        .ctx(format!("writing {}", path.display()))?,
-                    ),
+            use crate::util::ParquetAppender;
+            let mut files: Option<(ParquetAppender, ParquetAppender)> = None;
+            for (events, sessions) in buckets {
+                let (kept, sessions_file) = match &mut files {
+                    Some(files) => files,
+                    None => files.insert((
+                        ParquetAppender::create(
+                            &events_path,
+                            events.schema(),
+                            ParquetCompression::Uncompressed,
+                            StatisticsOptions::empty(),
+                        )?,
+                        ParquetAppender::create(
+                            &sessions_path,
+                            sessions.schema(),
+                            ParquetCompression::Zstd(None),
+                            StatisticsOptions::default(),
+                        )?,
+                    )),
                 };
-                for start in (0..part.height()).step_by(ROW_GROUP) {
-                    let mut group = part.slice(start as i64, ROW_GROUP);
-                    group.rechunk_mut_par();
-                    writer
-                        .write_batch(&group)
-                        .ctx(format!("writing {}", path.display()))?;
-                }
+                kept.append(&events)?;
+                drop(events);
+                sessions_file.append(&sessions)?;
             }
-            writer
-                .expect("a night has at least one bucket")
-                .finish()
-                .ctx(format!("writing {}", path.display()))?;
-            Ok(())
+            let (kept, sessions) = files.expect("a night has at least one bucket");
+            kept.finish()?;
+            sessions.finish()
         });
         let kept = KeptFile {
             dir,
@@ -114,8 +121,19 @@ impl KeptFile {
         self.dir.path()
     }
 
-    /// The file, once every frame is written.
-    pub fn wait(&self) -> Result<std::path::PathBuf> {
+    /// The events file, once every bucket is written.
+    pub fn events(&self) -> Result<std::path::PathBuf> {
+        self.wait()?;
+        Ok(self.dir.path().join(KEPT_FILE))
+    }
+
+    /// The sessions file, once every bucket is written.
+    pub fn sessions(&self) -> Result<std::path::PathBuf> {
+        self.wait()?;
+        Ok(self.dir.path().join(SESSIONS_FILE))
+    }
+
+    fn wait(&self) -> Result<()> {
         let failed = |message: String| crate::error::Error::Io {
             context: "writing the kept events".into(),
             source: std::io::Error::other(message),
@@ -139,7 +157,7 @@ impl KeptFile {
         }
         match &*writer {
             Writer::Failed(message) => Err(failed(message.clone())),
-            _ => Ok(self.dir.path().join(KEPT_FILE)),
+            _ => Ok(()),
         }
     }
 }
@@ -157,10 +175,42 @@ pub fn buckets_for(events: usize, per_bucket: usize) -> usize {
     events.div_ceil(per_bucket.max(1)).max(1)
 }
 
-/// A customer's bucket of `count`: the high half of its place on the ring, so that buckets
-/// cut a shard's customers (the ring modulo the shard count) evenly.
-fn bucket_of(id: &str, count: usize) -> u32 {
-    ((crate::util::customer_hash(id) >> 32) % count as u64) as u32
+/// Buckets of customers as ranges of their ids, each about as many customers: bucket `i`
+/// holds the ids from its lower bound up to the next bucket's. Taken in order, the buckets'
+/// customers are in order, so each bucket's sessions and history, sorted by customer and
+/// appended in turn, are sorted as one pass over all the events sorts them: neither the
+/// night's sessions nor its history need be held to be sorted. (A shard's customers, cut by
+/// a hash of their ids, are cut into ranges of their own.)
+pub struct CustomerBuckets {
+    /// The lower bounds of buckets 1 and up.
+    bounds: Vec<String>,
+}
+
+impl CustomerBuckets {
+    /// `count` buckets of the customer ids `ids` (a string column; repeats and nulls are
+    /// ignored).
+    pub fn cut(ids: &Column, count: usize) -> Result<CustomerBuckets> {
+        let unique = ids.as_materialized_series().unique().ctx("customer ids")?;
+        let mut sorted: Vec<&str> = unique.str().ctx("customer ids")?.iter().flatten().collect();
+        sorted.sort_unstable();
+        let bounds = (1..count.max(1))
+            .map(|i| {
+                sorted
+                    .get(i * sorted.len() / count)
+                    .map_or_else(String::new, |id| id.to_string())
+            })
+            .collect();
+        Ok(CustomerBuckets { bounds })
+    }
+
+    pub fn count(&self) -> usize {
+        self.bounds.len() + 1
+    }
+
+    /// The bucket of customer `id`.
+    pub fn of(&self, id: &str) -> usize {
+        self.bounds.partition_point(|bound| bound.as_str() <= id)
+    }
 }
 
 /// The variable with which polars (and so `write_buckets_above`) is told the memory the
@@ -193,9 +243,9 @@ pub fn write_buckets_above(job: &Job) -> u64 {
 }
 
 /// Sessions and history of `events`, `count` buckets of customers at a time; the events,
-/// with their `session_id`, are written bucket after bucket into `scratch` (`KeptFile`).
-/// Events taking more than `write_buckets_above(job)` bytes are written aside by bucket
-/// first.
+/// with their `session_id`, and the sessions are written bucket after bucket into `scratch`
+/// (`KeptFile`). Events taking more than `write_buckets_above(job)` bytes are written aside
+/// by bucket first.
 pub fn sessions_and_history(
     events: DataFrame,
     count: usize,
@@ -245,19 +295,22 @@ pub fn sessions_and_history_written(
     each_bucket(Parts::Spilled(spilled), count, events, job, scratch)
 }
 
-/// Appends each row of `events` to the file of its customer's bucket.
-pub fn append_by_customer(files: &mut BucketFiles, events: &DataFrame) -> Result<()> {
-    let count = files.buckets();
+/// Appends each row of `events` to the file of its customer's bucket of `buckets`.
+pub fn append_by_customer(
+    files: &mut BucketFiles,
+    buckets: &CustomerBuckets,
+    events: &DataFrame,
+) -> Result<()> {
     let ids = events
         .column(ev::CUSTOMER_ID)
         .ctx("customer ids")?
         .str()
         .ctx("customer ids")?;
     // Identity gives every event a customer; were one without, it would go to bucket 0.
-    let buckets = ids
-        .iter()
-        .map(|id| id.map_or(0, |id| bucket_of(id, count) as usize));
-    files.append(events, buckets)
+    files.append(
+        events,
+        ids.iter().map(|id| id.map_or(0, |id| buckets.of(id))),
+    )
 }
 
 /// Sessions and history of each of the `count` buckets of `parts` (`total` events) in turn.
@@ -271,7 +324,7 @@ fn each_bucket(
     // `send` is declared after `kept`, so it is dropped first on every way out: dropping `kept`
     // waits for the writer, which ends only once `send` is gone.
     let (kept, send) = KeptFile::start(scratch);
-    let mut sessions = Vec::new();
+    let mut sessions = 0;
     let mut histories = Vec::new();
     let mut history_took = std::time::Duration::ZERO;
     for bucket in 0..count {
@@ -292,8 +345,8 @@ fn each_bucket(
             history_ms = started.elapsed().as_millis() as u64,
             "bucket done"
         );
-        sessions.push(part_sessions);
-        if send.send(part).is_err() {
+        sessions += part_sessions.height();
+        if send.send((part, part_sessions)).is_err() {
             // The writer stops early only on an error, which says why.
             kept.wait()?;
             return Err(crate::error::Error::Io {
@@ -304,22 +357,6 @@ fn each_bucket(
     }
     drop(send);
     drop(parts);
-    // One bucket's results are sorted already.
-    let sessions = if sessions.len() == 1 {
-        sessions.remove(0)
-    } else {
-        concat(
-            sessions.into_iter().map(|s| s.lazy()).collect::<Vec<_>>(),
-            UnionArgs::default(),
-        )
-        .ctx("the sessions of every bucket")?
-        .sort(
-            [ev::CUSTOMER_ID, crate::sessions::START, ev::SESSION_ID],
-            Default::default(),
-        )
-        .collect()
-        .ctx("the sessions of every bucket")?
-    };
     let started = std::time::Instant::now();
     let history = if histories.len() == 1 {
         histories.remove(0)
@@ -328,9 +365,9 @@ fn each_bucket(
     };
     history_took += started.elapsed();
     Ok(Bucketed {
-        sessions,
         history,
         events: total,
+        sessions,
         history_took,
         kept,
     })
@@ -531,47 +568,12 @@ fn spill(mut gathered: Gathered, dir: &Path) -> Result<Spilled> {
 
 /// The rows of each of `count` buckets, in their order (`None`: a bucket without events).
 fn bucket_rows(events: &DataFrame, count: usize) -> Result<Vec<Option<IdxCa>>> {
-    let ids = events
-        .column(ev::CUSTOMER_ID)
-        .ctx("customer ids")?
-        .as_materialized_series()
-        .unique()
-        .ctx("customer ids")?;
-    let buckets: Vec<Option<u32>> = ids
-        .str()
-        .ctx("customer ids")?
-        .iter()
-        .map(|id| id.map(|id| bucket_of(id, count)))
-        .collect();
-    let map = DataFrame::new(
-        ids.len(),
-        vec![ids.into_column(), Column::new(BUCKET.into(), buckets)],
-    )
-    .ctx("customer buckets")?;
-    let of_events = events
-        .select([ev::CUSTOMER_ID])
-        .ctx("customer ids")?
-        .lazy()
-        .join(
-            map.lazy(),
-            [col(ev::CUSTOMER_ID)],
-            [col(ev::CUSTOMER_ID)],
-            crate::util::left_join_ordered(),
-        )
-        // Identity gives every event a customer; were one without, it would go to bucket 0.
-        .select([col(BUCKET).fill_null(lit(0u32))])
-        .collect()
-        .ctx("customer buckets")?;
+    let ids = events.column(ev::CUSTOMER_ID).ctx("customer ids")?;
+    let buckets = CustomerBuckets::cut(ids, count)?;
     let mut rows: Vec<Vec<IdxSize>> = vec![Vec::new(); count];
-    for (row, bucket) in of_events
-        .column(BUCKET)
-        .ctx("buckets")?
-        .u32()
-        .ctx("buckets")?
-        .into_no_null_iter()
-        .enumerate()
-    {
-        rows[bucket as usize].push(row as IdxSize);
+    // Identity gives every event a customer; were one without, it would go to bucket 0.
+    for (row, id) in ids.str().ctx("customer ids")?.iter().enumerate() {
+        rows[id.map_or(0, |id| buckets.of(id))].push(row as IdxSize);
     }
     Ok(rows
         .into_iter()
@@ -629,25 +631,23 @@ mod tests {
                 tempfile::tempdir_in(dir.path()).unwrap(),
             )
             .unwrap();
-            // The kept events, in an order that does not depend on the buckets.
-            let kept = crate::util::read_parquet(&b.kept.wait().unwrap())
+            // The kept events in an order that does not depend on the buckets (sessions do not
+            // sort them); the sessions, sorted, are the bytes of one bucket's.
+            let kept = crate::util::read_parquet(&b.kept.events().unwrap())
                 .unwrap()
                 .sort([ev::EVENT_ID], Default::default())
                 .unwrap();
-            (b, kept)
+            let sessions = std::fs::read(b.kept.sessions().unwrap()).unwrap();
+            (b, kept, sessions)
         };
-        let (one, kept_one) = run(1, 0);
+        let (one, kept_one, sessions_one) = run(1, 0);
         assert!(bucket_rows(&events, 4).unwrap().iter().all(Option::is_some));
-        assert!(one.sessions.height() > 100 && one.events == events.height());
+        assert!(one.sessions > 100 && one.events == events.height());
         assert_eq!(kept_one.height(), events.height());
         for write_above in [0, u64::MAX] {
-            let (four, kept_four) = run(4, write_above);
-            assert!(
-                one.sessions.equals_missing(&four.sessions),
-                "sessions differ:\n{}\n{}",
-                one.sessions,
-                four.sessions
-            );
+            let (four, kept_four, sessions_four) = run(4, write_above);
+            assert_eq!(one.sessions, four.sessions);
+            assert!(sessions_one == sessions_four, "the sessions files differ");
             assert_eq!(
                 one.history.fingerprint().unwrap(),
                 four.history.fingerprint().unwrap()
@@ -656,6 +656,15 @@ mod tests {
             assert!(kept_one.equals_missing(&kept_four));
         }
         assert!(kept_one.column(ev::SESSION_ID).unwrap().null_count() == 0);
+        // One pass sorts the sessions by customer, start and session.
+        let sessions = crate::util::read_parquet(&one.kept.sessions().unwrap()).unwrap();
+        let sorted = sessions
+            .sort(
+                [ev::CUSTOMER_ID, crate::sessions::START, ev::SESSION_ID],
+                Default::default(),
+            )
+            .unwrap();
+        assert!(sessions.equals_missing(&sorted));
     }
 
     #[test]
@@ -671,10 +680,10 @@ mod tests {
         // One bucket: the writer thread fails to create the kept file, and says so when the
         // file is asked for.
         let one = sessions_and_history(events.clone(), 1, &job, gone()).unwrap();
-        let err = one.kept.wait().unwrap_err().to_string();
+        let err = one.kept.events().unwrap_err().to_string();
         assert!(err.contains("creating") && err.contains(KEPT_FILE), "{err}");
         // The same answer the second time (the night's state asks again).
-        assert!(one.kept.wait().is_err());
+        assert!(one.kept.sessions().is_err());
         // Four buckets gathered from memory: the writer stops before the buckets are all sent
         // (in practice at the first; the run then answers with the writer's error), or after
         // (its error then comes when the file is asked for).
@@ -684,7 +693,7 @@ mod tests {
         };
         let err = match sessions_and_history(events.clone(), 4, &held, gone()) {
             Err(e) => e.to_string(),
-            Ok(b) => b.kept.wait().unwrap_err().to_string(),
+            Ok(b) => b.kept.events().unwrap_err().to_string(),
         };
         assert!(err.contains("creating") && err.contains(KEPT_FILE), "{err}");
         // More: the buckets cannot be written aside.
@@ -709,15 +718,37 @@ mod tests {
     }
 
     #[test]
-    fn buckets_cut_a_shard_evenly() {
-        // The customers of shard 0 of 2 (even places on the ring) fall into all 4 buckets.
-        let mut seen = [0usize; 4];
-        for i in 0..4000 {
-            let id = format!("c{i}");
-            if crate::util::customer_hash(&id).is_multiple_of(2) {
-                seen[bucket_of(&id, 4) as usize] += 1;
-            }
+    fn buckets_are_ranges_of_customers_in_order_of_about_as_many_each() {
+        // Ids in no order, some repeated, one null: 4 buckets of 1000 customers.
+        let ids: Vec<Option<String>> = (0..5000)
+            .map(|i| {
+                (i != 17).then(|| {
+                    format!(
+                        "c_{:x}",
+                        crate::util::customer_hash(&format!("{}", i % 4000))
+                    )
+                })
+            })
+            .collect();
+        let ids = Column::new("customer_id".into(), ids);
+        let buckets = CustomerBuckets::cut(&ids, 4).unwrap();
+        assert_eq!(buckets.count(), 4);
+        let mut by_bucket: Vec<Vec<String>> = vec![Vec::new(); 4];
+        for id in ids.str().unwrap().iter().flatten() {
+            by_bucket[buckets.of(id)].push(id.to_string());
         }
-        assert!(seen.iter().all(|&n| n > 400), "{seen:?}");
+        for bucket in &mut by_bucket {
+            bucket.sort();
+            bucket.dedup();
+            assert_eq!(bucket.len(), 1000);
+        }
+        // Every id of a bucket comes before every id of the next.
+        for pair in by_bucket.windows(2) {
+            assert!(pair[0].last() < pair[1].first());
+        }
+        // More buckets than customers: the others are empty, none is out of range.
+        let few = CustomerBuckets::cut(&Column::new("customer_id".into(), ["b", "a"]), 5).unwrap();
+        assert_eq!(few.count(), 5);
+        assert!(few.of("a") < few.of("b") && few.of("b") < 5);
     }
 }

@@ -80,7 +80,7 @@ struct Prepared {
     /// The events this run read: all of them, or those since the night before.
     events: NightEvents,
     /// Every session of the customers this run computes.
-    sessions: DataFrame,
+    sessions: Sessions,
     /// What the per-customer stages need of all their events.
     history: crate::history::History,
     /// Fingerprint of the history (keys the cache; see `util::fingerprint`).
@@ -144,10 +144,40 @@ impl NightEvents {
         match self {
             NightEvents::Frame(events) => write_stage_frame(stage, EVENTS_FRAME, events),
             NightEvents::Written(kept) => {
-                let file = kept.wait()?;
+                let file = kept.events()?;
                 std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
                 link_or_copy(&file, &stage.join(format!("{EVENTS_FRAME}.parquet")))
             }
+        }
+    }
+}
+
+/// A night's sessions, sorted by customer, start and session: in memory (a night that read
+/// only its new files, what `--from-stage features` read back, the merged shards'), or the
+/// file `buckets` wrote beside the night's events, never held (the largest frame a night
+/// publishes: 1.4 GB at 10M events).
+#[derive(Clone)]
+enum Sessions {
+    Frame(DataFrame),
+    Written {
+        kept: std::sync::Arc<crate::buckets::KeptFile>,
+        rows: usize,
+    },
+}
+
+impl Sessions {
+    fn rows(&self) -> usize {
+        match self {
+            Sessions::Frame(sessions) => sessions.height(),
+            Sessions::Written { rows, .. } => *rows,
+        }
+    }
+
+    /// Writes (or links) the sessions as they are published to `file`.
+    fn write(&self, file: &std::path::Path) -> Result<()> {
+        match self {
+            Sessions::Frame(sessions) => write_parquet(&mut sessions.clone(), file),
+            Sessions::Written { kept, .. } => link_or_copy(&kept.sessions()?, file),
         }
     }
 }
@@ -597,13 +627,10 @@ fn write_stage_frame(stage: &std::path::Path, name: &str, df: &DataFrame) -> Res
 fn write_events_and_sessions(
     stage: &std::path::Path,
     events: &NightEvents,
-    sessions: &DataFrame,
+    sessions: &Sessions,
 ) -> Result<()> {
     events.write(stage)?;
-    write_parquet(
-        &mut sessions.clone(),
-        &stage.join(format!("{SESSIONS_FRAME}.parquet")),
-    )
+    sessions.write(&stage.join(format!("{SESSIONS_FRAME}.parquet")))
 }
 
 fn read_stage_frame(stage: &std::path::Path, name: &str) -> Result<DataFrame> {
@@ -772,7 +799,7 @@ impl Prepared {
         Ok(Prepared {
             night: kept,
             fingerprint: history.fingerprint()?,
-            sessions: read_stage_frame(&stage, SESSIONS_FRAME)?,
+            sessions: Sessions::Frame(read_stage_frame(&stage, SESSIONS_FRAME)?),
             history,
             increment,
             events_used,
@@ -796,7 +823,7 @@ struct Keeping {
 enum KeptEvents {
     Frames {
         events: NightEvents,
-        sessions: DataFrame,
+        sessions: Sessions,
     },
     /// The night the run started from (the same events: a rerun from the features stage),
     /// found in `state`.
@@ -1164,9 +1191,15 @@ fn prepare_full(
                 &suppression(job)?,
             )?;
             warn_shared(&resolved);
-            let buckets = crate::buckets::buckets_for(counts.used, job.events_per_bucket);
+            let buckets = crate::buckets::CustomerBuckets::cut(
+                resolved
+                    .customers
+                    .column(ev::CUSTOMER_ID)
+                    .ctx("customers")?,
+                crate::buckets::buckets_for(counts.used, job.events_per_bucket),
+            )?;
             let mut by_customer =
-                crate::buckets::BucketFiles::create(Some(scratch.path()), buckets)?;
+                crate::buckets::BucketFiles::create(Some(scratch.path()), buckets.count())?;
             let (mut first_day, mut events) = (None, 0);
             let mut written = written;
             for bucket in 0..written.buckets() {
@@ -1186,13 +1219,13 @@ fn prepare_full(
                     None => part,
                 };
                 events += part.height();
-                crate::buckets::append_by_customer(&mut by_customer, &part)?;
+                crate::buckets::append_by_customer(&mut by_customer, &buckets, &part)?;
             }
             drop(written);
             let first_day =
                 first_day.ok_or(crate::error::InputError::AllSuppressed { used: counts.used })?;
             timer.lap("identity");
-            info!(buckets, "sessions and history");
+            info!(buckets = buckets.count(), "sessions and history");
             let bucketed = crate::buckets::sessions_and_history_written(
                 by_customer.finish()?,
                 events,
@@ -1238,13 +1271,17 @@ fn prepare_full(
             },
         })),
     };
+    let kept = std::sync::Arc::new(kept);
     let prep = Prepared {
         night: Night::of(as_of, first_day, resolved, quarantine, counts),
-        sessions,
+        sessions: Sessions::Written {
+            kept: kept.clone(),
+            rows: sessions,
+        },
         fingerprint: history.fingerprint()?,
         history,
         events_used: events,
-        events: NightEvents::Written(std::sync::Arc::new(kept)),
+        events: NightEvents::Written(kept),
         increment,
     };
     timer.lap("history");
@@ -1423,7 +1460,7 @@ fn prepare_incremental(
     }));
     let prep = Prepared {
         night: Night::of(ingested.as_of, first_day, resolved, quarantine, counts),
-        sessions,
+        sessions: Sessions::Frame(sessions),
         fingerprint: history.fingerprint()?,
         history,
         events_used,
@@ -1518,8 +1555,7 @@ struct Part {
     snapshots: DataFrame,
     /// Consent and contact points, sorted by customer.
     contacts: DataFrame,
-    /// Sorted by customer, start and session.
-    sessions: DataFrame,
+    sessions: Sessions,
     events: usize,
     /// Keys the model cache: the events' fingerprint (a merge's: of its parts').
     fingerprint: String,
@@ -1765,10 +1801,10 @@ fn merge_parts(
     let part = Part {
         snapshots: sorted(SNAPSHOTS_FRAME, &[output::CUTOFF, ev::CUSTOMER_ID])?,
         contacts: sorted(CONTACTS_FRAME, &[ev::CUSTOMER_ID])?,
-        sessions: sorted(
+        sessions: Sessions::Frame(sorted(
             SESSIONS_FRAME,
             &[ev::CUSTOMER_ID, sessions::START, ev::SESSION_ID],
-        )?,
+        )?),
         events: parts.iter().map(|p| p.2.events).sum(),
         fingerprint: crate::util::sha256_hex(&fingerprints.join("\n")),
     };
@@ -2794,10 +2830,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         Some((keeping, _)) => {
             link_or_copy(&keeping.sessions()?, &staging.path("sessions.parquet"))?
         }
-        None => write_parquet(
-            &mut part.sessions.clone(),
-            &staging.path("sessions.parquet"),
-        )?,
+        None => part.sessions.write(&staging.path("sessions.parquet"))?,
     }
     for (name, df) in [
         ("scores", &scores),
@@ -2828,7 +2861,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     rows.insert("events", part.events);
     rows.insert("identifiers", night.identity.height());
     rows.insert("customers", night.customers.height());
-    rows.insert("sessions", part.sessions.height());
+    rows.insert("sessions", part.sessions.rows());
     rows.insert("snapshot_rows", snapshots.height());
     rows.insert("scored", scores.height());
     rows.insert("identity_merges", night.changes.height());

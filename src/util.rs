@@ -28,17 +28,107 @@ pub fn write_parquet_with(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
     }
-    // One chunk per column: the file's pages then depend on the values only, not on how the
-    // frame happens to be chunked in memory (the sessions of merged shards, a concatenation,
-    // write the bytes that one whole run's write).
-    df.rechunk_mut_par();
-    let file = std::fs::File::create(path).ctx(format!("creating {}", path.display()))?;
-    ParquetWriter::new(file)
-        .with_compression(compression)
-        .with_statistics(statistics)
-        .finish(df)
-        .ctx(format!("writing {}", path.display()))?;
-    Ok(())
+    let mut file = ParquetAppender::create(path, df.schema(), compression, statistics)?;
+    file.append(df)?;
+    file.finish()
+}
+
+/// Rows in each row group of the Parquet files propel writes (polars' default size), the
+/// last group of a file fewer.
+pub const ROW_GROUP: usize = 512 * 512;
+
+/// A Parquet file written a frame at a time, in row groups of `ROW_GROUP` rows, each one
+/// chunk per column: its bytes depend on its rows only, not on how they were handed in or
+/// chunked in memory. A file appended a bucket at a time is the file of all the rows written
+/// at once (the sessions of a night written by bucket of customers, or of merged shards, are
+/// the bytes one whole run writes).
+pub struct ParquetAppender {
+    path: std::path::PathBuf,
+    writer: polars::io::parquet::write::BatchedWriter<std::fs::File>,
+    schema: SchemaRef,
+    /// Rows not yet written: fewer than a row group.
+    pending: Vec<DataFrame>,
+    pending_rows: usize,
+    groups: usize,
+}
+
+impl ParquetAppender {
+    pub fn create(
+        path: &Path,
+        schema: &SchemaRef,
+        compression: ParquetCompression,
+        statistics: StatisticsOptions,
+    ) -> Result<ParquetAppender> {
+        let file = std::fs::File::create(path).ctx(format!("creating {}", path.display()))?;
+        let writer = ParquetWriter::new(file)
+            .with_compression(compression)
+            .with_statistics(statistics)
+            .batched(schema)
+            .ctx(format!("writing {}", path.display()))?;
+        Ok(ParquetAppender {
+            path: path.to_path_buf(),
+            writer,
+            schema: schema.clone(),
+            pending: Vec::new(),
+            pending_rows: 0,
+            groups: 0,
+        })
+    }
+
+    /// Appends the rows of `part` (of the file's schema).
+    pub fn append(&mut self, part: &DataFrame) -> Result<()> {
+        let mut offset = 0;
+        while offset < part.height() {
+            let take = (ROW_GROUP - self.pending_rows).min(part.height() - offset);
+            self.pending.push(part.slice(offset as i64, take));
+            self.pending_rows += take;
+            offset += take;
+            if self.pending_rows == ROW_GROUP {
+                self.write_pending()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_pending(&mut self) -> Result<()> {
+        let context = || format!("writing {}", self.path.display());
+        let mut parts = std::mem::take(&mut self.pending).into_iter();
+        let mut group = match parts.next() {
+            Some(first) => first,
+            None => DataFrame::empty_with_schema(&self.schema),
+        };
+        for part in parts {
+            group.vstack_mut_owned(part).ctx(context())?;
+        }
+        group.rechunk_mut_par();
+        // A list column sliced out of a larger one still holds all its values, which the
+        // writer counts when it cuts pages: its values are cut to the group's own, as those of
+        // a group put together from several frames are.
+        let columns = group
+            .columns()
+            .iter()
+            .map(|c| {
+                c.trim_lists_to_normalized_offsets()
+                    .unwrap_or_else(|| c.clone())
+            })
+            .collect();
+        let group = DataFrame::new(group.height(), columns).ctx(context())?;
+        self.writer.write_batch(&group).ctx(context())?;
+        self.pending_rows = 0;
+        self.groups += 1;
+        Ok(())
+    }
+
+    /// Writes the last rows and the footer; a file of no rows has one empty row group.
+    pub fn finish(mut self) -> Result<()> {
+        if self.pending_rows > 0 || self.groups == 0 {
+            self.write_pending()?;
+        }
+        self.writer
+            .finish()
+            .ctx(format!("writing {}", self.path.display()))?;
+        Ok(())
+    }
 }
 
 /// The type the events hold their repeating descriptive columns in (`event::CATEGORICAL`):
