@@ -34,7 +34,8 @@ pub const EVENTS_PER_BUCKET: usize = 1 << 20;
 
 /// What the per-customer stages made of a night's events.
 pub struct Bucketed {
-    pub history: History,
+    /// Written by bucket when the events were (`Parts::Spilled`), else held.
+    pub history: crate::history::Stored,
     pub events: usize,
     /// The number of sessions.
     pub sessions: usize,
@@ -323,6 +324,12 @@ fn each_bucket(
 ) -> Result<Bucketed> {
     // `send` is declared after `kept`, so it is dropped first on every way out: dropping `kept`
     // waits for the writer, which ends only once `send` is gone.
+    // Events too many to hold have a history too large to hold: it is written bucket by
+    // bucket beside the events.
+    let mut written = match parts {
+        Parts::Spilled(_) => Some(crate::history::Writer::create(scratch.path())?),
+        _ => None,
+    };
     let (kept, send) = KeptFile::start(scratch);
     let mut sessions = 0;
     let mut histories = Vec::new();
@@ -336,7 +343,11 @@ fn each_bucket(
             crate::sessions::sessionize(part, job.session_inactivity_minutes, None)?;
         let sessionised = started.elapsed();
         let started = std::time::Instant::now();
-        histories.push(History::build(&part, &job.features, &job.model.label)?);
+        let history = History::build(&part, &job.features, &job.model.label)?;
+        match &mut written {
+            Some(writer) => writer.add(history)?,
+            None => histories.push(history),
+        }
         history_took += started.elapsed();
         tracing::debug!(
             bucket,
@@ -358,10 +369,10 @@ fn each_bucket(
     drop(send);
     drop(parts);
     let started = std::time::Instant::now();
-    let history = if histories.len() == 1 {
-        histories.remove(0)
-    } else {
-        History::append(histories)?
+    let history = match written {
+        Some(writer) => crate::history::Stored::Written(std::sync::Arc::new(writer.finish())),
+        None if histories.len() == 1 => crate::history::Stored::Held(Box::new(histories.remove(0))),
+        None => crate::history::Stored::Held(Box::new(History::append(histories)?)),
     };
     history_took += started.elapsed();
     Ok(Bucketed {
@@ -651,6 +662,34 @@ mod tests {
             assert_eq!(
                 one.history.fingerprint().unwrap(),
                 four.history.fingerprint().unwrap()
+            );
+            // Written aside, the history is written by bucket; the state's files are the
+            // bytes of the whole history's.
+            assert_eq!(
+                matches!(four.history, crate::history::Stored::Written(_)),
+                write_above == 0
+            );
+            let files = |history: &crate::history::Stored, name: &str| {
+                let to = dir.path().join(format!("{name}-{write_above}"));
+                history.write(&to).unwrap();
+                let mut files: Vec<_> = std::fs::read_dir(&to)
+                    .unwrap()
+                    .map(|e| {
+                        let path = e.unwrap().path();
+                        (
+                            path.file_name().unwrap().to_owned(),
+                            std::fs::read(path).unwrap(),
+                        )
+                    })
+                    .collect();
+                files.sort();
+                files
+            };
+            let whole = files(&one.history, "one");
+            assert!(whole.len() > 3);
+            assert!(
+                whole == files(&four.history, "four"),
+                "the history files differ"
             );
             assert_eq!(kept_one.schema(), kept_four.schema());
             assert!(kept_one.equals_missing(&kept_four));

@@ -217,6 +217,146 @@ impl History {
     }
 }
 
+/// A night's history as the per-customer stages take it: held, or written a bucket of
+/// customers at a time (`Writer`) and never held whole, the later stages reading one bucket
+/// at a time (`parts`).
+#[derive(Clone)]
+pub enum Stored {
+    Held(Box<History>),
+    Written(std::sync::Arc<Written>),
+}
+
+/// A history written by bucket: one directory a bucket (`History::write`), the buckets
+/// ranges of customers in order (`buckets::CustomerBuckets`), so their frames appended in
+/// turn are sorted as the whole history's (`Stored::write`).
+pub struct Written {
+    _dir: tempfile::TempDir,
+    buckets: Vec<std::path::PathBuf>,
+    /// The frames' names, in `History::frames` order.
+    names: Vec<String>,
+    fingerprint: String,
+}
+
+/// Writes a history a bucket at a time (`add`), in order of the buckets' customers.
+pub struct Writer {
+    dir: tempfile::TempDir,
+    buckets: Vec<std::path::PathBuf>,
+    fingerprints: Vec<(String, crate::util::Fingerprint)>,
+}
+
+impl Writer {
+    /// A writer into a new directory under `within`.
+    pub fn create(within: &Path) -> Result<Writer> {
+        let dir = tempfile::Builder::new()
+            .prefix("history-")
+            .tempdir_in(within)
+            .ctx(format!(
+                "creating a scratch directory in {}",
+                within.display()
+            ))?;
+        Ok(Writer {
+            dir,
+            buckets: Vec::new(),
+            fingerprints: Vec::new(),
+        })
+    }
+
+    /// Writes the history of the next bucket of customers.
+    pub fn add(&mut self, history: History) -> Result<()> {
+        // Sorted as `append` sorts the whole.
+        let history = History::append(vec![history])?;
+        let dir = self.dir.path().join(self.buckets.len().to_string());
+        history.write(&dir)?;
+        let frames = history.frames();
+        if self.fingerprints.is_empty() {
+            self.fingerprints = frames
+                .iter()
+                .map(|(name, _)| (name.clone(), crate::util::Fingerprint::default()))
+                .collect();
+        }
+        for ((name, df), (kept, fingerprint)) in frames.iter().zip(&mut self.fingerprints) {
+            debug_assert_eq!(name, kept);
+            fingerprint.add(df)?;
+        }
+        self.buckets.push(dir);
+        Ok(())
+    }
+
+    pub fn finish(self) -> Written {
+        let names = self.fingerprints.iter().map(|(n, _)| n.clone()).collect();
+        let lines: Vec<String> = self
+            .fingerprints
+            .into_iter()
+            .map(|(name, f)| format!("{name}:{}", f.finish()))
+            .collect();
+        Written {
+            _dir: self.dir,
+            buckets: self.buckets,
+            names,
+            fingerprint: crate::util::sha256_hex(&lines.join("\n")),
+        }
+    }
+}
+
+impl Stored {
+    /// `History::fingerprint` of the whole history.
+    pub fn fingerprint(&self) -> Result<String> {
+        match self {
+            Stored::Held(history) => history.fingerprint(),
+            Stored::Written(written) => Ok(written.fingerprint.clone()),
+        }
+    }
+
+    /// The number of parts `part` gives.
+    pub fn parts(&self) -> usize {
+        match self {
+            Stored::Held(_) => 1,
+            Stored::Written(written) => written.buckets.len(),
+        }
+    }
+
+    /// Part `i` of the history: the whole held history, or the history of bucket `i`.
+    pub fn part(&self, i: usize, features: &FeatureSet) -> Result<std::borrow::Cow<'_, History>> {
+        match self {
+            Stored::Held(history) => Ok(std::borrow::Cow::Borrowed(history.as_ref())),
+            Stored::Written(written) => Ok(std::borrow::Cow::Owned(History::read(
+                &written.buckets[i],
+                features,
+            )?)),
+        }
+    }
+
+    /// What `History::write` writes of the whole history; written by bucket, each frame is
+    /// the buckets' appended in turn.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let written = match self {
+            Stored::Held(history) => return history.write(dir),
+            Stored::Written(written) => written,
+        };
+        std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
+        for name in &written.names {
+            let mut file: Option<crate::util::ParquetAppender> = None;
+            for bucket in &written.buckets {
+                let part = crate::util::read_parquet(&bucket.join(name))?;
+                let file = match &mut file {
+                    Some(f) => f,
+                    None => file.insert(crate::util::ParquetAppender::create(
+                        &dir.join(name),
+                        part.schema(),
+                        ParquetCompression::Lz4Raw,
+                        StatisticsOptions::empty(),
+                    )?),
+                };
+                file.append(&part)?;
+            }
+            if let Some(file) = file {
+                file.finish()?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The distinct values of `parts`, one string series.
 fn concat_series(parts: &[Series]) -> Result<Series> {
     let mut all = parts[0].clone();

@@ -82,7 +82,7 @@ struct Prepared {
     /// Every session of the customers this run computes.
     sessions: Sessions,
     /// What the per-customer stages need of all their events.
-    history: crate::history::History,
+    history: crate::history::Stored,
     /// Fingerprint of the history (keys the cache; see `util::fingerprint`).
     fingerprint: String,
     /// What the next night starts from.
@@ -299,7 +299,7 @@ impl Increment {
     }
 
     /// Writes (or links) the state into `dir`, the night being committed.
-    fn write(&self, history: &crate::history::History, dir: &std::path::Path) -> Result<()> {
+    fn write(&self, history: &crate::history::Stored, dir: &std::path::Path) -> Result<()> {
         let to = dir.join(INCREMENT_DIR);
         match self {
             Increment::None => Ok(()),
@@ -800,7 +800,7 @@ impl Prepared {
             night: kept,
             fingerprint: history.fingerprint()?,
             sessions: Sessions::Frame(read_stage_frame(&stage, SESSIONS_FRAME)?),
-            history,
+            history: crate::history::Stored::Held(Box::new(history)),
             increment,
             events_used,
             events: NightEvents::Frame(events),
@@ -870,7 +870,7 @@ impl Keeping {
         state: &std::path::Path,
         night: Night,
         events: KeptEvents,
-        history: crate::history::History,
+        history: crate::history::Stored,
         increment: Increment,
     ) -> Result<Self> {
         let dir = state.join(format!("{STAGE_WRITING}{}", std::process::id()));
@@ -1462,7 +1462,7 @@ fn prepare_incremental(
         night: Night::of(ingested.as_of, first_day, resolved, quarantine, counts),
         sessions: Sessions::Frame(sessions),
         fingerprint: history.fingerprint()?,
-        history,
+        history: crate::history::Stored::Held(Box::new(history)),
         events_used,
         events: NightEvents::Frame(events),
         increment,
@@ -1569,7 +1569,8 @@ fn snapshots_key(job: &Job, cutoffs: &Cutoffs) -> String {
     )
 }
 
-/// Labels, features and consent for the customers of `prep`.
+/// Labels, features and consent for the customers of `prep`, a part of its history (a
+/// bucket of customers, when it was written by bucket) at a time.
 fn per_customer(
     prep: &Prepared,
     job: &Job,
@@ -1578,33 +1579,78 @@ fn per_customer(
     timer: &mut Timer,
 ) -> Result<Part> {
     let history = &prep.history;
-    let positives = labels::positives(
-        &history.labels,
-        &cutoffs.labelled_micros(),
-        job.model.horizon_days,
-        &job.model.label,
-    )?;
+    let parts = history.parts();
+    let mut contacts = Vec::with_capacity(parts);
+    // The labels join the features as they are computed (below).
     timer.lap("labels");
     // A rerun from the features stage reuses results whose inputs did not change (the kept
     // events, the definitions, the cutoffs): editing one file recomputes what depends on it.
     let snapshots = cache.parquet("snapshots", &snapshots_key(job, cutoffs), || {
-        features::compute_from(
-            &history.daily,
-            &cutoffs.all_micros(),
-            &job.features,
-            job.model.population,
-        )?
-        .join(
-            positives,
-            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
-            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
-            crate::util::left_join_ordered(),
+        let mut snapshots = Vec::with_capacity(parts);
+        for i in 0..parts {
+            let part = history.part(i, &job.features)?;
+            let positives = labels::positives(
+                &part.labels,
+                &cutoffs.labelled_micros(),
+                job.model.horizon_days,
+                &job.model.label,
+            )?;
+            snapshots.push(
+                features::compute_from(
+                    &part.daily,
+                    &cutoffs.all_micros(),
+                    &job.features,
+                    job.model.population,
+                )?
+                .join(
+                    positives,
+                    [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+                    [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+                    crate::util::left_join_ordered(),
+                )
+                .with_column(col(output::LABEL).fill_null(lit(false)))
+                .collect()
+                .ctx("computing features")?,
+            );
+            contacts.push(crate::consent::contacts(&part.signals, &job.privacy)?);
+        }
+        // Each part's customers in order; the cutoffs interleave them.
+        if snapshots.len() == 1 {
+            return Ok(snapshots.remove(0));
+        }
+        concat(
+            snapshots
+                .into_iter()
+                .map(DataFrame::lazy)
+                .collect::<Vec<_>>(),
+            UnionArgs::default(),
         )
-        .with_column(col(output::LABEL).fill_null(lit(false)))
+        .ctx("feature snapshots")?
+        .sort([output::CUTOFF, ev::CUSTOMER_ID], Default::default())
         .collect()
-        .ctx("computing features")
+        .ctx("feature snapshots")
     })?;
-    let contacts = crate::consent::contacts(&history.signals, &job.privacy)?;
+    // The snapshots from the cache: the contacts are still to be read.
+    if contacts.is_empty() {
+        for i in 0..parts {
+            let part = history.part(i, &job.features)?;
+            contacts.push(crate::consent::contacts(&part.signals, &job.privacy)?);
+        }
+    }
+    let contacts = if contacts.len() == 1 {
+        contacts.remove(0)
+    } else {
+        // Buckets of customers in order: appended, they are sorted.
+        concat(
+            contacts
+                .into_iter()
+                .map(DataFrame::lazy)
+                .collect::<Vec<_>>(),
+            UnionArgs::default(),
+        )
+        .and_then(LazyFrame::collect)
+        .ctx("contacts")?
+    };
     Ok(Part {
         snapshots,
         contacts,

@@ -419,31 +419,56 @@ pub fn read_csv_optional_strings(path: &Path, column: &str) -> Vec<Option<String
 /// fingerprint in any process, whether they were just computed or read back from
 /// `stage/events.parquet`.
 pub fn fingerprint(df: &DataFrame) -> Result<String> {
-    use rayon::prelude::*;
-    let digests = df
-        .columns()
-        .par_iter()
-        .map(column_digest)
-        .collect::<Result<Vec<_>>>()?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(format!("{:?}\n{}\n", df.schema(), df.height()).as_bytes());
-    for d in digests {
-        hasher.update(&d);
-    }
-    Ok(hasher.finalize().to_hex().to_string())
+    let mut fingerprint = Fingerprint::default();
+    fingerprint.add(df)?;
+    Ok(fingerprint.finish())
 }
 
-/// BLAKE3 of one column's values: per value a mark (null or not), then for a value its
-/// bytes, preceded by their length for text (numbers have the width of their type). Values
-/// are gathered into a buffer and hashed 64 KiB at a time (BLAKE3 hashes such a buffer with
-/// SIMD lanes; SHA-256 value by value cost several seconds at 10M events).
-fn column_digest(column: &Column) -> Result<Vec<u8>> {
+/// `fingerprint` of a frame given a part at a time: what the parts stacked in the order
+/// given have, without holding them (a history written a bucket at a time).
+#[derive(Default)]
+pub struct Fingerprint {
+    /// The schema of the first part.
+    schema: Option<String>,
+    height: usize,
+    columns: Vec<blake3::Hasher>,
+}
+
+impl Fingerprint {
+    /// Adds the rows of `df` (of the first part's columns).
+    pub fn add(&mut self, df: &DataFrame) -> Result<()> {
+        use rayon::prelude::*;
+        if self.schema.is_none() {
+            self.schema = Some(format!("{:?}", df.schema()));
+            self.columns = vec![blake3::Hasher::new(); df.width()];
+        }
+        self.height += df.height();
+        self.columns
+            .par_iter_mut()
+            .zip(df.columns().par_iter())
+            .try_for_each(|(hasher, column)| column_digest(hasher, column))
+    }
+
+    pub fn finish(self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(format!("{}\n{}\n", self.schema.unwrap_or_default(), self.height).as_bytes());
+        for column in self.columns {
+            hasher.update(column.finalize().as_bytes());
+        }
+        hasher.finalize().to_hex().to_string()
+    }
+}
+
+/// Feeds one column's values to `hasher`: per value a mark (null or not), then for a value
+/// its bytes, preceded by their length for text (numbers have the width of their type).
+/// Values are gathered into a buffer and hashed 64 KiB at a time (BLAKE3 hashes such a
+/// buffer with SIMD lanes; SHA-256 value by value cost several seconds at 10M events).
+fn column_digest(hasher: &mut blake3::Hasher, column: &Column) -> Result<()> {
     const NULL_MARK: u8 = 0;
     const VALUE_MARK: u8 = 1;
     const FLUSH: usize = 1 << 16;
     let s = column.as_materialized_series().to_physical_repr();
     let name = column.name().to_string();
-    let mut hasher = blake3::Hasher::new();
     let mut buf: Vec<u8> = Vec::with_capacity(2 * FLUSH);
     let mut feed = |v: Option<&[u8]>, text: bool| {
         match v {
@@ -494,7 +519,7 @@ fn column_digest(column: &Column) -> Result<Vec<u8>> {
         }
     }
     hasher.update(&buf);
-    Ok(hasher.finalize().as_bytes().to_vec())
+    Ok(())
 }
 
 /// The values of a column as text (any type is cast), nulls kept.
