@@ -413,11 +413,11 @@ impl Gathered {
     }
 }
 
-/// Rows written by bucket, one file a bucket (`None`: a bucket without rows), in a directory
+/// Rows written by bucket, a few files a bucket (none: a bucket without rows), in a directory
 /// removed with this.
 pub struct Spilled {
     _dir: tempfile::TempDir,
-    files: Vec<Option<std::path::PathBuf>>,
+    files: Vec<Vec<std::path::PathBuf>>,
 }
 
 impl Spilled {
@@ -425,42 +425,48 @@ impl Spilled {
         self.files.len()
     }
 
-    /// Bucket `bucket`'s file (`None`: it has none).
-    pub fn file(&self, bucket: usize) -> Option<&Path> {
-        self.files[bucket].as_deref()
+    /// Bucket `bucket`'s files, in the order its rows were appended.
+    pub fn files(&self, bucket: usize) -> &[std::path::PathBuf] {
+        &self.files[bucket]
     }
 
     /// Bucket `bucket`'s rows (`None`: it has none).
     pub fn read(&self, bucket: usize) -> Result<Option<DataFrame>> {
-        self.files[bucket]
-            .as_ref()
-            .map(|file| crate::util::categorical(crate::util::read_parquet(file)?))
-            .transpose()
+        let mut rows: Option<DataFrame> = None;
+        for file in &self.files[bucket] {
+            let part = crate::util::read_parquet(file)?;
+            match &mut rows {
+                None => rows = Some(part),
+                Some(rows) => {
+                    rows.vstack_mut_owned(part)
+                        .ctx(format!("reading {}", file.display()))?;
+                }
+            }
+        }
+        rows.map(crate::util::categorical).transpose()
     }
 
-    /// Bucket `bucket`'s rows, once: its file is removed (`None`: it has none), so that the
+    /// Bucket `bucket`'s rows, once: its files are removed (`None`: it has none), so that the
     /// disk holds no more than the buckets still to come.
     pub fn take(&mut self, bucket: usize) -> Result<Option<DataFrame>> {
         let part = self.read(bucket)?;
-        if let Some(file) = self.files[bucket].take() {
+        for file in std::mem::take(&mut self.files[bucket]) {
             std::fs::remove_file(&file).ctx(format!("removing {}", file.display()))?;
         }
         Ok(part)
     }
 }
 
-/// Rows written by bucket as they come: each bucket's rows are appended to a file of its own
-/// (Parquet, LZ4 without statistics, opened with its first rows) in a scratch directory, then
-/// read back a bucket at a time (`Spilled`). LZ4, because a night too large to hold is also
-/// large on disk: 100M events took 18 GB uncompressed before ingest had read them all.
+/// Rows written by bucket as they come: each batch of a bucket's rows is written to a file of
+/// its own (Parquet, LZ4 without statistics) in a scratch directory, then read back a bucket
+/// at a time (`Spilled`). A file a batch, not one file a bucket kept open: a Parquet writer
+/// holds the description of every page it wrote until it is closed, which for 100 buckets
+/// each given a batch from every group of files read held gigabytes at 100M events. LZ4,
+/// because a night too large to hold is also large on disk: 100M events took 18 GB
+/// uncompressed before ingest had read them all.
 pub struct BucketFiles {
     dir: tempfile::TempDir,
-    writers: Vec<Option<polars::io::parquet::write::BatchedWriter<std::fs::File>>>,
-}
-
-/// The file of bucket `bucket` in `dir`.
-fn bucket_file(dir: &Path, bucket: usize) -> std::path::PathBuf {
-    dir.join(format!("{bucket}.parquet"))
+    files: Vec<Vec<std::path::PathBuf>>,
 }
 
 impl BucketFiles {
@@ -476,17 +482,17 @@ impl BucketFiles {
         ))?;
         Ok(BucketFiles {
             dir,
-            writers: (0..count).map(|_| None).collect(),
+            files: vec![Vec::new(); count],
         })
     }
 
     pub fn buckets(&self) -> usize {
-        self.writers.len()
+        self.files.len()
     }
 
     /// Appends each row of `rows` to its bucket, `buckets` giving each row's, in order.
     pub fn append(&mut self, rows: &DataFrame, buckets: impl Iterator<Item = usize>) -> Result<()> {
-        let mut of_bucket: Vec<Vec<IdxSize>> = vec![Vec::new(); self.writers.len()];
+        let mut of_bucket: Vec<Vec<IdxSize>> = vec![Vec::new(); self.files.len()];
         for (row, bucket) in buckets.enumerate() {
             of_bucket[bucket].push(row as IdxSize);
         }
@@ -500,45 +506,30 @@ impl BucketFiles {
     }
 
     /// Appends every row of `part` to bucket `bucket` (a bucket given no row has no file,
-    /// unless given an empty frame).
+    /// unless given an empty frame first).
     pub fn append_to(&mut self, bucket: usize, mut part: DataFrame) -> Result<()> {
-        let file = bucket_file(self.dir.path(), bucket);
-        let writer = match &mut self.writers[bucket] {
-            Some(w) => w,
-            slot => slot.insert(
-                ParquetWriter::new(
-                    std::fs::File::create(&file).ctx(format!("creating {}", file.display()))?,
-                )
-                .with_compression(ParquetCompression::Lz4Raw)
-                .with_statistics(StatisticsOptions::empty())
-                .batched(part.schema())
-                .ctx(format!("writing {}", file.display()))?,
-            ),
-        };
-        if part.height() == 0 {
+        let files = &mut self.files[bucket];
+        if part.height() == 0 && !files.is_empty() {
             return Ok(());
         }
-        part.rechunk_mut_par();
-        writer
-            .write_batch(&part)
-            .ctx(format!("writing {}", file.display()))
+        let file = self
+            .dir
+            .path()
+            .join(format!("{bucket}-{}.parquet", files.len()));
+        crate::util::write_parquet_with(
+            &mut part,
+            &file,
+            ParquetCompression::Lz4Raw,
+            StatisticsOptions::empty(),
+        )?;
+        files.push(file);
+        Ok(())
     }
 
     pub fn finish(self) -> Result<Spilled> {
-        let mut files = Vec::with_capacity(self.writers.len());
-        for (bucket, writer) in self.writers.into_iter().enumerate() {
-            files.push(match writer {
-                None => None,
-                Some(w) => {
-                    let file = bucket_file(self.dir.path(), bucket);
-                    w.finish().ctx(format!("writing {}", file.display()))?;
-                    Some(file)
-                }
-            });
-        }
         Ok(Spilled {
             _dir: self.dir,
-            files,
+            files: self.files,
         })
     }
 }

@@ -346,10 +346,17 @@ impl Increment {
                     ingest::Stored::Memory(keys) => {
                         frame(&format!("{KEYS_DIR}/{}", record.as_of), keys)?
                     }
-                    ingest::Stored::Disk(file) => link_or_copy(
-                        file.file(0).expect("the keys' file is written"),
-                        &to.join(KEYS_DIR).join(format!("{}.parquet", record.as_of)),
-                    )?,
+                    // Written a file per bucket of events: linked as they are (the next
+                    // night reads every file of the directory).
+                    ingest::Stored::Disk(files) => {
+                        for (i, file) in files.files(0).iter().enumerate() {
+                            link_or_copy(
+                                file,
+                                &to.join(KEYS_DIR)
+                                    .join(format!("{}-{i:04}.parquet", record.as_of)),
+                            )?;
+                        }
+                    }
                 }
                 for (name, df) in INGEST_FRAMES.iter().chain([&RENAMES_FRAME]).zip([
                     &ingest.sessions,
