@@ -578,6 +578,46 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_appended_in_parts_writes_the_bytes_of_the_whole_and_has_its_fingerprint() {
+        let n = 2 * ROW_GROUP + 1000;
+        let whole = df!(
+            "id" => (0..n as i64).collect::<Vec<_>>(),
+            "pages" => (0..n)
+                .map(|i| Series::new("".into(), vec![format!("/p{}", i % 7); i % 5]))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("one.parquet");
+        write_parquet(&mut whole.clone(), &one).unwrap();
+        // Parts that cut row groups anywhere, an empty one among them.
+        let cuts = [0, 7, 7, ROW_GROUP - 3, ROW_GROUP + 5, 2 * ROW_GROUP, n];
+        let parts = dir.path().join("parts.parquet");
+        let mut file = ParquetAppender::create(
+            &parts,
+            whole.schema(),
+            ParquetCompression::Zstd(None),
+            StatisticsOptions::default(),
+        )
+        .unwrap();
+        let mut fingerprint = Fingerprint::default();
+        for pair in cuts.windows(2) {
+            let part = whole.slice(pair[0] as i64, pair[1] - pair[0]);
+            file.append(&part).unwrap();
+            // (Fingerprints take no list columns.)
+            fingerprint.add(&part.select(["id"]).unwrap()).unwrap();
+        }
+        file.finish().unwrap();
+        assert!(std::fs::read(&one).unwrap() == std::fs::read(&parts).unwrap());
+        assert_eq!(
+            fingerprint.finish(),
+            super::fingerprint(&whole.select(["id"]).unwrap()).unwrap()
+        );
+        let read = read_parquet(&parts).unwrap();
+        assert!(read.equals_missing(&whole));
+    }
+
+    #[test]
     fn a_frame_writes_the_same_bytes_however_it_is_chunked() {
         let part = |from: i64| {
             let n = 300_000;
