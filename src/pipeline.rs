@@ -2718,8 +2718,13 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let model_state = state.root().join(MODEL_STATE);
     let modelled = match &training {
         Training::Trained { .. } => {
+            let training_micros: Vec<i64> = cutoffs
+                .training
+                .iter()
+                .map(|d| date_to_micros(*d))
+                .collect();
             let train =
-                model::sample_customers(at(&cutoffs.training)?, job.model.max_training_rows)?;
+                model::training_rows(snapshots, &training_micros, job.model.max_training_rows)?;
             timer.lap("features");
             model_stage(
                 &job,
