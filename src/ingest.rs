@@ -2074,12 +2074,13 @@ fn decide(
         ])
         .collect()
         .ctx("deduplicating events")?;
+    // The rows kept of the bucket's until every bucket is decided hold their own text.
     Ok(Ok(Decided {
         all: keep.then_some(all),
-        quarantine,
+        quarantine: crate::util::compact_text(quarantine),
         copies,
         kept_before,
-        orders,
+        orders: crate::util::compact_text(orders),
         new_keys,
         unique_others: others
             .column("_n")
