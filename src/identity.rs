@@ -408,7 +408,9 @@ pub fn combinations(events: &DataFrame) -> Result<DataFrame> {
         .ctx("identity combinations")?
         .unwrap_single();
     laps.lap("combinations");
-    Ok(combinations)
+    // Text of their own: combined with other parts' (`combine_combinations`), a part's
+    // combinations would otherwise keep all its events' identifiers alive.
+    Ok(crate::util::compact_text(combinations))
 }
 
 /// The combinations of the parts of a night's events (`combinations` of each), as those of
@@ -422,6 +424,7 @@ pub fn combine_combinations(parts: Vec<DataFrame>) -> Result<DataFrame> {
     .group_by(NODE_COLUMNS.map(|(_, c)| col(c)))
     .agg([col(FIRST_SEEN).min(), col(LAST_SEEN).max()])
     .collect()
+    .map(crate::util::compact_text)
     .ctx("identity combinations")
 }
 
