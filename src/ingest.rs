@@ -1767,22 +1767,25 @@ impl Rows {
 /// Each tracker session's first and last usable collector time in `rows` (the row rules
 /// passed; the session cap is measured from the first).
 fn session_times(rows: &DataFrame) -> Result<DataFrame> {
-    Ok(rows
-        .clone()
-        .lazy()
-        .filter(
-            col(REASON_CODE)
-                .is_null()
-                .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
-        )
-        .group_by([col(ev::DOMAIN_SESSIONID)])
-        .agg([
-            micros(ev::COLLECTOR_TSTAMP).min().alias(START),
-            micros(ev::COLLECTOR_TSTAMP).max().alias(LAST),
-        ])
-        .collect_with_engine(Engine::Streaming)
-        .ctx("session starts")?
-        .unwrap_single())
+    // Text of its own: kept until every group of files is read, a group's session times
+    // would otherwise keep all its rows' session ids alive (100M: gigabytes).
+    Ok(crate::util::compact_text(
+        rows.clone()
+            .lazy()
+            .filter(
+                col(REASON_CODE)
+                    .is_null()
+                    .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
+            )
+            .group_by([col(ev::DOMAIN_SESSIONID)])
+            .agg([
+                micros(ev::COLLECTOR_TSTAMP).min().alias(START),
+                micros(ev::COLLECTOR_TSTAMP).max().alias(LAST),
+            ])
+            .collect_with_engine(Engine::Streaming)
+            .ctx("session starts")?
+            .unwrap_single(),
+    ))
 }
 
 /// Reads `frames` (one a file of `paths`): in one go when the rows fit in `memory`, else a
