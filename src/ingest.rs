@@ -1852,11 +1852,27 @@ fn read_rows(
         "rows written aside in buckets of event ids: they take more memory than ingest may hold"
     );
     let mut writers = crate::buckets::BucketFiles::create(memory.scratch.as_deref(), buckets)?;
-    let mut sessions = Vec::with_capacity(groups.len());
+    // A tracker session's times from the groups of files read so far, combined every few
+    // groups: a session spans groups, and the groups' own times side by side took more than
+    // the night's (100M: about 14 million sessions).
+    let combined = |parts: Vec<LazyFrame>| -> Result<DataFrame> {
+        concat(parts, UnionArgs::default())
+            .ctx("session starts")?
+            .group_by([col(ev::DOMAIN_SESSIONID)])
+            .agg([col(START).min(), col(LAST).max()])
+            .collect()
+            .map(crate::util::compact_text)
+            .ctx("session starts")
+    };
+    const COMBINE_EVERY: usize = 8;
+    let mut sessions = Vec::with_capacity(COMBINE_EVERY + 1);
     let mut read = 0;
     let mut rows = first;
     for next in groups[1..].iter().map(Some).chain([None]) {
         sessions.push(session_times(&rows)?.lazy());
+        if sessions.len() > COMBINE_EVERY {
+            sessions = vec![combined(std::mem::take(&mut sessions))?.lazy()];
+        }
         read += rows.height();
         // Every copy of an event in one bucket; a row without an id in the first (the
         // quarantine takes it).
@@ -1874,12 +1890,7 @@ fn read_rows(
         let Some(&files) = next else { break };
         rows = group(files)?;
     }
-    let sessions = concat(sessions, UnionArgs::default())
-        .ctx("session starts")?
-        .group_by([col(ev::DOMAIN_SESSIONID)])
-        .agg([col(START).min(), col(LAST).max()])
-        .collect()
-        .ctx("session starts")?;
+    let sessions = combined(sessions)?;
     Ok((Rows::Spilled(writers.finish()?), sessions, read))
 }
 
