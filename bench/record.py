@@ -99,8 +99,17 @@ def main() -> None:
         record = json.loads((kept if kept.exists() else Path(run) / "run.json").read_text())
         result["propel"].setdefault("stages_ms", record["timings_ms"])
         result["propel"]["customers"] = record["rows"]["customers"]
-        result["from_features_cold"] = gnu_time(d / "features_cold.time")
-        result["from_features_warm"] = gnu_time(d / "features_warm.time")
+        for key, name in [("from_features_cold", "features_cold.time"),
+                          ("from_features_warm", "features_warm.time")]:
+            timed = gnu_time(d / name)
+            text = (d / name).read_text() if (d / name).exists() else ""
+            m = re.search(r"Exit status: (\d+)", text)
+            if "terminated by signal" in text or (m and m.group(1) != "0"):
+                # A rerun that failed has no time to compare: say why.
+                why = re.search(r"(Command terminated by signal \d+|Exit status: \d+)", text)
+                timed = {"failure": why.group(1) if why else "failed",
+                         "peak_rss_mib": timed.get("peak_rss_mib")}
+            result[key] = timed
     shard_times = sorted(d.glob("shard-*.time"), key=lambda p: int(p.stem.split("-")[1]))
     if shard_times:
         result["shards"] = {

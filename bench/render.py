@@ -21,6 +21,13 @@ def fmt(v, unit="s"):
     return "-" if v is None else (f"{v:.1f} {unit}" if isinstance(v, float) else f"{v} {unit}")
 
 
+def rerun(r: dict) -> str:
+    """A rerun's wall time, or why it has none."""
+    if "failure" in r:
+        return f"failed ({r['failure']}, {fmt(r.get('peak_rss_mib'), 'MiB')})"
+    return fmt(r.get("wall_s"))
+
+
 def walls(xs: list) -> str:
     """Wall times, in seconds to a tenth."""
     return ", ".join(f"{x:.1f}" for x in xs)
@@ -51,7 +58,7 @@ def main() -> None:
         e2e = fmt(p.get("wall_s")) if "failure" not in p else f"failed ({p['failure']})"
         print(f"| {s} | {r.get('events', '-'):,} | {p.get('customers', '-')} | {e2e} | {fmt(p.get('peak_rss_mib'), 'MiB')} "
               f"| {fmt(d.get('features_s'))} | {fmt(d.get('peak_rss_mib'), 'MiB')} | {fmt(d.get('scan_s'))} "
-              f"| {fmt(r.get('from_features_cold', {}).get('wall_s'))} | {fmt(r.get('from_features_warm', {}).get('wall_s'))} |")
+              f"| {rerun(r.get('from_features_cold', {}))} | {rerun(r.get('from_features_warm', {}))} |")
     repeated = []
     for s, r in results.items():
         p, d = r.get("propel", {}), r.get("duckdb", {})
@@ -420,6 +427,58 @@ def main() -> None:
   1.6 s; ingest 1.4 s; features at two cutoffs 1.2 s; identity, which rebuilds the graph
   from all its nodes, 1.0 s). Against the nightly job's full refresh (57.1 s) it is 15%;
   the nightly-model night is 27% (26% then).
+- Session 20: what a full read holds while it writes the events aside no longer grows with
+  the events, but for ingest's tracker-session starts, the identity graph and the feature
+  snapshots. (1) Customer buckets are ranges of customer ids cut at the night's customers
+  (they were a hash), so each bucket's sessions, appended in bucket order, are sorted as one
+  pass sorts them: the writer thread appends them beside the kept events and the night's
+  sessions (1.4 GB in memory at 10M) are never held (aaef4ea). Every Parquet file is written
+  in row groups of 262,144 rows with its lists trimmed to each group's values
+  (`util::ParquetAppender`), so a file appended a bucket at a time is byte for byte the file
+  of the whole frame (the 10M run's `sessions.parquet` and `identity.parquet` have the same
+  rows as session 19's in other row groups; every other published file is byte-identical).
+  (2) When the events were written aside, each bucket's history is written aside too, and
+  labels, features and contacts are computed a bucket at a time; the state's history files
+  are the buckets' appended, the same bytes (tested) (b03cc69). (3) heaptrack, on a build with
+  the system allocator, at 1M cut into 100 buckets: 1.3 GB of a 1.7 GB peak was polars'
+  Parquet writers, one open per bucket, holding the description of every page they wrote
+  until closed; rows written aside now go to a file per batch (c6354b0). (4) Polars filters
+  and groups text by copying 16-byte views into the source frame's buffers: the few
+  quarantined rows and orders kept of each bucket, each group of files' tracker-session
+  times and each bucket's identifier combinations kept their bucket's whole text alive; they
+  now hold text of their own (`util::compact_text`; 258d163, e6cb14a, b216ca7). (5) The
+  training sample is taken from the snapshots in one pass, not after a copy of every
+  training cutoff's rows (4831613). At 10M written aside in 100 buckets (by hand,
+  `write_buckets_above_mib = 0`, `events_per_bucket = 104858`): peak 4.99 GB at session
+  19's end, 3.54 GB after (1), 1.78 GB after (3) and (4), the published files the same
+  throughout; heaptrack then puts the peak heap (1.35 GB) in the model stage, where the
+  snapshots of every cutoff (1.0M rows) are held beside the validation, scoring and training
+  copies. The 100M run now finishes under the
+  20 GiB cap, for the first time (the harness, one run, on b216ca7): 104,359,498 events,
+  1,110,989 customers, 1,543 s end to end (25 min 43 s) at a peak of 11,200 MiB. Where: ingest
+  774 s, peaking at 4.0 GB (it was 8.7 GB resident in phase C before (3) and (4)); identity 422 s
+  (the run at 7.4 GB by then); sessions 175 s and history 95 s, by bucket, no higher; the
+  features 60 s, where the run peaks at 11.2 GB, holding the snapshots of ten cutoffs for 1.1
+  million customers (about 9.5 million rows of 62 columns) with their copies; the model 4.5 s
+  (its training sample is bounded by `max_training_rows`). Neither 100M line is met: the peak
+  is 3.6 times 3 GiB, and the time 34 times the 10M run's, which holds its events in memory
+  while the 100M run reads and writes them about ten times over (the files read and cut into
+  buckets of event ids, read to decide, read to write the used events, read for the
+  combinations, read for their customers and written by customer, read to sessionise and
+  written as the kept events). The next steps, in order of the memory they free: the
+  snapshots written by bucket and read a cutoff at a time (validation, scoring, the training
+  sample), the identity graph keyed by integers instead of strings, ingest's tracker-session
+  starts by hash, and fewer passes over the events written aside (the combinations taken in
+  ingest's last pass; deciding and writing the used events in one). The harness's rerun from
+  the features stage at 100M was killed by the kernel at 23.7 GB (outside the cap, which the
+  harness now applies to it too, recording the failure instead of stopping): `--from-stage
+  features` reads the night's kept events and sessions whole, which it needs only when the
+  history must be rebuilt. The table's 10M runs are this session's too (the same code, whose
+  10M events are held): 45.0-49.4 s (median 45.3 s, peak 8,275 MiB) against DuckDB's features
+  in 52.3-54.1 s and its bare scan in 8.3-10.7 s, as in session 19's runs (44.9 s, 54.3 s,
+  9.1 s). Ingest now also combines the tracker-session times of each group of files every
+  eight groups (the last commit of the session, after these runs: 1M identical, not measured
+  at 100M).
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
