@@ -117,6 +117,9 @@ fn clear_aside(
 enum NightEvents {
     Frame(DataFrame),
     Written(std::sync::Arc<crate::buckets::KeptFile>),
+    /// The file a night's state kept, not read (`--from-stage features` reads the events
+    /// only to build their history again: at 100M events they take more than the machine).
+    Kept(PathBuf),
 }
 
 impl NightEvents {
@@ -134,7 +137,7 @@ impl NightEvents {
     /// The scratch directory of written events.
     fn scratch_dir(&self) -> Option<&std::path::Path> {
         match self {
-            NightEvents::Frame(_) => None,
+            NightEvents::Frame(_) | NightEvents::Kept(_) => None,
             NightEvents::Written(kept) => Some(kept.dir()),
         }
     }
@@ -147,6 +150,10 @@ impl NightEvents {
                 let file = kept.events()?;
                 std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
                 link_or_copy(&file, &stage.join(format!("{EVENTS_FRAME}.parquet")))
+            }
+            NightEvents::Kept(file) => {
+                std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
+                link_or_copy(file, &stage.join(format!("{EVENTS_FRAME}.parquet")))
             }
         }
     }
@@ -163,13 +170,28 @@ enum Sessions {
         kept: std::sync::Arc<crate::buckets::KeptFile>,
         rows: usize,
     },
+    /// The file a night's state kept, not read (`--from-stage features`).
+    Kept {
+        file: PathBuf,
+        rows: usize,
+    },
 }
 
 impl Sessions {
+    /// The sessions file of a night's state, unread (its rows from its metadata).
+    fn kept(file: PathBuf) -> Result<Sessions> {
+        let rows = ParquetReader::new(
+            std::fs::File::open(&file).ctx(format!("opening {}", file.display()))?,
+        )
+        .num_rows()
+        .ctx(format!("reading {}", file.display()))?;
+        Ok(Sessions::Kept { file, rows })
+    }
+
     fn rows(&self) -> usize {
         match self {
             Sessions::Frame(sessions) => sessions.height(),
-            Sessions::Written { rows, .. } => *rows,
+            Sessions::Written { rows, .. } | Sessions::Kept { rows, .. } => *rows,
         }
     }
 
@@ -178,6 +200,7 @@ impl Sessions {
         match self {
             Sessions::Frame(sessions) => write_parquet(&mut sessions.clone(), file),
             Sessions::Written { kept, .. } => link_or_copy(&kept.sessions()?, file),
+            Sessions::Kept { file: kept, .. } => link_or_copy(kept, file),
         }
     }
 }
@@ -774,7 +797,7 @@ impl Prepared {
             .into());
         }
         let stage = dir.join(STAGE_DIR);
-        let events = crate::util::categorical(read_stage_frame(&stage, EVENTS_FRAME)?)?;
+        let events_file = stage.join(format!("{EVENTS_FRAME}.parquet"));
         let inc = dir.join(INCREMENT_DIR);
         let record: Option<IncrementRecord> = std::fs::read_to_string(inc.join(INCREMENT_RECORD))
             .ok()
@@ -791,10 +814,11 @@ impl Prepared {
             _ => {
                 // A night that read only its new files kept only their events: the nights
                 // before it since the last full read kept the others.
+                let events = crate::util::categorical(crate::util::read_parquet(&events_file)?)?;
                 let events = if inc.join(EVENTS_BEFORE_DIR).exists() {
-                    all_kept_events(&inc, events.clone(), &kept.customers)?
+                    all_kept_events(&inc, events, &kept.customers)?
                 } else {
-                    events.clone()
+                    events
                 };
                 (
                     crate::history::History::build(&events, &job.features, &job.model.label)?,
@@ -806,11 +830,11 @@ impl Prepared {
         Ok(Prepared {
             night: kept,
             fingerprint: history.fingerprint()?,
-            sessions: Sessions::Frame(read_stage_frame(&stage, SESSIONS_FRAME)?),
+            sessions: Sessions::kept(stage.join(format!("{SESSIONS_FRAME}.parquet")))?,
             history: crate::history::Stored::Held(Box::new(history)),
             increment,
             events_used,
-            events: NightEvents::Frame(events),
+            events: NightEvents::Kept(events_file),
         })
     }
 }
