@@ -40,12 +40,14 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
     let tmp = tempfile::tempdir().unwrap();
     let events = small_events(tmp.path());
     let job = quick_job(tmp.path());
-    // The incremental nights start from a night whose sessions and history were built in
-    // buckets of 5,000 events (about five), the full reads in one.
+    // The incremental nights start from a night that read every file in buckets of 5,000
+    // events (about five) written aside, never holding the night's events (its keys, kept
+    // events, sessions and history written by bucket), the full reads in one, held.
     let bucketed = tmp.path().join("bucketed.toml");
     std::fs::write(
         &bucketed,
-        std::fs::read_to_string(&job).unwrap() + "[sessions]\nevents_per_bucket = 5000\n",
+        std::fs::read_to_string(&job).unwrap()
+            + "[sessions]\nevents_per_bucket = 5000\nwrite_buckets_above_mib = 0\n",
     )
     .unwrap();
     let (inc, full) = (tmp.path().join("inc"), tmp.path().join("full"));
@@ -78,6 +80,16 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
         assert_eq!(rb["reason"], "--full-refresh");
         if i == 0 {
             assert_eq!(ra["read"], "full");
+            // Written aside: its event keys are a file per bucket of events.
+            let keys = inc.join(format!("_state/night-{as_of}/increment/keys"));
+            let keys: Vec<String> = std::fs::read_dir(&keys)
+                .unwrap_or_else(|e| panic!("{}: {e}", keys.display()))
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                keys.len() > 1 && keys.iter().all(|k| k.starts_with(&format!("{as_of}-"))),
+                "{keys:?}"
+            );
             let used = json(&a, "metrics.json")["rows"]["events"].as_u64().unwrap();
             assert!(used > 15_000, "{used} events: too few for several buckets");
         }
