@@ -1649,17 +1649,10 @@ fn per_customer(
         if snapshots.len() == 1 {
             return Ok(snapshots.remove(0));
         }
-        concat(
-            snapshots
-                .into_iter()
-                .map(DataFrame::lazy)
-                .collect::<Vec<_>>(),
-            UnionArgs::default(),
-        )
-        .ctx("feature snapshots")?
-        .sort([output::CUTOFF, ev::CUSTOMER_ID], Default::default())
-        .collect()
-        .ctx("feature snapshots")
+        stacked(snapshots, "feature snapshots")?
+            .sort([output::CUTOFF, ev::CUSTOMER_ID], Default::default())
+            .collect()
+            .ctx("feature snapshots")
     })?;
     // The snapshots from the cache: the contacts are still to be read.
     if contacts.is_empty() {
@@ -1672,15 +1665,7 @@ fn per_customer(
         contacts.remove(0)
     } else {
         // Buckets of customers in order: appended, they are sorted.
-        concat(
-            contacts
-                .into_iter()
-                .map(DataFrame::lazy)
-                .collect::<Vec<_>>(),
-            UnionArgs::default(),
-        )
-        .and_then(LazyFrame::collect)
-        .ctx("contacts")?
+        stacked(contacts, "contacts")?.collect().ctx("contacts")?
     };
     Ok(Part {
         snapshots,
@@ -1689,6 +1674,15 @@ fn per_customer(
         events: prep.events_used,
         fingerprint: prep.fingerprint.clone(),
     })
+}
+
+/// The rows of `frames`, one after the other.
+fn stacked(frames: Vec<DataFrame>, what: &str) -> Result<LazyFrame> {
+    concat(
+        frames.into_iter().map(DataFrame::lazy).collect::<Vec<_>>(),
+        UnionArgs::default(),
+    )
+    .ctx(what.to_string())
 }
 
 /// `part.json`: which night, shard and definitions a shard's part was computed for.
