@@ -181,7 +181,7 @@ pub fn buckets_for(events: usize, per_bucket: usize) -> usize {
 /// customers are in order, so each bucket's sessions and history, sorted by customer and
 /// appended in turn, are sorted as one pass over all the events sorts them: neither the
 /// night's sessions nor its history need be held to be sorted. (A shard's customers, cut by
-/// a hash of their ids, are cut into ranges of their own.)
+/// a hash of their ids, fall evenly into any ranges.)
 pub struct CustomerBuckets {
     /// The lower bounds of buckets 1 and up.
     bounds: Vec<String>,
@@ -322,14 +322,14 @@ fn each_bucket(
     job: &Job,
     scratch: tempfile::TempDir,
 ) -> Result<Bucketed> {
-    // `send` is declared after `kept`, so it is dropped first on every way out: dropping `kept`
-    // waits for the writer, which ends only once `send` is gone.
     // Events too many to hold have a history too large to hold: it is written bucket by
     // bucket beside the events.
     let mut written = match parts {
         Parts::Spilled(_) => Some(crate::history::Writer::create(scratch.path())?),
         _ => None,
     };
+    // `send` is declared after `kept`, so it is dropped first on every way out: dropping `kept`
+    // waits for the writer, which ends only once `send` is gone.
     let (kept, send) = KeptFile::start(scratch);
     let mut sessions = 0;
     let mut histories = Vec::new();
@@ -507,7 +507,7 @@ impl BucketFiles {
 
     /// Appends every row of `part` to bucket `bucket` (a bucket given no row has no file,
     /// unless given an empty frame first).
-    pub fn append_to(&mut self, bucket: usize, mut part: DataFrame) -> Result<()> {
+    pub fn append_to(&mut self, bucket: usize, part: DataFrame) -> Result<()> {
         let files = &mut self.files[bucket];
         if part.height() == 0 && !files.is_empty() {
             return Ok(());
@@ -517,7 +517,7 @@ impl BucketFiles {
             .path()
             .join(format!("{bucket}-{}.parquet", files.len()));
         crate::util::write_parquet_with(
-            &mut part,
+            &part,
             &file,
             ParquetCompression::Lz4Raw,
             StatisticsOptions::empty(),

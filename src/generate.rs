@@ -938,7 +938,7 @@ fn write_lake_loader(events: &[Ev], path: &Path) -> Result<()> {
         ])
     };
     let null_unless = |cond: &str, e: Expr| when(col(cond)).then(e).otherwise(lit(NULL));
-    let mut out = df
+    let out = df
         .lazy()
         .with_columns([
             col(sp::TR_TOTAL).cast(money.clone()),
@@ -1001,7 +1001,7 @@ fn write_lake_loader(events: &[Ev], path: &Path) -> Result<()> {
         .select([all().exclude_cols(["^_.*$"]).as_expr()])
         .collect()
         .ctx("building Lake Loader columns")?;
-    crate::util::write_parquet(&mut out, path)
+    crate::util::write_parquet(&out, path)
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ impl History {
         std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
         for (name, df) in self.frames() {
             crate::util::write_parquet_with(
-                &mut df.clone(),
+                df,
                 &dir.join(name),
                 ParquetCompression::Lz4Raw,
                 StatisticsOptions::empty(),
@@ -261,10 +261,9 @@ impl Writer {
         })
     }
 
-    /// Writes the history of the next bucket of customers.
+    /// Writes the history of the next bucket of customers (`History::build` sorts it as
+    /// `append` sorts the whole).
     pub fn add(&mut self, history: History) -> Result<()> {
-        // Sorted as `append` sorts the whole.
-        let history = History::append(vec![history])?;
         let dir = self.dir.path().join(self.buckets.len().to_string());
         history.write(&dir)?;
         let frames = history.frames();

@@ -175,7 +175,7 @@ impl IdentityState {
     /// Writes the state into a new state generation `dir` (see `state::StateDir`).
     pub fn write(&self, dir: &Path) -> Result<()> {
         for (name, df) in [(Self::NODES, &self.nodes), (Self::EDGES, &self.edges)] {
-            write_parquet(&mut df.clone(), &dir.join(name))?;
+            write_parquet(df, &dir.join(name))?;
         }
         Ok(())
     }

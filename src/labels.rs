@@ -63,6 +63,11 @@ impl Cutoffs {
             .collect()
     }
 
+    /// The training cutoffs, as microseconds.
+    pub fn training_micros(&self) -> Vec<i64> {
+        self.training.iter().map(|d| date_to_micros(*d)).collect()
+    }
+
     /// Cutoffs with a complete label window.
     pub fn labelled_micros(&self) -> Vec<i64> {
         self.training

@@ -144,18 +144,13 @@ impl NightEvents {
 
     /// Writes (or links) the events into `stage`.
     fn write(&self, stage: &std::path::Path) -> Result<()> {
-        match self {
-            NightEvents::Frame(events) => write_stage_frame(stage, EVENTS_FRAME, events),
-            NightEvents::Written(kept) => {
-                let file = kept.events()?;
-                std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
-                link_or_copy(&file, &stage.join(format!("{EVENTS_FRAME}.parquet")))
-            }
-            NightEvents::Kept(file) => {
-                std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
-                link_or_copy(file, &stage.join(format!("{EVENTS_FRAME}.parquet")))
-            }
-        }
+        let file = match self {
+            NightEvents::Frame(events) => return write_stage_frame(stage, EVENTS_FRAME, events),
+            NightEvents::Written(kept) => kept.events()?,
+            NightEvents::Kept(file) => file.clone(),
+        };
+        std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
+        link_or_copy(&file, &stage.join(format!("{EVENTS_FRAME}.parquet")))
     }
 }
 
@@ -198,7 +193,7 @@ impl Sessions {
     /// Writes (or links) the sessions as they are published to `file`.
     fn write(&self, file: &std::path::Path) -> Result<()> {
         match self {
-            Sessions::Frame(sessions) => write_parquet(&mut sessions.clone(), file),
+            Sessions::Frame(sessions) => write_parquet(sessions, file),
             Sessions::Written { kept, .. } => link_or_copy(&kept.sessions()?, file),
             Sessions::Kept { file: kept, .. } => link_or_copy(kept, file),
         }
@@ -359,7 +354,7 @@ impl Increment {
                 }
                 let frame = |name: &str, df: &DataFrame| {
                     crate::util::write_parquet_with(
-                        &mut df.clone(),
+                        df,
                         &to.join(format!("{name}.parquet")),
                         ParquetCompression::Lz4Raw,
                         StatisticsOptions::empty(),
@@ -644,7 +639,7 @@ const NIGHT_FRAMES: [&str; 5] = [
 /// with LZ4 and statistics).
 fn write_stage_frame(stage: &std::path::Path, name: &str, df: &DataFrame) -> Result<()> {
     crate::util::write_parquet_with(
-        &mut df.clone(),
+        df,
         &stage.join(format!("{name}.parquet")),
         ParquetCompression::Uncompressed,
         StatisticsOptions::empty(),
@@ -1039,7 +1034,7 @@ impl Cache {
         // and statistics (150 MB against 99 MB); the cache is read back whole or not at all.
         self.store(&path, |tmp| {
             crate::util::write_parquet_with(
-                &mut df.clone(),
+                &df,
                 tmp,
                 ParquetCompression::Lz4Raw,
                 StatisticsOptions::empty(),
@@ -2736,13 +2731,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let model_state = state.root().join(MODEL_STATE);
     let modelled = match &training {
         Training::Trained { .. } => {
-            let training_micros: Vec<i64> = cutoffs
-                .training
-                .iter()
-                .map(|d| date_to_micros(*d))
-                .collect();
-            let train =
-                model::training_rows(snapshots, &training_micros, job.model.max_training_rows)?;
+            let train = model::training_rows(
+                snapshots,
+                &cutoffs.training_micros(),
+                job.model.max_training_rows,
+            )?;
             timer.lap("features");
             model_stage(
                 &job,
@@ -2923,7 +2916,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             if name == "quarantine" {
                 df = df.drop(ingest::INPUT).ctx("quarantine")?;
             }
-            write_parquet(&mut df, &staging.path(&format!("{name}.parquet")))?;
+            write_parquet(&df, &staging.path(&format!("{name}.parquet")))?;
         }
     }
     let model_dir = staging.path("model");
@@ -3002,10 +2995,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             Some((keeping, _)) => keeping.finish(dir)?,
             None => night.write(dir, opts.merge_shards)?,
         }
-        write_parquet(
-            &mut delivered.members.clone(),
-            &dir.join(audience::MEMBERS_STATE),
-        )?;
+        write_parquet(&delivered.members, &dir.join(audience::MEMBERS_STATE))?;
         std::fs::write(
             dir.join(crate::feature_report::PROFILE_STATE),
             serde_json::to_string(&profiles).expect("json"),

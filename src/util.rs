@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Context, Result};
 
 /// Writes a frame as zstd Parquet with statistics. Output bytes depend only on the frame.
-pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
+pub fn write_parquet(df: &DataFrame, path: &Path) -> Result<()> {
     write_parquet_with(
         df,
         path,
@@ -20,7 +20,7 @@ pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
 /// Writes a frame as Parquet with `compression` and `statistics` (the state a night keeps
 /// is written without either: see `pipeline::write_stage_frame`).
 pub fn write_parquet_with(
-    df: &mut DataFrame,
+    df: &DataFrame,
     path: &Path,
     compression: ParquetCompression,
     statistics: StatisticsOptions,
@@ -588,8 +588,8 @@ mod tests {
             dir.path().join("old.parquet"),
             dir.path().join("new.parquet"),
         );
-        write_parquet(&mut text.clone(), &old).unwrap();
-        write_parquet(&mut held.clone(), &new).unwrap();
+        write_parquet(&text, &old).unwrap();
+        write_parquet(&held, &new).unwrap();
         let old = categorical(read_parquet(&old).unwrap()).unwrap();
         let new = categorical(read_parquet(&new).unwrap()).unwrap();
         assert!(new.equals_missing(&held));
@@ -610,7 +610,7 @@ mod tests {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let one = dir.path().join("one.parquet");
-        write_parquet(&mut whole.clone(), &one).unwrap();
+        write_parquet(&whole, &one).unwrap();
         // Parts that cut row groups anywhere, an empty one among them.
         let cuts = [0, 7, 7, ROW_GROUP - 3, ROW_GROUP + 5, 2 * ROW_GROUP, n];
         let parts = dir.path().join("parts.parquet");
@@ -655,7 +655,7 @@ mod tests {
         let mut one = two.clone();
         one.rechunk_mut();
         let dir = tempfile::tempdir().unwrap();
-        let bytes = |df: &mut DataFrame, name: &str| {
+        let bytes = |df: &DataFrame, name: &str| {
             let path = dir.path().join(name);
             write_parquet(df, &path).unwrap();
             std::fs::read(path).unwrap()
