@@ -230,7 +230,7 @@ pub enum Stored {
 /// ranges of customers in order (`buckets::CustomerBuckets`), so their frames appended in
 /// turn are sorted as the whole history's (`Stored::write`).
 pub struct Written {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     buckets: Vec<std::path::PathBuf>,
     /// The frames' names, in `History::frames` order.
     names: Vec<String>,
@@ -289,11 +289,18 @@ impl Writer {
             .map(|(name, f)| format!("{name}:{}", f.finish()))
             .collect();
         Written {
-            _dir: self.dir,
+            dir: self.dir,
             buckets: self.buckets,
             names,
             fingerprint: crate::util::sha256_hex(&lines.join("\n")),
         }
+    }
+}
+
+impl Written {
+    /// The directory the buckets are written in, for scratch files beside them.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 }
 

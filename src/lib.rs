@@ -26,6 +26,7 @@ pub mod publish;
 pub mod report;
 pub mod score;
 pub mod sessions;
+pub mod snapshots;
 pub mod state;
 
 pub mod cli;

@@ -52,39 +52,40 @@ pub fn to_labels(df: &DataFrame, column: &str) -> Result<Array1<bool>> {
 /// at most `max_rows`; otherwise the rows of a sample of whole customers, about `max_rows` in
 /// all. A customer is in the sample when the SHA-256 of its id falls below the sampling rate:
 /// the same customers every night, and a customer is in or out at every cutoff together. Only
-/// the rows taken are copied (not every training row first: at 100M events the training
-/// cutoffs' rows take gigabytes, the sample a few hundred megabytes).
-pub fn training_rows(snapshots: &DataFrame, cutoffs: &[i64], max_rows: usize) -> Result<DataFrame> {
-    let cutoff = snapshots
-        .column(crate::schema::output::CUTOFF)
-        .ctx("cutoffs")?
-        .i64()
-        .ctx("cutoffs")?;
-    let at_cutoffs: BooleanChunked = cutoff
-        .iter()
-        .map(|c| Some(c.is_some_and(|c| cutoffs.contains(&c))))
-        .collect();
-    let rows = at_cutoffs.sum().unwrap_or(0) as usize;
-    let keep = if rows <= max_rows {
-        at_cutoffs
-    } else {
-        let threshold = (max_rows as f64 / rows as f64 * u64::MAX as f64) as u64;
-        let ids = snapshots
-            .column(crate::schema::event::CUSTOMER_ID)
-            .ctx("customer ids")?
-            .str()
-            .ctx("customer ids")?;
-        ids.iter()
-            .zip(at_cutoffs.iter())
-            .map(|(id, at)| {
-                Some(
-                    at == Some(true)
-                        && crate::util::customer_hash(id.unwrap_or_default()) < threshold,
-                )
-            })
-            .collect()
-    };
-    snapshots.filter(&keep).ctx("sampling training customers")
+/// the rows taken are read (at 100M events the training cutoffs' rows take gigabytes, the
+/// sample a few hundred megabytes).
+pub fn training_rows(snapshots: LazyFrame, cutoffs: &[i64], max_rows: usize) -> Result<DataFrame> {
+    let at_cutoffs = snapshots.filter(crate::snapshots::at_cutoffs(cutoffs));
+    let rows = at_cutoffs
+        .clone()
+        .select([len()])
+        .collect()
+        .ctx("counting training rows")?;
+    let rows = rows
+        .column("len")
+        .ctx("training rows")?
+        .get(0)
+        .ctx("training rows")?;
+    let rows = rows.extract::<usize>().unwrap_or(0);
+    if rows <= max_rows {
+        return at_cutoffs.collect().ctx("training rows");
+    }
+    let threshold = (max_rows as f64 / rows as f64 * u64::MAX as f64) as u64;
+    let sampled = col(crate::schema::event::CUSTOMER_ID).map(
+        move |ids| {
+            let sampled: BooleanChunked = ids
+                .str()?
+                .iter()
+                .map(|id| Some(crate::util::customer_hash(id.unwrap_or_default()) < threshold))
+                .collect();
+            Ok(sampled.into_column())
+        },
+        |_, field| Ok(Field::new(field.name().clone(), DataType::Boolean)),
+    );
+    at_cutoffs
+        .filter(sampled)
+        .collect()
+        .ctx("sampling training customers")
 }
 
 /// Standardisation with mean imputation, fitted on training rows.
@@ -1026,10 +1027,20 @@ mod tests {
         )
         .unwrap();
         // Small enough: every row at the cutoffs asked for.
-        assert_eq!(training_rows(&df, &[0, 1, 2], 6000).unwrap().height(), 6000);
-        assert_eq!(training_rows(&df, &[0, 2], 6000).unwrap().height(), 4000);
-        let a = training_rows(&df, &[0, 1, 2], 1500).unwrap();
-        let b = training_rows(&df, &[0, 1, 2], 1500).unwrap();
+        assert_eq!(
+            training_rows(df.clone().lazy(), &[0, 1, 2], 6000)
+                .unwrap()
+                .height(),
+            6000
+        );
+        assert_eq!(
+            training_rows(df.clone().lazy(), &[0, 2], 6000)
+                .unwrap()
+                .height(),
+            4000
+        );
+        let a = training_rows(df.clone().lazy(), &[0, 1, 2], 1500).unwrap();
+        let b = training_rows(df.clone().lazy(), &[0, 1, 2], 1500).unwrap();
         assert!(a.equals(&b), "deterministic");
         // About the asked size (a binomial draw of 2000 customers at rate 1/4)...
         assert!((1200..=1800).contains(&a.height()), "{}", a.height());

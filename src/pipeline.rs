@@ -18,7 +18,8 @@ use crate::labels::{self, Cutoffs};
 use crate::model::{self, Artifact, Metrics};
 use crate::publish::Staging;
 use crate::schema::{event as ev, output};
-use crate::util::{date_to_micros, write_parquet};
+use crate::snapshots::Snapshots;
+use crate::util::{date_to_micros, link_or_copy, write_parquet};
 use crate::{features, identity, score, sessions};
 
 /// What a run is asked to do; `None` fields come from the job file.
@@ -175,11 +176,7 @@ enum Sessions {
 impl Sessions {
     /// The sessions file of a night's state, unread (its rows from its metadata).
     fn kept(file: PathBuf) -> Result<Sessions> {
-        let rows = ParquetReader::new(
-            std::fs::File::open(&file).ctx(format!("opening {}", file.display()))?,
-        )
-        .num_rows()
-        .ctx(format!("reading {}", file.display()))?;
+        let rows = crate::util::parquet_rows(&file)?;
         Ok(Sessions::Kept { file, rows })
     }
 
@@ -395,13 +392,6 @@ impl Increment {
     }
 }
 
-fn link_or_copy(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
-    if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to).ctx(format!("copying {}", from.display()))?;
-    }
-    Ok(())
-}
-
 /// Links every file under `from` into the same place under `to`.
 fn link_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(to).ctx(format!("creating {}", to.display()))?;
@@ -600,13 +590,7 @@ fn scan_keys(files: &[PathBuf]) -> Result<LazyFrame> {
     }
     let scans = files
         .iter()
-        .map(|f| {
-            LazyFrame::scan_parquet(
-                PlRefPath::new(f.display().to_string().as_str()),
-                ScanArgsParquet::default(),
-            )
-            .ctx(format!("reading {}", f.display()))
-        })
+        .map(|f| crate::util::scan_parquet(f))
         .collect::<Result<Vec<_>>>()?;
     concat(scans, UnionArgs::default()).ctx("reading the kept event keys")
 }
@@ -970,18 +954,20 @@ impl Drop for Keeping {
 /// inputs did not change reuses them and gives the same bytes.
 struct Cache {
     dir: PathBuf,
-    events: Option<String>,
+    events: String,
 }
 
 impl Cache {
     /// Entries kept per kind (the newest).
     const KEEP: usize = 4;
 
-    fn path(&self, kind: &str, key: &str, ext: &str) -> Option<PathBuf> {
-        let events = self.events.as_ref()?;
-        let digest =
-            crate::util::sha256_hex(&format!("{}\n{events}\n{key}", env!("CARGO_PKG_VERSION")));
-        Some(self.dir.join(format!("{kind}-{}.{ext}", &digest[..32])))
+    fn path(&self, kind: &str, key: &str, ext: &str) -> PathBuf {
+        let digest = crate::util::sha256_hex(&format!(
+            "{}\n{}\n{key}",
+            env!("CARGO_PKG_VERSION"),
+            self.events
+        ));
+        self.dir.join(format!("{kind}-{}.{ext}", &digest[..32]))
     }
 
     fn prune(&self, kind: &str) -> Result<()> {
@@ -1014,51 +1000,13 @@ impl Cache {
         std::fs::rename(&tmp, path).ctx(format!("writing {}", path.display()))
     }
 
-    fn parquet(
-        &self,
-        kind: &str,
-        key: &str,
-        compute: impl FnOnce() -> Result<DataFrame>,
-    ) -> Result<DataFrame> {
-        let Some(path) = self.path(kind, key, "parquet") else {
-            return compute();
-        };
-        if path.exists() {
-            info!(kind, "reused from the cache");
-            return crate::util::read_parquet(&path);
-        }
-        let started = std::time::Instant::now();
-        let df = compute()?;
-        let computed = started.elapsed();
-        // LZ4 without statistics: the 10M run's snapshots in 0.9 s against 1.6 s with zstd
-        // and statistics (150 MB against 99 MB); the cache is read back whole or not at all.
-        self.store(&path, |tmp| {
-            crate::util::write_parquet_with(
-                &df,
-                tmp,
-                ParquetCompression::Lz4Raw,
-                StatisticsOptions::empty(),
-            )
-        })?;
-        self.prune(kind)?;
-        tracing::debug!(
-            kind,
-            compute_ms = computed.as_millis() as u64,
-            store_ms = (started.elapsed() - computed).as_millis() as u64,
-            "cached"
-        );
-        Ok(df)
-    }
-
     fn json<T: Serialize + serde::de::DeserializeOwned>(
         &self,
         kind: &str,
         key: &str,
         compute: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        let Some(path) = self.path(kind, key, "json") else {
-            return compute();
-        };
+        let path = self.path(kind, key, "json");
         if let Ok(text) = std::fs::read_to_string(&path)
             && let Ok(value) = serde_json::from_str(&text)
         {
@@ -1577,8 +1525,7 @@ impl Shard {
 /// What the per-customer stages (labels, features, consent) produce for the customers of a
 /// run, all of them or one shard's; the merge step concatenates the shards' parts.
 struct Part {
-    /// Features and labels at every cutoff, sorted by cutoff and customer.
-    snapshots: DataFrame,
+    snapshots: Snapshots,
     /// Consent and contact points, sorted by customer.
     contacts: DataFrame,
     sessions: Sessions,
@@ -1596,7 +1543,8 @@ fn snapshots_key(job: &Job, cutoffs: &Cutoffs) -> String {
 }
 
 /// Labels, features and consent for the customers of `prep`, a part of its history (a
-/// bucket of customers, when it was written by bucket) at a time.
+/// bucket of customers, when it was written by bucket) at a time. The snapshots of a history
+/// written by bucket are written by bucket too, into the cache, and never held.
 fn per_customer(
     prep: &Prepared,
     job: &Job,
@@ -1609,53 +1557,73 @@ fn per_customer(
     let mut contacts = Vec::with_capacity(parts);
     // The labels join the features as they are computed (below).
     timer.lap("labels");
+    // Features, labels and contact points of a part of the history.
+    let of = |part: &crate::history::History| -> Result<(DataFrame, DataFrame)> {
+        let positives = labels::positives(
+            &part.labels,
+            &cutoffs.labelled_micros(),
+            job.model.horizon_days,
+            &job.model.label,
+        )?;
+        let snapshots = features::compute_from(
+            &part.daily,
+            &cutoffs.all_micros(),
+            &job.features,
+            job.model.population,
+        )?
+        .join(
+            positives,
+            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+            [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
+            crate::util::left_join_ordered(),
+        )
+        .with_column(col(output::LABEL).fill_null(lit(false)))
+        .collect()
+        .ctx("computing features")?;
+        Ok((
+            snapshots,
+            crate::consent::contacts(&part.signals, &job.privacy)?,
+        ))
+    };
     // A rerun from the features stage reuses results whose inputs did not change (the kept
     // events, the definitions, the cutoffs): editing one file recomputes what depends on it.
-    let snapshots = cache.parquet("snapshots", &snapshots_key(job, cutoffs), || {
-        let mut snapshots = Vec::with_capacity(parts);
-        for i in 0..parts {
-            let part = history.part(i, &job.features)?;
-            let positives = labels::positives(
-                &part.labels,
-                &cutoffs.labelled_micros(),
-                job.model.horizon_days,
-                &job.model.label,
-            )?;
-            snapshots.push(
-                features::compute_from(
-                    &part.daily,
-                    &cutoffs.all_micros(),
-                    &job.features,
-                    job.model.population,
-                )?
-                .join(
-                    positives,
-                    [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
-                    [col(ev::CUSTOMER_ID), col(output::CUTOFF)],
-                    crate::util::left_join_ordered(),
-                )
-                .with_column(col(output::LABEL).fill_null(lit(false)))
-                .collect()
-                .ctx("computing features")?,
-            );
-            contacts.push(crate::consent::contacts(&part.signals, &job.privacy)?);
-        }
-        // Each part's customers in order; the cutoffs interleave them.
-        if snapshots.len() == 1 {
-            return Ok(snapshots.remove(0));
-        }
-        stacked(snapshots, "feature snapshots")?
-            .sort([output::CUTOFF, ev::CUSTOMER_ID], Default::default())
-            .collect()
-            .ctx("feature snapshots")
-    })?;
-    // The snapshots from the cache: the contacts are still to be read.
-    if contacts.is_empty() {
+    let cached = cache.path("snapshots", &snapshots_key(job, cutoffs), "parquet");
+    let snapshots = if cached.exists() {
+        info!(kind = "snapshots", "reused from the cache");
         for i in 0..parts {
             let part = history.part(i, &job.features)?;
             contacts.push(crate::consent::contacts(&part.signals, &job.privacy)?);
         }
-    }
+        Snapshots::file(cached.clone())?
+    } else {
+        let started = std::time::Instant::now();
+        let snapshots = match history {
+            crate::history::Stored::Held(history) => {
+                let (snapshots, part_contacts) = of(history)?;
+                contacts.push(part_contacts);
+                let snapshots = Snapshots::Held(snapshots);
+                cache.store(&cached, |tmp| snapshots.write(tmp))?;
+                snapshots
+            }
+            crate::history::Stored::Written(written) => {
+                let mut writer = crate::snapshots::Writer::create(written.dir())?;
+                for i in 0..parts {
+                    let (snapshots, part_contacts) = of(&*history.part(i, &job.features)?)?;
+                    writer.add(&snapshots)?;
+                    contacts.push(part_contacts);
+                }
+                cache.store(&cached, |tmp| writer.finish(tmp))?;
+                Snapshots::file(cached.clone())?
+            }
+        };
+        cache.prune("snapshots")?;
+        tracing::debug!(
+            kind = "snapshots",
+            ms = started.elapsed().as_millis() as u64,
+            "computed and cached"
+        );
+        snapshots
+    };
     let contacts = if contacts.len() == 1 {
         contacts.remove(0)
     } else {
@@ -1747,7 +1715,8 @@ impl Part {
         )?;
         let pending = dir.join(format!("{PART_PENDING}{}", std::process::id()));
         prep.write(&pending)?;
-        write_stage_frame(&pending, SNAPSHOTS_FRAME, &self.snapshots)?;
+        self.snapshots
+            .write(&pending.join(format!("{SNAPSHOTS_FRAME}.parquet")))?;
         write_stage_frame(&pending, CONTACTS_FRAME, &self.contacts)?;
         std::fs::write(
             pending.join(PART_RECORD),
@@ -1865,7 +1834,7 @@ fn merge_parts(
     };
     let fingerprints: Vec<&str> = parts.iter().map(|p| p.2.fingerprint.as_str()).collect();
     let part = Part {
-        snapshots: sorted(SNAPSHOTS_FRAME, &[output::CUTOFF, ev::CUSTOMER_ID])?,
+        snapshots: Snapshots::Held(sorted(SNAPSHOTS_FRAME, &[output::CUTOFF, ev::CUSTOMER_ID])?),
         contacts: sorted(CONTACTS_FRAME, &[ev::CUSTOMER_ID])?,
         sessions: Sessions::Frame(sorted(
             SESSIONS_FRAME,
@@ -1942,12 +1911,12 @@ pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
     // decides the same from the same state.
     let training = Training::plan(&job, state.before(as_of)?.as_deref(), as_of)?;
     let cutoffs = training.cutoffs(prep.night.cutoffs(&job)?);
-    // Shards run side by side: they share no cache.
-    let no_cache = Cache {
-        dir: state.root().join("cache"),
-        events: None,
+    // Shards run side by side: each has a cache of its own.
+    let cache = Cache {
+        dir: shard.dir(&state, as_of).join("cache"),
+        events: prep.fingerprint.clone(),
     };
-    let part = per_customer(&prep, &job, &cutoffs, &no_cache, &mut timer)?;
+    let part = per_customer(&prep, &job, &cutoffs, &cache, &mut timer)?;
     timer.lap("features");
     let record = PartRecord {
         propel_version: env!("CARGO_PKG_VERSION").into(),
@@ -2462,7 +2431,7 @@ fn reuse_stage(
 
 /// The snapshots the model stage learns and is measured on, and the cache key of everything
 /// they were computed from.
-struct Snapshots<'a> {
+struct ModelRows<'a> {
     train: &'a DataFrame,
     validation: &'a DataFrame,
     key: &'a str,
@@ -2474,16 +2443,16 @@ struct Snapshots<'a> {
 fn model_stage(
     job: &Job,
     cutoffs: &Cutoffs,
-    snapshots: Snapshots,
+    rows: ModelRows,
     cache: &Cache,
     current_state: Option<&std::path::Path>,
     model_state: &std::path::Path,
 ) -> Result<Modelled> {
-    let Snapshots {
+    let ModelRows {
         train,
         validation,
         key: snapshots_key,
-    } = snapshots;
+    } = rows;
     let names = job.features.names();
     let x_train = model::to_matrix(train, &names)?;
     let y_train = model::to_labels(train, output::LABEL)?;
@@ -2637,7 +2606,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let state = crate::state::StateDir::new(state_dir.clone());
     let cache = |fingerprint: &str| Cache {
         dir: state.root().join("cache"),
-        events: Some(fingerprint.to_string()),
+        events: fingerprint.to_string(),
     };
     // The night, the cutoffs, the per-customer stages' results, and the events and sessions
     // to keep in state (not when the shards keep them).
@@ -2714,25 +2683,15 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let cache = cache(&part.fingerprint);
     let snapshots_key = snapshots_key(&job, &cutoffs);
     let snapshots = &part.snapshots;
-    let at = |dates: &[NaiveDate]| -> Result<DataFrame> {
-        let micros: Vec<i64> = dates.iter().map(|d| date_to_micros(*d)).collect();
-        snapshots
-            .clone()
-            .lazy()
-            .filter(
-                col(output::CUTOFF)
-                    .is_in(lit(Series::new("c".into(), micros)).implode(false), false),
-            )
-            .collect()
-            .ctx("selecting snapshot")
-    };
-    let validation = at(&[cutoffs.validation])?;
-    let scoring = at(&[cutoffs.scoring])?.drop_many([output::CUTOFF, output::LABEL]);
+    let validation = snapshots.at(&[date_to_micros(cutoffs.validation)])?;
+    let scoring = snapshots
+        .at(&[date_to_micros(cutoffs.scoring)])?
+        .drop_many([output::CUTOFF, output::LABEL]);
     let model_state = state.root().join(MODEL_STATE);
     let modelled = match &training {
         Training::Trained { .. } => {
             let train = model::training_rows(
-                snapshots,
+                snapshots.lazy()?,
                 &cutoffs.training_micros(),
                 job.model.max_training_rows,
             )?;
@@ -2740,7 +2699,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             model_stage(
                 &job,
                 &cutoffs,
-                Snapshots {
+                ModelRows {
                     train: &train,
                     validation: &validation,
                     key: &snapshots_key,
@@ -2931,7 +2890,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     rows.insert("identifiers", night.identity.height());
     rows.insert("customers", night.customers.height());
     rows.insert("sessions", part.sessions.rows());
-    rows.insert("snapshot_rows", snapshots.height());
+    rows.insert("snapshot_rows", snapshots.rows());
     rows.insert("scored", scores.height());
     rows.insert("identity_merges", night.changes.height());
     rows.insert("identity_shared_identifiers", night.shared.height());

@@ -398,6 +398,30 @@ pub fn read_parquet(path: &Path) -> Result<DataFrame> {
         .ctx(format!("reading {}", path.display()))
 }
 
+/// A lazy read of the Parquet file `path`.
+pub fn scan_parquet(path: &Path) -> Result<LazyFrame> {
+    LazyFrame::scan_parquet(
+        PlRefPath::new(path.display().to_string().as_str()),
+        ScanArgsParquet::default(),
+    )
+    .ctx(format!("reading {}", path.display()))
+}
+
+/// The rows of the Parquet file `path`, from its metadata.
+pub fn parquet_rows(path: &Path) -> Result<usize> {
+    ParquetReader::new(std::fs::File::open(path).ctx(format!("opening {}", path.display()))?)
+        .num_rows()
+        .ctx(format!("reading {}", path.display()))
+}
+
+/// Links `from` to `to`, or copies it where it cannot be linked (another file system).
+pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).ctx(format!("copying {}", from.display()))?;
+    }
+    Ok(())
+}
+
 /// The values of one column of a CSV file, as text (tests and checks).
 pub fn read_csv_strings(path: &Path, column: &str) -> Vec<String> {
     CsvReadOptions::default()
