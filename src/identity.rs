@@ -19,14 +19,14 @@
 //!
 //! E-mails are normalised (trimmed, lower case) and kept only as SHA-256.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use polars::prelude::*;
 
 use crate::error::{Context, Result};
 use crate::schema::{event as ev, output};
-use crate::util::{sha256_hex, strings, write_parquet};
+use crate::util::{sha256_hex, write_parquet};
 
 /// Identifier kinds, as written to `identity.parquet`.
 pub mod kind {
@@ -59,6 +59,8 @@ pub const LIMIT: &str = "limit";
 const ID_DIGITS: usize = 10;
 const EDGE_A: &str = "a";
 const EDGE_B: &str = "b";
+/// The customer id a node had the night before (`resolve_combinations`).
+const PREVIOUS_ID: &str = "_previous_id";
 
 /// Default guard limits: how many distinct identifiers one identifier of a kind may link.
 /// A device links few people; a person links many devices over the years.
@@ -512,88 +514,152 @@ pub fn resolve_combinations(
         .unique(None, UniqueKeepStrategy::Any)
         .collect()
         .ctx("identity edges")?;
-    // Combine with the previous state.
-    let mut first: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    let mut previous_id: HashMap<String, String> = HashMap::new();
-    let mut add_node = |n: String, f: i64, l: i64| {
-        let e = first.entry(n).or_insert((f, l));
-        e.0 = e.0.min(f);
-        e.1 = e.1.max(l);
-    };
+    // The customer each event's identity key names is looked up once the graph is solved: of
+    // the combinations only the keys are kept until then.
+    let primaries = with_nodes
+        .lazy()
+        .filter(col(PRIMARY).is_not_null())
+        .select([col(KEY_KIND), col(KEY_VALUE), col(PRIMARY)])
+        .unique(None, UniqueKeepStrategy::Any)
+        .collect()
+        .ctx("identity keys")?;
+
+    // Every node, seen before or now, with its first and last sighting and the customer it
+    // belonged to before; sorted by name, a node's position is its index in the graph, which
+    // is built on indices, never on the names themselves (100M events: 3.6 million nodes).
+    let micros_of = |c: &str| col(c).cast(DataType::Int64).fill_null(lit(0i64));
+    let mut sightings = vec![nodes_now.lazy().select([
+        col(NODE),
+        micros_of(FIRST_SEEN),
+        micros_of(LAST_SEEN),
+        lit(NULL).cast(DataType::String).alias(PREVIOUS_ID),
+    ])];
     if let Some(prev) = previous {
-        let (names, ids) = (
-            strings(&prev.nodes, NODE)?,
-            strings(&prev.nodes, ev::CUSTOMER_ID)?,
+        sightings.push(
+            prev.nodes
+                .clone()
+                .lazy()
+                .filter(
+                    col(NODE)
+                        .is_not_null()
+                        .and(col(ev::CUSTOMER_ID).is_not_null()),
+                )
+                .select([
+                    col(NODE).cast(DataType::String),
+                    micros_of(FIRST_SEEN),
+                    micros_of(LAST_SEEN),
+                    col(ev::CUSTOMER_ID)
+                        .cast(DataType::String)
+                        .alias(PREVIOUS_ID),
+                ]),
         );
-        for ((n, id), (f, l)) in names.into_iter().zip(ids).zip(
-            micros(&prev.nodes, FIRST_SEEN)?
-                .into_iter()
-                .zip(micros(&prev.nodes, LAST_SEEN)?),
-        ) {
-            if let (Some(n), Some(id)) = (n, id) {
-                previous_id.insert(n.clone(), id);
-                add_node(n, f, l);
-            }
-        }
     }
-    for ((n, f), l) in strings(&nodes_now, NODE)?
+    let nodes = concat(sightings, UnionArgs::default())
+        .ctx("identity nodes")?
+        .group_by([col(NODE)])
+        .agg([
+            col(FIRST_SEEN).min(),
+            col(LAST_SEEN).max(),
+            col(PREVIOUS_ID).drop_nulls().first(),
+        ])
+        .sort([NODE], Default::default())
+        .collect()
+        .ctx("identity nodes")?;
+    let names: Vec<&str> = nodes
+        .column(NODE)
+        .ctx("identity nodes")?
+        .str()
+        .ctx("identity nodes")?
+        .iter()
+        .map(|n| n.expect("grouped nodes are not null"))
+        .collect();
+    let kinds: Vec<&str> = names.iter().map(|n| kind_of(n)).collect();
+    let seen: Vec<(i64, i64)> = micros(&nodes, FIRST_SEEN)?
         .into_iter()
-        .zip(micros(&nodes_now, FIRST_SEEN)?)
-        .zip(micros(&nodes_now, LAST_SEEN)?)
-    {
-        add_node(n.expect("not null"), f, l);
-    }
-    let mut edge_set: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut add_edges = |df: &DataFrame| -> Result<()> {
-        for (a, b) in strings(df, EDGE_A)?.into_iter().zip(strings(df, EDGE_B)?) {
-            if let (Some(a), Some(b)) = (a, b)
-                && a != b
-            {
-                edge_set.insert(if a < b { (a, b) } else { (b, a) });
-            }
-        }
-        Ok(())
+        .zip(micros(&nodes, LAST_SEEN)?)
+        .collect();
+    let previous_id: Vec<Option<&str>> = nodes
+        .column(PREVIOUS_ID)
+        .ctx("identity nodes")?
+        .str()
+        .ctx("identity nodes")?
+        .iter()
+        .collect();
+
+    // Every edge, before or now, by node index (the smaller first), sorted.
+    let index = nodes
+        .select([NODE])
+        .ctx("identity nodes")?
+        .lazy()
+        .with_row_index("_i", None);
+    let index_of = |end: &str, alias: &str| {
+        index
+            .clone()
+            .select([col(NODE).alias(end), col("_i").alias(alias)])
     };
+    let mut edges = vec![edges_now.lazy()];
     if let Some(prev) = previous {
-        add_edges(&prev.edges)?;
+        edges.push(prev.edges.clone().lazy().select([
+            col(EDGE_A).cast(DataType::String),
+            col(EDGE_B).cast(DataType::String),
+        ]));
     }
-    add_edges(&edges_now)?;
-    // Suppression: customers named by id, or owning a suppressed e-mail, are forgotten.
-    let names: Vec<String> = first.keys().cloned().collect();
-    // First and last sighting by node index (`first` is in the order of `names`).
-    let seen: Vec<(i64, i64)> = first.values().copied().collect();
-    let index: HashMap<&str, usize> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
-        .collect();
+    let inner = || JoinArgs::new(JoinType::Inner);
+    let edges = concat(edges, UnionArgs::default())
+        .ctx("identity edges")?
+        .filter(col(EDGE_A).neq(col(EDGE_B)))
+        .join(
+            index_of(EDGE_A, "_a"),
+            [col(EDGE_A)],
+            [col(EDGE_A)],
+            inner(),
+        )
+        .join(
+            index_of(EDGE_B, "_b"),
+            [col(EDGE_B)],
+            [col(EDGE_B)],
+            inner(),
+        )
+        .select([
+            when(col("_a").lt(col("_b")))
+                .then(col("_a"))
+                .otherwise(col("_b"))
+                .alias(EDGE_A),
+            when(col("_a").lt(col("_b")))
+                .then(col("_b"))
+                .otherwise(col("_a"))
+                .alias(EDGE_B),
+        ])
+        .unique(None, UniqueKeepStrategy::Any)
+        .sort([EDGE_A, EDGE_B], Default::default())
+        .collect()
+        .ctx("identity edges")?;
+    let end = |name: &str| -> Result<Vec<usize>> {
+        Ok(edges
+            .column(name)
+            .ctx("identity edges")?
+            .idx()
+            .ctx("identity edges")?
+            .into_no_null_iter()
+            .map(|i| i as usize)
+            .collect())
+    };
+    let edge_idx: Vec<(usize, usize)> = end(EDGE_A)?.into_iter().zip(end(EDGE_B)?).collect();
+    drop(edges);
 
-    // Every edge by node index, in the order of `edge_set`.
-    let edge_idx: Vec<(usize, usize)> = edge_set
-        .iter()
-        .map(|(a, b)| (index[a.as_str()], index[b.as_str()]))
-        .collect();
-
-    // Guards on the cumulative graph.
-    let mut neighbours: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); names.len()];
-    for &(ia, ib) in &edge_idx {
-        neighbours[ia].insert(ib);
-        neighbours[ib].insert(ia);
+    // Guards on the cumulative graph: a node's degree counts the neighbours of the kinds
+    // that count towards its limit (each edge is one neighbour: the edges are distinct).
+    let mut degree = vec![0usize; names.len()];
+    for &(a, b) in &edge_idx {
+        if counts_towards(kinds[a], kinds[b]) {
+            degree[a] += 1;
+        }
+        if counts_towards(kinds[b], kinds[a]) {
+            degree[b] += 1;
+        }
     }
-    let degree: Vec<usize> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            neighbours[i]
-                .iter()
-                .filter(|&&j| counts_towards(kind_of(n), kind_of(&names[j])))
-                .count()
-        })
-        .collect();
-    let shared: Vec<bool> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| limits.get(kind_of(n)).is_some_and(|&l| degree[i] > l))
+    let shared: Vec<bool> = (0..names.len())
+        .map(|i| limits.get(kinds[i]).is_some_and(|&l| degree[i] > l))
         .collect();
     let mut sets = DisjointSets::new(names.len());
     for &(ia, ib) in &edge_idx {
@@ -601,36 +667,42 @@ pub fn resolve_combinations(
             sets.union(ia, ib);
         }
     }
-    let mut components: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for i in 0..names.len() {
-        components.entry(sets.find(i)).or_default().push(i);
+    // The components in order of their oldest identifier, each its nodes from the oldest:
+    // the nodes sorted by their component's first node, then by their own rank.
+    let rank = |i: usize| (seen[i].0, names[i]);
+    let root: Vec<usize> = (0..names.len()).map(|i| sets.find(i)).collect();
+    let mut first_of = vec![usize::MAX; names.len()];
+    for (i, &r) in root.iter().enumerate() {
+        if first_of[r] == usize::MAX || rank(i) < rank(first_of[r]) {
+            first_of[r] = i;
+        }
     }
-    let rank = |i: usize| (seen[i].0, names[i].as_str());
-    let mut comps: Vec<Vec<usize>> = components.into_values().collect();
-    for c in &mut comps {
-        c.sort_by(|&a, &b| rank(a).cmp(&rank(b)));
-    }
-    comps.sort_by(|a, b| rank(a[0]).cmp(&rank(b[0])));
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by(|&a, &b| {
+        rank(first_of[root[a]])
+            .cmp(&rank(first_of[root[b]]))
+            .then(rank(a).cmp(&rank(b)))
+    });
+    let components = order.chunk_by(|&a, &b| root[a] == root[b]);
 
     // Previous ids ranked by their oldest identifier: the older id survives a merge.
     let mut id_rank: HashMap<&str, (i64, &str)> = HashMap::new();
-    for (i, n) in names.iter().enumerate() {
-        if let Some(id) = previous_id.get(n) {
+    for (i, id) in previous_id.iter().enumerate() {
+        if let Some(id) = id {
             let r = rank(i);
             id_rank
-                .entry(id.as_str())
+                .entry(id)
                 .and_modify(|x| *x = (*x).min(r))
                 .or_insert(r);
         }
     }
-    let mut taken: BTreeSet<String> = BTreeSet::new();
-    let mut customer_of = vec![String::new(); names.len()];
+    // Each component's customer id, and each node's component.
+    let mut ids: Vec<String> = Vec::new();
+    let mut taken: HashSet<String> = HashSet::new();
+    let mut component_of = vec![0usize; names.len()];
     let mut changes: Vec<(String, String, &'static str)> = Vec::new();
-    for c in &comps {
-        let mut claimed: Vec<&str> = c
-            .iter()
-            .filter_map(|&i| previous_id.get(&names[i]).map(String::as_str))
-            .collect();
+    for c in components {
+        let mut claimed: Vec<&str> = c.iter().filter_map(|&i| previous_id[i]).collect();
         claimed.sort_by(|a, b| id_rank[a].cmp(&id_rank[b]).then(a.cmp(b)));
         claimed.dedup();
         let id = match claimed.iter().find(|p| !taken.contains(**p)) {
@@ -639,7 +711,7 @@ pub fn resolve_combinations(
                 let mut salt = 0;
                 loop {
                     let seed = if salt == 0 {
-                        names[c[0]].clone()
+                        names[c[0]].to_string()
                     } else {
                         format!("{}#{salt}", names[c[0]])
                     };
@@ -664,73 +736,66 @@ pub fn resolve_combinations(
         }
         taken.insert(id.clone());
         for &i in c {
-            customer_of[i] = id.clone();
+            component_of[i] = ids.len();
+        }
+        ids.push(id);
+    }
+    drop(taken);
+    // Suppression: customers named by id, or owning a suppressed e-mail, are forgotten.
+    let mut suppressed: Vec<bool> = ids
+        .iter()
+        .map(|id| suppression.customer_ids.contains(id))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        if kinds[i] == kind::EMAIL_SHA256
+            && suppression
+                .email_sha256
+                .contains(&name[kind::EMAIL_SHA256.len() + 1..])
+        {
+            suppressed[component_of[i]] = true;
         }
     }
-    let suppressed_ids: BTreeSet<String> = names
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| {
-            kind_of(n) == kind::EMAIL_SHA256
-                && suppression
-                    .email_sha256
-                    .contains(&n[kind::EMAIL_SHA256.len() + 1..])
-        })
-        .map(|(i, _)| customer_of[i].clone())
-        .chain(suppression.customer_ids.iter().cloned())
-        .collect();
-    let keep: Vec<bool> = customer_of
-        .iter()
-        .map(|c| !suppressed_ids.contains(c))
-        .collect();
-    let suppressed_customers = customer_of
-        .iter()
-        .filter(|c| suppressed_ids.contains(*c))
-        .collect::<BTreeSet<_>>()
-        .len();
+    let suppressed_customers = suppressed.iter().filter(|&&s| s).count();
+    let keep: Vec<bool> = component_of.iter().map(|&c| !suppressed[c]).collect();
 
-    let kept = |i: &usize| keep[*i];
-    let idx: Vec<usize> = (0..names.len()).filter(kept).collect();
-    let node_df = DataFrame::new(
-        idx.len(),
-        vec![
-            Column::new(
-                NODE.into(),
-                idx.iter().map(|&i| names[i].clone()).collect::<Vec<_>>(),
-            ),
+    let idx: Vec<usize> = (0..names.len()).filter(|&i| keep[i]).collect();
+    let mut node_df = nodes
+        .select([NODE, FIRST_SEEN, LAST_SEEN])
+        .ctx("identity state")?;
+    node_df
+        .insert_column(
+            1,
             Column::new(
                 ev::CUSTOMER_ID.into(),
-                idx.iter()
-                    .map(|&i| customer_of[i].clone())
+                component_of
+                    .iter()
+                    .map(|&c| ids[c].as_str())
                     .collect::<Vec<_>>(),
             ),
-            Column::new(
-                FIRST_SEEN.into(),
-                idx.iter().map(|&i| seen[i].0).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                LAST_SEEN.into(),
-                idx.iter().map(|&i| seen[i].1).collect::<Vec<_>>(),
-            ),
-        ],
-    )
-    .ctx("identity state")?;
-    let kept_edges: Vec<&(String, String)> = edge_set
+        )
+        .ctx("identity state")?;
+    let node_df = if idx.len() == names.len() {
+        node_df
+    } else {
+        node_df
+            .filter(&keep.iter().copied().collect::<BooleanChunked>())
+            .ctx("identity state")?
+    };
+    let kept_edges: Vec<(usize, usize)> = edge_idx
         .iter()
-        .zip(&edge_idx)
-        .filter(|(_, (ia, ib))| keep[*ia] && keep[*ib])
-        .map(|(e, _)| e)
+        .copied()
+        .filter(|&(ia, ib)| keep[ia] && keep[ib])
         .collect();
     let edge_df = DataFrame::new(
         kept_edges.len(),
         vec![
             Column::new(
                 EDGE_A.into(),
-                kept_edges.iter().map(|e| e.0.clone()).collect::<Vec<_>>(),
+                kept_edges.iter().map(|e| names[e.0]).collect::<Vec<_>>(),
             ),
             Column::new(
                 EDGE_B.into(),
-                kept_edges.iter().map(|e| e.1.clone()).collect::<Vec<_>>(),
+                kept_edges.iter().map(|e| names[e.1]).collect::<Vec<_>>(),
             ),
         ],
     )
@@ -741,16 +806,13 @@ pub fn resolve_combinations(
         vec![
             Column::new(
                 KIND.into(),
-                shared_idx
-                    .iter()
-                    .map(|&i| kind_of(&names[i]).to_string())
-                    .collect::<Vec<_>>(),
+                shared_idx.iter().map(|&i| kinds[i]).collect::<Vec<_>>(),
             ),
             Column::new(
                 IDENTIFIER.into(),
                 shared_idx
                     .iter()
-                    .map(|&i| names[i][kind_of(&names[i]).len() + 1..].to_string())
+                    .map(|&i| &names[i][kinds[i].len() + 1..])
                     .collect::<Vec<_>>(),
             ),
             Column::new(
@@ -764,7 +826,7 @@ pub fn resolve_combinations(
                 LIMIT.into(),
                 shared_idx
                     .iter()
-                    .map(|&i| limits[kind_of(&names[i])] as u64)
+                    .map(|&i| limits[kinds[i]] as u64)
                     .collect::<Vec<_>>(),
             ),
         ],
@@ -793,11 +855,8 @@ pub fn resolve_combinations(
         .clone()
         .lazy()
         .select([col(NODE).alias(PRIMARY), col(ev::CUSTOMER_ID)]);
-    let key_customer = with_nodes
+    let key_customer = primaries
         .lazy()
-        .filter(col(PRIMARY).is_not_null())
-        .select([col(KEY_KIND), col(KEY_VALUE), col(PRIMARY)])
-        .unique(None, UniqueKeepStrategy::Any)
         .join(
             primary_customer,
             [col(PRIMARY)],
@@ -813,15 +872,13 @@ pub fn resolve_combinations(
         .with_columns([
             lit(Series::new(
                 KIND.into(),
-                idx.iter()
-                    .map(|&i| kind_of(&names[i]).to_string())
-                    .collect::<Vec<_>>(),
+                idx.iter().map(|&i| kinds[i]).collect::<Vec<_>>(),
             ))
             .alias(KIND),
             lit(Series::new(
                 IDENTIFIER.into(),
                 idx.iter()
-                    .map(|&i| names[i][kind_of(&names[i]).len() + 1..].to_string())
+                    .map(|&i| &names[i][kinds[i].len() + 1..])
                     .collect::<Vec<_>>(),
             ))
             .alias(IDENTIFIER),
@@ -939,6 +996,7 @@ pub fn customer_ids(events: DataFrame, keys: &DataFrame) -> Result<DataFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::strings;
 
     /// (event_id, cookie, user_id, loyalty_id, time)
     type Row<'a> = (

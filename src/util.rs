@@ -307,6 +307,8 @@ impl Laps {
             ms = self.clock.elapsed().as_millis() as u64,
             faults = used.faults,
             system_ms = used.system_ms,
+            rss_mib = rss_mib("VmRSS:"),
+            peak_mib = rss_mib("VmHWM:"),
             "step done"
         );
         self.clock = std::time::Instant::now();
@@ -379,10 +381,16 @@ pub fn event_date_range(
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`); `None` elsewhere.
 pub fn peak_rss_mib() -> Option<u64> {
+    rss_mib("VmHWM:")
+}
+
+/// A memory figure of this process (`field` of /proc/self/status: `VmRSS:` now, `VmHWM:` the
+/// peak), in MiB.
+fn rss_mib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
