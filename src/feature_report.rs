@@ -5,7 +5,10 @@
 //! drift on the same bins without re-reading anything.
 
 use ndarray::{Array2, ArrayView1};
+use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
 
 /// The state file holding a night's feature profiles.
 pub const PROFILE_STATE: &str = "feature_profile.json";
@@ -101,19 +104,36 @@ pub fn psi(previous: &Profile, column: ArrayView1<f64>) -> f64 {
         .sum()
 }
 
-/// The report for the scoring snapshot `x` (one column per feature in `names`), against the
-/// previous night's profiles, with each feature's AUC on the validation snapshot.
+/// Each feature's AUC alone on the validation snapshot (`x_validation`, labels
+/// `y_validation`); a null counts as the lowest value.
+pub fn univariate_aucs(x_validation: &Array2<f64>, y_validation: &[bool]) -> Vec<f64> {
+    x_validation
+        .columns()
+        .into_iter()
+        .map(|column| {
+            let v: Vec<f64> = column
+                .iter()
+                .map(|x| if x.is_nan() { f64::NEG_INFINITY } else { *x })
+                .collect();
+            crate::model::auc(&v, y_validation)
+        })
+        .collect()
+}
+
+/// The report of the features `names` of the scoring snapshot, with their validation AUCs
+/// (`univariate_aucs`) and their drift against the `previous` night's profiles.
 pub fn report(
     names: &[String],
-    x: &Array2<f64>,
-    x_validation: &Array2<f64>,
-    y_validation: &[bool],
+    scoring: &DataFrame,
+    validation_aucs: &[f64],
     previous: Option<&[Profile]>,
-) -> (Vec<FeatureStat>, Vec<Profile>) {
+) -> Result<(Vec<FeatureStat>, Vec<Profile>)> {
     let mut stats = Vec::new();
     let mut profiles = Vec::new();
     for (j, name) in names.iter().enumerate() {
-        let column = x.column(j);
+        // One feature's values at a time, not a matrix of them all.
+        let values_now = crate::model::to_values(scoring, name)?;
+        let column = values_now.view();
         let sorted = values(column);
         let n = sorted.len() as f64;
         let mean = (!sorted.is_empty()).then(|| sorted.iter().sum::<f64>() / n);
@@ -121,12 +141,6 @@ pub fn report(
         let psi = previous
             .and_then(|p| p.iter().find(|p| p.name == *name))
             .map(|p| psi(p, column));
-        // A null counts as the lowest value for the univariate AUC.
-        let v: Vec<f64> = x_validation
-            .column(j)
-            .iter()
-            .map(|x| if x.is_nan() { f64::NEG_INFINITY } else { *x })
-            .collect();
         stats.push(FeatureStat {
             name: name.clone(),
             null_rate: 1.0 - n / column.len().max(1) as f64,
@@ -141,11 +155,11 @@ pub fn report(
                 Some(p) if p > PSI_MODERATE => "moderate",
                 _ => "ok",
             },
-            auc: crate::model::auc(&v, y_validation),
+            auc: validation_aucs[j],
         });
         profiles.push(profile(name, column));
     }
-    (stats, profiles)
+    Ok((stats, profiles))
 }
 
 #[cfg(test)]
@@ -184,7 +198,13 @@ mod tests {
         let x = Array2::from_shape_vec((4, 2), vec![1.0, f64::NAN, 2.0, 5.0, 3.0, 5.0, 4.0, 5.0])
             .unwrap();
         let y = [false, false, true, true];
-        let (stats, profiles) = report(&["a".into(), "b".into()], &x, &x, &y, None);
+        let scoring = polars::df!(
+            "a" => [1.0, 2.0, 3.0, 4.0],
+            "b" => [None, Some(5.0), Some(5.0), Some(5.0)],
+        )
+        .unwrap();
+        let aucs = univariate_aucs(&x, &y);
+        let (stats, profiles) = report(&["a".into(), "b".into()], &scoring, &aucs, None).unwrap();
         assert_eq!(stats[0].null_rate, 0.0);
         assert_eq!(stats[1].null_rate, 0.25);
         assert_eq!(
@@ -193,7 +213,8 @@ mod tests {
         );
         assert_eq!(stats[0].auc, 1.0, "a separates the classes");
         assert_eq!(stats[0].psi, None);
-        let (again, _) = report(&["a".into(), "b".into()], &x, &x, &y, Some(&profiles));
+        let (again, _) =
+            report(&["a".into(), "b".into()], &scoring, &aucs, Some(&profiles)).unwrap();
         assert_eq!(again[0].psi, Some(0.0));
         assert_eq!(again[0].drift, "ok");
     }

@@ -38,6 +38,21 @@ pub fn to_matrix(df: &DataFrame, columns: &[String]) -> Result<Array2<f64>> {
     Ok(Array2::from_shape_vec((n, k).f(), vec).expect("shape matches the buffer"))
 }
 
+/// One column of `df` as `to_matrix` gives it (null = NaN).
+pub fn to_values(df: &DataFrame, column: &str) -> Result<Array1<f64>> {
+    let values = df
+        .column(column)
+        .ctx(column.to_string())?
+        .cast(&DataType::Float64)
+        .ctx(column.to_string())?;
+    Ok(values
+        .f64()
+        .ctx(column.to_string())?
+        .iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect())
+}
+
 /// Labels as a boolean vector (null = false).
 pub fn to_labels(df: &DataFrame, column: &str) -> Result<Array1<bool>> {
     let c = df

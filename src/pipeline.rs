@@ -2684,9 +2684,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let snapshots_key = snapshots_key(&job, &cutoffs);
     let snapshots = &part.snapshots;
     let validation = snapshots.at(&[date_to_micros(cutoffs.validation)])?;
-    let scoring = snapshots
-        .at(&[date_to_micros(cutoffs.scoring)])?
-        .drop_many([output::CUTOFF, output::LABEL]);
     let model_state = state.root().join(MODEL_STATE);
     let modelled = match &training {
         Training::Trained { .. } => {
@@ -2722,18 +2719,41 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         validation_scores,
     } = modelled;
     let names = job.features.names();
+    // What the feature report needs of the validation snapshot; the snapshot and its matrix
+    // go before the scoring snapshot is read (at 100M events each takes 0.7 GB).
+    let validation_aucs =
+        crate::feature_report::univariate_aucs(&x_val, y_val.as_slice().expect("contiguous"));
+    drop((validation, x_val, y_val));
     timer.lap("model");
 
-    let scores = score::score(&scoring, &artifact, &night.customers, job.model.reasons)?;
+    let scoring = snapshots
+        .at(&[date_to_micros(cutoffs.scoring)])?
+        .drop_many([output::CUTOFF, output::LABEL]);
+    let score::Scored {
+        scores,
+        contributions,
+    } = score::score(&scoring, &artifact, &night.customers, job.model.reasons)?;
     timer.lap("score");
 
     let staging = Staging::create(&output_root, &as_of.to_string())?;
     let ranked = score::ranked(&scores)?;
+    // The scores with the features the audiences' rules read, and consent.
+    let rules_read: Vec<PlSmallStr> = job
+        .audiences
+        .audiences
+        .iter()
+        .filter_map(|a| a.rule.as_ref())
+        .flat_map(|(_, rule)| rule.clone().meta().root_names())
+        .filter(|c| names.iter().any(|n| n == c.as_str()))
+        .chain([ev::CUSTOMER_ID.into()])
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let table = ranked
         .clone()
         .lazy()
         .join(
-            scoring.clone().lazy(),
+            scoring.select(rules_read).ctx("audience rules")?.lazy(),
             [col(ev::CUSTOMER_ID)],
             [col(ev::CUSTOMER_ID)],
             crate::util::left_join_ordered(),
@@ -2765,7 +2785,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     )?;
     let mut warnings = job.audiences.skipped.clone();
     warnings.extend(delivered.warnings.iter().cloned());
-    let x_scoring = model::to_matrix(&scoring, &names)?;
     let previous_profiles: Option<Vec<crate::feature_report::Profile>> = match &current_state {
         Some(dir) if dir.join(crate::feature_report::PROFILE_STATE).exists() => {
             let path = dir.join(crate::feature_report::PROFILE_STATE);
@@ -2776,11 +2795,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     };
     let (feature_stats, profiles) = crate::feature_report::report(
         &names,
-        &x_scoring,
-        &x_val,
-        y_val.as_slice().expect("contiguous"),
+        &scoring,
+        &validation_aucs,
         previous_profiles.as_deref(),
-    );
+    )?;
     for f in feature_stats.iter().filter(|f| f.drift == "warning") {
         warnings.push(format!(
             "feature {} drifted: PSI {:.2} against the previous night (above {})",
@@ -2805,7 +2823,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             .map(|f| f.description.clone())
             .unwrap_or_default()
     };
-    let drivers = crate::report::drivers(&artifact, &x_scoring, describe, 10);
+    let drivers = crate::report::drivers(&artifact, &contributions, describe, 10);
     let exclusions: BTreeMap<String, usize> = BTreeMap::from([
         (
             "no_ad_consent".to_string(),

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use ndarray::Array2;
 use serde::Serialize;
 
 use crate::audience::AudienceReport;
@@ -80,25 +79,24 @@ struct Data<'a, F: Serialize> {
 /// the sign of the mean contribution as the direction.
 pub fn drivers(
     artifact: &Artifact,
-    x: &Array2<f64>,
+    contributions: &crate::score::Contributions,
     describe: impl Fn(&str) -> String,
     top: usize,
 ) -> Vec<Driver> {
-    let c = artifact.contributions(x);
-    let n = c.nrows().max(1) as f64;
+    let n = contributions.customers.max(1) as f64;
     let mut out: Vec<Driver> = artifact
         .feature_names
         .iter()
         .enumerate()
-        .map(|(j, name)| {
-            let column = c.column(j);
-            let mean = column.sum() / n;
-            Driver {
-                feature: name.clone(),
-                description: describe(name),
-                importance: column.iter().map(|v| v.abs()).sum::<f64>() / n,
-                direction: if mean >= 0.0 { "up" } else { "down" },
-            }
+        .map(|(j, name)| Driver {
+            feature: name.clone(),
+            description: describe(name),
+            importance: contributions.abs[j] / n,
+            direction: if contributions.sum[j] / n >= 0.0 {
+                "up"
+            } else {
+                "down"
+            },
         })
         .filter(|d| d.importance > 0.0)
         .collect();

@@ -9,21 +9,74 @@ use crate::error::{Context, Result};
 use crate::model::{Artifact, to_matrix};
 use crate::schema::{event as ev, output};
 
-/// Scores the scoring snapshot (one row per customer, the artifact's feature columns).
-/// `customers` adds `user_id` and `email_sha256`. Sorted by customer id.
+/// Rows scored at a time: the feature matrix and contributions of a chunk are held, never
+/// those of every customer (at 100M events, 1.1 million customers: 0.7 GB each).
+const CHUNK: usize = 1 << 16;
+
+/// Scores and the sum of every feature's contributions over the customers scored.
+pub struct Scored {
+    /// customer_id, user_id, email_sha256, score, percentile, decile, reason_1...
+    pub scores: DataFrame,
+    pub contributions: Contributions,
+}
+
+/// Each feature's contributions to the scores' log-odds, summed over the customers scored:
+/// as they are (the direction) and in absolute value (the importance).
+pub struct Contributions {
+    pub customers: usize,
+    pub sum: Vec<f64>,
+    pub abs: Vec<f64>,
+}
+
+/// Scores the scoring snapshot (one row per customer, the artifact's feature columns), a
+/// chunk of customers at a time. `customers` adds `user_id` and `email_sha256`. Sorted by
+/// customer id.
 pub fn score(
     snapshot: &DataFrame,
     artifact: &Artifact,
     customers: &DataFrame,
     n_reasons: usize,
-) -> Result<DataFrame> {
-    let snapshot = snapshot
-        .sort([ev::CUSTOMER_ID], Default::default())
-        .ctx("sorting snapshot")?;
-    let x = to_matrix(&snapshot, &artifact.feature_names)?;
-    let p = artifact.predict(&x);
-    let contributions = artifact.contributions(&x);
-    let n = p.len();
+) -> Result<Scored> {
+    let ids = snapshot
+        .column(ev::CUSTOMER_ID)
+        .ctx("customer_id")?
+        .str()
+        .ctx("customer_id")?;
+    let in_order = ids.iter().zip(ids.iter().skip(1)).all(|(a, b)| a <= b);
+    let snapshot = if in_order {
+        std::borrow::Cow::Borrowed(snapshot)
+    } else {
+        std::borrow::Cow::Owned(
+            snapshot
+                .sort([ev::CUSTOMER_ID], Default::default())
+                .ctx("sorting snapshot")?,
+        )
+    };
+    let n = snapshot.height();
+    let k = artifact.feature_names.len();
+    let mut p = Vec::with_capacity(n);
+    let mut reasons: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(n); n_reasons];
+    let mut totals = Contributions {
+        customers: n,
+        sum: vec![0.0; k],
+        abs: vec![0.0; k],
+    };
+    for start in (0..n).step_by(CHUNK) {
+        let chunk = snapshot.slice(start as i64, CHUNK.min(n - start));
+        let x = to_matrix(&chunk, &artifact.feature_names)?;
+        p.extend(artifact.predict(&x));
+        for row in artifact.contributions(&x).rows() {
+            for (j, c) in row.iter().enumerate() {
+                totals.sum[j] += c;
+                totals.abs[j] += c.abs();
+            }
+            let mut idx: Vec<usize> = (0..row.len()).filter(|&j| row[j] > 0.0).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            for (r, slot) in reasons.iter_mut().enumerate() {
+                slot.push(idx.get(r).map(|&j| artifact.feature_names[j].as_str()));
+            }
+        }
+    }
     // Position in the ranking: score descending, ties by customer id (rows are sorted by id).
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
@@ -31,6 +84,7 @@ pub fn score(
     for (r, &i) in order.iter().enumerate() {
         position[i] = r;
     }
+    drop(order);
     let mut sorted = p.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let percentile: Vec<f64> = p
@@ -40,26 +94,19 @@ pub fn score(
             (10_000.0 * lower as f64 / n as f64).round() / 100.0
         })
         .collect();
+    drop(sorted);
     let decile: Vec<i32> = position.iter().map(|&r| (r * 10 / n) as i32 + 1).collect();
-    let mut reasons: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(n); n_reasons];
-    for row in contributions.rows() {
-        let mut idx: Vec<usize> = (0..row.len()).filter(|&j| row[j] > 0.0).collect();
-        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        for (k, slot) in reasons.iter_mut().enumerate() {
-            slot.push(idx.get(k).map(|&j| artifact.feature_names[j].clone()));
-        }
-    }
     let mut columns = vec![
         snapshot.column(ev::CUSTOMER_ID).ctx("customer_id")?.clone(),
         Column::new(output::SCORE.into(), p),
         Column::new(output::PERCENTILE.into(), percentile),
         Column::new(output::DECILE.into(), decile),
     ];
-    for (k, r) in reasons.into_iter().enumerate() {
-        columns.push(Column::new(format!("reason_{}", k + 1).into(), r));
+    for (r, names) in reasons.into_iter().enumerate() {
+        columns.push(Column::new(format!("reason_{}", r + 1).into(), names));
     }
     let scored = DataFrame::new(n, columns).ctx("scores")?;
-    scored
+    let scores = scored
         .lazy()
         .join(
             customers.clone().lazy(),
@@ -76,7 +123,11 @@ pub fn score(
                 .as_expr(),
         ])
         .collect()
-        .ctx("scores")
+        .ctx("scores")?;
+    Ok(Scored {
+        scores,
+        contributions: totals,
+    })
 }
 
 /// Position-based rank helper for audiences: customers ordered by score, best first.
@@ -125,7 +176,11 @@ mod tests {
             "email_sha256" => [None, Some("h2"), None, None::<&str>]
         )
         .unwrap();
-        let s = score(&snapshot, &artifact(), &customers, 2).unwrap();
+        let scored = score(&snapshot, &artifact(), &customers, 2).unwrap();
+        let s = &scored.scores;
+        // Contributions a - b over the four customers: a 4, b -5.
+        assert_eq!(scored.contributions.sum, [4.0, -5.0]);
+        assert_eq!(scored.contributions.abs, [4.0, 5.0]);
         let ids: Vec<&str> = s
             .column("customer_id")
             .unwrap()
@@ -181,7 +236,7 @@ mod tests {
             Some("h2")
         );
         // Ranked: best first, ties by customer id.
-        let ranked = ranked(&s).unwrap();
+        let ranked = ranked(s).unwrap();
         let ids: Vec<&str> = ranked
             .column("customer_id")
             .unwrap()
@@ -191,5 +246,44 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(&ids[..2], ["c1", "c2"]);
+    }
+
+    #[test]
+    fn scores_taken_a_chunk_at_a_time_are_those_of_all_rows_at_once() {
+        let n = CHUNK * 2 + 123;
+        let ids: Vec<String> = (0..n).map(|i| format!("c{i:07}")).collect();
+        let a: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1000) as f64 / 100.0).collect();
+        let b: Vec<f64> = (0..n)
+            .map(|i| ((i * 104_729) % 997) as f64 / 50.0)
+            .collect();
+        let snapshot = df!("customer_id" => &ids, "a" => &a, "b" => &b).unwrap();
+        let customers = df!(
+            "customer_id" => &ids,
+            "user_id" => vec![None::<&str>; n],
+            "email_sha256" => vec![None::<&str>; n],
+        )
+        .unwrap();
+        let mut artifact = artifact();
+        artifact.scaler = Scaler {
+            mean: vec![5.0, 10.0],
+            scale: vec![2.9, 5.7],
+        };
+        let scored = score(&snapshot, &artifact, &customers, 1).unwrap();
+        let x = to_matrix(&snapshot, &artifact.feature_names).unwrap();
+        let all_at_once = artifact.predict(&x);
+        let chunked: Vec<f64> = scored
+            .scores
+            .column("score")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        assert_eq!(chunked, all_at_once);
+        let contributions = artifact.contributions(&x);
+        for j in 0..2 {
+            let sum: f64 = contributions.column(j).iter().sum();
+            assert!((scored.contributions.sum[j] - sum).abs() < 1e-6 * n as f64);
+        }
     }
 }
