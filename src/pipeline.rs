@@ -217,7 +217,7 @@ enum Increment {
 
 /// What a night that read its files keeps for the next.
 struct Fresh {
-    ingest: ingest::IngestState,
+    ingest: IngestFrames,
     /// The keys of the events this night kept, added to `key_files`.
     new_keys: ingest::Stored,
     /// The night before's key files (one per night), linked into this night's.
@@ -238,6 +238,61 @@ const HISTORY_DIR: &str = "history";
 const EVENTS_BEFORE_DIR: &str = "events-before";
 const RENAMES_FRAME: &str = "renames";
 const INGEST_FRAMES: [&str; 3] = ["session_starts", "orders", "deferred"];
+
+/// The ingest state a night keeps (`INGEST_FRAMES`): held, or written aside as the state keeps
+/// it when the night's events were (at 100M events the tracker sessions' times take a
+/// gigabyte, which the later stages need not hold).
+enum IngestFrames {
+    Held(Box<ingest::IngestState>),
+    Written(tempfile::TempDir),
+}
+
+impl IngestFrames {
+    /// The frames of `state`, written aside into a scratch directory under `dir` when
+    /// `aside`.
+    fn of(state: ingest::IngestState, aside: bool, dir: &std::path::Path) -> Result<IngestFrames> {
+        if !aside {
+            return Ok(IngestFrames::Held(Box::new(state)));
+        }
+        let scratch = NightEvents::scratch(dir)?;
+        write_ingest_frames(&state, scratch.path())?;
+        Ok(IngestFrames::Written(scratch))
+    }
+
+    /// Writes (or links) the frames into `to`.
+    fn write(&self, to: &std::path::Path) -> Result<()> {
+        match self {
+            IngestFrames::Held(state) => write_ingest_frames(state, to),
+            IngestFrames::Written(scratch) => {
+                for name in INGEST_FRAMES {
+                    let file = format!("{name}.parquet");
+                    link_or_copy(&scratch.path().join(&file), &to.join(&file))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn write_ingest_frames(state: &ingest::IngestState, to: &std::path::Path) -> Result<()> {
+    for (name, df) in INGEST_FRAMES
+        .iter()
+        .zip([&state.sessions, &state.orders, &state.deferred])
+    {
+        write_increment_frame(&to.join(format!("{name}.parquet")), df)?;
+    }
+    Ok(())
+}
+
+/// How a night's increment state is written: read back whole, by the next night.
+fn write_increment_frame(path: &std::path::Path, df: &DataFrame) -> Result<()> {
+    crate::util::write_parquet_with(
+        df,
+        path,
+        ParquetCompression::Lz4Raw,
+        StatisticsOptions::empty(),
+    )
+}
 
 /// `increment.json`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -349,18 +404,11 @@ impl Increment {
                         link_or_copy(&file, &dir.join(name))?;
                     }
                 }
-                let frame = |name: &str, df: &DataFrame| {
-                    crate::util::write_parquet_with(
-                        df,
-                        &to.join(format!("{name}.parquet")),
-                        ParquetCompression::Lz4Raw,
-                        StatisticsOptions::empty(),
-                    )
-                };
                 match new_keys {
-                    ingest::Stored::Memory(keys) => {
-                        frame(&format!("{KEYS_DIR}/{}", record.as_of), keys)?
-                    }
+                    ingest::Stored::Memory(keys) => write_increment_frame(
+                        &to.join(KEYS_DIR).join(format!("{}.parquet", record.as_of)),
+                        keys,
+                    )?,
                     // Written a file per bucket of events: linked as they are (the next
                     // night reads every file of the directory).
                     ingest::Stored::Disk(files) => {
@@ -373,14 +421,8 @@ impl Increment {
                         }
                     }
                 }
-                for (name, df) in INGEST_FRAMES.iter().chain([&RENAMES_FRAME]).zip([
-                    &ingest.sessions,
-                    &ingest.orders,
-                    &ingest.deferred,
-                    renames,
-                ]) {
-                    frame(name, df)?;
-                }
+                ingest.write(&to)?;
+                write_increment_frame(&to.join(format!("{RENAMES_FRAME}.parquet")), renames)?;
                 history.write(&to.join(HISTORY_DIR))?;
                 std::fs::write(
                     to.join(INCREMENT_RECORD),
@@ -1104,6 +1146,16 @@ fn prepare_full(
         new_keys,
         state: ingest_state,
     } = ingest::ingest_with(inputs, as_of, &job.quality, &memory)?;
+    let files = ingest_state.files.clone();
+    // A shard keeps no ingest state; a night whose events were written aside writes it aside.
+    let ingest_frames = match shard {
+        Some(_) => None,
+        None => Some(IngestFrames::of(
+            ingest_state,
+            matches!(events, ingest::Stored::Disk(_)),
+            state.root(),
+        )?),
+    };
     timer.lap("ingest");
 
     let previous = match state.before(as_of)? {
@@ -1217,11 +1269,10 @@ fn prepare_full(
         kept,
     } = bucketed;
     timer.lap_before("sessions", history_took);
-    let files = ingest_state.files.clone();
-    let increment = match shard {
-        Some(_) => Increment::None,
-        None => Increment::New(Box::new(Fresh {
-            ingest: ingest_state,
+    let increment = match ingest_frames {
+        None => Increment::None,
+        Some(ingest_frames) => Increment::New(Box::new(Fresh {
+            ingest: ingest_frames,
             new_keys,
             key_files: Vec::new(),
             events_before: Vec::new(),
@@ -1414,7 +1465,7 @@ fn prepare_incremental(
             .ctx("quarantined rows")?
     };
     let increment = Increment::New(Box::new(Fresh {
-        ingest: ingested.state,
+        ingest: IngestFrames::Held(Box::new(ingested.state)),
         new_keys: ingested.new_keys,
         key_files: before.key_files,
         events_before: before.events_before,
