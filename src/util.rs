@@ -44,12 +44,29 @@ pub const ROW_GROUP: usize = 512 * 512;
 /// the bytes one whole run writes).
 pub struct ParquetAppender {
     path: std::path::PathBuf,
-    writer: polars::io::parquet::write::BatchedWriter<std::fs::File>,
+    writer: polars::io::parquet::write::BatchedWriter<BufferedFile>,
+    file: BufferedFile,
     schema: SchemaRef,
     /// Rows not yet written: fewer than a row group.
     pending: Vec<DataFrame>,
     pending_rows: usize,
     groups: usize,
+}
+
+/// The file a `ParquetAppender` writes, through a buffer that the appender flushes itself (and
+/// so sees the flush fail): polars' writer hands the file each page and page header apart, a
+/// system call each, which at 10M events written in 100 buckets was a third of ingest's time.
+#[derive(Clone)]
+pub struct BufferedFile(std::sync::Arc<std::sync::Mutex<std::io::BufWriter<std::fs::File>>>);
+
+impl std::io::Write for BufferedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().expect("not poisoned").flush()
+    }
 }
 
 impl ParquetAppender {
@@ -59,8 +76,13 @@ impl ParquetAppender {
         compression: ParquetCompression,
         statistics: StatisticsOptions,
     ) -> Result<ParquetAppender> {
-        let file = std::fs::File::create(path).ctx(format!("creating {}", path.display()))?;
-        let writer = ParquetWriter::new(file)
+        let file = BufferedFile(std::sync::Arc::new(std::sync::Mutex::new(
+            std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(path).ctx(format!("creating {}", path.display()))?,
+            ),
+        )));
+        let writer = ParquetWriter::new(file.clone())
             .with_compression(compression)
             .with_statistics(statistics)
             .batched(schema)
@@ -68,6 +90,7 @@ impl ParquetAppender {
         Ok(ParquetAppender {
             path: path.to_path_buf(),
             writer,
+            file,
             schema: schema.clone(),
             pending: Vec::new(),
             pending_rows: 0,
@@ -127,7 +150,10 @@ impl ParquetAppender {
         self.writer
             .finish()
             .ctx(format!("writing {}", self.path.display()))?;
-        Ok(())
+        use std::io::Write;
+        self.file
+            .flush()
+            .ctx(format!("writing {}", self.path.display()))
     }
 }
 
