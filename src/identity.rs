@@ -949,17 +949,26 @@ pub fn resolve_combinations(
 pub fn customer_ids(events: DataFrame, keys: &DataFrame) -> Result<DataFrame> {
     let mut laps = crate::util::Laps::start("identity");
     let before = events.height();
-    let customer = events
+    let event_keys = events
         .clone()
         .lazy()
         .select(identifier_columns())
         .select(key_exprs())
-        .join(
-            keys.clone().lazy(),
-            [col(KEY_KIND), col(KEY_VALUE)],
-            [col(KEY_KIND), col(KEY_VALUE)],
-            crate::util::left_join_ordered(),
-        )
+        .collect()
+        .ctx("identity keys")?;
+    // The keys cut to the events' own first: a join builds its table from its right side, and
+    // each bucket of events would otherwise build one of every key of the night (3.6 million
+    // at 100M events).
+    let on = || [col(KEY_KIND), col(KEY_VALUE)];
+    let own = keys.clone().lazy().join(
+        event_keys.clone().lazy(),
+        on(),
+        on(),
+        JoinArgs::new(JoinType::Semi),
+    );
+    let customer = event_keys
+        .lazy()
+        .join(own, on(), on(), crate::util::left_join_ordered())
         .select([col(ev::CUSTOMER_ID)])
         .collect_with_engine(Engine::Streaming)
         .ctx("assigning customer ids")?
