@@ -473,13 +473,8 @@ impl BucketFiles {
     /// `count` buckets in a new directory under `within` (the system's temporary directory
     /// without one).
     pub fn create(within: Option<&Path>, count: usize) -> Result<BucketFiles> {
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(SCRATCH_PREFIX);
         let within = within.map_or_else(std::env::temp_dir, Path::to_path_buf);
-        let dir = builder.tempdir_in(&within).ctx(format!(
-            "creating a scratch directory in {}",
-            within.display()
-        ))?;
+        let dir = crate::util::scratch_dir(&within, SCRATCH_PREFIX)?;
         Ok(BucketFiles {
             dir,
             files: vec![Vec::new(); count],

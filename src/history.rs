@@ -247,13 +247,7 @@ pub struct Writer {
 impl Writer {
     /// A writer into a new directory under `within`.
     pub fn create(within: &Path) -> Result<Writer> {
-        let dir = tempfile::Builder::new()
-            .prefix("history-")
-            .tempdir_in(within)
-            .ctx(format!(
-                "creating a scratch directory in {}",
-                within.display()
-            ))?;
+        let dir = crate::util::scratch_dir(within, "history-")?;
         Ok(Writer {
             dir,
             buckets: Vec::new(),

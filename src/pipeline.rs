@@ -129,10 +129,7 @@ impl NightEvents {
     /// directory's lock (`run`, `Part::write`).
     fn scratch(dir: &std::path::Path) -> Result<tempfile::TempDir> {
         std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
-        tempfile::Builder::new()
-            .prefix(EVENTS_WRITING)
-            .tempdir_in(dir)
-            .ctx(format!("creating a scratch directory in {}", dir.display()))
+        crate::util::scratch_dir(dir, EVENTS_WRITING)
     }
 
     /// The scratch directory of written events.

@@ -95,13 +95,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn create(within: &Path) -> Result<Writer> {
-        let dir = tempfile::Builder::new()
-            .prefix("snapshots-")
-            .tempdir_in(within)
-            .ctx(format!(
-                "creating a scratch directory in {}",
-                within.display()
-            ))?;
+        let dir = crate::util::scratch_dir(within, "snapshots-")?;
         Ok(Writer {
             dir,
             cutoffs: Default::default(),

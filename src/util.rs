@@ -448,6 +448,18 @@ pub fn parquet_rows(path: &Path) -> Result<usize> {
         .ctx(format!("reading {}", path.display()))
 }
 
+/// A new scratch directory under `within`, named `prefix` and a random suffix, removed when
+/// dropped.
+pub fn scratch_dir(within: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(within)
+        .ctx(format!(
+            "creating a scratch directory in {}",
+            within.display()
+        ))
+}
+
 /// Links `from` to `to`, or copies it where it cannot be linked (another file system).
 pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     if std::fs::hard_link(from, to).is_err() {
