@@ -483,6 +483,57 @@ def main() -> None:
   9.1 s). Ingest now also combines the tracker-session times of each group of files every
   eight groups (the last commit of the session, after these runs: 1M identical, not measured
   at 100M).
+- Session 21: a full read that writes its events aside no longer holds whole, after ingest,
+  anything that grows with customers, and its passes over the events spend less time in the
+  kernel. (1) Snapshots of a history
+  written by bucket are written by bucket: each bucket's rows at each cutoff to a scratch
+  file, appended cutoff by cutoff into the cache file (`snapshots::Writer`), the same bytes as
+  the held snapshots' file (tested); the cache file has row-group statistics, so validation
+  and scoring read one cutoff each and the training sample is filtered as it is read (b6b42e8).
+  (2) The identity graph is built on node indices: nodes grouped, sorted and numbered by
+  polars, edges joined to their ends' numbers, degrees counted over the edges, components
+  ordered by one sort; no `String` maps or sets of every identifier and edge (b2eeac8). (3)
+  The model and score stages hold one snapshot at a time: the validation snapshot and its
+  matrix go (their univariate AUCs kept) before the scoring snapshot is read, scores are
+  computed 65,536 customers at a time (tested equal to all at once) with the contributions
+  summed for the report's drivers, the feature report reads a column at a time, and the
+  audience table joins only the features the rules read (be573ba). (4) The ingest state
+  (tracker sessions' times, about a gigabyte at 100M) is written aside when ingest ends
+  (a75f25a). (5) `perf` on the 10M run written aside in 100 buckets: most of ingest's
+  system time was `write` calls, polars' Parquet writer handing the file each page and page
+  header apart; files are now written through a 1 MiB buffer the appender flushes itself
+  (4d8214b). (6) Each bucket's join against a night-wide table (ingest's session starts, 14
+  million rows at 100M, twice a bucket; identity's customer keys, 3.6 million) built a hash
+  table of the whole table for every bucket; the table is first cut to the bucket's keys by
+  a semi join (6dfeed8). 10M written aside in 100 buckets, by hand (`write_buckets_above_mib
+  = 0`, `events_per_bucket = 104858`), outputs byte-identical throughout: 218.1 s at 1,355
+  MiB after (1), 218.7 s at 1,218 MiB after (2)-(4), 155.7 s at 1,224 MiB after (5), 143.6 s
+  at 1,103 MiB after (6). mimalloc's purge delay at 10 s instead of 1 s cut ingest's page
+  faults from 4.6 to 1.0 million there, but not its time (109 s both), and raised the peak by
+  110 MB: not kept. The harness's 100M run on 4d8214b: 1,499.6 s at a peak of 4,043 MiB (11,200
+  MiB on b216ca7). Ingest 750 s (files read 274 s, rows decided 163 s, events filtered 261 s,
+  99 million page faults), where the run peaks (4.0 GB: a group of files, the tracker sessions'
+  times and their hash tables); identity 398 s (its graph 17 s, the run at 2.9 GB); sessions
+  181 s; history 95 s; features 60 s; model 5.8 s. Its reruns from the features stage: 106.8 s
+  at 18,535 MiB with the cache dropped, 18.2 s at 10,206 MiB warm: they read the night's
+  history back whole. The table's 100M run is on 6dfeed8, after (6): 1,405.2 s at a peak of
+  3,862 MiB, 29 times the 10M run's 48.0 s. Ingest 666 s (files read 274 s, rows decided 132
+  s, events filtered 207 s; 70 million page faults), where the run peaks, while it reads the
+  files: a group of files beside the tracker sessions' times (14 million, keyed by their
+  36-character ids, combined every eight groups). Identity 387 s (the combinations read again
+  115 s, the graph 17 s, then about 2.1 s a bucket to give the events their customers and cut
+  them by customer); sessions 182 s; history 94 s; features 61 s; model 5.6 s. Its reruns from
+  the features stage: 106.3 s at 18,462 MiB cold, 18.8 s at 10,265 MiB warm. What is left
+  for 3 GiB: ingest's tracker-session times (a 128-bit hash of the id would take half the
+  memory), and the whole history that reruns read back; for 11x, the passes over the events
+  written aside. The table's 10M runs are on 6dfeed8 too: 46.6-49.9 s (median 48.0 s, peak
+  8,262 MiB) against DuckDB's features in 52.1-56.0 s and its scan in 9.8-10.5 s; its reruns
+  from the features stage 10.2 s at 2,112 MiB cold and 2.0 s at 1,379 MiB warm (12.4 s at
+  7,270 MiB and 4.2 s at 6,722 MiB in session 20: the snapshots are no longer read whole).
+  The incremental nights, on fee6fca (the harness, three runs each): 15.3 s against 50.3 s
+  for the full refresh with a model trained nightly (30%), 8.3 s against 43.7 s weekly (19%):
+  both full refreshes are faster than session 19's (57.1 s and 47.7 s), the incremental
+  nights about the same, so neither is met.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
