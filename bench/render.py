@@ -525,7 +525,9 @@ def main() -> None:
   them by customer); sessions 182 s; history 94 s; features 61 s; model 5.6 s. Its reruns from
   the features stage: 106.3 s at 18,462 MiB cold, 18.8 s at 10,265 MiB warm. What is left
   for 3 GiB: ingest's tracker-session times (a 128-bit hash of the id would take half the
-  memory), and the whole history that reruns read back; for 11x, the passes over the events
+  memory); the stages after it, which reach 3.4-3.6 GB resident while they work bucket by
+  bucket (identity giving events their customers, sessions, history: the step logs'
+  `rss_mib`); and the whole history that reruns read back; for 11x, the passes over the events
   written aside. The table's 10M runs are on 6dfeed8 too: 46.6-49.9 s (median 48.0 s, peak
   8,262 MiB) against DuckDB's features in 52.1-56.0 s and its scan in 9.8-10.5 s; its reruns
   from the features stage 10.2 s at 2,112 MiB cold and 2.0 s at 1,379 MiB warm (12.4 s at
