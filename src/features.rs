@@ -616,6 +616,12 @@ impl Daily {
         .sorted()
     }
 
+    /// The keys each frame is sorted by (one row a key): the daily events', the values', the
+    /// sessions'.
+    const EVENT_KEYS: [&'static str; 2] = [ev::CUSTOMER_ID, D];
+    const VALUE_KEYS: [&'static str; 3] = [ev::CUSTOMER_ID, D, VALUE];
+    const SESSION_KEYS: [&'static str; 3] = [ev::CUSTOMER_ID, ev::SESSION_ID, D];
+
     /// Every frame sorted by its keys: one set of events gives one set of bytes.
     fn sorted(self) -> Result<Daily> {
         let sort = |df: DataFrame, keys: &[&str]| -> Result<DataFrame> {
@@ -625,16 +631,37 @@ impl Daily {
                 .ctx("sorting daily aggregates")
         };
         Ok(Daily {
-            events: sort(self.events, &[ev::CUSTOMER_ID, D])?,
+            events: sort(self.events, &Self::EVENT_KEYS)?,
             values: self
                 .values
                 .into_iter()
-                .map(|(i, df)| Ok((i, sort(df, &[ev::CUSTOMER_ID, D, VALUE])?)))
+                .map(|(i, df)| Ok((i, sort(df, &Self::VALUE_KEYS)?)))
                 .collect::<Result<_>>()?,
             sessions: self
                 .sessions
-                .map(|df| sort(df, &[ev::CUSTOMER_ID, ev::SESSION_ID, D]))
+                .map(|df| sort(df, &Self::SESSION_KEYS))
                 .transpose()?,
+        })
+    }
+
+    /// The rows of `self` and `other`, both sorted (`sorted`) and with no key in both (as
+    /// `split` leaves them), in key order: what `append` gives, merged without sorting again.
+    pub fn merge(self, mut other: Daily) -> Result<Daily> {
+        let merge = crate::util::merge_sorted;
+        Ok(Daily {
+            events: merge(self.events, other.events, &Self::EVENT_KEYS)?,
+            values: self
+                .values
+                .into_iter()
+                .map(|(i, df)| {
+                    let theirs = other.values.remove(&i).expect("both built for one set");
+                    Ok((i, merge(df, theirs, &Self::VALUE_KEYS)?))
+                })
+                .collect::<Result<_>>()?,
+            sessions: match (self.sessions, other.sessions) {
+                (Some(a), Some(b)) => Some(merge(a, b, &Self::SESSION_KEYS)?),
+                (a, b) => a.or(b),
+            },
         })
     }
 

@@ -87,11 +87,16 @@ impl History {
                 .as_materialized_series()
                 .clone(),
         ])?;
+        let mut laps = crate::util::Laps::start("adding the night");
         let touched = concat_series(&[night.daily.customer_ids()?, renamed.clone()])?;
         let days = night.daily.days()?;
         let (again, untouched) = before.split(&days, &touched, &renamed)?;
+        laps.lap("split");
         let combined = History::combine(vec![again, night], features, Some(rename))?;
-        History::append(vec![untouched, combined])
+        laps.lap("combined");
+        let all = untouched.merge(combined);
+        laps.lap("merged");
+        all
     }
 
     /// The histories of `parts`, whose customers are distinct, as one: what `build` gives
@@ -114,8 +119,27 @@ impl History {
         };
         Ok(History {
             daily: Daily::append(daily)?,
-            labels: sorted(labels, &[ev::CUSTOMER_ID, "_d"])?,
+            labels: sorted(labels, &[ev::CUSTOMER_ID, crate::labels::DAY])?,
             signals: sorted(signals, &[ev::CUSTOMER_ID])?,
+        })
+    }
+
+    /// The rows of `self` and `other`, each sorted as `build` sorts and with no key in both
+    /// (`split`), in one history sorted as `append` sorts it.
+    fn merge(self, other: History) -> Result<History> {
+        let merge = crate::util::merge_sorted;
+        Ok(History {
+            daily: self.daily.merge(other.daily)?,
+            labels: merge(
+                self.labels,
+                other.labels,
+                &[ev::CUSTOMER_ID, crate::labels::DAY],
+            )?,
+            signals: merge(
+                self.signals,
+                crate::util::sort_by_columns(other.signals, &[ev::CUSTOMER_ID])?,
+                &[ev::CUSTOMER_ID],
+            )?,
         })
     }
 

@@ -80,7 +80,7 @@ impl Cutoffs {
 
 /// Day number (UTC) of a label event, and its daily totals: events, and the fixed-point
 /// sum of the `min_sum` field.
-const DAY: &str = "_d";
+pub const DAY: &str = "_d";
 const N: &str = "_n";
 const SUM: &str = "_s";
 

@@ -927,10 +927,14 @@ impl Keeping {
         let to = dir.clone();
         let handle = std::thread::spawn(move || {
             let t = Instant::now();
+            let mut laps = crate::util::Laps::start("keeping the night's state");
             night.write(&to, None)?;
+            laps.lap("night");
             events.write(&to.join(STAGE_DIR))?;
             drop(events);
+            laps.lap("events and sessions");
             increment.write(&history, &to)?;
+            laps.lap("increment");
             info!(
                 ms = t.elapsed().as_millis() as u64,
                 "the night's state kept"
@@ -1411,21 +1415,26 @@ fn prepare_incremental(
         .ctx("identity changes")?;
     timer.lap("identity");
 
+    let mut laps = crate::util::Laps::start("incremental");
     let sessions_before =
         match sessions::carried_over(before.sessions, &rename, &resolved.customers)? {
             Ok(s) => s,
             Err(why) => return Ok(Err(why)),
         };
+    laps.lap("carried over");
     let carry = sessions::gap_carry(&sessions_before)?;
+    laps.lap("gap carry");
     let (events, sessions_now) = sessions::sessionize(
         resolved_events,
         job.session_inactivity_minutes,
         Some(&carry),
     )?;
+    laps.lap("sessionized");
     let sessions = match sessions::combine(sessions_before, sessions_now)? {
         Ok(s) => s,
         Err(why) => return Ok(Err(why)),
     };
+    laps.lap("sessions combined");
     timer.lap("sessions");
 
     let history = crate::history::History::add_night(
@@ -1433,8 +1442,10 @@ fn prepare_incremental(
         crate::history::History::build(&events, &job.features, &job.model.label)?,
         &job.features,
         &rename,
-    )?
-    .retain(&resolved.customers)?;
+    )?;
+    laps.lap("history added");
+    let history = history.retain(&resolved.customers)?;
+    laps.lap("history retained");
     let first_day = history
         .first_day()?
         .expect("a night with events has a first day");

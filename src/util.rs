@@ -378,6 +378,25 @@ impl Usage {
     }
 }
 
+/// The rows of `a` and `b`, each sorted by the columns `by` (ascending, nulls first) and
+/// with no key in both, in one frame sorted by `by`: a merge, without sorting again. `b`'s
+/// columns are taken in `a`'s order.
+pub fn merge_sorted(a: DataFrame, b: DataFrame, by: &[&str]) -> Result<DataFrame> {
+    if b.height() == 0 {
+        return Ok(a);
+    }
+    let names: Vec<PlSmallStr> = a.get_column_names_owned();
+    let b = b.select(names).ctx("merging sorted rows")?;
+    if a.height() == 0 {
+        return Ok(b);
+    }
+    a.lazy()
+        .merge_sorted(b.lazy(), by.iter().copied(), true)
+        .ctx("merging sorted rows")?
+        .collect()
+        .ctx("merging sorted rows")
+}
+
 /// Left join that keeps the left frame's row order (outputs must not depend on hash order).
 pub fn left_join_ordered() -> JoinArgs {
     let mut args = JoinArgs::new(JoinType::Left);
