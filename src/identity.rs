@@ -26,7 +26,7 @@ use polars::prelude::*;
 
 use crate::error::{Context, Result};
 use crate::schema::{event as ev, output};
-use crate::util::{sha256_hex, write_parquet};
+use crate::util::sha256_hex;
 
 /// Identifier kinds, as written to `identity.parquet`.
 pub mod kind {
@@ -174,10 +174,16 @@ impl IdentityState {
         }))
     }
 
-    /// Writes the state into a new state generation `dir` (see `state::StateDir`).
+    /// Writes the state into a new state generation `dir` (see `state::StateDir`): LZ4 and no
+    /// statistics, as the history (it is written every night and read back whole).
     pub fn write(&self, dir: &Path) -> Result<()> {
         for (name, df) in [(Self::NODES, &self.nodes), (Self::EDGES, &self.edges)] {
-            write_parquet(df, &dir.join(name))?;
+            crate::util::write_parquet_with(
+                df,
+                &dir.join(name),
+                ParquetCompression::Lz4Raw,
+                StatisticsOptions::empty(),
+            )?;
         }
         Ok(())
     }

@@ -816,13 +816,23 @@ fn later_copies(rows: LazyFrame, hash: fn(&str) -> u64) -> Result<Series> {
     positions(copies, "finding duplicate events")
 }
 
-/// A 64-bit hash of an event id for `same_hash`. Any hash gives the same copies (they are
-/// decided on the ids); one that spreads the ids well keeps the candidates few.
+/// A 64-bit hash of an event id: for `same_hash` (any hash gives the same copies, as they
+/// are decided on the ids; one that spreads the ids well keeps the candidates few), and kept
+/// beside the event keys (`KEY_HASH`), so it must stay the same from night to night: XXH3-64,
+/// which is specified.
 fn id_hash(id: &str) -> u64 {
-    use std::hash::Hasher;
-    let mut h = std::hash::DefaultHasher::new();
-    h.write(id.as_bytes());
-    h.finish()
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+/// The column of the event keys (`Ingested::new_keys`) with each event id's `id_hash`: the
+/// next nights find the copies of their events among the kept keys by these, a number a row,
+/// instead of reading every kept id.
+pub const KEY_HASH: &str = "_id_hash";
+
+/// `id_hash` of every id in `ids` (null for a null id), as the `KEY_HASH` column.
+fn id_hashes(ids: &StringChunked) -> Column {
+    let hashes: UInt64Chunked = ids.iter().map(|id| id.map(id_hash)).collect();
+    hashes.with_name(KEY_HASH.into()).into_column()
 }
 
 /// True on each id whose `hash` another id of `ids` has: every repeated id, and the rare id
@@ -2017,10 +2027,21 @@ fn decide(
             .as_materialized_series()
             .unique()
             .ctx("event ids")?;
+        // Filtered on the ids' hashes first: the scan reads every kept hash, a number each,
+        // and the ids of the few rows they match.
+        let hashes = id_hashes(ids.str().ctx("event ids")?)
+            .as_materialized_series()
+            .clone();
         let kept = p
             .keys
             .clone()
+            .filter(col(KEY_HASH).is_in(lit(hashes).implode(false), false))
+            .collect()
+            .ctx("reading the kept event keys")?;
+        let kept = kept
+            .lazy()
             .filter(col(ev::EVENT_ID).is_in(lit(ids).implode(false), false))
+            .drop(cols([KEY_HASH]))
             .collect()
             .ctx("reading the kept event keys")?;
         let again = mine
@@ -2079,7 +2100,7 @@ fn decide(
         ])
         .collect()
         .ctx("orders")?;
-    let new_keys = unique
+    let mut new_keys = unique
         .clone()
         .select([
             col(ev::EVENT_ID),
@@ -2088,6 +2109,14 @@ fn decide(
         ])
         .collect()
         .ctx("event keys")?;
+    let hashes = id_hashes(
+        new_keys
+            .column(ev::EVENT_ID)
+            .ctx("event keys")?
+            .str()
+            .ctx("event keys")?,
+    );
+    new_keys.with_column(hashes).ctx("event keys")?;
     let others = unique
         .filter(is_order.not())
         .select([

@@ -295,6 +295,9 @@ fn write_increment_frame(path: &std::path::Path, df: &DataFrame) -> Result<()> {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 struct IncrementRecord {
     propel_version: String,
+    /// `STATE_FORMAT` of the propel that kept the state (0: before it was recorded).
+    #[serde(default)]
+    format: u32,
     /// `increment_definitions`: a night starts from the night before's state only under the
     /// same definitions.
     definitions: String,
@@ -336,6 +339,11 @@ fn cumulative(before: &IngestCounts, night: &IngestCounts) -> IngestCounts {
 /// Everything the kept state of a night depends on besides the events: the feature and
 /// label definitions, sessions, the quality rules and the identity guards (a suppression
 /// list is applied every night, so it may change).
+/// The layout of the state a night keeps for the next (`IncrementRecord::format`): a night
+/// starts from a state of its own format only. 1: the event keys carry their ids' hashes
+/// (`ingest::KEY_HASH`).
+const STATE_FORMAT: u32 = 1;
+
 fn increment_definitions(job: &Job) -> String {
     crate::util::sha256_hex(&format!(
         "{}\n{:?}\n{}\n{:?}\n{:?}",
@@ -493,6 +501,12 @@ fn night_before(
             record.propel_version
         )));
     }
+    if record.format != STATE_FORMAT {
+        return Ok(Err(format!(
+            "the night before kept its state in another format ({}; this propel reads {STATE_FORMAT})",
+            record.format
+        )));
+    }
     if record.definitions != increment_definitions(job) {
         return Ok(Err(
             "the feature, label, session, quality or identity definitions (or how this propel computes the features) changed since the night before".into(),
@@ -622,6 +636,7 @@ fn scan_keys(files: &[PathBuf]) -> Result<LazyFrame> {
                 Column::new_empty(ev::EVENT_ID.into(), &DataType::String),
                 Column::new_empty(ev::COLLECTOR_TSTAMP.into(), &DataType::Int64),
                 Column::new_empty(ingest::INPUT.into(), &DataType::UInt32),
+                Column::new_empty(ingest::KEY_HASH.into(), &DataType::UInt64),
             ],
         )
         .ctx("event keys")?
@@ -1287,6 +1302,7 @@ fn prepare_full(
             .ctx("identity renames")?,
             record: IncrementRecord {
                 propel_version: env!("CARGO_PKG_VERSION").into(),
+                format: STATE_FORMAT,
                 definitions: increment_definitions(job),
                 as_of,
                 events,
@@ -1480,6 +1496,7 @@ fn prepare_incremental(
         renames: compose_renames(&before.renames, &rename)?,
         record: IncrementRecord {
             propel_version: env!("CARGO_PKG_VERSION").into(),
+            format: STATE_FORMAT,
             definitions: increment_definitions(job),
             as_of: ingested.as_of,
             events: events_used,

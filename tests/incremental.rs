@@ -251,3 +251,26 @@ fn nights_between_trainings_score_with_the_model_in_production_read_either_way()
         "{training}"
     );
 }
+
+#[test]
+fn a_night_reads_every_file_when_the_night_before_kept_its_state_in_another_format() {
+    // A state kept by a propel from before its format was recorded: its event keys, say, lack
+    // the columns this one reads.
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let job = quick_job(tmp.path());
+    let out = tmp.path().join("out");
+    night(tmp.path(), &job, &events, &out, "2026-05-13", &[]);
+    let record = out.join("_state/night-2026-05-13/increment/increment.json");
+    let mut kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    assert!(kept.as_object_mut().unwrap().remove("format").is_some());
+    std::fs::write(&record, kept.to_string()).unwrap();
+    night(tmp.path(), &job, &events, &out, "2026-05-14", &[]);
+    let m = read(&out.join("2026-05-14"));
+    assert_eq!(m["read"], "full");
+    let reason = m["reason"].as_str().unwrap();
+    assert!(reason.contains("another format (0;"), "{reason}");
+    night(tmp.path(), &job, &events, &out, "2026-05-15", &[]);
+    assert_eq!(read(&out.join("2026-05-15"))["read"], "incremental");
+}
