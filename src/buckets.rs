@@ -97,7 +97,7 @@ impl KeptFile {
                         ParquetAppender::create(
                             &sessions_path,
                             sessions.schema(),
-                            ParquetCompression::Zstd(None),
+                            crate::util::published(),
                             StatisticsOptions::default(),
                         )?,
                     )),

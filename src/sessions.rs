@@ -340,7 +340,58 @@ fn first_value(df: &DataFrame, column: &str) -> Result<Option<String>> {
 /// this night (`now`): a session both have continues, its rows combined as one built from
 /// all its events would be. Err (why) when that cannot be exact: a session whose new events
 /// do not all come after its old ones (the order of a breadcrumb, landing and exit page).
+///
+/// Only the sessions of this night's customers are combined and sorted again; the others'
+/// rows are merged in as they are (both sorted by customer, no customer in both).
 pub fn combine(
+    before: DataFrame,
+    now: DataFrame,
+) -> Result<std::result::Result<DataFrame, String>> {
+    let mut laps = crate::util::Laps::start("combining sessions");
+    let tonight = now
+        .column(ev::CUSTOMER_ID)
+        .ctx("sessions")?
+        .as_materialized_series()
+        .unique()
+        .ctx("sessions")?;
+    let touched = before
+        .select([ev::CUSTOMER_ID])
+        .ctx("sessions")?
+        .lazy()
+        .select([col(ev::CUSTOMER_ID).is_in(lit(tonight).implode(false), false)])
+        .collect()
+        .ctx("sessions of tonight's customers")?;
+    let touched = touched
+        .column(ev::CUSTOMER_ID)
+        .ctx("sessions of tonight's customers")?
+        .bool()
+        .ctx("sessions of tonight's customers")?
+        .rechunk()
+        .into_owned();
+    let again = before
+        .filter(&touched)
+        .ctx("sessions of tonight's customers")?;
+    let mut untouched = before;
+    untouched
+        .with_column(
+            (!&touched)
+                .with_name(crate::util::KEEP.into())
+                .into_column(),
+        )
+        .ctx("sessions of other customers")?;
+    laps.lap("split");
+    let combined = match combine_sorted(again, now)? {
+        Ok(combined) => combined,
+        Err(why) => return Ok(Err(why)),
+    };
+    laps.lap("combined");
+    let all = crate::util::merge_sorted(untouched, combined, &[ev::CUSTOMER_ID])?;
+    laps.lap("merged");
+    Ok(Ok(all))
+}
+
+/// `combine` of every row of `before` and `now`, sorted whole.
+fn combine_sorted(
     before: DataFrame,
     now: DataFrame,
 ) -> Result<std::result::Result<DataFrame, String>> {
