@@ -644,8 +644,9 @@ impl Daily {
         })
     }
 
-    /// The rows of `self` and `other`, both sorted (`sorted`) and with no key in both (as
-    /// `split` leaves them), in key order: what `append` gives, merged without sorting again.
+    /// The rows of `self` (those marked `util::KEEP`, as `split` leaves them) and of `other`,
+    /// both sorted (`sorted`) and with no key in both, in key order: what `append` gives,
+    /// merged without sorting again.
     pub fn merge(self, mut other: Daily) -> Result<Daily> {
         let merge = crate::util::merge_sorted;
         Ok(Daily {
@@ -748,13 +749,16 @@ impl Daily {
     }
 
     /// (the rows of the (customer, day) pairs in `days` (a `days()` frame) and of every day
-    /// of the customers in `customers`, the others'), each in the order of `self`.
+    /// of the customers in `customers`, all rows with the others marked `util::KEEP`), each in
+    /// the order of `self`: `merge` puts rows combined from the first back into the second.
     pub fn split(self, days: &DataFrame, customers: &Series) -> Result<(Daily, Daily)> {
         const AGAIN: &str = "_again";
         let days = days.clone().lazy().with_column(lit(true).alias(AGAIN));
         let customers = lit(customers.clone()).implode(false);
-        let split = |df: DataFrame| -> Result<(DataFrame, DataFrame)> {
+        let split = |mut df: DataFrame| -> Result<(DataFrame, DataFrame)> {
             let marked = df
+                .select([ev::CUSTOMER_ID, D])
+                .ctx("splitting daily aggregates")?
                 .lazy()
                 .join(
                     days.clone(),
@@ -762,24 +766,22 @@ impl Daily {
                     [col(ev::CUSTOMER_ID), col(D)],
                     crate::util::left_join_ordered(),
                 )
-                .with_column(
-                    col(AGAIN)
-                        .is_not_null()
-                        .or(col(ev::CUSTOMER_ID).is_in(customers.clone(), false))
-                        .alias(AGAIN),
-                )
+                .select([col(AGAIN)
+                    .is_not_null()
+                    .or(col(ev::CUSTOMER_ID).is_in(customers.clone(), false))])
                 .collect()
                 .ctx("splitting daily aggregates")?;
-            let part = |again: bool| {
-                marked
-                    .clone()
-                    .lazy()
-                    .filter(if again { col(AGAIN) } else { col(AGAIN).not() })
-                    .drop(cols([AGAIN]))
-                    .collect()
-                    .ctx("splitting daily aggregates")
-            };
-            Ok((part(true)?, part(false)?))
+            let again = marked
+                .column(AGAIN)
+                .ctx("splitting daily aggregates")?
+                .bool()
+                .ctx("splitting daily aggregates")?
+                .rechunk()
+                .into_owned();
+            let taken = df.filter(&again).ctx("splitting daily aggregates")?;
+            df.with_column((!&again).with_name(crate::util::KEEP.into()).into_column())
+                .ctx("splitting daily aggregates")?;
+            Ok((taken, df))
         };
         let (events_in, events_out) = split(self.events)?;
         let mut values_in = std::collections::BTreeMap::new();

@@ -124,8 +124,9 @@ impl History {
         })
     }
 
-    /// The rows of `self` and `other`, each sorted as `build` sorts and with no key in both
-    /// (`split`), in one history sorted as `append` sorts it.
+    /// The rows of `self` (those marked `util::KEEP`, as `split` leaves them) and of `other`,
+    /// each sorted as `build` sorts and with no key in both, in one history sorted as
+    /// `append` sorts it.
     fn merge(self, other: History) -> Result<History> {
         let merge = crate::util::merge_sorted;
         Ok(History {
@@ -143,34 +144,49 @@ impl History {
         })
     }
 
-    /// (the rows to combine again with a night's, the others'): the daily aggregates of the
-    /// (customer, day) pairs in `days` and of every day of the customers in `renamed`, the
-    /// labels and signals of the customers in `touched`.
+    /// (the rows to combine again with a night's, all rows with the others marked
+    /// `util::KEEP`, for `merge`): the daily aggregates of the (customer, day) pairs in `days`
+    /// and of every day of the customers in `renamed`, the labels and signals of the customers
+    /// in `touched`.
     fn split(
         self,
         days: &DataFrame,
         touched: &Series,
         renamed: &Series,
     ) -> Result<(History, History)> {
-        let part = |df: &DataFrame, inside: bool| -> Result<DataFrame> {
-            let is_in = col(ev::CUSTOMER_ID).is_in(lit(touched.clone()).implode(false), false);
-            df.clone()
+        let split = |mut df: DataFrame| -> Result<(DataFrame, DataFrame)> {
+            let again = df
+                .select([ev::CUSTOMER_ID])
+                .ctx("splitting history")?
                 .lazy()
-                .filter(if inside { is_in } else { is_in.not() })
+                .select([col(ev::CUSTOMER_ID).is_in(lit(touched.clone()).implode(false), false)])
                 .collect()
-                .ctx("splitting history")
+                .ctx("splitting history")?;
+            let again = again
+                .column(ev::CUSTOMER_ID)
+                .ctx("splitting history")?
+                .bool()
+                .ctx("splitting history")?
+                .rechunk()
+                .into_owned();
+            let taken = df.filter(&again).ctx("splitting history")?;
+            df.with_column((!&again).with_name(crate::util::KEEP.into()).into_column())
+                .ctx("splitting history")?;
+            Ok((taken, df))
         };
         let (daily_in, daily_out) = self.daily.split(days, renamed)?;
+        let (labels_in, labels_out) = split(self.labels)?;
+        let (signals_in, signals_out) = split(self.signals)?;
         Ok((
             History {
                 daily: daily_in,
-                labels: part(&self.labels, true)?,
-                signals: part(&self.signals, true)?,
+                labels: labels_in,
+                signals: signals_in,
             },
             History {
                 daily: daily_out,
-                labels: part(&self.labels, false)?,
-                signals: part(&self.signals, false)?,
+                labels: labels_out,
+                signals: signals_out,
             },
         ))
     }
