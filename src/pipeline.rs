@@ -1675,10 +1675,13 @@ fn per_customer(
         let started = std::time::Instant::now();
         let snapshots = match history {
             crate::history::Stored::Held(history) => {
+                let mut laps = crate::util::Laps::start("snapshots");
                 let (snapshots, part_contacts) = of(history)?;
                 contacts.push(part_contacts);
+                laps.lap("computed");
                 let snapshots = Snapshots::Held(snapshots);
                 cache.store(&cached, |tmp| snapshots.write(tmp))?;
+                laps.lap("cached");
                 snapshots
             }
             crate::history::Stored::Written(written) => {
