@@ -285,19 +285,23 @@ pub fn compute_from(
     set: &FeatureSet,
     population: Population,
 ) -> Result<LazyFrame> {
+    // Each cutoff's rows come in customer order (`Daily::at`): in order of cutoff, one after
+    // the other, they are sorted without sorting the wide rows again.
+    let mut cutoffs = cutoffs.to_vec();
+    cutoffs.sort_unstable();
+    cutoffs.dedup();
     let per_cutoff: Vec<LazyFrame> = cutoffs
         .iter()
         .map(|&t| daily.at(t, set, population))
         .collect();
-    let lf = concat(
+    concat(
         per_cutoff,
         UnionArgs {
             parallel: false,
             ..Default::default()
         },
     )
-    .ctx("feature snapshots")?;
-    Ok(lf.sort([output::CUTOFF, ev::CUSTOMER_ID], Default::default()))
+    .ctx("feature snapshots")
 }
 
 /// Column `name` of the events, as text where the events hold it as a categorical
@@ -924,7 +928,8 @@ impl Daily {
         })
     }
 
-    /// The features at cutoff `t` (a UTC midnight, µs) from the days before it.
+    /// The features at cutoff `t` (a UTC midnight, µs) from the days before it, one row per
+    /// customer with days before it, in customer order.
     fn at(&self, t: i64, set: &FeatureSet, population: Population) -> LazyFrame {
         assert_eq!(t.rem_euclid(MICROS_PER_DAY), 0, "cutoffs are midnights");
         let today = t.div_euclid(MICROS_PER_DAY);
@@ -1052,11 +1057,18 @@ impl Daily {
                     .agg(session_aggs),
             );
         }
+        // In customer order: the daily rows are sorted by customer, a stable group-by keeps
+        // their order, and so do the joins.
         let mut lf = days_rows(&self.events)
-            .group_by(keys.clone())
+            .group_by_stable(keys.clone())
             .agg(event_aggs);
         for b in branches {
-            lf = lf.join(b, keys.clone(), keys.clone(), JoinArgs::new(JoinType::Left));
+            lf = lf.join(
+                b,
+                keys.clone(),
+                keys.clone(),
+                crate::util::left_join_ordered(),
+            );
         }
         if !none_is_zero.is_empty() {
             lf = lf.with_columns(none_is_zero);
