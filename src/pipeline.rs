@@ -1027,6 +1027,7 @@ impl Drop for Keeping {
 /// Stage results stored under `<state>/cache/`, named by the SHA-256 of everything they
 /// depend on (propel's version, the events, the definitions, the cutoffs), so a rerun whose
 /// inputs did not change reuses them and gives the same bytes.
+#[derive(Clone)]
 struct Cache {
     dir: PathBuf,
     events: String,
@@ -1619,6 +1620,8 @@ impl Shard {
 /// run, all of them or one shard's; the merge step concatenates the shards' parts.
 struct Part {
     snapshots: Snapshots,
+    /// Held snapshots being written to the cache beside the later stages (`cached` waits).
+    caching: Option<std::thread::JoinHandle<Result<()>>>,
     /// Consent and contact points, sorted by customer.
     contacts: DataFrame,
     sessions: Sessions,
@@ -1681,6 +1684,7 @@ fn per_customer(
     // A rerun from the features stage reuses results whose inputs did not change (the kept
     // events, the definitions, the cutoffs): editing one file recomputes what depends on it.
     let cached = cache.path("snapshots", &snapshots_key(job, cutoffs), "parquet");
+    let mut caching = None;
     let snapshots = if cached.exists() {
         info!(kind = "snapshots", "reused from the cache");
         for i in 0..parts {
@@ -1692,13 +1696,15 @@ fn per_customer(
         let started = std::time::Instant::now();
         let snapshots = match history {
             crate::history::Stored::Held(history) => {
-                let mut laps = crate::util::Laps::start("snapshots");
                 let (snapshots, part_contacts) = of(history)?;
                 contacts.push(part_contacts);
-                laps.lap("computed");
                 let snapshots = Snapshots::Held(snapshots);
-                cache.store(&cached, |tmp| snapshots.write(tmp))?;
-                laps.lap("cached");
+                // Written to the cache while the later stages read them from memory.
+                let (to, held, cache) = (cached.clone(), snapshots.clone(), cache.clone());
+                caching = Some(std::thread::spawn(move || {
+                    cache.store(&to, |tmp| held.write(tmp))?;
+                    cache.prune("snapshots")
+                }));
                 snapshots
             }
             crate::history::Stored::Written(written) => {
@@ -1709,10 +1715,10 @@ fn per_customer(
                     contacts.push(part_contacts);
                 }
                 cache.store(&cached, |tmp| writer.finish(tmp))?;
+                cache.prune("snapshots")?;
                 Snapshots::file(cached.clone())?
             }
         };
-        cache.prune("snapshots")?;
         tracing::debug!(
             kind = "snapshots",
             ms = started.elapsed().as_millis() as u64,
@@ -1728,6 +1734,7 @@ fn per_customer(
     };
     Ok(Part {
         snapshots,
+        caching,
         contacts,
         sessions: prep.sessions.clone(),
         events: prep.events_used,
@@ -1800,6 +1807,18 @@ const PART_PENDING: &str = ".pending-part-";
 const PART_REPLACED: &str = ".replaced-part-";
 
 impl Part {
+    /// Waits until the snapshots are in the cache (a run waits before it publishes, so that
+    /// a cache that cannot be written fails the run, as it did when written in turn).
+    fn cached(&mut self) -> Result<()> {
+        match self.caching.take() {
+            Some(h) => h.join().map_err(|_| crate::error::Error::Io {
+                context: "writing the snapshots to the cache".into(),
+                source: std::io::Error::other("the writer thread panicked"),
+            })?,
+            None => Ok(()),
+        }
+    }
+
     /// Writes a shard's part (with what `--from-stage features --shard` restarts from) into
     /// its directory `dir`, whose lock the caller holds: aside first, then renamed into place
     /// (a crash leaves the old part, or none, which the merge reports as not completed).
@@ -1931,6 +1950,7 @@ fn merge_parts(
     let fingerprints: Vec<&str> = parts.iter().map(|p| p.2.fingerprint.as_str()).collect();
     let part = Part {
         snapshots: Snapshots::Held(sorted(SNAPSHOTS_FRAME, &[output::CUTOFF, ev::CUSTOMER_ID])?),
+        caching: None,
         contacts: sorted(CONTACTS_FRAME, &[ev::CUSTOMER_ID])?,
         sessions: Sessions::Frame(sorted(
             SESSIONS_FRAME,
@@ -2012,7 +2032,8 @@ pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
         dir: shard.dir(&state, as_of).join("cache"),
         events: prep.fingerprint.clone(),
     };
-    let part = per_customer(&prep, &job, &cutoffs, &cache, &mut timer)?;
+    let mut part = per_customer(&prep, &job, &cutoffs, &cache, &mut timer)?;
+    part.cached()?;
     timer.lap("features");
     let record = PartRecord {
         propel_version: env!("CARGO_PKG_VERSION").into(),
@@ -2709,7 +2730,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     // Whether the night trains a model or scores with the one in production.
     let plan_training =
         |as_of: NaiveDate| Training::plan(&job, state.before(as_of)?.as_deref(), as_of);
-    let (night, training, cutoffs, part, mut kept) = match opts.merge_shards {
+    let (night, training, cutoffs, mut part, mut kept) = match opts.merge_shards {
         Some(count) => {
             let as_of = match opts.as_of {
                 Some(d) => d,
@@ -3058,6 +3079,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         serde_json::to_string_pretty(&record).expect("json") + "\n",
     )
     .ctx("writing run.json")?;
+    part.cached()?;
     let output_dir = staging.publish()?;
     info!(output = %output_dir.display(), "published");
     audience::log_activations(&output_root, as_of, &audiences)?;
