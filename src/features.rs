@@ -759,7 +759,7 @@ impl Daily {
         const AGAIN: &str = "_again";
         let days = days.clone().lazy().with_column(lit(true).alias(AGAIN));
         let customers = lit(customers.clone()).implode(false);
-        let split = |mut df: DataFrame| -> Result<(DataFrame, DataFrame)> {
+        let split = |df: DataFrame| -> Result<(DataFrame, DataFrame)> {
             let marked = df
                 .select([ev::CUSTOMER_ID, D])
                 .ctx("splitting daily aggregates")?
@@ -782,10 +782,7 @@ impl Daily {
                 .ctx("splitting daily aggregates")?
                 .rechunk()
                 .into_owned();
-            let taken = df.filter(&again).ctx("splitting daily aggregates")?;
-            df.with_column((!&again).with_name(crate::util::KEEP.into()).into_column())
-                .ctx("splitting daily aggregates")?;
-            Ok((taken, df))
+            crate::util::split_marked(df, &again)
         };
         let (events_in, events_out) = split(self.events)?;
         let mut values_in = std::collections::BTreeMap::new();

@@ -154,25 +154,9 @@ impl History {
         touched: &Series,
         renamed: &Series,
     ) -> Result<(History, History)> {
-        let split = |mut df: DataFrame| -> Result<(DataFrame, DataFrame)> {
-            let again = df
-                .select([ev::CUSTOMER_ID])
-                .ctx("splitting history")?
-                .lazy()
-                .select([col(ev::CUSTOMER_ID).is_in(lit(touched.clone()).implode(false), false)])
-                .collect()
-                .ctx("splitting history")?;
-            let again = again
-                .column(ev::CUSTOMER_ID)
-                .ctx("splitting history")?
-                .bool()
-                .ctx("splitting history")?
-                .rechunk()
-                .into_owned();
-            let taken = df.filter(&again).ctx("splitting history")?;
-            df.with_column((!&again).with_name(crate::util::KEEP.into()).into_column())
-                .ctx("splitting history")?;
-            Ok((taken, df))
+        let split = |df: DataFrame| -> Result<(DataFrame, DataFrame)> {
+            let again = crate::util::rows_in(&df, ev::CUSTOMER_ID, touched.clone())?;
+            crate::util::split_marked(df, &again)
         };
         let (daily_in, daily_out) = self.daily.split(days, renamed)?;
         let (labels_in, labels_out) = split(self.labels)?;

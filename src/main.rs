@@ -8,12 +8,14 @@ use tracing_subscriber::util::SubscriberInitExt;
 // polars frees many small column chunks (a file's row groups) while it builds large columns
 // in their place (filtering, sorting): glibc's allocator kept the freed chunks resident, close
 // to a second copy of the events. mimalloc returns them: at 1M events the peak was 2.2 GiB
-// with glibc's allocator and 1.3-1.5 GiB with mimalloc. It returns freed pages after a second
-// (`MIMALLOC_PURGE_DELAY` overrides): purging them at once made every reuse fault the pages in
-// again, and the kernel's time for that was most of a run's system time (10M events over 180
-// days: a full read 140 s with 15.6 million page faults at once, 121 s with 1.6 million after
-// a second, peaking at 16.3 GB instead of 14.3 GB; a night read incrementally about 19 s
-// against 14-18 s).
+// with glibc's allocator and 1.3-1.5 GiB with mimalloc. It returns freed pages after three
+// seconds (`MIMALLOC_PURGE_DELAY` overrides): purging them at once made every reuse fault the
+// pages in again, and the kernel's time for that was most of a run's system time (10M events
+// over 180 days: a full read 140 s with 15.6 million page faults at once, 121 s with 1.6
+// million after a second, peaking at 16.3 GB instead of 14.3 GB; a night read incrementally
+// about 19 s against 14-18 s). After three seconds rather than one, the night read
+// incrementally took 6.07-6.10 s against 6.31-6.35 s (1.0 million page faults against 1.25
+// million) at a peak of 3.4 GB against 3.2 GB; its full refresh 42.4 s against 42.8 s.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -23,7 +25,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 fn main() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // Safety: sets a process-wide allocator option before any thread is started.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 3000) };
     }
     // No transparent huge pages for this process (what `MIMALLOC_ALLOW_THP=0` does, which
     // overrides): a fault on fresh memory then zeroes a 4 KiB page, not a 2 MiB one the kernel

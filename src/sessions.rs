@@ -354,31 +354,8 @@ pub fn combine(
         .as_materialized_series()
         .unique()
         .ctx("sessions")?;
-    let touched = before
-        .select([ev::CUSTOMER_ID])
-        .ctx("sessions")?
-        .lazy()
-        .select([col(ev::CUSTOMER_ID).is_in(lit(tonight).implode(false), false)])
-        .collect()
-        .ctx("sessions of tonight's customers")?;
-    let touched = touched
-        .column(ev::CUSTOMER_ID)
-        .ctx("sessions of tonight's customers")?
-        .bool()
-        .ctx("sessions of tonight's customers")?
-        .rechunk()
-        .into_owned();
-    let again = before
-        .filter(&touched)
-        .ctx("sessions of tonight's customers")?;
-    let mut untouched = before;
-    untouched
-        .with_column(
-            (!&touched)
-                .with_name(crate::util::KEEP.into())
-                .into_column(),
-        )
-        .ctx("sessions of other customers")?;
+    let touched = crate::util::rows_in(&before, ev::CUSTOMER_ID, tonight)?;
+    let (again, untouched) = crate::util::split_marked(before, &touched)?;
     laps.lap("split");
     let combined = match combine_sorted(again, now)? {
         Ok(combined) => combined,

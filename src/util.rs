@@ -382,6 +382,34 @@ impl Usage {
     }
 }
 
+/// True on each row of `df` whose `column` is one of `values`.
+pub fn rows_in(df: &DataFrame, column: &str, values: Series) -> Result<BooleanChunked> {
+    let marked = df
+        .select([column])
+        .ctx(column.to_string())?
+        .lazy()
+        .select([col(column).is_in(lit(values).implode(false), false)])
+        .collect()
+        .ctx(column.to_string())?;
+    Ok(marked
+        .column(column)
+        .ctx(column.to_string())?
+        .bool()
+        .ctx(column.to_string())?
+        .rechunk()
+        .into_owned())
+}
+
+/// (the rows of `df` where `taken` is true, every row of `df` with the others marked
+/// `KEEP`): a frame split for `merge_sorted` to put rows worked out from the first back into
+/// the second, without copying the rows that stay.
+pub fn split_marked(mut df: DataFrame, taken: &BooleanChunked) -> Result<(DataFrame, DataFrame)> {
+    let out = df.filter(taken).ctx("splitting rows")?;
+    df.with_column((!taken).with_name(KEEP.into()).into_column())
+        .ctx("splitting rows")?;
+    Ok((out, df))
+}
+
 /// A boolean column that marks the rows of a frame `merge_sorted` keeps: a frame split in two
 /// keeps its rows in place, marked, instead of copying the ones that stay.
 pub const KEEP: &str = "_keep";
@@ -703,6 +731,49 @@ pub fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_split_then_merged_back_are_sorted_as_one_sort_of_them_all() {
+        // Sorted by (customer, day); rows of "b" and "d" are taken out, worked on (here:
+        // value times ten, a day added) and merged back with a new customer "c".
+        let all = df!(
+            "customer" => ["a", "a", "b", "b", "d", "e", "e"],
+            "day" => [1i64, 3, 1, 2, 5, 1, 9],
+            "value" => [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        )
+        .unwrap();
+        let taken = rows_in(&all, "customer", Series::new("t".into(), ["b", "d"])).unwrap();
+        let (out, marked) = split_marked(all.clone(), &taken).unwrap();
+        assert_eq!(out.height(), 3);
+        assert_eq!(
+            marked.height(),
+            all.height(),
+            "the rows that stay are not copied"
+        );
+        let worked = df!(
+            "customer" => ["b", "b", "b", "c", "d"],
+            "day" => [1i64, 2, 7, 4, 5],
+            "value" => [30.0, 40.0, 0.5, 0.25, 50.0],
+        )
+        .unwrap();
+        let merged = merge_sorted(marked, worked.clone(), &["customer", "day"]).unwrap();
+        let kept = all.filter(&!&taken).unwrap();
+        let expected = kept
+            .vstack(&worked)
+            .unwrap()
+            .sort(["customer", "day"], Default::default())
+            .unwrap();
+        assert!(merged.equals(&expected), "{merged}\n{expected}");
+        // Without marks, every row of the first is kept.
+        let a = df!("k" => [1i64, 4, 6], "v" => ["x", "y", "z"]).unwrap();
+        let b = df!("v" => ["p", "q"], "k" => [0i64, 5]).unwrap();
+        let ab = merge_sorted(a, b, &["k"]).unwrap();
+        assert_eq!(
+            ab.column("k").unwrap().i64().unwrap().to_vec(),
+            [Some(0), Some(1), Some(4), Some(5), Some(6)]
+        );
+        assert_eq!(ab.get_column_names(), ["k", "v"]);
+    }
 
     #[test]
     fn events_kept_as_text_or_as_categoricals_read_back_alike() {
