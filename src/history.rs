@@ -207,12 +207,7 @@ impl History {
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
         for (name, df) in self.frames() {
-            crate::util::write_parquet_with(
-                df,
-                &dir.join(name),
-                ParquetCompression::Lz4Raw,
-                StatisticsOptions::empty(),
-            )?;
+            crate::util::write_state(df, &dir.join(name))?;
         }
         Ok(())
     }

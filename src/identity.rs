@@ -174,16 +174,10 @@ impl IdentityState {
         }))
     }
 
-    /// Writes the state into a new state generation `dir` (see `state::StateDir`): LZ4 and no
-    /// statistics, as the history (it is written every night and read back whole).
+    /// Writes the state into a new state generation `dir` (see `state::StateDir`).
     pub fn write(&self, dir: &Path) -> Result<()> {
         for (name, df) in [(Self::NODES, &self.nodes), (Self::EDGES, &self.edges)] {
-            crate::util::write_parquet_with(
-                df,
-                &dir.join(name),
-                ParquetCompression::Lz4Raw,
-                StatisticsOptions::empty(),
-            )?;
+            crate::util::write_state(df, &dir.join(name))?;
         }
         Ok(())
     }

@@ -276,19 +276,9 @@ fn write_ingest_frames(state: &ingest::IngestState, to: &std::path::Path) -> Res
         .iter()
         .zip([&state.sessions, &state.orders, &state.deferred])
     {
-        write_increment_frame(&to.join(format!("{name}.parquet")), df)?;
+        crate::util::write_state(df, &to.join(format!("{name}.parquet")))?;
     }
     Ok(())
-}
-
-/// How a night's increment state is written: read back whole, by the next night.
-fn write_increment_frame(path: &std::path::Path, df: &DataFrame) -> Result<()> {
-    crate::util::write_parquet_with(
-        df,
-        path,
-        ParquetCompression::Lz4Raw,
-        StatisticsOptions::empty(),
-    )
 }
 
 /// `increment.json`.
@@ -410,9 +400,9 @@ impl Increment {
                     }
                 }
                 match new_keys {
-                    ingest::Stored::Memory(keys) => write_increment_frame(
-                        &to.join(KEYS_DIR).join(format!("{}.parquet", record.as_of)),
+                    ingest::Stored::Memory(keys) => crate::util::write_state(
                         keys,
+                        &to.join(KEYS_DIR).join(format!("{}.parquet", record.as_of)),
                     )?,
                     // Written a file per bucket of events: linked as they are (the next
                     // night reads every file of the directory).
@@ -427,7 +417,7 @@ impl Increment {
                     }
                 }
                 ingest.write(&to)?;
-                write_increment_frame(&to.join(format!("{RENAMES_FRAME}.parquet")), renames)?;
+                crate::util::write_state(renames, &to.join(format!("{RENAMES_FRAME}.parquet")))?;
                 history.write(&to.join(HISTORY_DIR))?;
                 std::fs::write(
                     to.join(INCREMENT_RECORD),

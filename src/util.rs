@@ -21,6 +21,18 @@ pub fn published() -> ParquetCompression {
     ))
 }
 
+/// Writes a frame of the state a night keeps for the next (the history, the identity graph,
+/// the increment's frames): LZ4 and no statistics, as it is written every night and read
+/// back whole.
+pub fn write_state(df: &DataFrame, path: &Path) -> Result<()> {
+    write_parquet_with(
+        df,
+        path,
+        ParquetCompression::Lz4Raw,
+        StatisticsOptions::empty(),
+    )
+}
+
 /// Writes a frame as Parquet with `compression` and `statistics` (the state a night keeps
 /// is written without either: see `pipeline::write_stage_frame`).
 pub fn write_parquet_with(
