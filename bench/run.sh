@@ -165,6 +165,8 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
         rm -rf "$idir/next-inc" "$idir/next-full"
         cp -a "$idir/inc" "$idir/next-inc"
         cp -a "$idir/inc" "$idir/next-full"
+        # The copies (about 5 GB at 10M) written out before the runs start, not while they run.
+        sync
         capped /usr/bin/time -v "$propel" run $job --input "$idir/events" --output "$idir/next-inc" --as-of "$last" --log-format json \
           > /dev/null 2> "$dir/${prefix}incremental.$r.time"
         capped /usr/bin/time -v "$propel" run $job --input "$idir/events" --output "$idir/next-full" --as-of "$last" --full-refresh --log-format json \
