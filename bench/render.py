@@ -558,12 +558,14 @@ def main() -> None:
   s, at 3.4 GB against 3.2 GB; its full refresh 42.4 s against 42.8 s (52f6483). Outputs
   byte-identical throughout (1M held and written aside in 100 buckets, 10M held, the
   incremental night against the same night read in full). By hand the weekly-model night
-  went from 8.2 s to 6.1 s; in the harness it is 7.0 s against 44.3 s (16%): there its score
-  and audience stages take 0.4 s and 0.8 s against 0.13 s and 0.29 s by hand (each run sits
-  in a 20 GiB memory cgroup right after a full refresh that wrote about 10 GB of files, whose
-  page cache the cgroup counts), so it is not met. The table's 10M runs are on 52f6483:
-  45.0-45.7 s (median 45.6 s) against DuckDB's 55.0-55.8 s, and 4x the scan (8.3-9.1 s) is
-  still not met. The 100M row is still 6dfeed8's: not run again this session.
+  went from 8.2 s to 6.1 s; the harness measured 7.0 s against 44.3 s (16%) on 52f6483, but
+  it started each night while the kernel was still writing back the two copies of the state
+  (about 5 GB) it had just made; by hand the copies were synced first. With a `sync` after
+  the copies (4a1d982), the lines above: the weekly-model night 6.2 s against 42.9 s, 14.5%,
+  met, with a thin margin (the full refreshes took 40.3-44.8 s: against the fastest, 15.4%);
+  the nightly-model night 12.2 s against 47.9 s, 26%, not met. The table's 10M runs are on
+  52f6483: 45.0-45.7 s (median 45.6 s) against DuckDB's 55.0-55.8 s, and 4x the scan
+  (8.3-9.1 s) is still not met. The 100M row is still 6dfeed8's: not run again this session.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
