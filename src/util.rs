@@ -486,6 +486,17 @@ pub fn merge_sorted(mut a: DataFrame, b: DataFrame, by: &[&str]) -> Result<DataF
     }
     order.extend(kept[i..].iter().map(|&i| i as IdxSize));
     order.extend((j..m).map(|j| (n + j) as IdxSize));
+    // Unsorted inputs would be merged out of order without an error: tests check the order.
+    debug_assert!(
+        order.windows(2).all(|w| {
+            let key = |i: IdxSize| match i as usize {
+                i if i < n => ka.value(i),
+                i => kb.value(i - n),
+            };
+            key(w[0]) <= key(w[1])
+        }),
+        "merge_sorted: an input was not sorted by {by:?}"
+    );
     let mut both = a;
     both.vstack_mut_owned(b).ctx("merging sorted rows")?;
     take_by_columns(both, &IdxCa::from_vec(PlSmallStr::EMPTY, order))
@@ -743,6 +754,15 @@ pub fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not sorted")]
+    fn merging_a_frame_that_is_not_sorted_fails_in_tests() {
+        let a = df!("k" => [4i64, 1]).unwrap();
+        let b = df!("k" => [2i64]).unwrap();
+        let _ = merge_sorted(a, b, &["k"]);
+    }
 
     #[test]
     fn rows_split_then_merged_back_are_sorted_as_one_sort_of_them_all() {
