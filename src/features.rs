@@ -445,6 +445,51 @@ fn partial_combiners(set: &FeatureSet) -> Vec<Expr> {
     aggs
 }
 
+/// Each event's place in (time, event id) order, in `Daily::build`.
+const IN_TIME: &str = "_in_time";
+const ROW: &str = "_row";
+
+/// `daily` with the place in time (`IN_TIME`) that `Daily::build` aggregated under the names
+/// of each first or last value and its event id replaced by the value and the id of the
+/// event at that place: `in_time` lists the rows of `rows` in (time, event id) order.
+fn with_values_in_time(
+    mut daily: DataFrame,
+    set: &FeatureSet,
+    in_time: &IdxCa,
+    rows: &DataFrame,
+) -> Result<DataFrame> {
+    for (i, f) in set.features.iter().enumerate() {
+        let FeatureKind::Aggregate(a) = &f.kind else {
+            continue;
+        };
+        if a.over != Over::Events || !matches!(a.agg, Agg::First | Agg::Last) {
+            continue;
+        }
+        let field = a.field.as_deref().expect("validated: field present");
+        for (part, source) in [("v", field), ("k", ev::EVENT_ID)] {
+            let name = partial(i, part);
+            let places = daily
+                .column(&name)
+                .ctx("daily aggregates")?
+                .idx()
+                .ctx("places in time")?;
+            let at = in_time.take(places).ctx("places in time")?;
+            let mut values = rows
+                .column(source)
+                .ctx("daily aggregates")?
+                .take(&at)
+                .ctx("values in time")?;
+            if ev::CATEGORICAL.contains(&source) {
+                values = values.cast(&DataType::String).ctx("values in time")?;
+            }
+            daily
+                .with_column(values.with_name(name.into()))
+                .ctx("values in time")?;
+        }
+    }
+    Ok(daily)
+}
+
 /// Column of the distinct values (count_distinct) or value weights (top_share) of a feature.
 const VALUE: &str = "_v";
 const WEIGHT: &str = "_w";
@@ -472,13 +517,47 @@ impl Daily {
     /// The daily aggregates of `events` (canonical events with `customer_id` and, for
     /// features over sessions, `session_id`), sorted by their keys.
     pub fn build(events: &DataFrame, set: &FeatureSet) -> Result<Daily> {
-        let base = events
+        let read = events
             .clone()
             .lazy()
             .select(columns_read(set).into_iter().map(col).collect::<Vec<_>>())
             .with_column(col(ev::TSTAMP).cast(DataType::Int64).alias(T))
-            .with_column((col(T) / lit(MICROS_PER_DAY)).alias(D))
-            .cache();
+            .with_column((col(T) / lit(MICROS_PER_DAY)).alias(D));
+        // A first or last value is the value of the row with the least or greatest (time,
+        // event id) among its group's masked rows: each row's place in that order (`IN_TIME`)
+        // is aggregated like any number, and the winners' values are gathered after the
+        // group-by, instead of sorting each group's rows inside it (10M events: 2.6 s of the
+        // daily aggregates' 4.4 s).
+        let timed = set.features.iter().any(|f| {
+            matches!(&f.kind, FeatureKind::Aggregate(a)
+                if a.over == Over::Events && matches!(a.agg, Agg::First | Agg::Last))
+        });
+        let (base, in_time) = if timed {
+            let mut rows = read.collect().ctx("daily aggregates")?;
+            let in_time = rows
+                .select([T, ev::EVENT_ID])
+                .ctx("daily aggregates")?
+                .with_row_index(ROW.into(), None)
+                .ctx("daily aggregates")?
+                .sort([T, ev::EVENT_ID], SortMultipleOptions::default())
+                .ctx("ordering events in time")?
+                .column(ROW)
+                .ctx("ordering events in time")?
+                .idx()
+                .ctx("ordering events in time")?
+                .rechunk()
+                .into_owned();
+            let mut place = vec![0 as IdxSize; rows.height()];
+            for (k, row) in in_time.into_no_null_iter().enumerate() {
+                place[row as usize] = k as IdxSize;
+            }
+            rows.with_column(IdxCa::from_vec(IN_TIME.into(), place).into_column())
+                .ctx("ordering events in time")?;
+            (rows.clone().lazy(), Some((in_time, rows)))
+        } else {
+            (read, None)
+        };
+        let base = base.cache();
         let keys = [col(ev::CUSTOMER_ID), col(D)];
         let mut aggs = vec![col(T).max().alias("_last_t")];
         let mut value_plans = Vec::new();
@@ -498,26 +577,13 @@ impl Daily {
             // hold a categorical.
             let value = || text(a.field.as_deref().expect("validated: field present"));
             let p = |part: &str| partial(i, part);
-            // The value of the first (last) event in time, ties going to the smaller (larger)
-            // event id whichever order the rows came in; the winner's id travels with its
-            // value, so that days combine exactly (`combine`).
-            let at_time = |last: bool| {
-                let t = col(T).filter(m.clone());
-                m.clone()
-                    .and(col(T).eq(if last { t.max() } else { t.min() }))
-                    .fill_null(lit(false))
-            };
-            let by_time = |e: Expr, last: bool| {
-                let at = at_time(last);
-                let e = e.filter(at.clone()).sort_by(
-                    [col(ev::EVENT_ID).filter(at)],
-                    SortMultipleOptions::default(),
-                );
-                if last { e.last() } else { e.first() }
-            };
-            let id_at_time = |last: bool| {
-                let k = col(ev::EVENT_ID).filter(at_time(last));
-                if last { k.max() } else { k.min() }
+            // The place in time of the first (last) event, ties going to the smaller (larger)
+            // event id whichever order the rows came in, under the names of its value and
+            // id, which replace it after the group-by (`with_values_in_time`); the winner's
+            // id travels with its value, so that days combine exactly (`combine`).
+            let in_time = |last: bool| {
+                let place = kept(col(IN_TIME), m.clone());
+                if last { place.max() } else { place.min() }
             };
             match a.agg {
                 Agg::Count | Agg::ActiveDays => aggs.push(rows.count().alias(p("n"))),
@@ -531,15 +597,15 @@ impl Daily {
                 Agg::First | Agg::DaysSinceFirst => {
                     aggs.push(kept(col(T), m.clone()).min().alias(p("t")));
                     if a.agg == Agg::First {
-                        aggs.push(by_time(value(), false).alias(p("v")));
-                        aggs.push(id_at_time(false).alias(p("k")));
+                        aggs.push(in_time(false).alias(p("v")));
+                        aggs.push(in_time(false).alias(p("k")));
                     }
                 }
                 Agg::Last | Agg::DaysSinceLast => {
                     aggs.push(kept(col(T), m.clone()).max().alias(p("t")));
                     if a.agg == Agg::Last {
-                        aggs.push(by_time(value(), true).alias(p("v")));
-                        aggs.push(id_at_time(true).alias(p("k")));
+                        aggs.push(in_time(true).alias(p("v")));
+                        aggs.push(in_time(true).alias(p("k")));
                     }
                 }
                 Agg::Share => {
@@ -575,12 +641,15 @@ impl Daily {
             }
         }
         let mut laps = crate::util::Laps::start("daily aggregates");
-        let events = base
+        let mut events = base
             .clone()
             .group_by(keys)
             .agg(aggs)
             .collect()
             .ctx("daily aggregates")?;
+        if let Some((in_time, rows)) = &in_time {
+            events = with_values_in_time(events, set, in_time, rows)?;
+        }
         laps.lap("by customer and day");
         let values = value_plans
             .into_iter()
@@ -998,13 +1067,19 @@ impl Daily {
                     .then(lit(NULL).cast(DataType::Float64))
                     .otherwise(v)
             };
+            // The value of the first (last) day in the window with one: a customer's rows are
+            // in day order, and so is the day's time. The days without are filtered out before
+            // the group-by, not inside it, where a filter regroups every group's rows (10M
+            // events: 1.3 s of the features at every cutoff).
             let timed = |last: bool| {
                 let known = w.clone().and(col(partial(i, "t")).is_not_null());
-                let v = col(partial(i, "v")).filter(known.clone()).sort_by(
-                    [col(partial(i, "t")).filter(known)],
-                    SortMultipleOptions::default(),
-                );
-                if last { v.last() } else { v.first() }.cast(DataType::Float64)
+                let v = col(partial(i, "v"));
+                days_rows(&self.events)
+                    .filter(known)
+                    .group_by_stable(keys.clone())
+                    .agg([if last { v.last() } else { v.first() }
+                        .cast(DataType::Float64)
+                        .alias(name)])
             };
             let e = match a.agg {
                 Agg::Count => sum("n"),
@@ -1013,8 +1088,10 @@ impl Daily {
                 Agg::Mean => null_if_zero(sum("c"), exact("s") / sum("c")),
                 Agg::Min => p("v").min().cast(f64t),
                 Agg::Max => p("v").max().cast(f64t),
-                Agg::First => timed(false),
-                Agg::Last => timed(true),
+                Agg::First | Agg::Last => {
+                    branches.push(timed(a.agg == Agg::Last));
+                    continue;
+                }
                 Agg::DaysSinceFirst => days(p("t").min()),
                 Agg::DaysSinceLast => days(p("t").max()),
                 Agg::Share => {
