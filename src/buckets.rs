@@ -443,7 +443,10 @@ impl Spilled {
                 }
             }
         }
-        rows.map(crate::util::categorical).transpose()
+        // In one chunk: a bucket written in batches reads back as a chunk a batch (100 at
+        // 100M events), and every gather over a frame of many chunks looks up each row's.
+        rows.map(|mut rows| crate::util::categorical(std::mem::take(rows.rechunk_mut_par())))
+            .transpose()
     }
 
     /// Bucket `bucket`'s rows, once: its files are removed (`None`: it has none), so that the
