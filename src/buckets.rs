@@ -445,7 +445,9 @@ impl Spilled {
         }
         // In one chunk: a bucket written in batches reads back as a chunk a batch (100 at
         // 100M events), and every gather over a frame of many chunks looks up each row's.
-        rows.map(|mut rows| crate::util::categorical(std::mem::take(rows.rechunk_mut_par())))
+        // A column at a time (10M in 10 buckets: peak 2.6 GB, against 2.9 GB for all the
+        // columns at once).
+        rows.map(|mut rows| crate::util::categorical(std::mem::take(rows.rechunk_mut())))
             .transpose()
     }
 
