@@ -835,6 +835,43 @@ fn id_hashes(ids: &StringChunked) -> Column {
     hashes.with_name(KEY_HASH.into()).into_column()
 }
 
+/// The columns of a tracker session's key: the XXH3-128 hash of its `domain_sessionid`, high
+/// and low halves. The session times ingest holds for every session of the night (14 million
+/// at 100M events) and keeps between nights are keyed by these 16 bytes instead of the id's
+/// text (36 bytes and a 16-byte view); two ids of one night sharing a key is a chance of
+/// about 1 in 10^24.
+const SESSION_KEY: [&str; 2] = ["_session_hi", "_session_lo"];
+
+fn session_key() -> [Expr; 2] {
+    SESSION_KEY.map(col)
+}
+
+/// `df` with the `SESSION_KEY` of its `domain_sessionid` (null where it is null).
+fn with_session_key(mut df: DataFrame) -> Result<DataFrame> {
+    let ids = df
+        .column(ev::DOMAIN_SESSIONID)
+        .ctx("session ids")?
+        .str()
+        .ctx("session ids")?;
+    let hashes: Vec<Option<u128>> = ids
+        .iter()
+        .map(|id| id.map(|id| xxhash_rust::xxh3::xxh3_128(id.as_bytes())))
+        .collect();
+    let half = |name: &str, shift: u32| -> Column {
+        hashes
+            .iter()
+            .map(|h| h.map(|h| (h >> shift) as u64))
+            .collect::<UInt64Chunked>()
+            .with_name(name.into())
+            .into_column()
+    };
+    let hi = half(SESSION_KEY[0], 64);
+    let lo = half(SESSION_KEY[1], 0);
+    df.with_column(hi).ctx("session keys")?;
+    df.with_column(lo).ctx("session keys")?;
+    Ok(df)
+}
+
 /// True on each id whose `hash` another id of `ids` has: every repeated id, and the rare id
 /// that only collides with another (a null id is never one: the quarantine takes those).
 /// Sorting the hashes finds them several times faster than grouping the ids (a 10M run: 6 s
@@ -1029,8 +1066,8 @@ fn long_sessions(quality: &Quality, rules: &[(Expr, Expr)]) -> Expr {
 pub struct IngestState {
     /// Per input, the files read, in listing order.
     pub files: Vec<Vec<String>>,
-    /// `domain_sessionid`, `_start`, `_last` (µs): usable rows' collector times, for the
-    /// session cap.
+    /// `SESSION_KEY` (the `domain_sessionid`'s hash), `_start`, `_last` (µs): usable rows'
+    /// collector times, for the session cap.
     pub sessions: DataFrame,
     /// `domain_sessionid`, `order_id`, `_t` (event time, µs), `_input`: the kept orders.
     pub orders: DataFrame,
@@ -1228,22 +1265,21 @@ pub fn ingest_from(
         Some(p) => {
             // The night before's starts of the tracker sessions these files have, and of the
             // others.
-            let ids = sessions_now
-                .column(ev::DOMAIN_SESSIONID)
-                .ctx("session ids")?
-                .as_materialized_series()
-                .clone();
-            let here = col(ev::DOMAIN_SESSIONID).is_in(lit(ids).implode(false), false);
             let part = |inside: bool| {
                 p.state
                     .sessions
                     .clone()
                     .lazy()
-                    .filter(if inside {
-                        here.clone()
-                    } else {
-                        here.clone().not()
-                    })
+                    .join(
+                        sessions_now.clone().lazy().select(session_key()),
+                        session_key(),
+                        session_key(),
+                        JoinArgs::new(if inside {
+                            JoinType::Semi
+                        } else {
+                            JoinType::Anti
+                        }),
+                    )
                     .collect()
                     .ctx("session starts")
             };
@@ -1255,34 +1291,40 @@ pub fn ingest_from(
                 .lazy()
                 .join(
                     continued.clone().lazy(),
-                    [col(ev::DOMAIN_SESSIONID)],
-                    [col(ev::DOMAIN_SESSIONID)],
+                    session_key(),
+                    session_key(),
                     JoinArgs::new(JoinType::Inner).with_suffix(Some("_before".into())),
                 )
                 .filter(col(START).lt(col("_start_before")).and(
                     col("_last_before")
                         .gt(col(START) + lit(quality.max_session_days * crate::util::MICROS_PER_DAY)),
                 ))
-                .select([col(ev::DOMAIN_SESSIONID)])
                 .limit(1)
                 .collect()
                 .ctx("checking session starts")?;
-            if let Some(id) = crate::util::strings(&moved, ev::DOMAIN_SESSIONID)?.into_iter().next() {
+            if moved.height() > 0 {
                 return Ok(Err(FullRefresh(format!(
-                    "session {} gained an event before its first one, moving the session cap onto events already used",
-                    id.unwrap_or_default()
+                    "a tracker session (started {}) gained an event before its first one, moving the session cap onto events already used",
+                    moved
+                        .column(START)
+                        .ctx("session starts")?
+                        .i64()
+                        .ctx("session starts")?
+                        .get(0)
+                        .and_then(chrono::DateTime::from_timestamp_micros)
+                        .map_or_else(String::new, |t| t.to_rfc3339())
                 ))));
             }
             // Only the sessions these files have are combined again.
             let combined = concat([continued.lazy(), sessions_now.lazy()], UnionArgs::default())
                 .ctx("session starts")?
-                .group_by([col(ev::DOMAIN_SESSIONID)])
+                .group_by(session_key())
                 .agg([col(START).min(), col(LAST).max()]);
             concat([others.lazy(), combined], UnionArgs::default()).ctx("session starts")?
         }
         None => sessions_now.lazy(),
     }
-    .sort([ev::DOMAIN_SESSIONID], Default::default())
+    .sort(SESSION_KEY, Default::default())
     .collect()
     .ctx("session starts")?;
     laps.lap("sessions table");
@@ -1777,25 +1819,27 @@ impl Rows {
 /// Each tracker session's first and last usable collector time in `rows` (the row rules
 /// passed; the session cap is measured from the first).
 fn session_times(rows: &DataFrame) -> Result<DataFrame> {
-    // Text of its own: kept until every group of files is read, a group's session times
-    // would otherwise keep all its rows' session ids alive (100M: gigabytes).
-    Ok(crate::util::compact_text(
-        rows.clone()
-            .lazy()
-            .filter(
-                col(REASON_CODE)
-                    .is_null()
-                    .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
-            )
-            .group_by([col(ev::DOMAIN_SESSIONID)])
-            .agg([
-                micros(ev::COLLECTOR_TSTAMP).min().alias(START),
-                micros(ev::COLLECTOR_TSTAMP).max().alias(LAST),
-            ])
-            .collect_with_engine(Engine::Streaming)
-            .ctx("session starts")?
-            .unwrap_single(),
-    ))
+    let usable = rows
+        .clone()
+        .lazy()
+        .filter(
+            col(REASON_CODE)
+                .is_null()
+                .and(col(ev::DOMAIN_SESSIONID).is_not_null()),
+        )
+        .select([
+            col(ev::DOMAIN_SESSIONID),
+            micros(ev::COLLECTOR_TSTAMP).alias(START),
+        ])
+        .collect()
+        .ctx("session starts")?;
+    Ok(with_session_key(usable)?
+        .lazy()
+        .group_by(session_key())
+        .agg([col(START).min(), col(START).max().alias(LAST)])
+        .collect_with_engine(Engine::Streaming)
+        .ctx("session starts")?
+        .unwrap_single())
 }
 
 /// Reads `frames` (one a file of `paths`): in one go when the rows fit in `memory`, else a
@@ -1868,10 +1912,9 @@ fn read_rows(
     let combined = |parts: Vec<LazyFrame>| -> Result<DataFrame> {
         concat(parts, UnionArgs::default())
             .ctx("session starts")?
-            .group_by([col(ev::DOMAIN_SESSIONID)])
+            .group_by(session_key())
             .agg([col(START).min(), col(LAST).max()])
             .collect()
-            .map(crate::util::compact_text)
             .ctx("session starts")
     };
     const COMBINE_EVERY: usize = 8;
@@ -1880,9 +1923,6 @@ fn read_rows(
     let mut rows = first;
     for next in groups[1..].iter().map(Some).chain([None]) {
         sessions.push(session_times(&rows)?.lazy());
-        if sessions.len() > COMBINE_EVERY {
-            sessions = vec![combined(std::mem::take(&mut sessions))?.lazy()];
-        }
         read += rows.height();
         // Every copy of an event in one bucket; a row without an id in the first (the
         // quarantine takes it).
@@ -1897,6 +1937,10 @@ fn read_rows(
                 .map(|id| id.map_or(0, |id| (id_hash(id) % buckets as u64) as usize)),
         )?;
         drop(rows);
+        // Combined once the group's rows are gone, before the next group is read.
+        if sessions.len() > COMBINE_EVERY {
+            sessions = vec![combined(std::mem::take(&mut sessions))?.lazy()];
+        }
         let Some(&files) = next else { break };
         rows = group(files)?;
     }
@@ -1916,23 +1960,25 @@ fn capped(
     // (which a join would copy). The night's sessions are first cut to the rows' own: a join
     // builds its table from its right side, and a bucket's rows would otherwise build one of
     // every session of the night (14 million at 100M events) for each bucket.
-    let ids = rows.select([ev::DOMAIN_SESSIONID]).ctx("session starts")?;
+    let ids = with_session_key(rows.select([ev::DOMAIN_SESSIONID]).ctx("session starts")?)?
+        .select(SESSION_KEY)
+        .ctx("session keys")?;
     let own = sessions
         .clone()
         .lazy()
-        .select([col(ev::DOMAIN_SESSIONID), col(START)])
+        .select([col(SESSION_KEY[0]), col(SESSION_KEY[1]), col(START)])
         .join(
             ids.clone().lazy(),
-            [col(ev::DOMAIN_SESSIONID)],
-            [col(ev::DOMAIN_SESSIONID)],
+            session_key(),
+            session_key(),
             JoinArgs::new(JoinType::Semi),
         );
     let starts = ids
         .lazy()
         .join(
             own,
-            [col(ev::DOMAIN_SESSIONID)],
-            [col(ev::DOMAIN_SESSIONID)],
+            session_key(),
+            session_key(),
             crate::util::left_join_ordered(),
         )
         .select([col(START)])

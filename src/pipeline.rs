@@ -331,8 +331,9 @@ fn cumulative(before: &IngestCounts, night: &IngestCounts) -> IngestCounts {
 /// list is applied every night, so it may change).
 /// The layout of the state a night keeps for the next (`IncrementRecord::format`): a night
 /// starts from a state of its own format only. 1: the event keys carry their ids' hashes
-/// (`ingest::KEY_HASH`).
-const STATE_FORMAT: u32 = 1;
+/// (`ingest::KEY_HASH`). 2: the tracker sessions' times are keyed by their ids' 128-bit hash
+/// (`ingest::IngestState::sessions`).
+const STATE_FORMAT: u32 = 2;
 
 fn increment_definitions(job: &Job) -> String {
     crate::util::sha256_hex(&format!(

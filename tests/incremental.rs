@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use polars::prelude::*;
 
 /// The one file that differs between the two ways of reading: `run.json` (timings, and how
 /// the night read, with its counts).
@@ -273,4 +274,54 @@ fn a_night_reads_every_file_when_the_night_before_kept_its_state_in_another_form
     assert!(reason.contains("another format (0;"), "{reason}");
     night(tmp.path(), &job, &events, &out, "2026-05-15", &[]);
     assert_eq!(read(&out.join("2026-05-15"))["read"], "incremental");
+}
+
+/// A night whose new file has an event of a tracker session the nights before used, earlier
+/// than that session's first one and more than the session cap (3 days) before its last:
+/// the cap would now quarantine events already used, so the night reads every file.
+#[test]
+fn a_night_reads_every_file_when_a_session_gains_an_event_before_its_first_one() {
+    use propel::schema::snowplow as sp;
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let job = quick_job(tmp.path());
+    let out = tmp.path().join("out");
+    night(tmp.path(), &job, &events, &out, "2026-05-13", &[]);
+    // The first event of the data (so the first of its session), again under a new id four
+    // days earlier, loaded with the next night's files.
+    let first = read_parquet(&parquet_files(&events)[0]);
+    let four_days = 4 * 24 * 3_600_000_000i64;
+    let schema = first.schema().clone();
+    let earlier = |c: &str| {
+        (col(c).cast(DataType::Int64) - lit(four_days))
+            .cast(schema.get(c).unwrap().clone())
+            .alias(c)
+    };
+    let mut again = first
+        .lazy()
+        .filter(col(sp::DOMAIN_SESSIONID).is_not_null())
+        .sort([sp::COLLECTOR_TSTAMP], Default::default())
+        .limit(1)
+        .with_columns([
+            (col(sp::EVENT_ID) + lit("-earlier")).alias(sp::EVENT_ID),
+            earlier(sp::COLLECTOR_TSTAMP),
+            earlier(sp::DERIVED_TSTAMP),
+            earlier(sp::DVCE_CREATED_TSTAMP),
+            earlier(sp::DVCE_SENT_TSTAMP),
+        ])
+        .collect()
+        .unwrap();
+    assert_eq!(again.height(), 1);
+    let file = events.join("load_tstamp_date=2026-05-14/zz-earlier.parquet");
+    ParquetWriter::new(std::fs::File::create(file).unwrap())
+        .finish(&mut again)
+        .unwrap();
+    night(tmp.path(), &job, &events, &out, "2026-05-14", &[]);
+    let m = read(&out.join("2026-05-14"));
+    assert_eq!(m["read"], "full");
+    let reason = m["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("gained an event before its first one"),
+        "{reason}"
+    );
 }
