@@ -2,7 +2,9 @@
 
 import json
 import os
+import platform
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,10 +74,20 @@ def median_run(d: Path, name: str) -> dict | None:
     }
 
 
+def machine() -> str:
+    """This machine as the results name it: cores, processor, memory, kernel, compiler."""
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}, {rustc}"
+
+
 def main() -> None:
     size, n, dir_, run, duck, failure = sys.argv[1:7]
     d = Path(dir_)
-    result = {"size": size, "target_events": int(n)}
+    # Every figure of a result is measured on its machine; ones carried from an earlier run
+    # keep the machine they were measured on.
+    result = {"size": size, "target_events": int(n), "machine": machine()}
     if os.environ.get("CAP"):
         result["cap"] = os.environ["CAP"]
     gen = d / "generate.txt"
@@ -165,7 +177,8 @@ def main() -> None:
         for key in ["incremental", "incremental_weekly", "shards"]:
             if key not in result and key in before:
                 result[key] = before[key] | {
-                    "measured": before[key].get("measured", "an earlier run of the harness")
+                    "measured": before[key].get("measured", "an earlier run of the harness"),
+                    "machine": before[key].get("machine", before.get("machine")),
                 }
     print(json.dumps(result, indent=2))
 
