@@ -1266,6 +1266,7 @@ fn prepare_full(
             )?;
             let mut by_customer =
                 crate::buckets::BucketFiles::create(Some(scratch.path()), buckets.count())?;
+            let customers = identity::Customers::of(&resolved.keys)?;
             let (mut first_day, mut events) = (None, 0);
             let mut written = written;
             for bucket in 0..written.buckets() {
@@ -1274,7 +1275,7 @@ fn prepare_full(
                 };
                 laps.lap("bucket read again");
                 let read = part.height();
-                let part = identity::customer_ids(part, &resolved.keys)?;
+                let part = identity::customer_ids(part, &customers)?;
                 resolved.suppressed_events += read - part.height();
                 if part.height() == 0 {
                     continue;
@@ -1289,7 +1290,7 @@ fn prepare_full(
                 crate::buckets::append_by_customer(&mut by_customer, &buckets, &part)?;
                 laps.lap("written by customer");
             }
-            drop(written);
+            drop((written, customers));
             let first_day =
                 first_day.ok_or(crate::error::InputError::AllSuppressed { used: counts.used })?;
             timer.lap("identity");
