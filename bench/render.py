@@ -580,6 +580,29 @@ def main() -> None:
   the nightly-model night 12.2 s against 47.9 s, 26%, not met. The table's 10M runs are on
   52f6483: 45.0-45.7 s (median 45.6 s) against DuckDB's 55.0-55.8 s, and 4x the scan
   (8.3-9.1 s) is still not met. The 100M row is still 6dfeed8's: not run again this session.
+- Sessions 23 and 24. The harness now runs on another machine: 2 cores of an Intel Xeon
+  instead of an AMD EPYC. Every size was measured again on it but the shards at 10M (still
+  session 10's, on the AMD machine), and each result names its machine (`record.py`). Here
+  page faults cost more (the 10M run spends 12-21 s in the kernel) and DuckDB's bare scan
+  varies more (11.1-21.1 s in one hour). Relative to that run, 10M is 51.9 s against DuckDB's
+  71.6 s, and 4x the scan (11.3 s) is still not met. Changes, all with byte-identical
+  published files. (1) Daily aggregates and features no longer sort inside the group-by for
+  first and last values. Each event's place in (time, event id) order is aggregated like a
+  number and the winners' values are gathered after it (AMD, by hand: daily aggregates 4.4 s
+  -> 1.9 s, features 5.2 s -> 3.8 s) (e3620dc). (2) A bucket read back from its files is
+  rechunked, one column at a time: 10M in 10 buckets, sessionising's sort 5.3 s -> 1.8 s
+  (a46ecf9, bfda1f9). (3) Ingest keys the tracker sessions' times by the XXH3-128 hash of the
+  session id (two u64 columns), in the state too (format 2): at 10M the sessions table takes
+  39 ms against 532 ms, and at 100M ingest peaks at 3,794 MiB (debdd8b). (4) A night written
+  aside combines its buckets' identifier combinations once those waiting are as many as those
+  already combined. Before, it regrouped all of them for every bucket. At 10M in 100 buckets,
+  combining took 4.2 s against 11.2 s. At 100M it raised the peak to 4,077 MiB in identity,
+  from 3,794 MiB in ingest (acb5c72). (5) Identity looks each event's customer up in a table
+  of the keys, row by row, instead of building every event's key as a string column and
+  joining it: 10M 0.8 s against 2.0 s (cbf3616). At 100M on this machine: ingest 776 s (files
+  read 370 s, rows decided 152 s, events filtered 248 s), identity 449 s (writing each bucket
+  by customer is 268 s of it: 10,000 Parquet files of 10,000 rows, about 167 bytes a row, as
+  event and session ids do not compress), sessions 157 s, history 87 s, features 82 s.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
