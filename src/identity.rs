@@ -1023,15 +1023,12 @@ fn customers_of_keys(events: &DataFrame, customers: &Customers) -> Result<Column
             .collect()
     };
     use rayon::prelude::*;
-    let rows: IdxCa = (0..events.height())
-        .step_by(STRETCH)
-        .collect::<Vec<_>>()
+    let rows: Vec<Option<IdxSize>> = (0..events.height())
         .into_par_iter()
-        .map(lookup)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .flatten()
+        .step_by(STRETCH)
+        .flat_map_iter(lookup)
         .collect();
+    let rows = IdxCa::from_iter(rows);
     customers
         .customers
         .take(&rows)

@@ -1248,8 +1248,13 @@ fn prepare_full(
                 }
                 laps.lap("combined");
             }
-            let combinations =
-                identity::combine_combinations(combined.into_iter().chain(waiting).collect())?;
+            // The last buckets' combinations, if any wait (else those combined are final).
+            let combinations = match combined {
+                Some(combined) if waiting.is_empty() => combined,
+                combined => {
+                    identity::combine_combinations(combined.into_iter().chain(waiting).collect())?
+                }
+            };
             let mut resolved = identity::resolve_combinations(
                 combinations,
                 previous.as_ref(),
