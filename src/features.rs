@@ -825,33 +825,9 @@ impl Daily {
     /// of the customers in `customers`, all rows with the others marked `util::KEEP`), each in
     /// the order of `self`: `merge` puts rows combined from the first back into the second.
     pub fn split(self, days: &DataFrame, customers: &Series) -> Result<(Daily, Daily)> {
-        const AGAIN: &str = "_again";
-        let days = days.clone().lazy().with_column(lit(true).alias(AGAIN));
-        let customers = lit(customers.clone()).implode(false);
         let split = |df: DataFrame| -> Result<(DataFrame, DataFrame)> {
-            let marked = df
-                .select([ev::CUSTOMER_ID, D])
-                .ctx("splitting daily aggregates")?
-                .lazy()
-                .join(
-                    days.clone(),
-                    [col(ev::CUSTOMER_ID), col(D)],
-                    [col(ev::CUSTOMER_ID), col(D)],
-                    crate::util::left_join_ordered(),
-                )
-                .select([col(AGAIN)
-                    .is_not_null()
-                    .or(col(ev::CUSTOMER_ID).is_in(customers.clone(), false))])
-                .collect()
-                .ctx("splitting daily aggregates")?;
-            let again = marked
-                .column(AGAIN)
-                .ctx("splitting daily aggregates")?
-                .bool()
-                .ctx("splitting daily aggregates")?
-                .rechunk()
-                .into_owned();
-            crate::util::split_marked(df, &again)
+            let taken = Self::taken(&df, days, customers)?;
+            crate::util::split_marked(df, &taken)
         };
         let (events_in, events_out) = split(self.events)?;
         let mut values_in = std::collections::BTreeMap::new();
@@ -877,6 +853,47 @@ impl Daily {
                 sessions: sessions_out,
             },
         ))
+    }
+
+    /// The rows of `self` but those `split` would take for `days` and `customers`.
+    pub fn without(self, days: &DataFrame, customers: &Series) -> Result<Daily> {
+        self.map(|df| {
+            let taken = Self::taken(&df, days, customers)?;
+            df.filter(&!&taken).ctx("daily aggregates")
+        })
+    }
+
+    /// True on the rows of `df` (a daily frame) of the (customer, day) pairs in `days` and of
+    /// the customers in `customers`.
+    fn taken(df: &DataFrame, days: &DataFrame, customers: &Series) -> Result<BooleanChunked> {
+        const AGAIN: &str = "_again";
+        let marked = df
+            .select([ev::CUSTOMER_ID, D])
+            .ctx("splitting daily aggregates")?
+            .lazy()
+            .join(
+                days.clone().lazy().with_column(lit(true).alias(AGAIN)),
+                [col(ev::CUSTOMER_ID), col(D)],
+                [col(ev::CUSTOMER_ID), col(D)],
+                crate::util::left_join_ordered(),
+            )
+            .select([col(AGAIN)
+                .is_not_null()
+                .or(col(ev::CUSTOMER_ID).is_in(lit(customers.clone()).implode(false), false))])
+            .collect()
+            .ctx("splitting daily aggregates")?;
+        Ok(marked
+            .column(AGAIN)
+            .ctx("splitting daily aggregates")?
+            .bool()
+            .ctx("splitting daily aggregates")?
+            .rechunk()
+            .into_owned())
+    }
+
+    /// The number of (customer, day) rows.
+    pub fn days_count(&self) -> usize {
+        self.events.height()
     }
 
     /// The customers with days here (every event has a day in `events`).

@@ -111,13 +111,82 @@ fn clear_aside(
     Ok(())
 }
 
+/// Files a night keeps, written on a thread of their own into a scratch directory (under the
+/// state location) from the moment their frames are known, and linked into the night's state
+/// when it is kept. A night read incrementally runs partly on one core until its features
+/// (the graph of identity, merging sessions and history): its sessions (the largest file it
+/// publishes), events and ingest frames are written on the other meanwhile, not beside the
+/// features, models and audiences, which take both.
+struct Aside {
+    writing: std::sync::Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
+    /// Why the writing failed, once `wait` has seen it fail.
+    failed: std::sync::OnceLock<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Aside {
+    /// Starts `write` into a scratch directory under `state` (the state location).
+    fn start(
+        state: &std::path::Path,
+        what: &'static str,
+        write: impl FnOnce(&std::path::Path) -> Result<()> + Send + 'static,
+    ) -> Result<std::sync::Arc<Aside>> {
+        let dir = NightEvents::scratch(state)?;
+        let to = dir.path().to_path_buf();
+        let writing = std::thread::spawn(move || {
+            let t = Instant::now();
+            write(&to)?;
+            tracing::debug!(what, ms = t.elapsed().as_millis() as u64, "written aside");
+            Ok(())
+        });
+        Ok(std::sync::Arc::new(Aside {
+            writing: std::sync::Mutex::new(Some(writing)),
+            failed: std::sync::OnceLock::new(),
+            dir,
+        }))
+    }
+
+    /// The file `name` of the directory, once everything is written.
+    fn file(&self, name: &str) -> Result<PathBuf> {
+        let failed = |why: &str| crate::error::Error::Io {
+            context: "writing the night's state aside".into(),
+            source: std::io::Error::other(why.to_string()),
+        };
+        let writing = self.writing.lock().expect("not poisoned").take();
+        if let Some(writing) = writing {
+            let written = writing
+                .join()
+                .unwrap_or_else(|_| Err(failed("the writer thread panicked")));
+            if let Err(e) = written {
+                let _ = self.failed.set(e.to_string());
+                return Err(e);
+            }
+        }
+        match self.failed.get() {
+            Some(why) => Err(failed(why)),
+            None => Ok(self.dir.path().join(name)),
+        }
+    }
+}
+
+impl Drop for Aside {
+    /// Waits for the writer, so that its directory is not removed under it (a night that
+    /// turns out to need every file drops what it started).
+    fn drop(&mut self) {
+        if let Some(writing) = self.writing.get_mut().expect("not poisoned").take() {
+            let _ = writing.join();
+        }
+    }
+}
+
 /// A night's events as they are kept: in memory (a night that read only its new files, or
 /// what `--from-stage features` read back), or written by `buckets` to a scratch file that
 /// the night's state links (removed with the last reference).
 #[derive(Clone)]
 enum NightEvents {
-    Frame(DataFrame),
     Written(std::sync::Arc<crate::buckets::KeptFile>),
+    /// Being written aside (a night read incrementally).
+    Aside(std::sync::Arc<Aside>),
     /// The file a night's state kept, not read (`--from-stage features` reads the events
     /// only to build their history again: at 100M events they take more than the machine).
     Kept(PathBuf),
@@ -135,7 +204,7 @@ impl NightEvents {
     /// The scratch directory of written events.
     fn scratch_dir(&self) -> Option<&std::path::Path> {
         match self {
-            NightEvents::Frame(_) | NightEvents::Kept(_) => None,
+            NightEvents::Aside(_) | NightEvents::Kept(_) => None,
             NightEvents::Written(kept) => Some(kept.dir()),
         }
     }
@@ -143,8 +212,8 @@ impl NightEvents {
     /// Writes (or links) the events into `stage`.
     fn write(&self, stage: &std::path::Path) -> Result<()> {
         let file = match self {
-            NightEvents::Frame(events) => return write_stage_frame(stage, EVENTS_FRAME, events),
             NightEvents::Written(kept) => kept.events()?,
+            NightEvents::Aside(aside) => aside.file(&format!("{EVENTS_FRAME}.parquet"))?,
             NightEvents::Kept(file) => file.clone(),
         };
         std::fs::create_dir_all(stage).ctx(format!("creating {}", stage.display()))?;
@@ -161,6 +230,11 @@ enum Sessions {
     Frame(DataFrame),
     Written {
         kept: std::sync::Arc<crate::buckets::KeptFile>,
+        rows: usize,
+    },
+    /// Being written aside as published (a night read incrementally).
+    Aside {
+        aside: std::sync::Arc<Aside>,
         rows: usize,
     },
     /// The file a night's state kept, not read (`--from-stage features`).
@@ -180,7 +254,9 @@ impl Sessions {
     fn rows(&self) -> usize {
         match self {
             Sessions::Frame(sessions) => sessions.height(),
-            Sessions::Written { rows, .. } | Sessions::Kept { rows, .. } => *rows,
+            Sessions::Written { rows, .. }
+            | Sessions::Aside { rows, .. }
+            | Sessions::Kept { rows, .. } => *rows,
         }
     }
 
@@ -189,6 +265,9 @@ impl Sessions {
         match self {
             Sessions::Frame(sessions) => write_parquet(sessions, file),
             Sessions::Written { kept, .. } => link_or_copy(&kept.sessions()?, file),
+            Sessions::Aside { aside, .. } => {
+                link_or_copy(&aside.file(&format!("{SESSIONS_FRAME}.parquet"))?, file)
+            }
             Sessions::Kept { file: kept, .. } => link_or_copy(kept, file),
         }
     }
@@ -225,6 +304,10 @@ struct Fresh {
     /// night's kept events, every event, for `--from-stage features`.
     events_before: Vec<(String, PathBuf)>,
     renames: DataFrame,
+    /// The daily aggregates changed since the history's base, with the directory of the night
+    /// before's history, which holds the base: kept instead of the whole history while they
+    /// are worth it (`history::Changes`).
+    history_changes: Option<(PathBuf, crate::history::Changes)>,
     record: IncrementRecord,
 }
 
@@ -242,6 +325,8 @@ const INGEST_FRAMES: [&str; 3] = ["session_starts", "orders", "deferred"];
 enum IngestFrames {
     Held(Box<ingest::IngestState>),
     Written(tempfile::TempDir),
+    /// Being written aside (a night read incrementally).
+    Aside(std::sync::Arc<Aside>),
 }
 
 impl IngestFrames {
@@ -264,6 +349,13 @@ impl IngestFrames {
                 for name in INGEST_FRAMES {
                     let file = format!("{name}.parquet");
                     link_or_copy(&scratch.path().join(&file), &to.join(&file))?;
+                }
+                Ok(())
+            }
+            IngestFrames::Aside(aside) => {
+                for name in INGEST_FRAMES {
+                    let file = format!("{name}.parquet");
+                    link_or_copy(&aside.file(&file)?, &to.join(&file))?;
                 }
                 Ok(())
             }
@@ -333,7 +425,7 @@ fn cumulative(before: &IngestCounts, night: &IngestCounts) -> IngestCounts {
 /// starts from a state of its own format only. 1: the event keys carry their ids' hashes
 /// (`ingest::KEY_HASH`). 2: the tracker sessions' times are keyed by their ids' 128-bit hash
 /// (`ingest::IngestState::sessions`).
-const STATE_FORMAT: u32 = 2;
+const STATE_FORMAT: u32 = 3;
 
 fn increment_definitions(job: &Job) -> String {
     crate::util::sha256_hex(&format!(
@@ -377,6 +469,7 @@ impl Increment {
                     key_files,
                     events_before,
                     renames,
+                    history_changes,
                     record,
                 } = fresh.as_ref();
                 let named = |files: &[PathBuf]| -> Vec<(String, PathBuf)> {
@@ -419,7 +512,12 @@ impl Increment {
                 }
                 ingest.write(&to)?;
                 crate::util::write_state(renames, &to.join(format!("{RENAMES_FRAME}.parquet")))?;
-                history.write(&to.join(HISTORY_DIR))?;
+                match (history_changes, history) {
+                    (Some((base, changes)), crate::history::Stored::Held(whole)) => {
+                        changes.write(base, whole, &to.join(HISTORY_DIR))?
+                    }
+                    _ => history.write(&to.join(HISTORY_DIR))?,
+                }
                 std::fs::write(
                     to.join(INCREMENT_RECORD),
                     serde_json::to_string_pretty(record).expect("json") + "\n",
@@ -457,7 +555,11 @@ struct Before {
     record: IncrementRecord,
     ingest: ingest::IngestState,
     key_files: Vec<PathBuf>,
+    /// The history as the night before kept it: its base, the daily aggregates changed
+    /// since, and the directory it is kept in.
     history: crate::history::History,
+    history_changes: Option<crate::history::Changes>,
+    history_dir: PathBuf,
     sessions: DataFrame,
     identity: identity::IdentityState,
 }
@@ -531,13 +633,17 @@ fn night_before(
         deferred: read(INGEST_FRAMES[2])?,
     };
     laps.lap("ingest");
-    let history = crate::history::History::read(&inc.join(HISTORY_DIR), &job.features)?;
+    let history_dir = inc.join(HISTORY_DIR);
+    let history = crate::history::History::read(&history_dir, &job.features)?;
+    let history_changes = crate::history::Changes::read(&history_dir, &job.features)?;
     laps.lap("history");
     let sessions = read_stage_frame(&dir.join(STAGE_DIR), SESSIONS_FRAME)?;
     laps.lap("sessions");
     Ok(Ok(Before {
         ingest,
         history,
+        history_changes,
+        history_dir,
         sessions,
         quarantine: read_stage_frame(&dir.join(STAGE_DIR), "quarantine")?,
         renames: read(RENAMES_FRAME)?,
@@ -831,7 +937,14 @@ impl Prepared {
         // again from the kept events, which only a night that read every file has.
         let (history, increment, events_used) = match record {
             Some(r) if r.definitions == increment_definitions(job) => (
-                crate::history::History::read(&inc.join(HISTORY_DIR), &job.features)?,
+                {
+                    let dir = inc.join(HISTORY_DIR);
+                    let base = crate::history::History::read(&dir, &job.features)?;
+                    match crate::history::Changes::read(&dir, &job.features)? {
+                        Some(changes) => changes.apply(base)?,
+                        None => base,
+                    }
+                },
                 Increment::Linked(inc),
                 r.events,
             ),
@@ -1115,7 +1228,7 @@ fn prepare(
     } else {
         match night_before(state, as_of, job)? {
             Err(why) => why,
-            Ok(before) => match prepare_incremental(inputs, as_of, job, before, timer)? {
+            Ok(before) => match prepare_incremental(inputs, as_of, job, before, state, timer)? {
                 Ok(prep) => return Ok(prep),
                 Err(why) => why,
             },
@@ -1324,6 +1437,7 @@ fn prepare_full(
             new_keys,
             key_files: Vec::new(),
             events_before: Vec::new(),
+            history_changes: None,
             renames: DataFrame::new(
                 0,
                 vec![
@@ -1369,6 +1483,7 @@ fn prepare_incremental(
     as_of: Option<NaiveDate>,
     job: &Job,
     before: Before,
+    state: &crate::state::StateDir,
     timer: &mut Timer,
 ) -> Result<std::result::Result<Prepared, String>> {
     info!(inputs = ?inputs, since = %before.record.as_of, "ingest");
@@ -1393,6 +1508,17 @@ fn prepare_incremental(
             ingested.as_of, before.record.as_of
         )));
     }
+    let ingest_frames = {
+        let kept = ingest::IngestState {
+            files: Vec::new(),
+            sessions: ingested.state.sessions.clone(),
+            orders: ingested.state.orders.clone(),
+            deferred: ingested.state.deferred.clone(),
+        };
+        Aside::start(state.root(), "ingest frames", move |to| {
+            write_ingest_frames(&kept, to)
+        })?
+    };
     timer.lap("ingest");
 
     let (resolved, resolved_events) = identity::resolve(
@@ -1483,16 +1609,33 @@ fn prepare_incremental(
         Err(why) => return Ok(Err(why)),
     };
     laps.lap("sessions combined");
+    let sessions = Sessions::Aside {
+        rows: sessions.height(),
+        aside: Aside::start(state.root(), "sessions", move |to| {
+            write_parquet(&sessions, &to.join(format!("{SESSIONS_FRAME}.parquet")))
+        })?,
+    };
+    let kept_events = {
+        let events = events.clone();
+        NightEvents::Aside(Aside::start(state.root(), "events", move |to| {
+            write_stage_frame(to, EVENTS_FRAME, &events)
+        })?)
+    };
     timer.lap("sessions");
 
-    let history = crate::history::History::add_night(
+    let (history, changes) = crate::history::History::add_night(
         before.history,
+        before.history_changes,
         crate::history::History::build(&events, &job.features, &job.model.label)?,
         &job.features,
         &rename,
     )?;
     laps.lap("history added");
+    let changes = changes.retain(&resolved.customers, &history)?;
     let history = history.retain(&resolved.customers)?;
+    let history_changes = changes
+        .worth_keeping(&history)
+        .then_some((before.history_dir, changes));
     laps.lap("history retained");
     let first_day = history
         .first_day()?
@@ -1521,11 +1664,12 @@ fn prepare_incremental(
             .ctx("quarantined rows")?
     };
     let increment = Increment::New(Box::new(Fresh {
-        ingest: IngestFrames::Held(Box::new(ingested.state)),
+        ingest: IngestFrames::Aside(ingest_frames),
         new_keys: ingested.new_keys,
         key_files: before.key_files,
         events_before: before.events_before,
         renames: compose_renames(&before.renames, &rename)?,
+        history_changes,
         record: IncrementRecord {
             propel_version: env!("CARGO_PKG_VERSION").into(),
             format: STATE_FORMAT,
@@ -1542,11 +1686,11 @@ fn prepare_incremental(
     }));
     let prep = Prepared {
         night: Night::of(ingested.as_of, first_day, resolved, quarantine, counts),
-        sessions: Sessions::Frame(sessions),
+        sessions,
         fingerprint: history.fingerprint()?,
         history: crate::history::Stored::Held(Box::new(history)),
         events_used,
-        events: NightEvents::Frame(events),
+        events: kept_events,
         increment,
     };
     timer.lap("history");

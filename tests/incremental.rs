@@ -53,7 +53,7 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
     .unwrap();
     let (inc, full) = (tmp.path().join("inc"), tmp.path().join("full"));
     let nights = ["2026-05-13", "2026-05-14", "2026-05-15", "2026-05-16"];
-    let (mut merges, mut carried) = (0, 0);
+    let (mut merges, mut carried, mut changes_kept) = (0, 0, 0);
     for (i, as_of) in nights.iter().enumerate() {
         if *as_of == "2026-05-15" {
             // A late copy of a day already read, loaded with the new day: its events are
@@ -77,6 +77,10 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
                 .as_u64()
                 .unwrap();
             carried += ra["counts"]["carried"].as_u64().unwrap();
+            // The history kept as the base of a night before and the days changed since.
+            changes_kept += inc
+                .join(format!("_state/night-{as_of}/increment/history/changed"))
+                .exists() as usize;
         }
         assert_eq!(rb["reason"], "--full-refresh");
         if i == 0 {
@@ -109,6 +113,12 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
     // after the night before's as-of date carried into the next night.
     assert!(merges > 0, "no identity merge on an incremental night");
     assert!(carried > 0, "no event carried from a night before");
+    // And histories kept as a base and the days changed since, which the next nights
+    // started from (`history::Changes`).
+    assert!(
+        changes_kept >= 2,
+        "{changes_kept} nights kept their history as changes"
+    );
 }
 
 #[test]
