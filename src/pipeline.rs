@@ -1612,7 +1612,7 @@ fn prepare_incremental(
     let sessions = Sessions::Aside {
         rows: sessions.height(),
         aside: Aside::start(state.root(), "sessions", move |to| {
-            write_parquet(&sessions, &to.join(format!("{SESSIONS_FRAME}.parquet")))
+            sessions.write_parquet(&to.join(format!("{SESSIONS_FRAME}.parquet")))
         })?,
     };
     let kept_events = {

@@ -346,7 +346,7 @@ fn first_value(df: &DataFrame, column: &str) -> Result<Option<String>> {
 pub fn combine(
     before: DataFrame,
     now: DataFrame,
-) -> Result<std::result::Result<DataFrame, String>> {
+) -> Result<std::result::Result<crate::util::Merged, String>> {
     let mut laps = crate::util::Laps::start("combining sessions");
     let tonight = now
         .column(ev::CUSTOMER_ID)
@@ -362,7 +362,7 @@ pub fn combine(
         Err(why) => return Ok(Err(why)),
     };
     laps.lap("combined");
-    let all = crate::util::merge_sorted(untouched, combined, &[ev::CUSTOMER_ID])?;
+    let all = crate::util::merged(untouched, combined, &[ev::CUSTOMER_ID])?;
     laps.lap("merged");
     Ok(Ok(all))
 }
@@ -647,7 +647,11 @@ mod tests {
         let (_, once) = sessionize(events(&all), 30, None).unwrap();
         let (_, before) = sessionize(events(&all[..3]), 30, None).unwrap();
         let (_, now) = sessionize(events(&all[3..]), 30, None).unwrap();
-        let combined = combine(before.clone(), now).unwrap().unwrap();
+        let combined = combine(before.clone(), now)
+            .unwrap()
+            .unwrap()
+            .gather()
+            .unwrap();
         assert!(combined.equals_missing(&once), "{combined}\n{once}");
         let (_, late) = sessionize(
             events(&[("e7", "a", Some("s1"), 2, "page_view", "/x")]),
@@ -655,7 +659,9 @@ mod tests {
             None,
         )
         .unwrap();
-        let why = combine(before, late).unwrap().unwrap_err();
+        let Err(why) = combine(before, late).unwrap() else {
+            panic!("a session that gained an event before its last one combined");
+        };
         assert!(
             why.contains("session s1 gained events before its last one"),
             "{why}"

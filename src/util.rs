@@ -431,7 +431,50 @@ pub const KEEP: &str = "_keep";
 /// one frame sorted by `by`: merged, not sorted again, and gathered once, column by column
 /// (`take_by_columns`). `b`'s columns are taken in `a`'s order. The keys are compared as
 /// polars' sort compares them (its row encoding).
-pub fn merge_sorted(mut a: DataFrame, b: DataFrame, by: &[&str]) -> Result<DataFrame> {
+pub fn merge_sorted(a: DataFrame, b: DataFrame, by: &[&str]) -> Result<DataFrame> {
+    merged(a, b, by)?.gather()
+}
+
+/// `merge_sorted`'s rows, not yet gathered: a frame written once and never read again (a
+/// night's sessions) is gathered a row group at a time as it is written (`Merged::write`),
+/// never whole (the sessions of 10M events over 180 days: 600 MB more).
+pub struct Merged {
+    /// The rows of both frames, one after the other.
+    rows: DataFrame,
+    /// The rows of `rows` in merged order.
+    order: IdxCa,
+}
+
+impl Merged {
+    pub fn height(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn gather(self) -> Result<DataFrame> {
+        take_by_columns(self.rows, &self.order)
+    }
+
+    /// Writes the rows in merged order as `write_parquet` writes a frame (the same bytes).
+    pub fn write_parquet(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
+        }
+        let mut file = ParquetAppender::create(
+            path,
+            self.rows.schema(),
+            published(),
+            StatisticsOptions::default(),
+        )?;
+        for offset in (0..self.height()).step_by(ROW_GROUP) {
+            let order = self.order.slice(offset as i64, ROW_GROUP);
+            file.append(&take_by_columns(self.rows.clone(), &order)?)?;
+        }
+        file.finish()
+    }
+}
+
+/// `merge_sorted`, not gathered.
+pub fn merged(mut a: DataFrame, b: DataFrame, by: &[&str]) -> Result<Merged> {
     use polars::chunked_array::ops::row_encode::_get_rows_encoded_ca;
     let keep = match a.column(KEEP) {
         Ok(keep) => {
@@ -499,7 +542,10 @@ pub fn merge_sorted(mut a: DataFrame, b: DataFrame, by: &[&str]) -> Result<DataF
     );
     let mut both = a;
     both.vstack_mut_owned(b).ctx("merging sorted rows")?;
-    take_by_columns(both, &IdxCa::from_vec(PlSmallStr::EMPTY, order))
+    Ok(Merged {
+        rows: both,
+        order: IdxCa::from_vec(PlSmallStr::EMPTY, order),
+    })
 }
 
 /// Left join that keeps the left frame's row order (outputs must not depend on hash order).
@@ -762,6 +808,29 @@ mod tests {
         let a = df!("k" => [4i64, 1]).unwrap();
         let b = df!("k" => [2i64]).unwrap();
         let _ = merge_sorted(a, b, &["k"]);
+    }
+
+    #[test]
+    fn merged_rows_written_a_row_group_at_a_time_are_the_bytes_of_the_gathered_frame() {
+        // More than two row groups, the second frame's rows spread among the first's.
+        let n = 2 * ROW_GROUP + 1000;
+        let a = df!(
+            "k" => (0..n as i64).map(|i| 2 * i).collect::<Vec<_>>(),
+            "s" => (0..n).map(|i| format!("a{}", i % 97)).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let b = df!(
+            "s" => (0..n / 3).map(|i| format!("b{i}")).collect::<Vec<_>>(),
+            "k" => (0..(n / 3) as i64).map(|i| 6 * i + 1).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (whole, by_groups) = (dir.path().join("whole"), dir.path().join("groups"));
+        let merged = merged(a.clone(), b.clone(), &["k"]).unwrap();
+        assert_eq!(merged.height(), n + n / 3);
+        merged.write_parquet(&by_groups).unwrap();
+        write_parquet(&merge_sorted(a, b, &["k"]).unwrap(), &whole).unwrap();
+        assert!(std::fs::read(&whole).unwrap() == std::fs::read(&by_groups).unwrap());
     }
 
     #[test]
