@@ -603,6 +603,26 @@ def main() -> None:
   read 370 s, rows decided 152 s, events filtered 248 s), identity 449 s (writing each bucket
   by customer is 268 s of it: 10,000 Parquet files of 10,000 rows, about 167 bytes a row, as
   event and session ids do not compress), sessions 157 s, history 87 s, features 82 s.
+- Session 25 (the same kind of machine as sessions 23 and 24): the incremental nights above
+  are this session's (on 452fedb); the other lines are session 24's. The weekly 10M night now
+  meets 15%: 7.6 s against 55.4 s (14%). Two things moved that ratio. (1) The night got
+  faster. A by-hand A/B on the same state, the binaries alternating, four runs each: 8.03-8.52
+  s before, 7.36-7.61 s with (a), then 7.14-7.45 s against 7.43-7.72 s with (b) added.
+  (a) The night keeps its daily aggregates as the base an earlier night wrote whole, linked,
+  plus the (customer, day) rows changed since and the customers merged away since
+  (`history::Changes`). It writes them whole again once the changes pass an eighth of the
+  days. Writing the whole history every night was 1.9 s of processor time at 10M; the
+  changes are 10 MB after six nights. `add_night` takes the base's stale rows out along with
+  the night's. Its sessions, events and ingest frames are written aside on threads of their
+  own as soon as they are known (ac4b237). (b) The merged sessions are gathered a row group at
+  a time as they are written, never whole: the peak drops from 3.2 GB to 2.8 GB and the page
+  faults by a fifth (452fedb). Six nights in a row from a full read (10-21 to 10-26) each took
+  7.3-7.7 s, so reading five nights of changes costs nothing measurable. (2) The full refresh
+  got slower: 55.4 s here against session 24's 50.7 s. The code is the same (by hand, before
+  the changes, 54.9 s), so this session's machine is slower than session 24's. Against 50.7 s
+  the night would be 15.0%. Page faults are now the largest single cost of the night: the
+  kernel zeroing fresh pages is 18% of its samples (`perf`). Transparent huge pages were
+  tried again and lost: 9.8-11.9 s, with 5-9 s of system time in compaction.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
@@ -610,11 +630,12 @@ def main() -> None:
   files touched: the daily aggregates of the (customer, day) pairs they have (and every day
   of a customer identity merged), the sessions they continue, the tracker sessions' starts
   they extend. What is left grows with the history kept, not with the new day: the daily
-  aggregates and the sessions (about 200 MB of Parquet each at 10M over 180 days) are read
-  and written whole and sorted again, the identity graph is rebuilt from all its nodes,
-  features are computed for every customer, and the published `sessions.parquet` has every
-  session. Making those grow with the day needs state partitioned by day (and an identity
-  graph that revisits only the components a night touched).
+  aggregates (about 200 MB of Parquet at 10M over 180 days) are read whole and merged again
+  (since session 25 a night writes only the rows changed since a base it links), the
+  sessions (77 MB) are read, merged and written whole, the identity graph is rebuilt from all
+  its nodes, features are computed for every customer, and the published `sessions.parquet`
+  has every session. Making those grow with the day needs an identity graph that revisits
+  only the components a night touched, and features kept per customer between nights.
 - Keeping the state as Arrow IPC instead of Parquet, to skip decoding, was tried and not
   kept: polars' string views write the buffers they share again in every chunk, so the 10M
   night's kept events took 8.2 GB instead of 1.2 GB and the run peaked at 22 GB; written
