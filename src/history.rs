@@ -600,8 +600,8 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn nights_combined_with_renames_equal_one_history_of_all_events() {
+    /// The default feature set and a label over a week.
+    fn definitions() -> (FeatureSet, LabelDef) {
         let features = FeatureSet::parse(&Source::embedded(
             "default.toml",
             include_str!("../features/default.toml"),
@@ -613,6 +613,12 @@ mod tests {
         ))
         .unwrap()
         .label;
+        (features, label)
+    }
+
+    #[test]
+    fn nights_combined_with_renames_equal_one_history_of_all_events() {
+        let (features, label) = definitions();
         for seed in [1, 2] {
             let all = events(seed);
             let n = all.height();
@@ -731,17 +737,7 @@ mod tests {
     /// changed by the second and third).
     #[test]
     fn nights_kept_as_a_base_and_changes_give_the_whole_history() {
-        let features = FeatureSet::parse(&Source::embedded(
-            "default.toml",
-            include_str!("../features/default.toml"),
-        ))
-        .unwrap();
-        let label = crate::config::ModelDef::parse(&Source::embedded(
-            "m.toml",
-            "[label]\nhorizon_days = 7\nsum_field = \"line_value\"\nmin_sum = 20\n",
-        ))
-        .unwrap()
-        .label;
+        let (features, label) = definitions();
         let tmp = tempfile::tempdir().unwrap();
         for seed in [1, 2] {
             let all = events(seed);
