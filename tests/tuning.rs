@@ -21,6 +21,12 @@ fn rerunning_from_features_needs_no_raw_events_and_changes_only_what_was_edited(
     }
     let night = out.join("2026-05-15");
     let manifest = std::fs::read(night.join("manifest.json")).unwrap();
+    // The night read incrementally kept its history as the night before's base and the days
+    // changed since (`history::Changes`), which the rerun puts back together.
+    assert!(
+        out.join("_state/night-2026-05-15/increment/history/changed")
+            .exists()
+    );
     // The raw events are gone: the rerun works from what the night kept.
     std::fs::remove_dir_all(&events).unwrap();
     let from_features = |job: &std::path::Path| {
