@@ -616,8 +616,11 @@ def main() -> None:
   the night's. Its sessions, events and ingest frames are written aside on threads of their
   own as soon as they are known (ac4b237). (b) The merged sessions are gathered a row group at
   a time as they are written, never whole: the peak drops from 3.2 GB to 2.8 GB and the page
-  faults by a fifth (452fedb). Six nights in a row from a full read (10-21 to 10-26) each took
-  7.3-7.7 s, so reading five nights of changes costs nothing measurable. (2) The full refresh
+  faults by a fifth (452fedb). The harness times the first night after a full read. By hand,
+  21 nights in a row from a full read of 10-06: the nights that scored took 6.7 s at first and
+  7.8 s after 15 nights of changes (26 MB). The rewrite of the whole history on 10-23 took 8.3
+  s, and the night after it 7.3 s. The last night (10-27) published the bytes of a full
+  refresh. (2) The full refresh
   got slower: 55.4 s here against session 24's 50.7 s. The code is the same (by hand, before
   the changes, 54.9 s), so this session's machine is slower than session 24's. Against 50.7 s
   the night would be 15.0%. Page faults are now the largest single cost of the night: the
