@@ -616,7 +616,9 @@ def main() -> None:
   the night's. Its sessions, events and ingest frames are written aside on threads of their
   own as soon as they are known (ac4b237). (b) The merged sessions are gathered a row group at
   a time as they are written, never whole: the peak drops from 3.2 GB to 2.8 GB and the page
-  faults by a fifth (452fedb). The harness times the first night after a full read. By hand,
+  faults by a fifth (452fedb). That needs (a)'s writing aside: with the sessions written
+  beside the features instead, four runs each took 7.63-7.79 s at 3.2 GB against 7.26-7.66 s
+  at 2.8 GB. The harness times the first night after a full read. By hand,
   21 nights in a row from a full read of 10-06: the nights that scored took 6.7 s at first and
   7.8 s after 15 nights of changes (26 MB). The rewrite of the whole history on 10-23 took 8.3
   s, and the night after it 7.3 s. The last night (10-27) published the bytes of a full

@@ -10,7 +10,9 @@ use crate::error::{Context, Result};
 /// Writes a frame as zstd Parquet (`published`) with statistics. Output bytes depend only on
 /// the frame.
 pub fn write_parquet(df: &DataFrame, path: &Path) -> Result<()> {
-    write_parquet_with(df, path, published(), StatisticsOptions::default())
+    let mut file = ParquetAppender::published(path, df.schema())?;
+    file.append(df)?;
+    file.finish()
 }
 
 /// The compression of the Parquet files a run publishes: zstd at level 1, which writes in
@@ -41,12 +43,17 @@ pub fn write_parquet_with(
     compression: ParquetCompression,
     statistics: StatisticsOptions,
 ) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
-    }
+    create_parent(path)?;
     let mut file = ParquetAppender::create(path, df.schema(), compression, statistics)?;
     file.append(df)?;
     file.finish()
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Rows in each row group of the Parquet files propel writes (polars' default size), the
@@ -112,6 +119,13 @@ impl ParquetAppender {
             pending_rows: 0,
             groups: 0,
         })
+    }
+
+    /// A file as a run publishes it (`write_parquet`), in `path`'s directory, created if
+    /// need be.
+    pub fn published(path: &Path, schema: &SchemaRef) -> Result<ParquetAppender> {
+        create_parent(path)?;
+        ParquetAppender::create(path, schema, published(), StatisticsOptions::default())
     }
 
     /// Appends the rows of `part` (of the file's schema).
@@ -436,7 +450,8 @@ pub fn merge_sorted(a: DataFrame, b: DataFrame, by: &[&str]) -> Result<DataFrame
 }
 
 /// `merge_sorted`'s rows, not yet gathered: a frame written once and never read again (a
-/// night's sessions) is gathered a row group at a time as it is written (`Merged::write`),
+/// night's sessions) is gathered a row group at a time as it is written
+/// (`Merged::write_parquet`),
 /// never whole (the sessions of 10M events over 180 days: 600 MB more).
 pub struct Merged {
     /// The rows of both frames, one after the other.
@@ -456,15 +471,7 @@ impl Merged {
 
     /// Writes the rows in merged order as `write_parquet` writes a frame (the same bytes).
     pub fn write_parquet(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
-        }
-        let mut file = ParquetAppender::create(
-            path,
-            self.rows.schema(),
-            published(),
-            StatisticsOptions::default(),
-        )?;
+        let mut file = ParquetAppender::published(path, self.rows.schema())?;
         for offset in (0..self.height()).step_by(ROW_GROUP) {
             let order = self.order.slice(offset as i64, ROW_GROUP);
             file.append(&take_by_columns(self.rows.clone(), &order)?)?;
