@@ -357,7 +357,10 @@ fn each_bucket(
             "bucket done"
         );
         sessions += part_sessions.height();
-        if send.send((part, part_sessions)).is_err() {
+        if send
+            .send((crate::history::kept_events(&part)?, part_sessions))
+            .is_err()
+        {
             // The writer stops early only on an error, which says why.
             kept.wait()?;
             return Err(crate::error::Error::Io {

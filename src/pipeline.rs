@@ -1618,7 +1618,7 @@ fn prepare_incremental(
         })?,
     };
     let kept_events = {
-        let events = events.clone();
+        let events = crate::history::kept_events(&events)?;
         NightEvents::Aside(Aside::start(state.root(), "events", move |to| {
             write_stage_frame(to, EVENTS_FRAME, &events)
         })?)
