@@ -296,7 +296,7 @@ enum Increment {
 struct Fresh {
     ingest: IngestFrames,
     /// The keys of the events this night kept, added to `key_files`.
-    new_keys: ingest::Stored,
+    new_keys: NewKeys,
     /// The night before's key files (one per night), linked into this night's.
     key_files: Vec<PathBuf>,
     /// The kept events of the nights since the last full read (one file per night, each
@@ -324,18 +324,23 @@ const INGEST_FRAMES: [&str; 3] = ["session_starts", "orders", "deferred"];
 /// it when the night's events were (at 100M events the tracker sessions' times take a
 /// gigabyte, which the later stages need not hold).
 enum IngestFrames {
-    Held(Box<ingest::IngestState>),
+    /// Written before identity (a night whose rows were written aside, at whose size the
+    /// frames are worth not holding).
     Written(tempfile::TempDir),
-    /// Being written aside (a night read incrementally).
+    /// Being written aside, on a thread of its own.
     Aside(std::sync::Arc<Aside>),
 }
 
 impl IngestFrames {
-    /// The frames of `state`, written aside into a scratch directory under `dir` when
-    /// `aside`.
-    fn of(state: ingest::IngestState, aside: bool, dir: &std::path::Path) -> Result<IngestFrames> {
-        if !aside {
-            return Ok(IngestFrames::Held(Box::new(state)));
+    /// The frames of `state`, written into a scratch directory under `dir`: at once when
+    /// `now`, else aside.
+    fn of(state: ingest::IngestState, now: bool, dir: &std::path::Path) -> Result<IngestFrames> {
+        if !now {
+            return Ok(IngestFrames::Aside(Aside::start(
+                dir,
+                "ingest frames",
+                move |to| write_ingest_frames(&state, to),
+            )?));
         }
         let scratch = NightEvents::scratch(dir)?;
         write_ingest_frames(&state, scratch.path())?;
@@ -345,7 +350,6 @@ impl IngestFrames {
     /// Writes (or links) the frames into `to`.
     fn write(&self, to: &std::path::Path) -> Result<()> {
         match self {
-            IngestFrames::Held(state) => write_ingest_frames(state, to),
             IngestFrames::Written(scratch) => {
                 for name in INGEST_FRAMES {
                     let file = format!("{name}.parquet");
@@ -357,6 +361,48 @@ impl IngestFrames {
                 for name in INGEST_FRAMES {
                     let file = format!("{name}.parquet");
                     link_or_copy(&aside.file(&file)?, &to.join(&file))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The keys of the events a night kept (`ingest::Ingested::new_keys`). Those held are
+/// written aside as soon as ingest ends, on a thread of their own, while identity leaves a
+/// core idle (10M events: 520 MB, mostly event ids, which were written beside the features and
+/// the model); those written a file per bucket of rows are linked as they are.
+enum NewKeys {
+    Aside(std::sync::Arc<Aside>),
+    Written(crate::buckets::Spilled),
+}
+
+/// The file `NewKeys::Aside` writes.
+const NEW_KEYS_FILE: &str = "keys.parquet";
+
+impl NewKeys {
+    fn of(keys: ingest::Stored, state: &std::path::Path) -> Result<NewKeys> {
+        Ok(match keys {
+            ingest::Stored::Memory(keys) => {
+                NewKeys::Aside(Aside::start(state, "event keys", move |to| {
+                    crate::util::write_state(&keys, &to.join(NEW_KEYS_FILE))
+                })?)
+            }
+            ingest::Stored::Disk(files) => NewKeys::Written(files),
+        })
+    }
+
+    /// Links the keys into `dir` (the increment's keys directory), named by the night `as_of`
+    /// (the next night reads every file of the directory).
+    fn link(&self, dir: &std::path::Path, as_of: &str) -> Result<()> {
+        match self {
+            NewKeys::Aside(aside) => link_or_copy(
+                &aside.file(NEW_KEYS_FILE)?,
+                &dir.join(format!("{as_of}.parquet")),
+            ),
+            NewKeys::Written(files) => {
+                for (i, file) in files.files(0).iter().enumerate() {
+                    link_or_copy(file, &dir.join(format!("{as_of}-{i:04}.parquet")))?;
                 }
                 Ok(())
             }
@@ -495,23 +541,7 @@ impl Increment {
                         link_or_copy(&file, &dir.join(name))?;
                     }
                 }
-                match new_keys {
-                    ingest::Stored::Memory(keys) => crate::util::write_state(
-                        keys,
-                        &to.join(KEYS_DIR).join(format!("{}.parquet", record.as_of)),
-                    )?,
-                    // Written a file per bucket of events: linked as they are (the next
-                    // night reads every file of the directory).
-                    ingest::Stored::Disk(files) => {
-                        for (i, file) in files.files(0).iter().enumerate() {
-                            link_or_copy(
-                                file,
-                                &to.join(KEYS_DIR)
-                                    .join(format!("{}-{i:04}.parquet", record.as_of)),
-                            )?;
-                        }
-                    }
-                }
+                new_keys.link(&to.join(KEYS_DIR), &record.as_of.to_string())?;
                 ingest.write(&to)?;
                 crate::util::write_state(renames, &to.join(format!("{RENAMES_FRAME}.parquet")))?;
                 match (history_changes, history) {
@@ -1290,11 +1320,14 @@ fn prepare_full(
     // A shard keeps no ingest state; a night whose events were written aside writes it aside.
     let ingest_frames = match shard {
         Some(_) => None,
-        None => Some(IngestFrames::of(
-            ingest_state,
-            matches!(events, ingest::Stored::Disk(_)),
-            state.root(),
-        )?),
+        None => Some((
+            IngestFrames::of(
+                ingest_state,
+                matches!(events, ingest::Stored::Disk(_)),
+                state.root(),
+            )?,
+            NewKeys::of(new_keys, state.root())?,
+        )),
     };
     timer.lap("ingest");
 
@@ -1434,7 +1467,7 @@ fn prepare_full(
     timer.lap_before("sessions", history_took);
     let increment = match ingest_frames {
         None => Increment::None,
-        Some(ingest_frames) => Increment::New(Box::new(Fresh {
+        Some((ingest_frames, new_keys)) => Increment::New(Box::new(Fresh {
             ingest: ingest_frames,
             new_keys,
             key_files: Vec::new(),
@@ -1517,10 +1550,9 @@ fn prepare_incremental(
             orders: ingested.state.orders.clone(),
             deferred: ingested.state.deferred.clone(),
         };
-        Aside::start(state.root(), "ingest frames", move |to| {
-            write_ingest_frames(&kept, to)
-        })?
+        IngestFrames::of(kept, false, state.root())?
     };
+    let new_keys = NewKeys::of(ingested.new_keys, state.root())?;
     timer.lap("ingest");
 
     let (resolved, resolved_events) = identity::resolve(
@@ -1666,8 +1698,8 @@ fn prepare_incremental(
             .ctx("quarantined rows")?
     };
     let increment = Increment::New(Box::new(Fresh {
-        ingest: IngestFrames::Aside(ingest_frames),
-        new_keys: ingested.new_keys,
+        ingest: ingest_frames,
+        new_keys,
         key_files: before.key_files,
         events_before: before.events_before,
         renames: compose_renames(&before.renames, &rename)?,
