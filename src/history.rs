@@ -249,25 +249,36 @@ impl History {
         ))
     }
 
-    /// Keeps the customers in `customers` (a `customer_id` column): the others were
-    /// suppressed.
-    pub fn retain(self, customers: &DataFrame) -> Result<History> {
+    /// The customers of this history that are not in `customers` (a `customer_id` column),
+    /// sorted.
+    pub fn dropped(&self, customers: &DataFrame) -> Result<Series> {
         let ids = customers
             .column(ev::CUSTOMER_ID)
             .ctx("customers")?
             .as_materialized_series()
             .clone();
-        let keep = |df: DataFrame| -> Result<DataFrame> {
-            df.lazy()
-                .filter(col(ev::CUSTOMER_ID).is_in(lit(ids.clone()).implode(false), false))
-                .collect()
-                .ctx("dropping suppressed customers")
+        let of = |df: &DataFrame| -> Result<Series> {
+            Ok(df
+                .column(ev::CUSTOMER_ID)
+                .ctx("history customers")?
+                .as_materialized_series()
+                .clone())
         };
-        Ok(History {
-            daily: self.daily.map(keep)?,
-            labels: keep(self.labels)?,
-            signals: keep(self.signals)?,
-        })
+        let all = concat_series(&[
+            self.daily.customer_ids()?,
+            of(&self.labels)?,
+            of(&self.signals)?,
+        ])?
+        .unique()
+        .ctx("history customers")?
+        .into_frame();
+        all.filter(&!&crate::util::rows_in(&all, ev::CUSTOMER_ID, ids)?)
+            .ctx("dropping suppressed customers")?
+            .column(ev::CUSTOMER_ID)
+            .ctx("customers")?
+            .as_materialized_series()
+            .sort(Default::default())
+            .ctx("dropping suppressed customers")
     }
 
     /// Every frame with the file name it is kept under.
@@ -336,34 +347,6 @@ impl Changes {
     /// events over 180 days.
     pub fn worth_keeping(&self, whole: &History) -> bool {
         self.daily.days_count() * 8 <= whole.daily.days_count()
-    }
-
-    /// Keeps the customers in `customers` (a `customer_id` column) of a night's history
-    /// `whole`, as `History::retain` does: the others' rows in the base are stale.
-    pub fn retain(self, customers: &DataFrame, whole: &History) -> Result<Changes> {
-        let ids = customers
-            .column(ev::CUSTOMER_ID)
-            .ctx("customers")?
-            .as_materialized_series()
-            .clone();
-        let all = whole.daily.customer_ids()?.into_frame();
-        let dropped = all
-            .filter(&!&crate::util::rows_in(&all, ev::CUSTOMER_ID, ids.clone())?)
-            .ctx("dropping suppressed customers")?
-            .column(ev::CUSTOMER_ID)
-            .ctx("customers")?
-            .as_materialized_series()
-            .clone();
-        let daily = self.daily.map(|df| {
-            let keep = crate::util::rows_in(&df, ev::CUSTOMER_ID, ids.clone())?;
-            df.filter(&keep).ctx("dropping suppressed customers")
-        })?;
-        Ok(Changes {
-            daily,
-            removed: concat_series(&[self.removed, dropped])?
-                .sort(Default::default())
-                .ctx("dropping suppressed customers")?,
-        })
     }
 
     /// Writes the history of a night that keeps these into `dir`: the base's daily aggregates

@@ -1665,12 +1665,25 @@ fn prepare_incremental(
         &rename,
     )?;
     laps.lap("history added");
-    let changes = changes.retain(&resolved.customers, &history)?;
-    let history = history.retain(&resolved.customers)?;
+    // Every customer of the history is the night's (it runs with no suppression list, and
+    // identity renames merged ones): should one not be, every file says what the history is.
+    // (Filtering the history against the customers anyway copied it: 0.3 s of the 10M night.)
+    let dropped = history.dropped(&resolved.customers)?;
+    if !dropped.is_empty() {
+        return Ok(Err(format!(
+            "{} customers of the history (such as {}) are not among the night's",
+            dropped.len(),
+            dropped
+                .str()
+                .ok()
+                .and_then(|s| s.get(0))
+                .unwrap_or_default()
+        )));
+    }
     let history_changes = changes
         .worth_keeping(&history)
         .then_some((before.history_dir, changes));
-    laps.lap("history retained");
+    laps.lap("history checked");
     let first_day = history
         .first_day()?
         .expect("a night with events has a first day");
