@@ -628,6 +628,34 @@ def main() -> None:
   the night would be 15.0%. Page faults are now the largest single cost of the night: the
   kernel zeroing fresh pages is 18% of its samples (`perf`). Transparent huge pages were
   tried again and lost: 9.8-11.9 s, with 5-9 s of system time in compaction.
+- Session 26 (the same kind of machine): the 10M lines are this session's (the full run on
+  c1bc76c, the nights over 180 days on d90df15); the other lines are earlier sessions'.
+  Writing the kept events (a night's events by customer, for `--from-stage features`) was a
+  tenth of the 10M run: a test build that skipped it ran 50.6-51.3 s against 55.5-58.3 s, with
+  10 s less user time. Polars' Parquet writer tries a dictionary on every text column, hashing
+  every value (`page_view_id` alone: 146 ms a million rows on one core, a fifth of writing all
+  the columns), and polars 0.55 has no setting to turn that off for a column. (1) A night keeps
+  only the event columns its history is built from (`history::event_columns`: each event's
+  customer, time and type, the fields a feature or label may read, contact and consent):
+  914 MB against 1,164 MB at 10M, and by hand, alternating, 54.6 and 54.9 s against 58.1 and
+  56.7 s (0821056). (2) The event keys (520 MB at 10M, mostly event ids) and ingest's frames
+  are written on threads of their own as soon as ingest ends, while identity leaves a core
+  idle, instead of beside the features and the model: six runs each, 52.3 s against 53.0 s
+  on average, inside the runs' spread; the model stage 1.6 s shorter, identity 0.6 s longer
+  (c1bc76c). (3) An incremental night no longer filters its whole history against the
+  night's customers, a copy for nothing (it runs with no suppression list): it checks that
+  none is missing and reads every file if one is. Four runs each: 7.41-7.58 s against
+  7.55-7.77 s (d90df15). The 10M run is 53.0 s in the harness, 4.6x the scan (11.5 s), as the
+  machine is slower than session 24's (the same binary ran 55-58 s by hand here against
+  51.9 s there). Because the full refresh got faster, the weekly night's ratio moved the other
+  way: on c1bc76c, 7.5 s against 48.8 s (15.4%, not met); on d90df15, 7.6 s against 51.8 s
+  (14.7%, met). The two full refreshes, half an hour apart, differ by 3 s: the line is on
+  the edge. Tried and not kept: merging the history's frames side by side (the merge 1.0 s
+  to 0.66 s, the night no faster, as the sessions are being written on the other core, and
+  the peak 0.3 GB higher); bigger buckets at 10M (4M events: 58.1 s; 16M: 62.0 s, against
+  55.6 s); never purging freed memory (faults halved, no faster, 2.3 GB more); Arrow IPC for
+  the scratch buckets, measured on a gathered bucket of a million rows: 630 MB against 110 MB
+  of Parquet, and no faster to write.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
