@@ -273,12 +273,12 @@ impl History {
         .ctx("history customers")?
         .into_frame();
         all.filter(&!&crate::util::rows_in(&all, ev::CUSTOMER_ID, ids)?)
-            .ctx("dropping suppressed customers")?
+            .ctx("the history's customers")?
             .column(ev::CUSTOMER_ID)
             .ctx("customers")?
             .as_materialized_series()
             .sort(Default::default())
-            .ctx("dropping suppressed customers")
+            .ctx("the history's customers")
     }
 
     /// Every frame with the file name it is kept under.

@@ -320,9 +320,10 @@ const EVENTS_BEFORE_DIR: &str = "events-before";
 const RENAMES_FRAME: &str = "renames";
 const INGEST_FRAMES: [&str; 3] = ["session_starts", "orders", "deferred"];
 
-/// The ingest state a night keeps (`INGEST_FRAMES`): held, or written aside as the state keeps
-/// it when the night's events were (at 100M events the tracker sessions' times take a
-/// gigabyte, which the later stages need not hold).
+/// The ingest state a night keeps (`INGEST_FRAMES`): written on a thread of its own while the
+/// night goes on, or, when the night's events were written aside, written before identity (at
+/// 100M events the tracker sessions' times take a gigabyte, which the later stages need not
+/// hold).
 enum IngestFrames {
     /// Written before identity (a night whose rows were written aside, at whose size the
     /// frames are worth not holding).
@@ -1317,7 +1318,7 @@ fn prepare_full(
         state: ingest_state,
     } = ingest::ingest_with(inputs, as_of, &job.quality, &memory)?;
     let files = ingest_state.files.clone();
-    // A shard keeps no ingest state; a night whose events were written aside writes it aside.
+    // A shard keeps no ingest state or event keys.
     let ingest_frames = match shard {
         Some(_) => None,
         None => Some((
