@@ -645,9 +645,9 @@ def main() -> None:
   (c1bc76c). (3) An incremental night no longer filters its whole history against the
   night's customers, a copy for nothing (it runs with no suppression list): it checks that
   none is missing and reads every file if one is. Four runs each: 7.41-7.58 s against
-  7.55-7.77 s (d90df15). The 10M run is 53.0 s in the harness, 4.6x the scan (11.5 s), as the
-  machine is slower than session 24's (the same binary ran 55-58 s by hand here against
-  51.9 s there). Because the full refresh got faster, the weekly night's ratio moved the other
+  7.55-7.77 s (d90df15). The 10M run is 53.0 s in the harness, 4.6x the scan (11.5 s): the
+  machine is slower than session 24's, which had 51.9 s before these changes (here, before
+  them, the job ran 55.5-58.3 s by hand, with debug logging). Because the full refresh got faster, the weekly night's ratio moved the other
   way: on c1bc76c, 7.5 s against 48.8 s (15.4%, not met); on d90df15, 7.6 s against 51.8 s
   (14.7%, met). The two full refreshes, half an hour apart, differ by 3 s: the line is on
   the edge. Tried and not kept: merging the history's frames side by side (the merge 1.0 s
