@@ -519,12 +519,7 @@ impl BucketFiles {
             .dir
             .path()
             .join(format!("{bucket}-{}.parquet", files.len()));
-        crate::util::write_parquet_with(
-            &part,
-            &file,
-            ParquetCompression::Lz4Raw,
-            StatisticsOptions::empty(),
-        )?;
+        crate::util::write_scratch(&part, &file)?;
         files.push(file);
         Ok(())
     }
