@@ -349,6 +349,9 @@ fn each_bucket(
             None => histories.push(history),
         }
         history_took += started.elapsed();
+        if written.is_some() {
+            crate::util::release_freed_memory();
+        }
         tracing::debug!(
             bucket,
             events = part.height(),

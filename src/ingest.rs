@@ -1350,7 +1350,10 @@ pub fn ingest_from(
                 if let Some(keys) = &mut keys_written {
                     keys.append_to(0, std::mem::take(&mut d.new_keys))?;
                 }
-                decided.push(Some(d))
+                decided.push(Some(d));
+                if !rows.holds() {
+                    crate::util::release_freed_memory();
+                }
             }
             Err(why) => return Ok(Err(why)),
         }
@@ -1599,6 +1602,9 @@ pub fn ingest_from(
         }
         // `all` is moved in: each wide column is freed as soon as its filtered copy exists.
         used_events.push(bucket, crate::util::filter_by_columns(all, &used)?)?;
+        if !rows.holds() {
+            crate::util::release_freed_memory();
+        }
     }
     drop(rows);
     laps.lap("events filtered");
@@ -1937,6 +1943,7 @@ fn read_rows(
                 .map(|id| id.map_or(0, |id| (id_hash(id) % buckets as u64) as usize)),
         )?;
         drop(rows);
+        crate::util::release_freed_memory();
         // Combined once the group's rows are gone, before the next group is read.
         if sessions.len() > COMBINE_EVERY {
             sessions = vec![combined(std::mem::take(&mut sessions))?.lazy()];

@@ -1395,6 +1395,7 @@ fn prepare_full(
                     )?);
                     waiting_rows = 0;
                 }
+                crate::util::release_freed_memory();
                 laps.lap("combined");
             }
             // The last buckets' combinations, if any wait (else those combined are final).
@@ -1442,6 +1443,7 @@ fn prepare_full(
                 };
                 events += part.height();
                 crate::buckets::append_by_customer(&mut by_customer, &buckets, &part)?;
+                crate::util::release_freed_memory();
                 laps.lap("written by customer");
             }
             drop((written, customers));

@@ -132,6 +132,20 @@ pub fn write_scratch(df: &DataFrame, path: &Path) -> Result<()> {
     writer.into_inner().flush().ctx(context())
 }
 
+/// Hands the memory freed so far back to the system now rather than after the allocator's
+/// purge delay (three seconds, see `main.rs`), at the end of each bucket of a night written
+/// aside: the mode a night runs in when its events would not fit in memory, where what counts
+/// is the peak. The memory freed by one bucket otherwise stays resident while the next one
+/// allocates its own. 10M events through bucket files of 10,000 rows: peak 1,330 MB against
+/// 1,433 MB (ingest's steps 10-17% lower), 120.0 s against 116.2 s. (Purging all freed memory
+/// at once, `MIMALLOC_PURGE_DELAY=0`, peaked at 1,010 MB but took 164.6 s.)
+pub fn release_freed_memory() {
+    // Safety: mi_collect takes no pointer; it frees the calling thread's empty pages and
+    // purges the allocator's free segments under the allocator's own locks. Without mimalloc
+    // as the global allocator (the library's tests) it collects an empty heap.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 fn create_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
