@@ -979,6 +979,7 @@ mod tests {
         assert_eq!(back.n, 3);
         assert_eq!(serde_json::to_string(&back).unwrap(), text);
     }
+
     #[test]
     fn the_fit_s_column_major_rows_are_the_scoring_rows_and_the_scaler_by_hand() {
         // Missing values (NaN, infinite) are left out of the moments and become the mean.

@@ -92,7 +92,8 @@ pub fn write_scratch(df: &DataFrame, path: &Path) -> Result<()> {
     .ctx(context())?;
     let fields = writer.parquet_schema().fields().to_vec();
     let mut offset = 0;
-    // A frame of no rows has one empty row group.
+    // Row groups of `ROW_GROUP` rows; the loop runs once for a frame of no rows, whose file
+    // still has its columns.
     while offset < df.height() || offset == 0 {
         let mut group = df.slice(offset as i64, ROW_GROUP);
         offset += ROW_GROUP;
