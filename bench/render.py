@@ -656,6 +656,41 @@ def main() -> None:
   55.6 s); never purging freed memory (faults halved, no faster, 2.3 GB more); Arrow IPC for
   the scratch buckets, measured on a gathered bucket of a million rows: 630 MB against 110 MB
   of Parquet, and no faster to write.
+- Session 27 (the same kind of machine): the 10M lines are this session's harness run on
+  7f6d1aa (3 runs each), the 100M line its run on 8fed7ea (the same code as far as a night
+  written aside goes); the other lines are earlier sessions'. The 10M run meets 4x the scan
+  in this run (50.5 s against 4 x 13.0 s), but the scan measured 13.0 s against 11.5 s in
+  session 26, and DuckDB 80.5 s against 73.1 s: against session 26's scan the run would be
+  4.4x. (1) The logistic fits of a penalty path standardise their rows once (column-major, a
+  column at a time on rayon: `model::Standardised`, `TrainingRows`), not once per penalty. At
+  10M the previous penalty's solution already meets the tolerance for the last four (no
+  iteration), yet each of those fits took 0.36 s, 0.3 s of it standardising: the model stage
+  5.9 s -> 4.6 s by hand, published files byte-identical (1c9d0eb). Starting the cold fit's
+  intercept at the base rate's log odds took 83 iterations against 74: not kept. (2) Bucket
+  files (the scratch of a night written aside) are written by `util::write_scratch` on
+  polars-parquet's writer: numbers, times and booleans plain, where polars tries a dictionary
+  on every column; text as polars writes it, since ids repeated in a bucket share their bytes
+  when read back from a dictionary (all plain: 114.1 s, and a bucket read back took 10% more
+  memory). 10M events forced through bucket files of about 10,000 rows, as at 100M (32
+  buckets, `write_buckets_above_mib = 512`): 127.3 s -> 116.2 s; files read 31.6 -> 28.9 s,
+  events filtered 17.8 -> 15.2 s, written by customer 19.9 -> 15.5 s (6b48f40). For the kept
+  events the same probe found less: all plain writes a million rows in 331 ms against 452 ms,
+  into a file 57% larger; not done. (3) A night written aside hands the memory each bucket
+  freed back to the system at the end of the bucket (mimalloc's `mi_collect`), instead of
+  after the three-second purge delay: the same forced 10M run peaked at 1,330 MB against
+  1,433 MB, in 120.0 s against 116.2 s. Purging all freed memory at once
+  (`MIMALLOC_PURGE_DELAY=0`) peaked at 1,010 MB but took 164.6 s; after 300 ms, 1,237 MB and
+  129.0 s (8fed7ea). At 100M the harness ran 1,682.0 s at a peak of 3,953 MiB, with 503 s of
+  system time against session 24's 321 s: the memory handed back is faulted in again by the
+  next bucket. Before (1c9d0eb, by hand with debug logging, a few minutes of builds running
+  beside it): 1,735 s, peak 4,052 MiB. Where that run's memory went: ingest peaked at 3,509
+  MiB while reading the files (14 million tracker sessions' times, combined every eight groups
+  of files) and at 3,614 MiB while filtering the used events; identity at 4,052 MiB while
+  combining its 2.6 million identifier combinations (a bucket of event ids holds about one
+  event of each customer, so each bucket brings 0.9 million of them), and the graph left 3.0
+  GB resident. The 3 GiB line needs those structures smaller, not the allocator: combinations
+  combined on a hash of their identifiers with each one's text kept once, the tracker
+  sessions' times in a table that is not regrouped, the graph's nodes as integers.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
