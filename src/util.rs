@@ -66,14 +66,28 @@ pub fn write_scratch(df: &DataFrame, path: &Path) -> Result<()> {
     let encodings: Vec<Vec<Encoding>> = schema
         .iter_values()
         .map(|field| {
-            let encodings = parquet::get_dtype_encoding(&field.dtype);
+            use ArrowDataType as T;
             match field.dtype {
-                ArrowDataType::Dictionary(..)
-                | ArrowDataType::Utf8View
-                | ArrowDataType::BinaryView
-                | ArrowDataType::LargeUtf8
-                | ArrowDataType::LargeBinary => encodings,
-                _ => vec![Encoding::Plain; encodings.len()],
+                T::Boolean
+                | T::Int8
+                | T::Int16
+                | T::Int32
+                | T::Int64
+                | T::UInt8
+                | T::UInt16
+                | T::UInt32
+                | T::UInt64
+                | T::Float32
+                | T::Float64
+                | T::Date32
+                | T::Date64
+                | T::Time32(_)
+                | T::Time64(_)
+                | T::Timestamp(..)
+                | T::Duration(_) => vec![Encoding::Plain],
+                // Text, categoricals (dictionaries already) and nested columns as polars
+                // writes them.
+                _ => parquet::get_dtype_encoding(&field.dtype),
             }
         })
         .collect();
@@ -1016,6 +1030,33 @@ mod tests {
                 .unwrap()
                 .clone();
         assert_eq!(metadata.row_groups.len(), 2);
+        // Nested columns, categorical ones too, as polars writes them.
+        let nested = DataFrame::new(
+            2,
+            vec![
+                Column::new(
+                    "skus".into(),
+                    [
+                        Series::new("".into(), ["a", "b"]),
+                        Series::new("".into(), ["c"]),
+                    ],
+                ),
+                Column::new(
+                    "categories".into(),
+                    [
+                        Series::new("".into(), ["toys"])
+                            .cast(&categorical_type())
+                            .unwrap(),
+                        Series::new("".into(), ["garden", "toys"])
+                            .cast(&categorical_type())
+                            .unwrap(),
+                    ],
+                ),
+            ],
+        )
+        .unwrap();
+        write_scratch(&nested, &path).unwrap();
+        assert!(read_parquet(&path).unwrap().equals_missing(&nested));
         // A frame of no rows is a file of its columns.
         write_scratch(&rows.clear(), &path).unwrap();
         let empty = read_parquet(&path).unwrap();
