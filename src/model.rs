@@ -618,22 +618,6 @@ fn balance(x: &Array2<f64>, y: &Array1<bool>) -> (Array2<f64>, Array1<bool>) {
 /// `max_iterations`.
 const GRADIENT_TOLERANCE_PER_ROW: f64 = 1e-4;
 
-/// Fits a logistic regression with L2 penalty `l2` on standardised features; returns the
-/// scaler, coefficients and intercept of P(label = true). `warm` starts the solver from a
-/// previous solution on the same rows (coefficients and intercept of P(label = true)), as
-/// along a path of penalties.
-pub fn fit_logistic(
-    x: &Array2<f64>,
-    y: &Array1<bool>,
-    l2: f64,
-    max_iterations: u64,
-    warm: Option<(&[f64], f64)>,
-) -> Result<(Scaler, Vec<f64>, f64)> {
-    let rows = Standardised::new(x, y);
-    let (coefficients, intercept) = rows.fit(l2, max_iterations, warm)?;
-    Ok((rows.scaler, coefficients, intercept))
-}
-
 /// Training rows made ready for logistic fits once, for every penalty of a path: the scaler
 /// fitted on them and their standardised values, column-major. Standardising and laying out
 /// the rows again for each penalty was most of what a warm-started fit took (at 10M events,
@@ -1081,7 +1065,9 @@ mod tests {
         // Label: feature 0 large -> positive (minority class, 25%).
         let y: Array1<bool> = (0..n).map(|i| (i % 20) >= 15).collect();
         let def = ModelDef::parse(&crate::config::Source::embedded("m", "")).unwrap();
-        let (scaler, coef, intercept) = fit_logistic(&x, &y, 1.0, 200, None).unwrap();
+        let rows = Standardised::new(&x, &y);
+        let (coef, intercept) = rows.fit(1.0, 200, None).unwrap();
+        let scaler = rows.scaler;
         assert!(coef[0] > 1.0, "{coef:?}");
         let art = Artifact {
             propel_version: "t".into(),

@@ -109,9 +109,8 @@ pub fn write_scratch(df: &DataFrame, path: &Path) -> Result<()> {
     // Row groups of `ROW_GROUP` rows; the loop runs once for a frame of no rows, whose file
     // still has its columns.
     while offset < df.height() || offset == 0 {
-        let mut group = df.slice(offset as i64, ROW_GROUP);
+        let group = row_group(df.slice(offset as i64, ROW_GROUP)).ctx(context())?;
         offset += ROW_GROUP;
-        group.rechunk_mut_par();
         let Some(batch) = group.iter_chunks(CompatLevel::newest(), false).next() else {
             break;
         };
@@ -145,6 +144,23 @@ pub fn write_scratch(df: &DataFrame, path: &Path) -> Result<()> {
     writer.end(None).ctx(context())?;
     use std::io::Write;
     writer.into_inner().flush().ctx(context())
+}
+
+/// `group`'s rows as a Parquet row group is written from them: one chunk per column, and a
+/// list column sliced out of a larger one cut to its own values (it still holds all of them,
+/// which the writer counts when it cuts pages), as those of a group put together from several
+/// frames are.
+fn row_group(mut group: DataFrame) -> PolarsResult<DataFrame> {
+    group.rechunk_mut_par();
+    let columns = group
+        .columns()
+        .iter()
+        .map(|c| {
+            c.trim_lists_to_normalized_offsets()
+                .unwrap_or_else(|| c.clone())
+        })
+        .collect();
+    DataFrame::new(group.height(), columns)
 }
 
 /// Hands the memory freed so far back to the system now rather than after the allocator's
@@ -265,19 +281,7 @@ impl ParquetAppender {
         for part in parts {
             group.vstack_mut_owned(part).ctx(context())?;
         }
-        group.rechunk_mut_par();
-        // A list column sliced out of a larger one still holds all its values, which the
-        // writer counts when it cuts pages: its values are cut to the group's own, as those of
-        // a group put together from several frames are.
-        let columns = group
-            .columns()
-            .iter()
-            .map(|c| {
-                c.trim_lists_to_normalized_offsets()
-                    .unwrap_or_else(|| c.clone())
-            })
-            .collect();
-        let group = DataFrame::new(group.height(), columns).ctx(context())?;
+        let group = row_group(group).ctx(context())?;
         self.writer.write_batch(&group).ctx(context())?;
         self.pending_rows = 0;
         self.groups += 1;
@@ -1006,6 +1010,8 @@ mod tests {
             ev::CATEGORY => (0..n).map(|i| some(i).then(|| ["toys", "garden"][i % 2])).collect::<Vec<_>>(),
             ev::ORDER_TOTAL => (0..n).map(|i| some(i).then_some(i as f64 / 4.0)).collect::<Vec<_>>(),
             ev::CONSENT_ADS => (0..n).map(|i| some(i).then_some(i % 3 == 0)).collect::<Vec<_>>(),
+            // Like ingest's input of each row: a few small integers.
+            "input" => (0..n).map(|i| some(i).then_some((i % 3) as i64)).collect::<Vec<_>>(),
             "position" => (0..n as u64).collect::<Vec<_>>(),
         )
         .unwrap()
@@ -1024,12 +1030,30 @@ mod tests {
         let back = read_parquet(&path).unwrap();
         assert_eq!(back.schema(), rows.schema());
         assert!(back.equals_missing(&rows));
-        let metadata =
-            polars::io::parquet::read::ParquetReader::new(std::fs::File::open(&path).unwrap())
+        let metadata = |path: &Path| {
+            polars::io::parquet::read::ParquetReader::new(std::fs::File::open(path).unwrap())
                 .get_metadata()
                 .unwrap()
-                .clone();
-        assert_eq!(metadata.row_groups.len(), 2);
+                .clone()
+        };
+        let scratch = metadata(&path);
+        assert_eq!(scratch.row_groups.len(), 2);
+        // Numbers are written plain, where polars' writer gives a few repeated integers a
+        // dictionary; categoricals keep theirs.
+        let dictionary = |metadata: &polars::io::parquet::read::FileMetadata, column: &str| {
+            metadata.row_groups[0]
+                .parquet_columns()
+                .iter()
+                .find(|c| c.descriptor().path_in_schema[0] == column)
+                .unwrap()
+                .dictionary_page_offset()
+                .is_some()
+        };
+        assert!(!dictionary(&scratch, "input"));
+        assert!(dictionary(&scratch, ev::CATEGORY));
+        let polars_file = dir.path().join("polars.parquet");
+        write_state(&rows, &polars_file).unwrap();
+        assert!(dictionary(&metadata(&polars_file), "input"));
         // Nested columns, categorical ones too, as polars writes them.
         let nested = DataFrame::new(
             2,
