@@ -387,10 +387,15 @@ pub fn resolve(
 
 /// The distinct identifier combinations of `events`, with their first and last sighting: the
 /// graph is built from them, never from every event, so its cost grows with identifiers, not
-/// events. Grouped on the streaming engine (10M events: the identity stage 4.4 s against
-/// 5.2-7.7 s in memory); their order does not matter, since the graph is built in sorted maps
-/// and sets.
+/// events. Their order does not matter, since the graph is built in sorted maps and sets.
 pub fn combinations(events: &DataFrame) -> Result<DataFrame> {
+    // Text of their own: the events' identifiers are let go once the graph is built.
+    Ok(crate::util::compact_text(grouped_combinations(events)?))
+}
+
+/// `combinations`, their text still the events'. Grouped on the streaming engine (10M events:
+/// the identity stage 4.4 s against 5.2-7.7 s in memory).
+fn grouped_combinations(events: &DataFrame) -> Result<DataFrame> {
     let mut laps = crate::util::Laps::start("identity");
     let combinations = events
         .clone()
@@ -410,24 +415,132 @@ pub fn combinations(events: &DataFrame) -> Result<DataFrame> {
         .ctx("identity combinations")?
         .unwrap_single();
     laps.lap("combinations");
-    // Text of their own: combined with other parts' (`combine_combinations`), a part's
-    // combinations would otherwise keep all its events' identifiers alive.
-    Ok(crate::util::compact_text(combinations))
+    Ok(combinations)
 }
 
-/// The combinations of the parts of a night's events (`combinations` of each), as those of
-/// all of them.
-pub fn combine_combinations(parts: Vec<DataFrame>) -> Result<DataFrame> {
-    concat(
-        parts.into_iter().map(|p| p.lazy()).collect::<Vec<_>>(),
-        UnionArgs::default(),
-    )
-    .ctx("identity combinations")?
-    .group_by(NODE_COLUMNS.map(|(_, c)| col(c)))
-    .agg([col(FIRST_SEEN).min(), col(LAST_SEEN).max()])
-    .collect()
-    .map(crate::util::compact_text)
-    .ctx("identity combinations")
+/// The `combinations` of a night's events read a part at a time (`add`), as those of all of
+/// them (`finish`). Parts cut by event id each hold most of the night's combinations (100M
+/// events in 100 parts: 0.9 of 2.6 million each), so each distinct combination's identifiers
+/// are kept once, as the key of a hash map, and a part's sightings only widen its first and
+/// last: regrouping the parts' frames held the combinations so far, the new ones and their
+/// union at once (100M events: the run's peak, 4 GiB).
+#[derive(Default)]
+pub struct CombinationSet {
+    /// Each combination's identifiers (`encode_identifiers`), to its place in `seen`.
+    index: polars_utils::aliases::PlHashMap<Vec<u8>, u32>,
+    /// First and last sighting (µs) of each combination, in the order first added.
+    seen: Vec<(Option<i64>, Option<i64>)>,
+}
+
+impl CombinationSet {
+    /// Adds the combinations of `events`.
+    pub fn add(&mut self, events: &DataFrame) -> Result<()> {
+        let part = grouped_combinations(events)?;
+        let text = |c: &str| -> Result<&StringChunked> {
+            part.column(c)
+                .ctx("identity combinations")?
+                .str()
+                .ctx("identity combinations")
+        };
+        let times = |c: &str| -> Result<&Int64Chunked> {
+            part.column(c)
+                .ctx("identity combinations")?
+                .i64()
+                .ctx("identity combinations")
+        };
+        let mut identifiers = NODE_COLUMNS
+            .iter()
+            .map(|(_, c)| text(c).map(|ca| ca.iter()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut key = Vec::new();
+        for (first, last) in times(FIRST_SEEN)?.iter().zip(times(LAST_SEEN)?.iter()) {
+            key.clear();
+            for values in &mut identifiers {
+                encode_identifier(values.next().expect("columns of one frame"), &mut key);
+            }
+            let next = u32::try_from(self.seen.len()).expect("fewer than 4 billion combinations");
+            let at = *self.index.entry_ref(key.as_slice()).or_insert(next);
+            if at == next {
+                self.seen.push((first, last));
+            } else {
+                let seen = &mut self.seen[at as usize];
+                seen.0 = earliest(seen.0, first);
+                seen.1 = latest(seen.1, last);
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct combinations added, as `combinations` gives them.
+    pub fn finish(self) -> Result<DataFrame> {
+        let mut keys: Vec<Vec<u8>> = vec![Vec::new(); self.seen.len()];
+        for (key, at) in self.index {
+            keys[at as usize] = key;
+        }
+        let mut fields: Vec<Vec<Option<&str>>> =
+            vec![Vec::with_capacity(keys.len()); NODE_COLUMNS.len()];
+        for key in &keys {
+            let mut rest: &[u8] = key;
+            for values in &mut fields {
+                values.push(decode_identifier(&mut rest));
+            }
+        }
+        let height = keys.len();
+        let columns = NODE_COLUMNS
+            .iter()
+            .zip(fields)
+            .map(|((_, c), values)| Column::new((*c).into(), values))
+            .chain([
+                Column::new(
+                    FIRST_SEEN.into(),
+                    self.seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    LAST_SEEN.into(),
+                    self.seen.iter().map(|s| s.1).collect::<Vec<_>>(),
+                ),
+            ])
+            .collect();
+        DataFrame::new(height, columns).ctx("identity combinations")
+    }
+}
+
+/// The earlier of two sightings, either of which may be missing.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    a.into_iter().chain(b).min()
+}
+
+/// The later of two sightings, either of which may be missing.
+fn latest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    a.into_iter().chain(b).max()
+}
+
+/// Appends an identifier to a combination's key: a byte saying whether it is there, then its
+/// length and bytes, so that no two combinations share a key.
+fn encode_identifier(value: Option<&str>, key: &mut Vec<u8>) {
+    match value {
+        None => key.push(0),
+        Some(value) => {
+            key.push(1);
+            let len = u32::try_from(value.len()).expect("identifiers under 4 GiB");
+            key.extend_from_slice(&len.to_le_bytes());
+            key.extend_from_slice(value.as_bytes());
+        }
+    }
+}
+
+/// The identifier at the start of `key` (`encode_identifier`), which is moved past it.
+fn decode_identifier<'a>(key: &mut &'a [u8]) -> Option<&'a str> {
+    let (present, rest) = key.split_first().expect("an encoded identifier");
+    if *present == 0 {
+        *key = rest;
+        return None;
+    }
+    let (len, rest) = rest.split_at(4);
+    let len = u32::from_le_bytes(len.try_into().expect("four bytes")) as usize;
+    let (value, rest) = rest.split_at(len);
+    *key = rest;
+    Some(std::str::from_utf8(value).expect("encoded from text"))
 }
 
 /// Resolves identities from the identifier `combinations` of a night's events
@@ -1134,6 +1247,46 @@ mod tests {
 
     fn run(rows: &[Row], prev: Option<&IdentityState>) -> Run {
         resolved(rows, prev, &Suppression::default())
+    }
+
+    /// The combinations of events read a part at a time are those of all of them: a
+    /// combination seen in several parts is one, from its first sighting to its last, and
+    /// identifiers that would read the same run together ("ab" + "c", "a" + "bc"), or a blank
+    /// cookie and none, stay apart.
+    #[test]
+    fn combinations_gathered_by_part_are_those_of_all_events() {
+        let rows: &[Row] = &[
+            ("e1", Some("c1"), Some("u1"), None, 5),
+            ("e2", Some("c1"), Some("u1"), None, 2),
+            ("e3", Some("ab"), Some("c"), None, 3),
+            ("e4", Some("a"), Some("bc"), None, 4),
+            ("e5", Some(""), None, Some("l1"), 6),
+            ("e6", None, None, Some("l1"), 7),
+            ("e7", Some("c1"), Some("u1"), None, 9),
+            ("e8", Some("c2"), Some("  "), None, 1),
+            ("e9", Some("c2"), None, None, 8),
+        ];
+        let sorted = |df: DataFrame| {
+            let by: Vec<&str> = NODE_COLUMNS.iter().map(|(_, c)| *c).collect();
+            df.sort(by, SortMultipleOptions::default().with_nulls_last(true))
+                .unwrap()
+        };
+        let whole = sorted(combinations(&events(rows)).unwrap());
+        let mut set = CombinationSet::default();
+        for part in [&rows[..3], &rows[3..7], &rows[7..]] {
+            set.add(&events(part)).unwrap();
+        }
+        let gathered = sorted(set.finish().unwrap());
+        assert_eq!(gathered.height(), 6, "{gathered}");
+        assert!(gathered.equals_missing(&whole), "{gathered}\n{whole}");
+        let c1 = gathered
+            .clone()
+            .lazy()
+            .filter(col(ev::DOMAIN_USERID).eq(lit("c1")))
+            .collect()
+            .unwrap();
+        let seen = |c: &str| c1.column(c).unwrap().i64().unwrap().get(0);
+        assert_eq!((seen(FIRST_SEEN), seen(LAST_SEEN)), (Some(2), Some(9)));
     }
 
     fn customer_of(r: &Run, event_id: &str) -> String {

@@ -1372,39 +1372,22 @@ fn prepare_full(
         // Events too many to hold: identity from each bucket's identifier combinations, then
         // each bucket's events, with their customer, written by bucket of customers.
         ingest::Stored::Disk(written) => {
-            // A bucket of event ids has a third of the night's identifier combinations or more
-            // (100M events in 100 buckets: about 0.9 of 2.6 million), so they are neither held
-            // side by side (100M events: past 20 GiB) nor each combined into the ones so far,
-            // which regrouped those for every bucket: the buckets' wait until they have as many
-            // as the ones combined, and are combined with them then (10M events in 100 buckets:
-            // combining took 4.2 s against 11.2 s, holding 67 MB more).
-            let mut combined: Option<DataFrame> = None;
-            let (mut waiting, mut waiting_rows) = (Vec::new(), 0);
+            // Each bucket of event ids has most of the night's identifier combinations: they
+            // are gathered into one set (`CombinationSet`).
+            let mut combinations = identity::CombinationSet::default();
             let mut laps = crate::util::Laps::start("identity");
             for bucket in 0..written.buckets() {
                 let Some(part) = written.read(bucket)? else {
                     continue;
                 };
                 laps.lap("bucket read");
-                let part = identity::combinations(&part)?;
-                waiting_rows += part.height();
-                waiting.push(part);
-                if waiting_rows >= combined.as_ref().map_or(0, DataFrame::height) {
-                    combined = Some(identity::combine_combinations(
-                        combined.into_iter().chain(waiting.drain(..)).collect(),
-                    )?);
-                    waiting_rows = 0;
-                }
+                combinations.add(&part)?;
+                drop(part);
                 crate::util::release_freed_memory();
                 laps.lap("combined");
             }
-            // The last buckets' combinations, if any wait (else those combined are final).
-            let combinations = match combined {
-                Some(combined) if waiting.is_empty() => combined,
-                combined => {
-                    identity::combine_combinations(combined.into_iter().chain(waiting).collect())?
-                }
-            };
+            let combinations = combinations.finish()?;
+            laps.lap("combinations");
             let mut resolved = identity::resolve_combinations(
                 combinations,
                 previous.as_ref(),
