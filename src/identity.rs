@@ -155,6 +155,8 @@ pub struct IdentityState {
 impl IdentityState {
     const NODES: &'static str = "identity_nodes.parquet";
     const EDGES: &'static str = "identity_edges.parquet";
+    /// The files `write` writes into a directory.
+    pub const FILES: [&'static str; 2] = [Self::NODES, Self::EDGES];
 
     /// Loads the state from `dir`, or None on a first run.
     pub fn load(dir: &Path) -> Result<Option<IdentityState>> {

@@ -63,14 +63,119 @@ struct Night {
     as_of: NaiveDate,
     first_day: NaiveDate,
     customers: DataFrame,
-    identity: DataFrame,
-    changes: DataFrame,
-    shared: DataFrame,
+    identity: IdentityFrames,
     quarantine: DataFrame,
     counts: IngestCounts,
     suppressed_customers: usize,
     suppressed_events: usize,
-    identity_state: identity::IdentityState,
+}
+
+/// What a night keeps of identity's `Resolved`: the customers, the frames it publishes and
+/// keeps, and what suppression removed.
+struct NightIdentity {
+    customers: DataFrame,
+    frames: IdentityFrames,
+    suppressed_customers: usize,
+    suppressed_events: usize,
+}
+
+impl From<identity::Resolved> for NightIdentity {
+    fn from(resolved: identity::Resolved) -> NightIdentity {
+        NightIdentity {
+            customers: resolved.customers,
+            frames: IdentityFrames::Held {
+                frames: Box::new([resolved.identity, resolved.changes, resolved.shared]),
+                state: Box::new(resolved.state),
+            },
+            suppressed_customers: resolved.suppressed_customers,
+            suppressed_events: resolved.suppressed_events,
+        }
+    }
+}
+
+/// The identity frames a night publishes and keeps (`IDENTITY_FRAMES`) and the identity state
+/// for the next night: held, or written into a scratch directory as soon as identity ends, for
+/// a night whose events were written aside, so that the sessions and the later stages do not
+/// hold them (100M events: about 900 MB, nearly a bucket of events).
+#[derive(Clone)]
+enum IdentityFrames {
+    Held {
+        frames: Box<[DataFrame; 3]>,
+        state: Box<identity::IdentityState>,
+    },
+    /// The frames as they are published, and the state as `IdentityState::write` writes it;
+    /// the frames' rows.
+    Written {
+        dir: std::sync::Arc<tempfile::TempDir>,
+        rows: [usize; 3],
+    },
+}
+
+const IDENTITY_FRAMES: [&str; 3] = ["identity", "identity_changes", "identity_shared"];
+
+impl IdentityFrames {
+    /// These frames, written into a scratch directory under `within`.
+    fn write_aside(self, within: &std::path::Path) -> Result<IdentityFrames> {
+        let IdentityFrames::Held { frames, state } = self else {
+            return Ok(self);
+        };
+        let dir = NightEvents::scratch(within)?;
+        for (name, df) in IDENTITY_FRAMES.iter().zip(frames.iter()) {
+            write_parquet(df, &dir.path().join(format!("{name}.parquet")))?;
+        }
+        state.write(dir.path())?;
+        Ok(IdentityFrames::Written {
+            dir: std::sync::Arc::new(dir),
+            rows: frames.each_ref().map(DataFrame::height),
+        })
+    }
+
+    /// The rows of each of `IDENTITY_FRAMES`.
+    fn rows(&self) -> [usize; 3] {
+        match self {
+            IdentityFrames::Held { frames, .. } => frames.each_ref().map(DataFrame::height),
+            IdentityFrames::Written { rows, .. } => *rows,
+        }
+    }
+
+    /// Writes (or links) the frames into `dir`, as they are published.
+    fn publish(&self, dir: &std::path::Path) -> Result<()> {
+        for (i, name) in IDENTITY_FRAMES.iter().enumerate() {
+            let to = dir.join(format!("{name}.parquet"));
+            match self {
+                IdentityFrames::Held { frames, .. } => write_parquet(&frames[i], &to)?,
+                IdentityFrames::Written { dir, .. } => {
+                    link_or_copy(&dir.path().join(format!("{name}.parquet")), &to)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes (or links) the state into the state directory `dir`, and the frames into its
+    /// `stage`.
+    fn keep(&self, dir: &std::path::Path) -> Result<()> {
+        let stage = dir.join(STAGE_DIR);
+        match self {
+            IdentityFrames::Held { frames, state } => {
+                state.write(dir)?;
+                for (name, df) in IDENTITY_FRAMES.iter().zip(frames.iter()) {
+                    write_stage_frame(&stage, name, df)?;
+                }
+            }
+            IdentityFrames::Written { dir: written, .. } => {
+                for file in identity::IdentityState::FILES {
+                    link_or_copy(&written.path().join(file), &dir.join(file))?;
+                }
+                std::fs::create_dir_all(&stage).ctx(format!("creating {}", stage.display()))?;
+                for name in IDENTITY_FRAMES {
+                    let file = format!("{name}.parquet");
+                    link_or_copy(&written.path().join(&file), &stage.join(&file))?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the stages up to sessions produce: the night, and the events and sessions of the
@@ -793,13 +898,8 @@ struct NightCounts {
 
 const STAGE_DIR: &str = "stage";
 const COUNTS_FILE: &str = "counts.json";
-const NIGHT_FRAMES: [&str; 5] = [
-    "customers",
-    "identity",
-    "identity_changes",
-    "identity_shared",
-    "quarantine",
-];
+/// The night's stage frames besides `IDENTITY_FRAMES`.
+const NIGHT_FRAMES: [&str; 2] = ["customers", "quarantine"];
 
 /// Writes a kept stage frame. It is written every night and read back whole, if at all, only
 /// by `--from-stage features`: no compression and no statistics, which cost a third of the
@@ -843,7 +943,7 @@ impl Night {
     fn of(
         as_of: NaiveDate,
         first_day: NaiveDate,
-        resolved: identity::Resolved,
+        resolved: NightIdentity,
         quarantine: DataFrame,
         counts: IngestCounts,
     ) -> Night {
@@ -851,25 +951,12 @@ impl Night {
             as_of,
             first_day,
             customers: resolved.customers,
-            identity: resolved.identity,
-            changes: resolved.changes,
-            shared: resolved.shared,
+            identity: resolved.frames,
             quarantine,
             counts,
             suppressed_customers: resolved.suppressed_customers,
             suppressed_events: resolved.suppressed_events,
-            identity_state: resolved.state,
         }
-    }
-
-    fn frames(&self) -> [&DataFrame; 5] {
-        [
-            &self.customers,
-            &self.identity,
-            &self.changes,
-            &self.shared,
-            &self.quarantine,
-        ]
     }
 
     fn counts(&self, shards: Option<usize>) -> NightCounts {
@@ -886,9 +973,9 @@ impl Night {
     /// Writes the identity state and the night's stage outputs into a state directory;
     /// `shards`: the night ran in this many shards, which keep its events.
     fn write(&self, dir: &std::path::Path, shards: Option<usize>) -> Result<()> {
-        self.identity_state.write(dir)?;
+        self.identity.keep(dir)?;
         let stage = dir.join(STAGE_DIR);
-        for (name, df) in NIGHT_FRAMES.iter().zip(self.frames()) {
+        for (name, df) in NIGHT_FRAMES.iter().zip([&self.customers, &self.quarantine]) {
             write_stage_frame(&stage, name, df)?;
         }
         std::fs::write(
@@ -912,15 +999,21 @@ impl Night {
                 as_of: counts.as_of,
                 first_day: counts.first_day,
                 customers: read("customers")?,
-                identity: read("identity")?,
-                changes: read("identity_changes")?,
-                shared: read("identity_shared")?,
+                identity: IdentityFrames::Held {
+                    frames: Box::new([
+                        read("identity")?,
+                        read("identity_changes")?,
+                        read("identity_shared")?,
+                    ]),
+                    state: Box::new(
+                        identity::IdentityState::load(dir)?
+                            .ok_or_else(|| nothing_kept(dir, night))?,
+                    ),
+                },
                 quarantine: read("quarantine")?,
                 counts: counts.counts,
                 suppressed_customers: counts.suppressed_customers,
                 suppressed_events: counts.suppressed_events,
-                identity_state: identity::IdentityState::load(dir)?
-                    .ok_or_else(|| nothing_kept(dir, night))?,
             },
             counts.shards,
         ))
@@ -1338,11 +1431,12 @@ fn prepare_full(
     };
     // Sessions and history a bucket of customers at a time; the events are written to disk as
     // they go.
-    let scratch = NightEvents::scratch(&match shard {
+    let scratch_root = &match shard {
         Some(shard) => shard.dir(state, as_of),
         None => state.root().to_path_buf(),
-    })?;
-    let (resolved, first_day, bucketed) = match events {
+    };
+    let scratch = NightEvents::scratch(scratch_root)?;
+    let (resolved, first_day, bucketed): (NightIdentity, _, _) = match events {
         ingest::Stored::Memory(raw) => {
             let (resolved, resolved_events) = identity::resolve(
                 &raw,
@@ -1367,7 +1461,7 @@ fn prepare_full(
             let buckets = crate::buckets::buckets_for(events.height(), job.events_per_bucket);
             info!(buckets, "sessions and history");
             let bucketed = crate::buckets::sessions_and_history(events, buckets, job, scratch)?;
-            (resolved, first_day, bucketed)
+            (resolved.into(), first_day, bucketed)
         }
         // Events too many to hold: identity from each bucket's identifier combinations, then
         // each bucket's events, with their customer, written by bucket of customers.
@@ -1404,7 +1498,12 @@ fn prepare_full(
             )?;
             let mut by_customer =
                 crate::buckets::BucketFiles::create(Some(scratch.path()), buckets.count())?;
-            let customers = identity::Customers::of(&resolved.keys)?;
+            let keys = std::mem::take(&mut resolved.keys);
+            let customers = identity::Customers::of(&keys)?;
+            // What the night publishes and keeps of identity is written now: the buckets and
+            // the stages after them need only the customers.
+            let mut resolved = NightIdentity::from(resolved);
+            resolved.frames = resolved.frames.write_aside(scratch_root)?;
             let (mut first_day, mut events) = (None, 0);
             let mut written = written;
             for bucket in 0..written.buckets() {
@@ -1430,6 +1529,7 @@ fn prepare_full(
                 laps.lap("written by customer");
             }
             drop((written, customers));
+            drop(keys);
             let first_day =
                 first_day.ok_or(crate::error::InputError::AllSuppressed { used: counts.used })?;
             timer.lap("identity");
@@ -1718,7 +1818,13 @@ fn prepare_incremental(
         },
     }));
     let prep = Prepared {
-        night: Night::of(ingested.as_of, first_day, resolved, quarantine, counts),
+        night: Night::of(
+            ingested.as_of,
+            first_day,
+            resolved.into(),
+            quarantine,
+            counts,
+        ),
         sessions,
         fingerprint: history.fingerprint()?,
         history: crate::history::Stored::Held(Box::new(history)),
@@ -3190,9 +3296,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         ("scores", &scores),
         ("features", &scoring),
         ("validation", &validation_scores),
-        ("identity", &night.identity),
-        ("identity_changes", &night.changes),
-        ("identity_shared", &night.shared),
         ("quarantine", &night.quarantine),
     ] {
         // An empty quarantine is no file: nothing was quarantined.
@@ -3204,6 +3307,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             write_parquet(&df, &staging.path(&format!("{name}.parquet")))?;
         }
     }
+    night.identity.publish(&staging.dir)?;
     let model_dir = staging.path("model");
     std::fs::create_dir_all(&model_dir).ctx("creating model/")?;
     std::fs::write(
@@ -3213,13 +3317,14 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     .ctx("writing model/model.json")?;
     let mut rows = BTreeMap::new();
     rows.insert("events", part.events);
-    rows.insert("identifiers", night.identity.height());
+    let [identifiers, merges, shared] = night.identity.rows();
+    rows.insert("identifiers", identifiers);
     rows.insert("customers", night.customers.height());
     rows.insert("sessions", part.sessions.rows());
     rows.insert("snapshot_rows", snapshots.rows());
     rows.insert("scored", scores.height());
-    rows.insert("identity_merges", night.changes.height());
-    rows.insert("identity_shared_identifiers", night.shared.height());
+    rows.insert("identity_merges", merges);
+    rows.insert("identity_shared_identifiers", shared);
     rows.insert("suppressed_customers", night.suppressed_customers);
     rows.insert("suppressed_events", night.suppressed_events);
     timer.lap("publish");
