@@ -1339,12 +1339,15 @@ pub fn ingest_from(
             1,
         )?),
     };
+    let mut bucket_laps = crate::util::Laps::start("ingest bucket");
     for bucket in 0..rows.buckets() {
         let Some(part) = rows.take(bucket, false)? else {
             decided.push(None);
             continue;
         };
+        bucket_laps.lap("read");
         let all = capped(part, &sessions, quality, &rules, &unreadable)?;
+        bucket_laps.lap("capped");
         match decide(all, &rules, previous, rows.holds())? {
             Ok(mut d) => {
                 if let Some(keys) = &mut keys_written {
@@ -1354,6 +1357,7 @@ pub fn ingest_from(
                 if !rows.holds() {
                     crate::util::release_freed_memory();
                 }
+                bucket_laps.lap("decided");
             }
             Err(why) => return Ok(Err(why)),
         }
@@ -1552,6 +1556,7 @@ pub fn ingest_from(
         },
     };
     let mut deferred_now = Vec::new();
+    let mut bucket_laps = crate::util::Laps::start("ingest bucket");
     for (bucket, d) in decided.into_iter().enumerate() {
         let Some(d) = d else { continue };
         let all = match d.all {
@@ -1564,6 +1569,7 @@ pub fn ingest_from(
                 &unreadable,
             )?,
         };
+        bucket_laps.lap("read and capped again");
         let dropped = Series::from_iter(
             [&d.copies, &d.kept_before, &order_dropped]
                 .into_iter()
@@ -1605,6 +1611,7 @@ pub fn ingest_from(
         if !rows.holds() {
             crate::util::release_freed_memory();
         }
+        bucket_laps.lap("filtered");
     }
     drop(rows);
     laps.lap("events filtered");
@@ -1927,9 +1934,12 @@ fn read_rows(
     let mut sessions = Vec::with_capacity(COMBINE_EVERY + 1);
     let mut read = 0;
     let mut rows = first;
+    let mut laps = crate::util::Laps::start("ingest files");
     for next in groups[1..].iter().map(Some).chain([None]) {
+        laps.lap("group read");
         sessions.push(session_times(&rows)?.lazy());
         read += rows.height();
+        laps.lap("session times");
         // Every copy of an event in one bucket; a row without an id in the first (the
         // quarantine takes it).
         let ids = rows
@@ -1944,9 +1954,11 @@ fn read_rows(
         )?;
         drop(rows);
         crate::util::release_freed_memory();
+        laps.lap("written aside");
         // Combined once the group's rows are gone, before the next group is read.
         if sessions.len() > COMBINE_EVERY {
             sessions = vec![combined(std::mem::take(&mut sessions))?.lazy()];
+            laps.lap("sessions combined");
         }
         let Some(&files) = next else { break };
         rows = group(files)?;
