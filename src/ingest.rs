@@ -1328,6 +1328,8 @@ pub fn ingest_from(
     .collect()
     .ctx("session starts")?;
     laps.lap("sessions table");
+    let starts = Starts::of(&sessions, &rows)?;
+    laps.lap("session starts");
     // Each bucket's rows decided on their own (every copy of an event is in its bucket); the
     // orders, which a session can repeat across buckets, are decided on all of them after.
     let mut decided = Vec::with_capacity(rows.buckets());
@@ -1346,7 +1348,7 @@ pub fn ingest_from(
             continue;
         };
         bucket_laps.lap("read");
-        let all = capped(part, &sessions, quality, &rules, &unreadable)?;
+        let all = capped(part, &starts, quality, &rules, &unreadable)?;
         bucket_laps.lap("capped");
         match decide(all, &rules, previous, rows.holds())? {
             Ok(mut d) => {
@@ -1563,7 +1565,7 @@ pub fn ingest_from(
             Some(all) => all,
             None => capped(
                 rows.take(bucket, true)?.expect("a bucket decided has rows"),
-                &sessions,
+                &starts,
                 quality,
                 &rules,
                 &unreadable,
@@ -1613,7 +1615,7 @@ pub fn ingest_from(
         }
         bucket_laps.lap("filtered");
     }
-    drop(rows);
+    drop((rows, starts));
     laps.lap("events filtered");
     // Ingest's state (deferred events, keys) stays text.
     let mut deferred = crate::util::text(
@@ -1855,6 +1857,71 @@ fn session_times(rows: &DataFrame) -> Result<DataFrame> {
         .unwrap_single())
 }
 
+/// Each tracker session's first and last usable collector time (`session_times`), from groups
+/// of rows read one after another (`add`): a session spans groups. The times are kept in a
+/// hash map updated in place. Regrouping the groups' tables every eight groups held the table
+/// so far, the new one and polars' groups at once: at 100M events (14 million sessions, a
+/// 450 MB table) each regrouping near the end took 2.6 GB, ingest's peak.
+#[derive(Default)]
+struct SessionTimes(polars_utils::aliases::PlHashMap<[u64; 2], [i64; 2]>);
+
+impl SessionTimes {
+    /// Adds the sessions of `rows`.
+    fn add(&mut self, rows: &DataFrame) -> Result<()> {
+        let part = session_times(rows)?;
+        let key = |c: &str| -> Result<&UInt64Chunked> {
+            part.column(c)
+                .ctx("session starts")?
+                .u64()
+                .ctx("session starts")
+        };
+        let time = |c: &str| -> Result<&Int64Chunked> {
+            part.column(c)
+                .ctx("session starts")?
+                .i64()
+                .ctx("session starts")
+        };
+        let keys = key(SESSION_KEY[0])?.iter().zip(key(SESSION_KEY[1])?.iter());
+        let times = time(START)?.iter().zip(time(LAST)?.iter());
+        for ((hi, lo), (start, last)) in keys.zip(times) {
+            // `session_times` keeps rows with a session id only, so every key is there.
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                continue;
+            };
+            // A missing time is never the earliest or the latest.
+            let (start, last) = (start.unwrap_or(i64::MAX), last.unwrap_or(i64::MIN));
+            self.0
+                .entry([hi, lo])
+                .and_modify(|t| *t = [t[0].min(start), t[1].max(last)])
+                .or_insert([start, last]);
+        }
+        Ok(())
+    }
+
+    /// The sessions added, as `session_times` gives them (in no order).
+    fn finish(self) -> Result<DataFrame> {
+        let height = self.0.len();
+        let (mut hi, mut lo) = (Vec::with_capacity(height), Vec::with_capacity(height));
+        let (mut start, mut last) = (Vec::with_capacity(height), Vec::with_capacity(height));
+        for ([h, l], [s, t]) in self.0 {
+            hi.push(h);
+            lo.push(l);
+            start.push((s != i64::MAX).then_some(s));
+            last.push((t != i64::MIN).then_some(t));
+        }
+        DataFrame::new(
+            height,
+            vec![
+                Column::new(SESSION_KEY[0].into(), hi),
+                Column::new(SESSION_KEY[1].into(), lo),
+                Column::new(START.into(), start),
+                Column::new(LAST.into(), last),
+            ],
+        )
+        .ctx("session starts")
+    }
+}
+
 /// Reads `frames` (one a file of `paths`): in one go when the rows fit in `memory`, else a
 /// group of files at a time, each group's rows written into buckets of event ids. Gives the
 /// rows, each tracker session's first and last usable collector time, and the rows read.
@@ -1919,25 +1986,13 @@ fn read_rows(
         "rows written aside in buckets of event ids: they take more memory than ingest may hold"
     );
     let mut writers = crate::buckets::BucketFiles::create(memory.scratch.as_deref(), buckets)?;
-    // A tracker session's times from the groups of files read so far, combined every few
-    // groups: a session spans groups, and the groups' own times side by side took more than
-    // the night's (100M: about 14 million sessions).
-    let combined = |parts: Vec<LazyFrame>| -> Result<DataFrame> {
-        concat(parts, UnionArgs::default())
-            .ctx("session starts")?
-            .group_by(session_key())
-            .agg([col(START).min(), col(LAST).max()])
-            .collect()
-            .ctx("session starts")
-    };
-    const COMBINE_EVERY: usize = 8;
-    let mut sessions = Vec::with_capacity(COMBINE_EVERY + 1);
+    let mut sessions = SessionTimes::default();
     let mut read = 0;
     let mut rows = first;
     let mut laps = crate::util::Laps::start("ingest files");
     for next in groups[1..].iter().map(Some).chain([None]) {
         laps.lap("group read");
-        sessions.push(session_times(&rows)?.lazy());
+        sessions.add(&rows)?;
         read += rows.height();
         laps.lap("session times");
         // Every copy of an event in one bucket; a row without an id in the first (the
@@ -1955,56 +2010,102 @@ fn read_rows(
         drop(rows);
         crate::util::release_freed_memory();
         laps.lap("written aside");
-        // Combined once the group's rows are gone, before the next group is read.
-        if sessions.len() > COMBINE_EVERY {
-            sessions = vec![combined(std::mem::take(&mut sessions))?.lazy()];
-            laps.lap("sessions combined");
-        }
         let Some(&files) = next else { break };
         rows = group(files)?;
     }
-    let sessions = combined(sessions)?;
-    Ok((Rows::Spilled(writers.finish()?), sessions, read))
+    Ok((Rows::Spilled(writers.finish()?), sessions.finish()?, read))
+}
+
+/// Where a bucket's rows find their tracker sessions' starts.
+enum Starts<'a> {
+    /// By joining them with the night's sessions: rows held, one bucket.
+    Joined(&'a DataFrame),
+    /// By looking each row's session up: rows written aside in buckets. Joining each bucket's
+    /// rows with the night's sessions read every session for each bucket, twice (100M events:
+    /// 14 million sessions, 100 buckets; 230 s of the run, and 2.9 GB at the step's peak).
+    Looked(polars_utils::aliases::PlHashMap<[u64; 2], i64>),
+}
+
+impl<'a> Starts<'a> {
+    /// Looks the sessions' starts up in `sessions` when `rows` are written aside.
+    fn of(sessions: &'a DataFrame, rows: &Rows) -> Result<Starts<'a>> {
+        if rows.holds() {
+            return Ok(Starts::Joined(sessions));
+        }
+        let column = |c: &str| sessions.column(c).ctx("session starts");
+        let (hi, lo) = (column(SESSION_KEY[0])?.u64(), column(SESSION_KEY[1])?.u64());
+        let (hi, lo) = (hi.ctx("session keys")?, lo.ctx("session keys")?);
+        let start = column(START)?.i64().ctx("session starts")?;
+        let mut starts = polars_utils::aliases::PlHashMap::default();
+        starts.reserve(sessions.height());
+        for ((hi, lo), start) in hi.iter().zip(lo.iter()).zip(start.iter()) {
+            if let (Some(hi), Some(lo), Some(start)) = (hi, lo, start) {
+                starts.insert([hi, lo], start);
+            }
+        }
+        Ok(Starts::Looked(starts))
+    }
+
+    /// The start of each row's session (null without one).
+    fn of_rows(&self, rows: &DataFrame) -> Result<Column> {
+        let sessions = match self {
+            Starts::Looked(starts) => {
+                let ids = rows
+                    .column(ev::DOMAIN_SESSIONID)
+                    .ctx("session ids")?
+                    .str()
+                    .ctx("session ids")?;
+                let of = |id: &str| {
+                    let hash = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+                    starts.get(&[(hash >> 64) as u64, hash as u64]).copied()
+                };
+                let starts: Int64Chunked = ids.iter().map(|id| id.and_then(of)).collect();
+                return Ok(starts.with_name(START.into()).into_column());
+            }
+            Starts::Joined(sessions) => *sessions,
+        };
+        // The night's sessions are first cut to the rows' own: a join builds its table from
+        // its right side, which would otherwise be every session of the night.
+        let ids = with_session_key(rows.select([ev::DOMAIN_SESSIONID]).ctx("session starts")?)?
+            .select(SESSION_KEY)
+            .ctx("session keys")?;
+        let own = sessions
+            .clone()
+            .lazy()
+            .select([col(SESSION_KEY[0]), col(SESSION_KEY[1]), col(START)])
+            .join(
+                ids.clone().lazy(),
+                session_key(),
+                session_key(),
+                JoinArgs::new(JoinType::Semi),
+            );
+        let starts = ids
+            .lazy()
+            .join(
+                own,
+                session_key(),
+                session_key(),
+                crate::util::left_join_ordered(),
+            )
+            .select([col(START)])
+            .collect()
+            .ctx("session starts")?;
+        Ok(starts.column(START).ctx("session starts")?.clone())
+    }
 }
 
 /// `rows` with each row's session start and the session cap (`long_sessions`) applied.
 fn capped(
     rows: DataFrame,
-    sessions: &DataFrame,
+    starts: &Starts,
     quality: &Quality,
     rules: &[(Expr, Expr)],
     unreadable: &dyn Fn(PolarsError) -> crate::error::Error,
 ) -> Result<DataFrame> {
     // Each row's session start, worked out on the session ids alone and added to the rows
-    // (which a join would copy). The night's sessions are first cut to the rows' own: a join
-    // builds its table from its right side, and a bucket's rows would otherwise build one of
-    // every session of the night (14 million at 100M events) for each bucket.
-    let ids = with_session_key(rows.select([ev::DOMAIN_SESSIONID]).ctx("session starts")?)?
-        .select(SESSION_KEY)
-        .ctx("session keys")?;
-    let own = sessions
-        .clone()
-        .lazy()
-        .select([col(SESSION_KEY[0]), col(SESSION_KEY[1]), col(START)])
-        .join(
-            ids.clone().lazy(),
-            session_key(),
-            session_key(),
-            JoinArgs::new(JoinType::Semi),
-        );
-    let starts = ids
-        .lazy()
-        .join(
-            own,
-            session_key(),
-            session_key(),
-            crate::util::left_join_ordered(),
-        )
-        .select([col(START)])
-        .collect()
-        .ctx("session starts")?;
+    // (which a join would copy).
     let mut rows = rows;
-    rows.with_column(starts.column(START).ctx("session starts")?.clone())
+    rows.with_column(starts.of_rows(&rows)?)
         .ctx("session starts")?;
     rows.lazy()
         .with_column(long_sessions(quality, rules).alias(REASON_CODE))
@@ -2249,6 +2350,38 @@ mod tests {
         assert!(!same_hash(&two, id_hash).any());
         // Ids that only share a hash are candidates, not copies.
         assert!(same_hash(&two, |_| 7).all());
+    }
+
+    /// The times of sessions read a group of rows at a time are those of all the rows: a
+    /// session in two groups runs from its first usable row in either to its last, and rows
+    /// without a session id or quarantined count for none.
+    #[test]
+    fn session_times_gathered_by_group_are_those_of_all_rows() {
+        let rows = df!(
+            ev::DOMAIN_SESSIONID => [Some("s1"), Some("s2"), Some("s1"), None, Some("s3"), Some("s1"), Some("s2")],
+            ev::COLLECTOR_TSTAMP => [5i64, 7, 2, 1, 4, 9, 3],
+            REASON_CODE => [None, None, None, None, Some(1u32), None, Some(2u32)],
+        )
+        .unwrap();
+        let sorted = |df: DataFrame| df.sort(SESSION_KEY, Default::default()).unwrap();
+        let whole = sorted(session_times(&rows).unwrap());
+        let mut gathered = SessionTimes::default();
+        for (offset, len) in [(0, 2), (2, 3), (5, 2)] {
+            gathered.add(&rows.slice(offset, len)).unwrap();
+        }
+        let gathered = sorted(gathered.finish().unwrap());
+        assert_eq!(gathered.height(), 2, "{gathered}");
+        assert!(gathered.equals_missing(&whole), "{gathered}\n{whole}");
+        let times: Vec<_> = gathered
+            .column(START)
+            .unwrap()
+            .i64()
+            .unwrap()
+            .iter()
+            .collect();
+        let mut times = times;
+        times.sort();
+        assert_eq!(times, [Some(2), Some(7)]);
     }
 
     #[test]
