@@ -691,6 +691,35 @@ def main() -> None:
   GB resident. The 3 GiB line needs those structures smaller, not the allocator: combinations
   combined on a hash of their identifiers with each one's text kept once, the tracker
   sessions' times in a table that is not regrouped, the graph's nodes as integers.
+- Session 28 (the same kind of machine, slower this session: the 10M job took 63.5 s by hand
+  against 50.5 s in session 27's harness): the 100M line is this session's harness run on
+  fb91392, with debug logging and a CI run at the lowest priority beside it; the 10M lines are
+  session 27's (nothing this session changed runs in a 10M night held in memory). Four
+  changes to a night written aside, each from the 100M run's per-step memory (debug log):
+  (1) Identity gathers the buckets' identifier combinations into one hash map, each distinct
+  combination's identifiers kept once as its key, a bucket only widening first and last
+  sighting (`identity::CombinationSet`); regrouping the buckets' frames held the combinations
+  so far, the waiting ones and their union at once, the run's peak (4,052 MiB). At 100M the
+  combining now stays under 600 MiB resident (a678841). (2) Identity's published frames and
+  state (about 900 MB at 100M by polars' estimate) are written to a scratch directory as
+  soon as the customers are known and linked into the output and the state
+  (`pipeline::IdentityFrames`): the identity bucket loop went from 2.3-2.7 GB resident to
+  1.2-1.5 GB, the sessions stage from 3.5-3.9 GB to 2.3-2.6 GB (e53427b). (3) The memory a
+  bucket freed is collected on every thread of polars' and rayon's pools, not only the
+  calling one: forced 10M spill 1,076 MB against 1,115 MB, 145.1 s against 146.5 s (6ff25ac).
+  The harness's 100M run on 6ff25ac: 1,791.7 s, peak 3,410 MiB, now in ingest: regrouping the
+  14 million tracker sessions' times every eight groups of files took 2.6 GB for a 450 MB
+  table, and each bucket's join with all of them (twice a bucket) 230 s and 2.9 GB. (4) Ingest
+  keeps the sessions' times in a hash map updated group by group (`ingest::SessionTimes`), and
+  a bucket looks its rows' session starts up in a map of the night's sessions
+  (`ingest::Starts`): forced 10M spill 135.6 s against 143.7 s, outputs and state identical;
+  at 100M ingest's peak fell from 3,410 to 2,745 MiB and its time from 971 s to 894 s
+  (capped rows 98 s to 37 s in the first pass) (fb91392). The run's peak is now identity's
+  graph (resolving the 2.6 million combinations on text node names): 3,385 MiB, in 1,887.5 s
+  (the CI run beside it, compiling, slowed the later stages: sessions 209 s against 153 s on
+  6ff25ac). Resolving the graph on integer node ids, the names text only in the state and the
+  published frames, is what is left between this run and the 3 GiB line: every other step
+  stays under 2.8 GB.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
