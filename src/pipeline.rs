@@ -96,7 +96,7 @@ impl From<identity::Resolved> for NightIdentity {
 /// The identity frames a night publishes and keeps (`IDENTITY_FRAMES`) and the identity state
 /// for the next night: held, or written into a scratch directory as soon as identity ends, for
 /// a night whose events were written aside, so that the sessions and the later stages do not
-/// hold them (100M events: about 900 MB, nearly a bucket of events).
+/// hold them (100M events: about 900 MB by polars' estimate).
 #[derive(Clone)]
 enum IdentityFrames {
     Held {
