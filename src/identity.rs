@@ -428,7 +428,8 @@ fn grouped_combinations(events: &DataFrame) -> Result<DataFrame> {
 /// union at once (100M events: the run's peak, 4 GiB).
 #[derive(Default)]
 pub struct CombinationSet {
-    /// Each combination's identifiers (`encode_identifiers`), to its place in `seen`.
+    /// Each combination's identifiers (`encode_identifier`, in `NODE_COLUMNS` order), to its
+    /// place in `seen`.
     index: polars_utils::aliases::PlHashMap<Vec<u8>, u32>,
     /// First and last sighting (µs) of each combination, in the order first added.
     seen: Vec<(Option<i64>, Option<i64>)>,

@@ -846,6 +846,12 @@ fn session_key() -> [Expr; 2] {
     SESSION_KEY.map(col)
 }
 
+/// The `SESSION_KEY` of a `domain_sessionid`: the high and low halves of its XXH3-128 hash.
+fn session_key_of(id: &str) -> [u64; 2] {
+    let hash = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+    [(hash >> 64) as u64, hash as u64]
+}
+
 /// `df` with the `SESSION_KEY` of its `domain_sessionid` (null where it is null).
 fn with_session_key(mut df: DataFrame) -> Result<DataFrame> {
     let ids = df
@@ -853,20 +859,16 @@ fn with_session_key(mut df: DataFrame) -> Result<DataFrame> {
         .ctx("session ids")?
         .str()
         .ctx("session ids")?;
-    let hashes: Vec<Option<u128>> = ids
-        .iter()
-        .map(|id| id.map(|id| xxhash_rust::xxh3::xxh3_128(id.as_bytes())))
-        .collect();
-    let half = |name: &str, shift: u32| -> Column {
-        hashes
-            .iter()
-            .map(|h| h.map(|h| (h >> shift) as u64))
+    let keys: Vec<Option<[u64; 2]>> = ids.iter().map(|id| id.map(session_key_of)).collect();
+    let half = |name: &str, i: usize| -> Column {
+        keys.iter()
+            .map(|k| k.map(|k| k[i]))
             .collect::<UInt64Chunked>()
             .with_name(name.into())
             .into_column()
     };
-    let hi = half(SESSION_KEY[0], 64);
-    let lo = half(SESSION_KEY[1], 0);
+    let hi = half(SESSION_KEY[0], 0);
+    let lo = half(SESSION_KEY[1], 1);
     df.with_column(hi).ctx("session keys")?;
     df.with_column(lo).ctx("session keys")?;
     Ok(df)
@@ -2055,10 +2057,7 @@ impl<'a> Starts<'a> {
                     .ctx("session ids")?
                     .str()
                     .ctx("session ids")?;
-                let of = |id: &str| {
-                    let hash = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
-                    starts.get(&[(hash >> 64) as u64, hash as u64]).copied()
-                };
+                let of = |id: &str| starts.get(&session_key_of(id)).copied();
                 let starts: Int64Chunked = ids.iter().map(|id| id.and_then(of)).collect();
                 return Ok(starts.with_name(START.into()).into_column());
             }
