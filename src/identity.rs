@@ -1418,6 +1418,75 @@ mod tests {
         assert_eq!(day3.changes.height(), 0);
     }
 
+    /// Each identity key (an event's first identifier, as it was written) names its customer,
+    /// whichever combination it was first seen in: a cookie first seen behind a user id, then
+    /// alone, is a key. An e-mail typed as a user id and in the e-mail column is one node,
+    /// linked to nothing by itself.
+    #[test]
+    fn every_identity_key_of_the_combinations_names_its_customer() {
+        fn text(values: [Option<&str>; 3]) -> Vec<Option<&str>> {
+            values.to_vec()
+        }
+        let none = || vec![None::<&str>; 3];
+        let combinations = DataFrame::new(
+            3,
+            vec![
+                Column::new(
+                    ev::USER_ID.into(),
+                    text([Some(" Bob "), Some("ann@example.com "), None]),
+                ),
+                Column::new(
+                    ev::EMAIL.into(),
+                    text([None, Some("Ann@Example.com"), None]),
+                ),
+                Column::new(ev::LOYALTY_ID.into(), none()),
+                Column::new(ev::CLIENT_USERID.into(), none()),
+                Column::new(
+                    ev::DOMAIN_USERID.into(),
+                    text([Some("c1"), None, Some("c1")]),
+                ),
+                Column::new(ev::NETWORK_USERID.into(), none()),
+                Column::new(FIRST_SEEN.into(), vec![10i64, 20, 30]),
+                Column::new(LAST_SEEN.into(), vec![10i64, 20, 30]),
+            ],
+        )
+        .unwrap();
+        let r = resolve_combinations(combinations, None, &default_limits(), &Default::default())
+            .unwrap();
+        let nodes = mapping(&r);
+        let ann = format!("email_sha256:{}", sha256_hex("ann@example.com"));
+        assert_eq!(
+            nodes.keys().cloned().collect::<Vec<_>>(),
+            ["domain_userid:c1".into(), ann.clone(), "user_id:Bob".into()],
+        );
+        assert_eq!(r.state.edges.height(), 1, "{}", r.state.edges);
+        let keys = r
+            .keys
+            .sort([KEY_KIND, KEY_VALUE], Default::default())
+            .unwrap();
+        let kinds: Vec<u32> = keys
+            .column(KEY_KIND)
+            .unwrap()
+            .u32()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        assert_eq!(kinds, [0, 0, 4]);
+        assert_eq!(
+            strings(&keys, KEY_VALUE).unwrap(),
+            [
+                Some(" Bob ".into()),
+                Some("ann@example.com ".into()),
+                Some("c1".into())
+            ]
+        );
+        let customers = strings(&keys, ev::CUSTOMER_ID).unwrap();
+        assert_eq!(customers[0].as_ref(), nodes.get("user_id:Bob"));
+        assert_eq!(customers[1].as_ref(), nodes.get(&ann));
+        assert_eq!(customers[2].as_ref(), nodes.get("user_id:Bob"));
+        assert_ne!(customers[0], customers[1]);
+    }
+
     #[test]
     fn blank_user_ids_link_nobody_and_padded_ones_are_the_same_person() {
         let r = run(
