@@ -1097,11 +1097,11 @@ impl<'a> Customers<'a> {
     }
 }
 
-/// Each event's customer: that of its identity key (`key_exprs` of `identifier_columns`),
-/// null for a key without one (a suppressed customer's). Looked up row by row over the
-/// identifier columns, stretches of rows side by side: the keys worked out as columns and
-/// joined made a string column of every event's key and a join table of them (10M events:
-/// 0.8 s against 2.0 s).
+/// Each event's customer: that of its identity key (its first identifier of
+/// `identifier_columns`, as `Keys` are), null for a key without one (a suppressed
+/// customer's). Looked up row by row over the identifier columns, stretches of rows side by
+/// side: the keys worked out as columns and joined made a string column of every event's key
+/// and a join table of them (10M events: 0.8 s against 2.0 s).
 fn customers_of_keys(events: &DataFrame, customers: &Customers) -> Result<Column> {
     let table = &customers.table;
     let columns = NODE_COLUMNS
