@@ -352,6 +352,17 @@ fn grouped_combinations(events: &DataFrame) -> Result<DataFrame> {
     Ok(combinations)
 }
 
+/// The event columns `combinations` reads: the identifiers and the time.
+pub const COMBINATION_COLUMNS: [&str; 7] = [
+    NODE_COLUMNS[0],
+    NODE_COLUMNS[1],
+    NODE_COLUMNS[2],
+    NODE_COLUMNS[3],
+    NODE_COLUMNS[4],
+    NODE_COLUMNS[5],
+    ev::TSTAMP,
+];
+
 /// The `combinations` of a night's events read a part at a time (`add`), as those of all of
 /// them (`finish`). Parts cut by event id each hold most of the night's combinations (100M
 /// events in 100 parts: 0.9 of 2.6 million each), so each distinct combination's identifiers

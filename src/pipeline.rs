@@ -1471,7 +1471,8 @@ fn prepare_full(
             let mut combinations = identity::CombinationSet::default();
             let mut laps = crate::util::Laps::start("identity");
             for bucket in 0..written.buckets() {
-                let Some(part) = written.read(bucket)? else {
+                let columns = identity::COMBINATION_COLUMNS;
+                let Some(part) = written.read_columns(bucket, Some(&columns))? else {
                     continue;
                 };
                 laps.lap("bucket read");
