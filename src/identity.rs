@@ -368,9 +368,15 @@ pub const COMBINATION_COLUMNS: [&str; 7] = [
 /// events in 100 parts: 0.9 of 2.6 million each), so each distinct combination's identifiers
 /// are kept once, as the key of a hash map, and a part's sightings only widen its first and
 /// last: regrouping the parts' frames held the combinations so far, the new ones and their
-/// union at once (100M events: the run's peak, 4 GiB).
-#[derive(Default)]
+/// union at once (100M events: the run's peak, 4 GiB). The map is cut in shards by a hash of
+/// the key, each filled on a thread of its own.
 pub struct CombinationSet {
+    shards: Vec<CombinationShard>,
+}
+
+/// The combinations whose keys hash to one shard of a `CombinationSet`.
+#[derive(Default)]
+struct CombinationShard {
     /// Each combination's identifiers (`encode_identifier`, in `NODE_COLUMNS` order), to its
     /// place in `seen`.
     index: PlHashMap<Vec<u8>, u32>,
@@ -378,60 +384,121 @@ pub struct CombinationSet {
     seen: Vec<(Option<i64>, Option<i64>)>,
 }
 
+impl Default for CombinationSet {
+    fn default() -> Self {
+        CombinationSet {
+            shards: (0..COMBINATION_SHARDS)
+                .map(|_| Default::default())
+                .collect(),
+        }
+    }
+}
+
+/// Shards of a `CombinationSet`: a few for each core, so that uneven ones even out.
+const COMBINATION_SHARDS: usize = 16;
+
+/// A stretch of a part's rows: their keys one after the other, and each row's key's end and
+/// shard.
+struct KeyedRows {
+    keys: Vec<u8>,
+    rows: Vec<(usize, u8)>,
+}
+
 impl CombinationSet {
     /// Adds the combinations of `events`.
     pub fn add(&mut self, events: &DataFrame) -> Result<()> {
-        let part = grouped_combinations(events)?;
-        let text = |c: &str| -> Result<&StringChunked> {
-            part.column(c)
-                .ctx("identity combinations")?
-                .str()
-                .ctx("identity combinations")
-        };
-        let times = |c: &str| -> Result<&Int64Chunked> {
-            part.column(c)
-                .ctx("identity combinations")?
-                .i64()
-                .ctx("identity combinations")
-        };
-        let mut identifiers = NODE_COLUMNS
+        use rayon::prelude::*;
+        let ctx = "identity combinations";
+        let identifiers = NODE_COLUMNS
             .iter()
-            .map(|c| text(c).map(|ca| ca.iter()))
+            .map(|c| {
+                events
+                    .column(c)
+                    .and_then(|c| c.cast(&DataType::String))
+                    .ctx(ctx)
+            })
             .collect::<Result<Vec<_>>>()?;
-        let mut key = Vec::new();
-        for (first, last) in times(FIRST_SEEN)?.iter().zip(times(LAST_SEEN)?.iter()) {
-            key.clear();
-            for values in &mut identifiers {
-                encode_identifier(values.next().expect("columns of one frame"), &mut key);
-            }
-            let next = u32::try_from(self.seen.len()).expect("fewer than 4 billion combinations");
-            let at = *self.index.entry_ref(key.as_slice()).or_insert(next);
-            if at == next {
-                self.seen.push((first, last));
-            } else {
-                let seen = &mut self.seen[at as usize];
-                seen.0 = earliest(seen.0, first);
-                seen.1 = latest(seen.1, last);
-            }
-        }
+        let times = events
+            .column(ev::TSTAMP)
+            .and_then(|c| c.cast(&DataType::Int64))
+            .ctx(ctx)?;
+        let times: Vec<Option<i64>> = times.i64().ctx(ctx)?.iter().collect();
+        // Each row's key and shard, stretches of rows side by side.
+        const STRETCH: usize = 1 << 16;
+        let height = events.height();
+        let stretches = (0..height)
+            .step_by(STRETCH)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|offset| {
+                let len = STRETCH.min(height - offset);
+                let columns = identifiers
+                    .iter()
+                    .map(|c| Ok(c.str()?.slice(offset as i64, len)))
+                    .collect::<PolarsResult<Vec<_>>>()?;
+                let mut values: Vec<_> = columns.iter().map(|c| c.iter()).collect();
+                let mut keyed = KeyedRows {
+                    keys: Vec::new(),
+                    rows: Vec::with_capacity(len),
+                };
+                for _ in 0..len {
+                    let start = keyed.keys.len();
+                    for (column, values) in NODE_COLUMNS.iter().zip(&mut values) {
+                        let value = values.next().expect("columns of one frame");
+                        // A blank user id or e-mail is no identifier (`identifier_columns`).
+                        let value = value.filter(|v| {
+                            !matches!(*column, ev::USER_ID | ev::EMAIL) || !v.trim().is_empty()
+                        });
+                        encode_identifier(value, &mut keyed.keys);
+                    }
+                    let hash = xxhash_rust::xxh3::xxh3_64(&keyed.keys[start..]);
+                    let shard = (hash % COMBINATION_SHARDS as u64) as u8;
+                    keyed.rows.push((keyed.keys.len(), shard));
+                }
+                Ok(keyed)
+            })
+            .collect::<PolarsResult<Vec<_>>>()
+            .ctx(ctx)?;
+        // Each shard takes its rows, in order.
+        self.shards
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(number, shard)| {
+                let mut row = 0;
+                for stretch in &stretches {
+                    let mut start = 0;
+                    for &(end, of) in &stretch.rows {
+                        if usize::from(of) == number {
+                            shard.widen(&stretch.keys[start..end], times[row]);
+                        }
+                        (start, row) = (end, row + 1);
+                    }
+                }
+            });
         Ok(())
     }
 
     /// The distinct combinations added, as `combinations` gives them.
     pub fn finish(self) -> Result<DataFrame> {
-        let mut keys: Vec<Vec<u8>> = vec![Vec::new(); self.seen.len()];
-        for (key, at) in self.index {
-            keys[at as usize] = key;
-        }
+        let count = self.shards.iter().map(|s| s.seen.len()).sum();
         let mut fields: Vec<Vec<Option<&str>>> =
-            vec![Vec::with_capacity(keys.len()); NODE_COLUMNS.len()];
-        for key in &keys {
+            vec![Vec::with_capacity(count); NODE_COLUMNS.len()];
+        let mut keys: Vec<Vec<Vec<u8>>> = Vec::with_capacity(self.shards.len());
+        let mut seen = Vec::with_capacity(count);
+        for shard in self.shards {
+            let mut shard_keys: Vec<Vec<u8>> = vec![Vec::new(); shard.seen.len()];
+            for (key, at) in shard.index {
+                shard_keys[at as usize] = key;
+            }
+            keys.push(shard_keys);
+            seen.extend(shard.seen);
+        }
+        for key in keys.iter().flatten() {
             let mut rest: &[u8] = key;
             for values in &mut fields {
                 values.push(decode_identifier(&mut rest));
             }
         }
-        let height = keys.len();
         let columns = NODE_COLUMNS
             .iter()
             .zip(fields)
@@ -439,15 +506,30 @@ impl CombinationSet {
             .chain([
                 Column::new(
                     FIRST_SEEN.into(),
-                    self.seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+                    seen.iter().map(|s| s.0).collect::<Vec<_>>(),
                 ),
                 Column::new(
                     LAST_SEEN.into(),
-                    self.seen.iter().map(|s| s.1).collect::<Vec<_>>(),
+                    seen.iter().map(|s| s.1).collect::<Vec<_>>(),
                 ),
             ])
             .collect();
-        DataFrame::new(height, columns).ctx("identity combinations")
+        DataFrame::new(count, columns).ctx("identity combinations")
+    }
+}
+
+impl CombinationShard {
+    /// Adds a sighting (`at`) of the combination `key`.
+    fn widen(&mut self, key: &[u8], at: Option<i64>) {
+        let next = u32::try_from(self.seen.len()).expect("fewer than 4 billion combinations");
+        let place = *self.index.entry_ref(key).or_insert(next);
+        if place == next {
+            self.seen.push((at, at));
+        } else {
+            let seen = &mut self.seen[place as usize];
+            seen.0 = earliest(seen.0, at);
+            seen.1 = latest(seen.1, at);
+        }
     }
 }
 
