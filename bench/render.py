@@ -721,8 +721,9 @@ def main() -> None:
   published frames, is what is left between this run and the 3 GiB line: every other step
   stays under 2.8 GB.
 - Session 29 (the same kind of machine, faster than in session 28: ingest at 100M, which this
-  session did not change, took 718 s against 894 s): the 10M and 100M lines are this
-  session's harness runs on 41f6ea0 (10M three runs each, 100M one, with debug logging).
+  session did not change, took 718 s against 894 s): the 10M line is this session's harness
+  run on 41f6ea0 (three runs each), the 100M line its run on e5c72e5 (one, with debug
+  logging); on 41f6ea0 the 100M run took 1,444.4 s at a peak of 2,651 MiB.
   Identity resolves its graph on integer node ids (`identity::Graph`): each distinct
   identifier's node name is made once and interned, the sightings, edges and identity keys are
   built on node indices, and the state's edges are views of the node names column, not
@@ -738,7 +739,20 @@ def main() -> None:
   s) and reads them back four times; forced at 10M, that path takes 129 s against 50 s held.
   At 10M the identity stage took 3.0 s against 3.9 s. The 10M run, 50.0 s, is 4.03x this
   session's scan (12.4 s, against 13.0 s in session 27's runs): the 4x line is on the edge,
-  met in session 27's runs and missed by 0.3 s in these.
+  met in session 27's runs and missed by 0.3 s in these. Two more changes to identity in a
+  night written aside: its first pass reads only the 7 columns its combinations need
+  (d472bcf), and `identity::CombinationSet` is cut in 16 shards by a hash of the key, filled
+  side by side and fed each bucket's rows directly instead of grouping them first (e5c72e5).
+  Forced 10M spill: identity's combining 7.2 s -> 2.7 s; at 100M 150.6 s -> 53.3 s. Yet the
+  harness's 100M run on e5c72e5 took 1,547.2 s at a peak of 2,946 MiB: the machine was
+  slower in that run (ingest, unchanged, 803 s against 718 s; identity's writing by customer
+  251 s against 193 s), and ingest's peak, with the same code, rose from 2,504 to 2,946 MiB
+  (its bucket loops at 1.8-2.8 GB against 1.4-2.4 GB). So the night's sessions table (14
+  million sessions, about 450 MB) now waits on disk while the buckets are decided, their
+  starts looked up in a map (1a9683e; forced 10M: outputs identical). A by-hand 100M run of
+  1a9683e (debug logging, a CI run compiling beside it at the lowest priority, so its 1,710 s
+  is pessimistic): ingest peaked at 2,176 MiB, the run at 2,507 MiB by run.json and 2,678
+  MiB by `/usr/bin/time`, now in the sessions and history stages; it is not in the table.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
