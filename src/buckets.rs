@@ -441,8 +441,8 @@ impl Spilled {
         self.read_columns(bucket, None)
     }
 
-    /// Bucket `bucket`'s rows, only `columns` of them if given (`None`: it has none). A pass
-    /// that needs a few columns reads only those (identity's combinations: 7 of about 45).
+    /// Bucket `bucket`'s rows (`None`: it has none), only `columns` of them if they are given:
+    /// a pass that needs a few columns reads only those (identity's combinations: 7 of 45).
     pub fn read_columns(
         &self,
         bucket: usize,
