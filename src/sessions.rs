@@ -192,14 +192,14 @@ pub fn sessionize(
         .ctx("assigning sessions")?;
     laps.lap("session ids");
     // The sessions need their events in time order; the events themselves do not (every
-    // aggregate over them breaks ties by event id), so only the columns read here are sorted.
-    let in_order = crate::util::sort_by_columns(
+    // aggregate over them breaks ties by event id), so only the columns read here are sorted:
+    // by session, so that each session's events are one run of rows, numbered in `RUN`.
+    let in_order = sessions_in_runs(
         events
             .select(SESSION_COLUMNS)
             .ctx("the columns sessions read")?,
-        &[ev::CUSTOMER_ID, ev::TSTAMP, ev::EVENT_ID],
+        pair_hash,
     )?;
-
     laps.lap("sorted");
     let is = |t: EventType| col(ev::EVENT_TYPE).eq(lit(t.name()));
     let pv = || is(EventType::PageView);
@@ -211,8 +211,10 @@ pub fn sessionize(
         // A tracker session is one customer's: a shared device's session that identity split
         // between two people (its cookie's guard) gives each of them a session, so every
         // customer's sessions depend on their own events only (and shards agree with a whole run).
-        .group_by_stable([col(ev::SESSION_ID), col(ev::CUSTOMER_ID)])
+        .group_by([col(RUN)])
         .agg([
+            col(ev::SESSION_ID).first(),
+            col(ev::CUSTOMER_ID).first(),
             col(ev::TSTAMP).min().alias(START),
             col(ev::TSTAMP).max().alias(END),
             ((col(ev::TSTAMP).max().cast(DataType::Int64)
@@ -229,7 +231,6 @@ pub fn sessionize(
             first_text(ev::MKT_MEDIUM),
             first_text(ev::MKT_CAMPAIGN),
             first_text(ev::USERAGENT),
-            device_class(text(col(ev::USERAGENT).drop_nulls().first())).alias(DEVICE),
             text(col(ev::PAGE_PATH).filter(pv()).head(Some(BREADCRUMB_MAX)))
                 .implode(true)
                 .alias(BREADCRUMB),
@@ -239,12 +240,106 @@ pub fn sessionize(
                 .any(true)
                 .alias(HAS_ORDER),
         ])
+        // The device from the session's user agent, once per session rather than per group.
+        .select([
+            all()
+                .exclude_cols([RUN, BREADCRUMB, HAS_CART_ADD, HAS_ORDER])
+                .as_expr(),
+            device_class(col(ev::USERAGENT)).alias(DEVICE),
+            cols([BREADCRUMB, HAS_CART_ADD, HAS_ORDER]).as_expr(),
+        ])
         .sort([ev::CUSTOMER_ID, START, ev::SESSION_ID], Default::default())
         .collect()
         .ctx("building sessions")?;
     laps.lap("grouped");
     Ok((events, sessions))
 }
+
+/// `rows` (the events' `SESSION_COLUMNS`) sorted by session, then by time and event id,
+/// with `RUN`: the run of rows (one session of one customer) of each row, a key polars knows
+/// is sorted, so that grouping by it takes each run as a slice instead of hashing two text
+/// columns per row. The sessions are sorted by a 64-bit hash of customer and session id,
+/// cheaper to sort by than the text; should two sessions of a bucket share a hash (their
+/// rows would interleave), they are sorted by the text instead.
+fn sessions_in_runs(
+    mut rows: DataFrame,
+    pair_hash: impl Fn(Option<&str>, Option<&str>) -> u64,
+) -> Result<DataFrame> {
+    const PAIR: &str = "_pair";
+    let text = |df: &DataFrame, name: &str| -> Result<StringChunked> {
+        Ok(df
+            .column(name)
+            .ctx("session runs")?
+            .as_materialized_series()
+            .str()
+            .ctx("session runs")?
+            .rechunk()
+            .into_owned())
+    };
+    let hashes: Vec<u64> = {
+        let (customers, sessions) = (text(&rows, ev::CUSTOMER_ID)?, text(&rows, ev::SESSION_ID)?);
+        customers
+            .iter()
+            .zip(sessions.iter())
+            .map(|(c, s)| pair_hash(c, s))
+            .collect()
+    };
+    rows.with_column(Column::new(PAIR.into(), hashes))
+        .ctx("session runs")?;
+    let sorted = crate::util::sort_by_columns(rows.clone(), &[PAIR, ev::TSTAMP, ev::EVENT_ID])?;
+    let runs = |df: &DataFrame, by_hash: bool| -> Result<Option<Vec<u32>>> {
+        let (customers, sessions) = (text(df, ev::CUSTOMER_ID)?, text(df, ev::SESSION_ID)?);
+        let hash = df
+            .column(PAIR)
+            .ctx("session runs")?
+            .u64()
+            .ctx("session runs")?
+            .rechunk();
+        let hash = hash.cont_slice().expect("no nulls, one chunk");
+        let mut run = 0u32;
+        let mut runs = Vec::with_capacity(df.height());
+        let mut previous = None;
+        for (i, key) in customers.iter().zip(sessions.iter()).enumerate() {
+            if previous.is_some_and(|p| p != key) {
+                if by_hash && hash[i] == hash[i - 1] {
+                    return Ok(None);
+                }
+                run += 1;
+            }
+            previous = Some(key);
+            runs.push(run);
+        }
+        Ok(Some(runs))
+    };
+    let (mut sorted, runs) = match runs(&sorted, true)? {
+        Some(runs) => (sorted, runs),
+        None => {
+            let sorted = crate::util::sort_by_columns(
+                rows,
+                &[ev::CUSTOMER_ID, ev::SESSION_ID, ev::TSTAMP, ev::EVENT_ID],
+            )?;
+            let runs = runs(&sorted, false)?.expect("sorted by the text");
+            (sorted, runs)
+        }
+    };
+    let mut runs = Series::from_vec(RUN.into(), runs);
+    runs.set_sorted_flag(polars::series::IsSorted::Ascending);
+    sorted.with_column(runs.into_column()).ctx("session runs")?;
+    sorted.drop_in_place(PAIR).ctx("session runs")?;
+    Ok(sorted)
+}
+
+/// The hash `sessions_in_runs` sorts sessions by: xxh3 of the customer and session ids.
+fn pair_hash(customer: Option<&str>, session: Option<&str>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(customer.unwrap_or_default().as_bytes());
+    h.update(&[0xff]);
+    h.update(session.unwrap_or_default().as_bytes());
+    h.digest()
+}
+
+/// The column `sessions_in_runs` adds.
+const RUN: &str = "_run";
 
 /// The sessions of the nights before (`before`) under today's customer ids (`rename`:
 /// `previous_id`, `customer_id`), of the customers in `customers` (a `customer_id` column).
@@ -740,6 +835,63 @@ mod tests {
             pairs
         };
         assert_eq!(session_of(&in_order), session_of(&out));
+    }
+
+    #[test]
+    fn sessions_whose_hashes_collide_are_sorted_by_their_ids_instead() {
+        // Two customers' sessions interleave in time; with every session given one hash
+        // their rows would interleave too, so the runs are worked out on the ids instead.
+        let rows: Vec<Row> = vec![
+            ("e1", "a", Some("s1"), 0, "page_view", "/"),
+            ("e2", "b", Some("s2"), 1, "page_view", "/x"),
+            ("e3", "a", Some("s1"), 2, "page_view", "/p/1"),
+            ("e4", "a", Some("s3"), 3, "page_view", "/p/2"),
+            ("e5", "b", Some("s2"), 4, "cart_add", "/p/1"),
+            ("e6", "a", Some("s1"), 5, "page_view", "/cart"),
+        ];
+        let rows = events(&rows)
+            .lazy()
+            .with_column(col(ev::DOMAIN_SESSIONID).alias(ev::SESSION_ID))
+            .select(SESSION_COLUMNS.map(col))
+            .collect()
+            .unwrap();
+        let hashed = sessions_in_runs(rows.clone(), pair_hash).unwrap();
+        let collided = sessions_in_runs(rows, |_, _| 7).unwrap();
+        let runs = |df: &DataFrame| -> Vec<(u32, String, String)> {
+            let run = df.column(RUN).unwrap().u32().unwrap().clone();
+            let ids = crate::util::strings(df, ev::EVENT_ID).unwrap();
+            let sessions = crate::util::strings(df, ev::SESSION_ID).unwrap();
+            let mut rows: Vec<_> = run
+                .into_no_null_iter()
+                .zip(sessions)
+                .zip(ids)
+                .map(|((r, s), e)| (r, s.unwrap(), e.unwrap()))
+                .collect();
+            // The runs may come in another order; within each, the events in time order.
+            rows.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+            rows
+        };
+        assert_eq!(collided.column(RUN).unwrap().u32().unwrap().max(), Some(2));
+        let events_of = |rows: Vec<(u32, String, String)>| -> Vec<(String, Vec<String>)> {
+            let mut by_session: Vec<(String, Vec<String>)> = Vec::new();
+            for (_, s, e) in rows {
+                match by_session.last_mut() {
+                    Some((last, events)) if *last == s => events.push(e),
+                    _ => by_session.push((s, vec![e])),
+                }
+            }
+            by_session
+        };
+        let expected = vec![
+            (
+                "s1".to_string(),
+                vec!["e1".into(), "e3".into(), "e6".into()],
+            ),
+            ("s2".to_string(), vec!["e2".into(), "e5".into()]),
+            ("s3".to_string(), vec!["e4".into()]),
+        ];
+        assert_eq!(events_of(runs(&hashed)), expected);
+        assert_eq!(events_of(runs(&collided)), expected);
     }
 
     #[test]
