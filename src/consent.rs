@@ -34,16 +34,14 @@ fn at_event(signal: &str) -> String {
     format!("{signal}_k")
 }
 
-/// Per customer, the latest non-null value of each signal of `rows` (by time, then event id)
-/// with its time and event id: one row per customer, sorted.
-fn latest_signals(rows: LazyFrame) -> Result<DataFrame> {
+/// Per customer of `customers` (a `customer_id` column, repeats allowed), the latest non-null
+/// value of each signal of `rows` (by time, then event id) with its time and event id: one
+/// row per customer, sorted.
+fn latest_signals(customers: LazyFrame, rows: LazyFrame) -> Result<DataFrame> {
     // One row per customer, whatever they said; each signal worked out on the few rows that
     // carry it (consent and contact points are rare next to all events).
     let rows = rows.cache();
-    let mut out = rows
-        .clone()
-        .select([col(ev::CUSTOMER_ID)])
-        .unique(None, UniqueKeepStrategy::Any);
+    let mut out = customers.unique(None, UniqueKeepStrategy::Any);
     for s in SIGNALS {
         // The rows at the signal's latest time; of those, the largest event id. Sorting only
         // the tied rows keeps this cheap.
@@ -94,6 +92,12 @@ pub fn signals(events: &DataFrame) -> Result<DataFrame> {
         col(ev::CONSENT_ADS).alias("_ads"),
         col(ev::CONSENT_EMAIL).alias("_email"),
     ];
+    // Only the events that give a signal are worked on (a few of all).
+    let gives_one = values
+        .iter()
+        .map(|v| v.clone().is_not_null())
+        .reduce(|a, b| a.or(b))
+        .expect("signals");
     let mut exprs = vec![col(ev::CUSTOMER_ID)];
     for (s, v) in SIGNALS.into_iter().zip(values) {
         let given = v.clone().is_not_null();
@@ -104,13 +108,17 @@ pub fn signals(events: &DataFrame) -> Result<DataFrame> {
             when_given(col(ev::EVENT_ID)).alias(at_event(s)),
         ]);
     }
-    latest_signals(events.clone().lazy().select(exprs))
+    let events = events.clone().lazy();
+    latest_signals(
+        events.clone().select([col(ev::CUSTOMER_ID)]),
+        events.filter(gives_one).select(exprs),
+    )
 }
 
 /// The signals of all the events of `parts`; `rename` as in `features::Daily::combine`.
 pub fn combine_signals(parts: Vec<DataFrame>, rename: Option<&DataFrame>) -> Result<DataFrame> {
-    let lf = crate::features::all_renamed(parts, rename)?;
-    latest_signals(lf)
+    let lf = crate::features::all_renamed(parts, rename)?.cache();
+    latest_signals(lf.clone().select([col(ev::CUSTOMER_ID)]), lf)
 }
 
 fn decision(signal: &str, assume: bool, ok: &str, why_not: &str) -> [Expr; 2] {
