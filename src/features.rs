@@ -681,12 +681,15 @@ impl Daily {
         } else {
             None
         };
-        Daily {
+        laps.lap("sessions");
+        let daily = Daily {
             events,
             values,
             sessions,
         }
-        .sorted()
+        .sorted();
+        laps.lap("sorted");
+        daily
     }
 
     /// The keys each frame is sorted by (one row a key): the daily events', the values', the
