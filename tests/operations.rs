@@ -136,22 +136,26 @@ fn kill_9_at_any_stage_leaves_the_last_outputs_and_state_intact() {
             night1,
             "{what}: night 1 changed"
         );
-        match visible(&out).as_slice() {
-            [a, b] if a == "2026-05-14" && b == "_state" => {}
+        let night2_published = match visible(&out).as_slice() {
+            [a, b] if a == "2026-05-14" && b == "_state" => false,
             [a, b, c] if a == "2026-05-14" && b == "2026-05-15" && c == "_state" => {
                 // Killed after the rename: night 2 is complete, never half there.
                 published(&out.join("2026-05-15"));
+                true
             }
             other => panic!("{what}: partial output visible: {other:?}"),
-        }
+        };
+        // The state moves on only after the night is published. A kill sent at a late
+        // stage's log line can land after that on a loaded machine (the run goes on until
+        // the signal arrives), so what is checked is the order, not how fast the kill was.
         let now = state_files(&state);
+        let advanced = now != state1;
         assert!(
-            now == state1
-                || (message == "published" && now.keys().any(|k| k.contains("2026-05-15"))),
+            !advanced || (night2_published && now.keys().any(|k| k.contains("2026-05-15"))),
             "{what}: state changed: {:?}",
             now.keys().collect::<Vec<_>>()
         );
-        if message == "published" {
+        if advanced {
             // The state commit may or may not have finished; either way night 1's state holds.
             for (k, v) in &state1 {
                 assert_eq!(now.get(k), Some(v), "{what}: {k} changed");
