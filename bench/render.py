@@ -753,6 +753,21 @@ def main() -> None:
   1a9683e (debug logging, a CI run compiling beside it at the lowest priority, so its 1,710 s
   is pessimistic): ingest peaked at 2,176 MiB, the run at 2,507 MiB by run.json and 2,678
   MiB by `/usr/bin/time`, now in the sessions and history stages; it is not in the table.
+- Session 30 (an AMD EPYC machine, 2 cores; session 29's runs were on an Intel Xeon, so both
+  sizes were run again): the 10M line is this session's harness run on af9c50a (three runs
+  each), the 100M line its run on ca26ed0 (one, with debug logging, a CI run compiling and
+  testing beside it at the lowest priority for most of it). Sessions are built from each
+  session's events as one run of rows: the session columns sorted by a 64-bit hash of customer
+  and session id, then time and event id (by the ids themselves should two sessions of a
+  bucket share a hash), and grouped by the run number, a sorted key polars takes as slices
+  instead of hashing two text columns per row (88bd39a; 10M: sessions stage 12.0 s -> 10.2 s).
+  Consent signals are worked out on the events that give one (af9c50a; 10M: 1.5 s -> 1.25 s).
+  Published files and state byte-identical. The 10M run, 46.8 s, is 3.2x this machine's scan
+  (14.5 s). The 100M run: 1,555.2 s at a peak of 2,673 MiB (in the history stage's daily
+  aggregates); ingest 831 s (files read 383 s, of which written aside 224 s; rows decided
+  181 s), identity 337 s (written by customer 220 s), sessions 172 s, history 118 s. It is
+  33.3x the 10M run: the night written aside still writes every event three times into files
+  of about 10,000 rows and reads it back about five times.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
