@@ -287,7 +287,7 @@ fn sessions_in_runs(
     rows.with_column(Column::new(PAIR.into(), hashes))
         .ctx("session runs")?;
     let sorted = crate::util::sort_by_columns(rows.clone(), &[PAIR, ev::TSTAMP, ev::EVENT_ID])?;
-    let runs = |df: &DataFrame, by_hash: bool| -> Result<Option<Vec<u32>>> {
+    let runs_of = |df: &DataFrame, by_hash: bool| -> Result<Option<Vec<u32>>> {
         let (customers, sessions) = (text(df, ev::CUSTOMER_ID)?, text(df, ev::SESSION_ID)?);
         let hash = df
             .column(PAIR)
@@ -311,14 +311,14 @@ fn sessions_in_runs(
         }
         Ok(Some(runs))
     };
-    let (mut sorted, runs) = match runs(&sorted, true)? {
+    let (mut sorted, runs) = match runs_of(&sorted, true)? {
         Some(runs) => (sorted, runs),
         None => {
             let sorted = crate::util::sort_by_columns(
                 rows,
                 &[ev::CUSTOMER_ID, ev::SESSION_ID, ev::TSTAMP, ev::EVENT_ID],
             )?;
-            let runs = runs(&sorted, false)?.expect("sorted by the text");
+            let runs = runs_of(&sorted, false)?.expect("sorted by the text");
             (sorted, runs)
         }
     };
