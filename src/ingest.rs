@@ -1369,9 +1369,6 @@ pub fn ingest_from(
                     keys.append_to(0, std::mem::take(&mut d.new_keys))?;
                 }
                 decided.push(Some(d));
-                if !rows.holds() {
-                    crate::util::release_freed_memory();
-                }
                 bucket_laps.lap("decided");
             }
             Err(why) => return Ok(Err(why)),
@@ -1623,9 +1620,6 @@ pub fn ingest_from(
         }
         // `all` is moved in: each wide column is freed as soon as its filtered copy exists.
         used_events.push(bucket, crate::util::filter_by_columns(all, &used)?)?;
-        if !rows.holds() {
-            crate::util::release_freed_memory();
-        }
         bucket_laps.lap("filtered");
     }
     drop((rows, starts));
@@ -2008,6 +2002,9 @@ fn read_rows(
         sessions.add(&rows)?;
         read += rows.height();
         laps.lap("session times");
+        // In one chunk (a group is a chunk a file): the buckets' rows are then gathered from
+        // it by position, their text pointed at rather than copied.
+        rows.rechunk_mut_par();
         // Every copy of an event in one bucket; a row without an id in the first (the
         // quarantine takes it).
         let ids = rows
@@ -2021,7 +2018,6 @@ fn read_rows(
                 .map(|id| id.map_or(0, |id| (id_hash(id) % buckets as u64) as usize)),
         )?;
         drop(rows);
-        crate::util::release_freed_memory();
         laps.lap("written aside");
         let Some(&files) = next else { break };
         rows = group(files)?;

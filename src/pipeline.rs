@@ -1478,7 +1478,6 @@ fn prepare_full(
                 laps.lap("bucket read");
                 combinations.add(&part)?;
                 drop(part);
-                crate::util::release_freed_memory();
                 laps.lap("combined");
             }
             let combinations = combinations.finish()?;
@@ -1526,7 +1525,6 @@ fn prepare_full(
                 };
                 events += part.height();
                 crate::buckets::append_by_customer(&mut by_customer, &buckets, &part)?;
-                crate::util::release_freed_memory();
                 laps.lap("written by customer");
             }
             drop((written, customers));

@@ -174,6 +174,11 @@ fn row_group(mut group: DataFrame) -> PolarsResult<DataFrame> {
 /// run each).
 /// (Purging all freed memory at once, `MIMALLOC_PURGE_DELAY=0`, peaked at 1,010 MB but took
 /// 164.6 s.)
+/// Called by the per-customer buckets (`buckets`), where a night written aside peaks, and no
+/// longer by ingest's and identity's loops over buckets of event ids: every bucket there
+/// faulted its gigabyte of fresh memory in again, 4 KiB at a time. At 100M events ingest
+/// took 89 million page faults and 250 s of system time of its 644 s; without the calls
+/// there its peak is 2.35 GiB instead of 2.15 GiB, still below the history stage's.
 pub fn release_freed_memory() {
     // Safety: mi_collect takes no pointer; it frees the calling thread's empty pages and
     // purges the allocator's free segments under the allocator's own locks. Without mimalloc
