@@ -768,6 +768,25 @@ def main() -> None:
   181 s), identity 337 s (written by customer 220 s), sessions 172 s, history 118 s. It is
   33.3x the 10M run: the night written aside still writes every event three times into files
   of about 10,000 rows and reads it back about five times.
+- Session 31 (the same AMD EPYC machine as session 30): the 100M line is this session's
+  harness run on 066c414 (one run, debug logging, nothing beside it). Session 30's 1,555.2 s
+  had a CI run beside it: on this session's quiet machine the code before 066c414 took
+  1,215 s (by hand, under `perf record` at 99 Hz). Its profile: a fifth of the processor time
+  was the kernel's, mostly faulting fresh memory in 4 KiB at a time; ingest took 89.6 million
+  page faults and 250 s of system time of its 644 s. Ingest's and identity's loops over
+  buckets of event ids no longer hand their freed memory back after every bucket (each bucket
+  faulted its gigabyte in again); ingest's peak rises from 2,156 to 2,351 MiB, still under
+  the history stage's, which sets the run's. Each group of files read is put in one chunk
+  before its rows are split into the 100 buckets: gathered from a chunk per file, each row's
+  chunk was looked up and its text copied (written aside over the first 64 groups: 94.8 s ->
+  76.4 s). The 100M run: 1,056.8 s, 22.6x the 10M run, peak 2,666 MiB; ingest 516 s (644 s
+  before), identity 247 s (283 s); system time 205 s (406 s in session 30's harness run).
+  Published files identical to the run before (`diff -r`; the state's identity stage file,
+  rewritten by the harness's rerun from the features stage, holds the same rows in other
+  bytes). Tried and not kept: writing text
+  columns plain in scratch files when most of their first thousand values differ, to skip
+  polars' cardinality estimate (a tenth of the writing time): 82.2 s against 76.4 s over the
+  same 64 groups, LZ4 having more to compress.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
