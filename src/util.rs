@@ -178,7 +178,7 @@ fn row_group(mut group: DataFrame) -> PolarsResult<DataFrame> {
 /// longer by ingest's and identity's loops over buckets of event ids: every bucket there
 /// faulted its gigabyte of fresh memory in again, 4 KiB at a time. At 100M events ingest
 /// took 89 million page faults and 250 s of system time of its 644 s; without the calls
-/// there its peak is 2.35 GiB instead of 2.15 GiB, still below the history stage's.
+/// there its peak is 2.3 to 2.5 GiB instead of 2.15 GiB, still below the history stage's.
 pub fn release_freed_memory() {
     // Safety: mi_collect takes no pointer; it frees the calling thread's empty pages and
     // purges the allocator's free segments under the allocator's own locks. Without mimalloc
