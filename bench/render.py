@@ -775,8 +775,8 @@ def main() -> None:
   was the kernel's, mostly faulting fresh memory in 4 KiB at a time; ingest took 89.6 million
   page faults and 250 s of system time of its 644 s. Ingest's and identity's loops over
   buckets of event ids no longer hand their freed memory back after every bucket (each bucket
-  faulted its gigabyte in again); ingest's peak rises from 2,156 to 2,351 MiB, still under
-  the history stage's, which sets the run's. Each group of files read is put in one chunk
+  faulted its gigabyte in again); ingest's peak rises from 2,156 MiB to 2,351-2,569 MiB
+  across this session's runs, still under the history stage's, which sets the run's. Each group of files read is put in one chunk
   before its rows are split into the 100 buckets: gathered from a chunk per file, each row's
   chunk was looked up and its text copied (written aside over the first 64 groups: 94.8 s ->
   76.4 s). The 100M run: 1,056.8 s, 22.6x the 10M run, peak 2,666 MiB; ingest 516 s (644 s
@@ -786,7 +786,9 @@ def main() -> None:
   bytes). Tried and not kept: writing text
   columns plain in scratch files when most of their first thousand values differ, to skip
   polars' cardinality estimate (a tenth of the writing time): 82.2 s against 76.4 s over the
-  same 64 groups, LZ4 having more to compress.
+  same 64 groups, LZ4 having more to compress. After the table's run, ingest's last step
+  reads each bucket again without capping it again (decide keeps which rows passed every
+  rule; df66c3c): by hand, events filtered 144.9 s -> 121.8 s, ingest 516 s -> 491 s.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
