@@ -1615,11 +1615,12 @@ pub fn ingest_from(
             canonical_rows(all.clear())?
         });
         let mut all = all;
+        for helper in [ORDER, PARSE_ERROR, REASON_CODE, INPUT, VALID] {
+            all.drop_in_place(helper).ctx("dropping ingest columns")?;
+        }
         // Rows read again have no session start: they were not capped again.
-        for helper in [ORDER, PARSE_ERROR, REASON_CODE, START, INPUT, VALID] {
-            if all.get_column_index(helper).is_some() {
-                all.drop_in_place(helper).ctx("dropping ingest columns")?;
-            }
+        if all.get_column_index(START).is_some() {
+            all.drop_in_place(START).ctx("dropping ingest columns")?;
         }
         // `all` is moved in: each wide column is freed as soon as its filtered copy exists.
         used_events.push(bucket, crate::util::filter_by_columns(all, &used)?)?;
@@ -2324,7 +2325,7 @@ fn decide(
         .collect()
         .ctx("deduplicating events")?;
     // The rows kept of the bucket's until every bucket is decided hold their own text.
-    let valid = all.column(REASON_CODE).ctx("quarantine")?.is_null();
+    let valid = all.column(REASON_CODE).ctx("reason codes")?.is_null();
     Ok(Ok(Decided {
         all: keep.then_some(all),
         valid,
