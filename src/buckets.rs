@@ -481,10 +481,24 @@ impl Spilled {
     /// disk holds no more than the buckets still to come.
     pub fn take(&mut self, bucket: usize) -> Result<Option<DataFrame>> {
         let part = self.read(bucket)?;
+        self.remove(bucket)?;
+        Ok(part)
+    }
+
+    /// Removes bucket `bucket`'s files: it has no rows from now on.
+    pub fn remove(&mut self, bucket: usize) -> Result<()> {
         for file in std::mem::take(&mut self.files[bucket]) {
             std::fs::remove_file(&file).ctx(format!("removing {}", file.display()))?;
         }
-        Ok(part)
+        Ok(())
+    }
+
+    /// A frame of no rows with the columns of the rows written (none without a file).
+    pub fn empty(&self) -> Result<DataFrame> {
+        match self.files.iter().flatten().next() {
+            Some(file) => Ok(crate::util::categorical(crate::util::read_parquet(file)?)?.clear()),
+            None => Ok(DataFrame::empty()),
+        }
     }
 }
 

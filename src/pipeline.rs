@@ -1417,7 +1417,7 @@ fn prepare_full(
         None => Some((
             IngestFrames::of(
                 ingest_state,
-                matches!(events, ingest::Stored::Disk(_)),
+                matches!(events, ingest::Events::Aside(_)),
                 state.root(),
             )?,
             NewKeys::of(new_keys, state.root())?,
@@ -1437,7 +1437,7 @@ fn prepare_full(
     };
     let scratch = NightEvents::scratch(scratch_root)?;
     let (resolved, first_day, bucketed): (NightIdentity, _, _) = match events {
-        ingest::Stored::Memory(raw) => {
+        ingest::Events::Memory(raw) => {
             let (resolved, resolved_events) = identity::resolve(
                 &raw,
                 previous.as_ref(),
@@ -1465,7 +1465,7 @@ fn prepare_full(
         }
         // Events too many to hold: identity from each bucket's identifier combinations, then
         // each bucket's events, with their customer, written by bucket of customers.
-        ingest::Stored::Disk(written) => {
+        ingest::Events::Aside(written) => {
             // Each bucket of event ids has most of the night's identifier combinations: they
             // are gathered into one set (`CombinationSet`).
             let mut combinations = identity::CombinationSet::default();
