@@ -450,17 +450,7 @@ impl Spilled {
     ) -> Result<Option<DataFrame>> {
         let mut rows: Option<DataFrame> = None;
         for file in &self.files[bucket] {
-            let part = match columns {
-                None => crate::util::read_parquet(file)?,
-                Some(columns) => {
-                    let opened =
-                        std::fs::File::open(file).ctx(format!("opening {}", file.display()))?;
-                    ParquetReader::new(opened)
-                        .with_columns(Some(columns.iter().map(|c| c.to_string()).collect()))
-                        .finish()
-                        .ctx(format!("reading {}", file.display()))?
-                }
-            };
+            let part = crate::util::read_parquet_columns(file, columns)?;
             match &mut rows {
                 None => rows = Some(part),
                 Some(rows) => {

@@ -165,15 +165,9 @@ impl IdentityState {
         if !n.exists() {
             return Ok(None);
         }
-        let read = |p: &Path| -> Result<DataFrame> {
-            let f = std::fs::File::open(p).ctx(format!("opening {}", p.display()))?;
-            ParquetReader::new(f)
-                .finish()
-                .ctx(format!("reading {}", p.display()))
-        };
         Ok(Some(IdentityState {
-            nodes: read(&n)?,
-            edges: read(&e)?,
+            nodes: crate::util::read_parquet(&n)?,
+            edges: crate::util::read_parquet(&e)?,
         }))
     }
 

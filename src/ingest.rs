@@ -1376,9 +1376,15 @@ pub fn ingest_from(
             Err(why) => return Ok(Err(why)),
         }
     }
-    laps.lap("rows decided");
     // The last step reads no session start (`Decided::valid`).
     drop(starts);
+    // The bucket loop kept the memory it freed (`util::release_freed_memory`); the repeated
+    // orders and the masks start from what the decided buckets hold (100M events: the peak
+    // rose by 370 MiB to 2,870 MiB on the repeated orders).
+    if !rows.holds() {
+        crate::util::release_freed_memory();
+    }
+    laps.lap("rows decided");
     let done = || decided.iter().flatten();
     let quarantine = concat(
         done()

@@ -177,7 +177,8 @@ fn row_group(mut group: DataFrame) -> PolarsResult<DataFrame> {
 /// Ingest's and identity's loops over buckets of event ids do not call it: every bucket
 /// there faulted its gigabyte of fresh memory in again, 4 KiB at a time (100M events: ingest
 /// took 89 million page faults and 250 s of system time of its 644 s); without the calls its
-/// peak is 2.3 to 2.5 GiB instead of 2.15 GiB, still below the history stage's.
+/// peak is 2.3 to 2.5 GiB instead of 2.15 GiB, still below the history stage's. Ingest
+/// calls it once after its loop, before the repeated orders are decided on every bucket's.
 pub fn release_freed_memory() {
     // Safety: mi_collect takes no pointer; it frees the calling thread's empty pages and
     // purges the allocator's free segments under the allocator's own locks. Without mimalloc
@@ -730,8 +731,14 @@ fn rss_mib(field: &str) -> Option<u64> {
 }
 
 pub fn read_parquet(path: &Path) -> Result<DataFrame> {
+    read_parquet_columns(path, None)
+}
+
+/// The rows of the Parquet file `path`, only `columns` of them if they are given.
+pub fn read_parquet_columns(path: &Path, columns: Option<&[&str]>) -> Result<DataFrame> {
     let file = std::fs::File::open(path).ctx(format!("opening {}", path.display()))?;
     ParquetReader::new(file)
+        .with_columns(columns.map(|columns| columns.iter().map(|c| c.to_string()).collect()))
         .finish()
         .ctx(format!("reading {}", path.display()))
 }
