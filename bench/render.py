@@ -792,6 +792,27 @@ def main() -> None:
   Also tried and not kept: a 10 s purge delay for the allocator (`MIMALLOC_PURGE_DELAY=10000`
   against the binary's 3 s) cut the faults in reading the files from 18.6 to 7.0 million and
   ingest to 468 s, identity to 242 s, but the run peaked at 2,979 MiB by the end of identity.
+- Session 32 (the same AMD EPYC machine): the 100M line is this session's harness run on
+  7a293f7 (one run, debug logging, nothing beside it). A night written aside no longer writes
+  a second copy of its used events: ingest keeps which rows of each bucket are used (a bit a
+  row) and identity reads those rows from the files ingest wrote as it read the input,
+  masked (17c5cef). Ingest's last step now reads two columns of each bucket (events filtered
+  121.8 s -> 17-20 s); identity reads files of a group of input files instead of one a
+  bucket (its reads 15 s and 71 s against 7 s and 61 s). The harness run on 17c5cef took
+  973.1 s (ingest 371 s, identity 295 s, sessions 128 s, history 87 s, features 73 s), but
+  peaked at 2,870 MiB in ingest's repeated orders, on top of the memory its bucket loop had
+  freed and kept; ingest now hands that back once its buckets are decided (7a293f7; by hand to
+  the end of ingest: 394 s, peak 2,433 MiB). The table's run on 7a293f7 took 1,050.2 s, 22.5x
+  the 10M run, at a peak of 2,706 MiB (at the end of reading the files); its ingest took
+  428 s, of which files read 294 s and rows decided 104 s against 263 s and 92 s in the run
+  on 17c5cef, code the two runs share: this machine's spread between runs is about a tenth.
+  Checked at 10M: forced to write aside (100 buckets, as at 100M), published files and state
+  byte-identical to d7f7093's, 126.6 s against 140.3 s; held, byte-identical, 52.7 s against
+  55.8 s (both slower than the table's 46.8 s from session 30, the machine being slower this
+  hour). Tried and not kept: Arrow IPC for the scratch files, which polars' own out-of-core
+  engine spills to: over one bucket's 67 files (528,672 rows, written aside at 100M), LZ4 IPC
+  wrote in 0.61 s and read in 0.50 s against 0.51 s and 0.22 s for the Parquet scratch
+  files, and took 125 MB against 101 MB (measured with a 100M run beside it, both alike).
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
