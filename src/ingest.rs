@@ -1762,18 +1762,24 @@ impl Stored {
     pub fn frame(&self) -> Result<DataFrame> {
         match self {
             Stored::Memory(rows) => Ok(rows.clone()),
-            Stored::Disk(spilled) => {
-                let mut parts = Vec::new();
-                for bucket in 0..spilled.buckets() {
-                    parts.extend(spilled.read(bucket)?.map(|p| p.lazy()));
-                }
-                concat(parts, UnionArgs::default())
-                    .ctx("rows written aside")?
-                    .collect()
-                    .ctx("rows written aside")
-            }
+            Stored::Disk(spilled) => every_bucket(spilled.buckets(), |b| spilled.read(b)),
         }
     }
+}
+
+/// The rows of `buckets` buckets, read by `read` one after another, in one frame.
+fn every_bucket(
+    buckets: usize,
+    read: impl Fn(usize) -> Result<Option<DataFrame>>,
+) -> Result<DataFrame> {
+    let mut parts = Vec::new();
+    for bucket in 0..buckets {
+        parts.extend(read(bucket)?.map(|p| p.lazy()));
+    }
+    concat(parts, UnionArgs::default())
+        .ctx("rows written aside")?
+        .collect()
+        .ctx("rows written aside")
 }
 
 /// The events ingest gives: in memory, or the rows written aside with which of them are
@@ -1789,16 +1795,7 @@ impl Events {
     pub fn frame(&self) -> Result<DataFrame> {
         match self {
             Events::Memory(events) => Ok(events.clone()),
-            Events::Aside(aside) => {
-                let mut parts = Vec::new();
-                for bucket in 0..aside.buckets() {
-                    parts.extend(aside.read_columns(bucket, None)?.map(|p| p.lazy()));
-                }
-                concat(parts, UnionArgs::default())
-                    .ctx("events written aside")?
-                    .collect()
-                    .ctx("events written aside")
-            }
+            Events::Aside(aside) => every_bucket(aside.buckets(), |b| aside.read_columns(b, None)),
         }
     }
 }
