@@ -335,3 +335,41 @@ fn a_night_reads_every_file_when_a_session_gains_an_event_before_its_first_one()
         "{reason}"
     );
 }
+
+/// A state whose history has a customer the night's identity does not (a state edited by
+/// hand, or kept by a propel that resolved identity otherwise): the night reads every file
+/// rather than publish a history that is not one run's.
+#[test]
+fn a_night_reads_every_file_when_the_history_kept_has_a_customer_unknown_to_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = small_events(tmp.path());
+    let job = quick_job(tmp.path());
+    let out = tmp.path().join("out");
+    night(tmp.path(), &job, &events, &out, "2026-05-13", &[]);
+    let labels = out.join("_state/night-2026-05-13/increment/history/label_days.parquet");
+    let kept = read_parquet(&labels);
+    let mut ghost = kept
+        .clone()
+        .lazy()
+        .limit(1)
+        .with_column(lit("ghost-customer").alias("customer_id"))
+        .collect()
+        .unwrap();
+    assert_eq!(ghost.height(), 1);
+    ghost = kept.vstack(&ghost).unwrap();
+    ParquetWriter::new(std::fs::File::create(&labels).unwrap())
+        .finish(&mut ghost)
+        .unwrap();
+    night(tmp.path(), &job, &events, &out, "2026-05-14", &[]);
+    let m = read(&out.join("2026-05-14"));
+    assert_eq!(m["read"], "full");
+    let reason = m["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(
+            "1 customers of the history (such as ghost-customer) are not among the night's"
+        ),
+        "{reason}"
+    );
+    night(tmp.path(), &job, &events, &out, "2026-05-15", &[]);
+    assert_eq!(read(&out.join("2026-05-15"))["read"], "incremental");
+}
