@@ -1263,7 +1263,7 @@ pub fn ingest_from(
         }
         .into()
     };
-    let (mut rows, sessions_now, read) = read_rows(frames, &paths, memory, &unreadable)?;
+    let (mut rows, set_aside, sessions_now, read) = read_rows(frames, &paths, memory, &unreadable)?;
     laps.lap("files read");
     let sessions = match previous {
         Some(p) => {
@@ -1365,7 +1365,21 @@ pub fn ingest_from(
         bucket_laps.lap("read");
         let all = capped(part, &starts, quality, &rules, &unreadable)?;
         bucket_laps.lap("capped");
-        match decide(all, &rules, previous, rows.holds())? {
+        // Rows written aside are decided on a few of their columns (`DECIDE_COLUMNS`): the
+        // few the session cap quarantines are read whole.
+        let quarantine = if rows.holds() {
+            Some(quarantined(&all, &rules)?)
+        } else {
+            let codes = all.column(REASON_CODE).ctx("reason codes")?;
+            if codes.null_count() < codes.len() {
+                let mut whole = rows.read(bucket)?.expect("a bucket decided has rows");
+                whole.with_column(codes.clone()).ctx("quarantine")?;
+                Some(quarantined(&whole, &rules)?)
+            } else {
+                None
+            }
+        };
+        match decide(all, quarantine, previous, rows.holds())? {
             Ok(mut d) => {
                 if let Some(keys) = &mut keys_written {
                     keys.append_to(0, std::mem::take(&mut d.new_keys))?;
@@ -1386,13 +1400,20 @@ pub fn ingest_from(
     }
     laps.lap("rows decided");
     let done = || decided.iter().flatten();
-    let quarantine = concat(
-        done()
-            .map(|d| d.quarantine.clone().lazy())
-            .collect::<Vec<_>>(),
-        UnionArgs::default(),
-    )
-    .ctx("quarantine")?;
+    // The rows the row rules quarantined as the files were read (rows written aside), those
+    // the buckets quarantined, and a frame of none, for its columns.
+    let mut quarantines: Vec<LazyFrame> = done()
+        .filter_map(|d| d.quarantine.clone().map(|q| q.lazy()))
+        .collect();
+    if let Some(mut set_aside) = set_aside
+        && let Some(rows) = set_aside.take(0)?
+    {
+        quarantines.push(quarantined(&rows, &rules)?.lazy());
+    }
+    if quarantines.is_empty() {
+        quarantines.push(quarantined(&rows.empty()?, &rules)?.lazy());
+    }
+    let quarantine = concat(quarantines, UnionArgs::default()).ctx("quarantine")?;
     let files = df!(
         "_file" => (0..paths.len() as u64).collect::<Vec<_>>(),
         SOURCE_FILE => &paths,
@@ -1948,12 +1969,12 @@ impl Rows {
         matches!(self, Rows::Held(_))
     }
 
-    /// Bucket `bucket`'s rows (`None`: it has none). Held rows are handed over once; written
-    /// ones are read.
+    /// Bucket `bucket`'s rows to decide (`None`: it has none). Held rows are handed over
+    /// once; of written ones, the columns they are decided on are read (`DECIDE_COLUMNS`).
     fn take(&mut self, bucket: usize) -> Result<Option<DataFrame>> {
         match self {
             Rows::Held(rows) => Ok(rows.take()),
-            Rows::Spilled(spilled) => spilled.read(bucket),
+            Rows::Spilled(spilled) => spilled.read_columns(bucket, Some(&DECIDE_COLUMNS)),
         }
     }
 
@@ -2078,18 +2099,19 @@ fn read_rows(
     paths: &[String],
     memory: &Memory,
     unreadable: &dyn Fn(PolarsError) -> crate::error::Error,
-) -> Result<(Rows, DataFrame, usize)> {
+) -> Result<(Rows, Option<crate::buckets::Spilled>, DataFrame, usize)> {
     let collect = |frames: Vec<LazyFrame>| -> Result<DataFrame> {
         concat(frames, UnionArgs::default())
             .ctx("combining input files")?
             .collect()
             .map_err(unreadable)
     };
-    let held = |rows: DataFrame| -> Result<(Rows, DataFrame, usize)> {
-        let sessions = session_times(&rows)?;
-        let read = rows.height();
-        Ok((Rows::Held(Some(rows)), sessions, read))
-    };
+    let held =
+        |rows: DataFrame| -> Result<(Rows, Option<crate::buckets::Spilled>, DataFrame, usize)> {
+            let sessions = session_times(&rows)?;
+            let read = rows.height();
+            Ok((Rows::Held(Some(rows)), None, sessions, read))
+        };
     if memory.hold_up_to == u64::MAX {
         return held(collect(frames)?);
     }
@@ -2134,6 +2156,8 @@ fn read_rows(
         "rows written aside in buckets of event ids: they take more memory than ingest may hold"
     );
     let mut writers = crate::buckets::BucketFiles::create(memory.scratch.as_deref(), buckets)?;
+    // The rows a row rule quarantines, whole: the buckets are decided on a few columns.
+    let mut set_aside = crate::buckets::BucketFiles::create(memory.scratch.as_deref(), 1)?;
     let mut sessions = SessionTimes::default();
     let mut read = 0;
     let mut rows = first;
@@ -2146,8 +2170,12 @@ fn read_rows(
         // In one chunk (a group is a chunk a file): the buckets' rows are then gathered from
         // it by position, their text pointed at rather than copied.
         rows.rechunk_mut_par();
-        // Every copy of an event in one bucket; a row without an id in the first (the
-        // quarantine takes it).
+        let usable = rows.column(REASON_CODE).ctx("reason codes")?.is_null();
+        if !usable.all() {
+            set_aside.append_to(0, crate::util::filter_by_columns(rows.clone(), &!&usable)?)?;
+            rows = crate::util::filter_by_columns(rows, &usable)?;
+        }
+        // Every copy of an event in one bucket.
         let ids = rows
             .column(ev::EVENT_ID)
             .ctx("event ids")?
@@ -2163,7 +2191,12 @@ fn read_rows(
         let Some(&files) = next else { break };
         rows = group(files)?;
     }
-    Ok((Rows::Spilled(writers.finish()?), sessions.finish()?, read))
+    Ok((
+        Rows::Spilled(writers.finish()?),
+        Some(set_aside.finish()?),
+        sessions.finish()?,
+        read,
+    ))
 }
 
 /// Where a bucket's rows find their tracker sessions' starts.
@@ -2288,8 +2321,9 @@ struct Decided {
     /// again for the last step without being capped again (at 100M events that looked every
     /// row's session up a second time, 20 s).
     valid: BooleanChunked,
-    /// The quarantined rows, with their reason, input position and file number.
-    quarantine: DataFrame,
+    /// The quarantined rows, with their reason, input position and file number (`None`: a
+    /// bucket written aside without any).
+    quarantine: Option<DataFrame>,
     /// Positions of the later copies of an event, and of copies of events kept before.
     copies: Series,
     kept_before: Series,
@@ -2302,16 +2336,10 @@ struct Decided {
     newest_other: Option<i64>,
 }
 
-/// Decides a bucket's rows (`all`, the session cap applied): quarantine, copies of an event,
-/// copies of events kept before (`previous`), and the keys the orders are decided on.
-fn decide(
-    all: DataFrame,
-    rules: &[(Expr, Expr)],
-    previous: Option<&Previous>,
-    keep: bool,
-) -> Result<std::result::Result<Decided, FullRefresh>> {
-    let quarantine = all
-        .clone()
+/// The quarantined rows of `rows` (every canonical column, the reason codes decided), with
+/// their reason, input position and file number.
+fn quarantined(rows: &DataFrame, rules: &[(Expr, Expr)]) -> Result<DataFrame> {
+    rows.clone()
         .lazy()
         .filter(col(REASON_CODE).is_not_null())
         .with_columns([
@@ -2331,7 +2359,32 @@ fn decide(
                 .collect::<Vec<_>>(),
         )
         .collect()
-        .ctx("quarantine")?;
+        .ctx("quarantine")
+}
+
+/// The columns a bucket of rows written aside is decided on (`capped`, `decide`), 9 of its
+/// 47: the rows the row rules quarantine are set aside whole as the files are read, and a
+/// bucket is read whole only for the rows the session cap quarantines.
+const DECIDE_COLUMNS: [&str; 9] = [
+    ORDER,
+    INPUT,
+    REASON_CODE,
+    ev::EVENT_ID,
+    ev::TSTAMP,
+    ev::COLLECTOR_TSTAMP,
+    ev::EVENT_TYPE,
+    ev::DOMAIN_SESSIONID,
+    ev::ORDER_ID,
+];
+
+/// Decides a bucket's rows (`all`, the session cap applied): quarantine, copies of an event,
+/// copies of events kept before (`previous`), and the keys the orders are decided on.
+fn decide(
+    all: DataFrame,
+    quarantine: Option<DataFrame>,
+    previous: Option<&Previous>,
+    keep: bool,
+) -> Result<std::result::Result<Decided, FullRefresh>> {
     // Each collect below projects the key columns it needs.
     let valid = all
         .clone()
@@ -2466,7 +2519,7 @@ fn decide(
     Ok(Ok(Decided {
         all: keep.then_some(all),
         valid,
-        quarantine: crate::util::compact_text(quarantine),
+        quarantine: quarantine.map(crate::util::compact_text),
         copies,
         kept_before,
         orders: crate::util::compact_text(orders),

@@ -471,6 +471,15 @@ fn rows_written_aside_in_buckets_of_event_ids_are_decided_as_rows_held() {
     assert!(c.read > 10 * memory.rows_per_bucket, "{c:?}");
     assert!(c.quarantined > 0 && c.after_as_of > 0, "{c:?}");
     assert!(c.duplicates > summary.duplicates, "repeated orders: {c:?}");
+    // Rows quarantined by a row rule (set aside as the files are read) and by the session cap
+    // (read whole from their bucket).
+    let reasons = propel::util::strings(&held.quarantine, "quarantine_reason").unwrap();
+    for reason in ["missing event_id", "session longer than"] {
+        assert!(
+            reasons.iter().flatten().any(|r| r.starts_with(reason)),
+            "{reason}: {reasons:?}"
+        );
+    }
     assert_eq!(spilled.counts, held.counts);
     assert_eq!(spilled.as_of, held.as_of);
     let sorted = |df: &DataFrame| {
