@@ -1596,18 +1596,14 @@ pub fn ingest_from(
             rows: 0,
         },
     };
-    // Most nights have no events after the as-of date: their filter is skipped.
+    // The events after the as-of date of `rows` (none on most nights: a filter of no row
+    // copies nothing).
     let after_as_of = |rows: DataFrame, after: &BooleanChunked| -> Result<DataFrame> {
-        let rows = if after.any() { rows } else { rows.clear() };
-        let rows = rows
-            .lazy()
+        rows.lazy()
             .select(canonical.clone())
             .collect()
-            .ctx("events after the as-of date")?;
-        match after.any() {
-            true => rows.filter(after).ctx("events after the as-of date"),
-            false => Ok(rows),
-        }
+            .and_then(|rows| rows.filter(after))
+            .ctx("events after the as-of date")
     };
     let mut deferred_now = Vec::new();
     let mut bucket_laps = crate::util::Laps::start("ingest bucket");
@@ -1664,7 +1660,7 @@ pub fn ingest_from(
     if deferred_now.is_empty() {
         deferred_now.push(after_as_of(
             rows.empty()?,
-            &BooleanChunked::full_null("".into(), 0),
+            &BooleanChunked::full("".into(), false, 0),
         )?);
     }
     laps.lap("events filtered");

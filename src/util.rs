@@ -167,11 +167,11 @@ fn row_group(mut group: DataFrame) -> PolarsResult<DataFrame> {
 /// purge delay (three seconds, see `main.rs`), at the end of each bucket of customers of a
 /// night written aside (`buckets`): the mode a night runs in when its events would not fit in
 /// memory, where what counts is the peak, and those buckets are where such a night peaks. The
-/// memory freed by one bucket otherwise stays resident while the next one allocates its own. 10M events through bucket files of 10,000 rows: peak 1,330 MB against
-/// 1,433 MB (ingest's steps 10-17% lower), 120.0 s against 116.2 s. Each thread of polars'
-/// pool and of rayon's keeps the pages it emptied in its own heap until it collects them
-/// itself, so every one is asked to: 1,076 MB against 1,115 MB, 145.1 s against 146.5 s (one
-/// run each).
+/// memory freed by one bucket otherwise stays resident while the next one allocates its own.
+/// 10M events through bucket files of 10,000 rows: peak 1,330 MB against 1,433 MB (ingest's
+/// steps 10-17% lower), 120.0 s against 116.2 s. Each thread of polars' pool and of rayon's
+/// keeps the pages it emptied in its own heap until it collects them itself, so every one is
+/// asked to: 1,076 MB against 1,115 MB, 145.1 s against 146.5 s (one run each).
 /// (Purging all freed memory at once, `MIMALLOC_PURGE_DELAY=0`, peaked at 1,010 MB but took
 /// 164.6 s.)
 /// Ingest's and identity's loops over buckets of event ids do not call it: every bucket

@@ -36,6 +36,56 @@ fn night(tmp: &Path, job: &Path, events: &Path, out: &Path, as_of: &str, extra: 
     assert!(o.status.success(), "{as_of} {extra:?}: {}", stderr(&o));
 }
 
+/// Nights over the small data set with the quick job, publishing into `out`.
+struct Nights {
+    tmp: tempfile::TempDir,
+    events: std::path::PathBuf,
+    job: std::path::PathBuf,
+    out: std::path::PathBuf,
+}
+
+impl Nights {
+    /// The data, the job, and the first night (2026-05-13) run.
+    fn after_the_first() -> Nights {
+        let tmp = tempfile::tempdir().unwrap();
+        let events = small_events(tmp.path());
+        let job = quick_job(tmp.path());
+        let out = tmp.path().join("out");
+        let nights = Nights {
+            tmp,
+            events,
+            job,
+            out,
+        };
+        nights.run("2026-05-13");
+        nights
+    }
+
+    fn run(&self, as_of: &str) {
+        night(
+            self.tmp.path(),
+            &self.job,
+            &self.events,
+            &self.out,
+            as_of,
+            &[],
+        );
+    }
+
+    /// How the night of `as_of` read (`run.json`'s `read`).
+    fn read(&self, as_of: &str) -> serde_json::Value {
+        read(&self.out.join(as_of))
+    }
+
+    /// Runs the night of `as_of`, which must read every file; returns why it did.
+    fn reason_to_read_every_file(&self, as_of: &str) -> String {
+        self.run(as_of);
+        let m = self.read(as_of);
+        assert_eq!(m["read"], "full");
+        m["reason"].as_str().unwrap().to_string()
+    }
+}
+
 #[test]
 fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
     let tmp = tempfile::tempdir().unwrap();
@@ -123,28 +173,22 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
 
 #[test]
 fn a_night_reads_every_file_when_one_was_added_before_files_already_read() {
-    let tmp = tempfile::tempdir().unwrap();
-    let events = small_events(tmp.path());
-    let job = quick_job(tmp.path());
-    let out = tmp.path().join("out");
-    night(tmp.path(), &job, &events, &out, "2026-05-13", &[]);
+    let nights = Nights::after_the_first();
+    let events = &nights.events;
     let old = parquet_files(&events.join("load_tstamp_date=2026-05-02"))[0].clone();
     std::fs::copy(
         &old,
         events.join("load_tstamp_date=2026-05-03/late-copy.parquet"),
     )
     .unwrap();
-    night(tmp.path(), &job, &events, &out, "2026-05-14", &[]);
-    let m = read(&out.join("2026-05-14"));
-    assert_eq!(m["read"], "full");
-    let reason = m["reason"].as_str().unwrap();
+    let reason = nights.reason_to_read_every_file("2026-05-14");
     assert!(
         reason.contains("late-copy.parquet") && reason.contains("added before files already read"),
         "{reason}"
     );
     // The night after starts from this one again.
-    night(tmp.path(), &job, &events, &out, "2026-05-15", &[]);
-    assert_eq!(read(&out.join("2026-05-15"))["read"], "incremental");
+    nights.run("2026-05-15");
+    assert_eq!(nights.read("2026-05-15")["read"], "incremental");
 }
 
 #[test]
@@ -267,23 +311,18 @@ fn nights_between_trainings_score_with_the_model_in_production_read_either_way()
 fn a_night_reads_every_file_when_the_night_before_kept_its_state_in_another_format() {
     // A state kept by a propel from before its format was recorded: its event keys, say, lack
     // the columns this one reads.
-    let tmp = tempfile::tempdir().unwrap();
-    let events = small_events(tmp.path());
-    let job = quick_job(tmp.path());
-    let out = tmp.path().join("out");
-    night(tmp.path(), &job, &events, &out, "2026-05-13", &[]);
-    let record = out.join("_state/night-2026-05-13/increment/increment.json");
+    let nights = Nights::after_the_first();
+    let record = nights
+        .out
+        .join("_state/night-2026-05-13/increment/increment.json");
     let mut kept: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
     assert!(kept.as_object_mut().unwrap().remove("format").is_some());
     std::fs::write(&record, kept.to_string()).unwrap();
-    night(tmp.path(), &job, &events, &out, "2026-05-14", &[]);
-    let m = read(&out.join("2026-05-14"));
-    assert_eq!(m["read"], "full");
-    let reason = m["reason"].as_str().unwrap();
+    let reason = nights.reason_to_read_every_file("2026-05-14");
     assert!(reason.contains("another format (0;"), "{reason}");
-    night(tmp.path(), &job, &events, &out, "2026-05-15", &[]);
-    assert_eq!(read(&out.join("2026-05-15"))["read"], "incremental");
+    nights.run("2026-05-15");
+    assert_eq!(nights.read("2026-05-15")["read"], "incremental");
 }
 
 /// A night whose new file has an event of a tracker session the nights before used, earlier
@@ -292,14 +331,11 @@ fn a_night_reads_every_file_when_the_night_before_kept_its_state_in_another_form
 #[test]
 fn a_night_reads_every_file_when_a_session_gains_an_event_before_its_first_one() {
     use propel::schema::snowplow as sp;
-    let tmp = tempfile::tempdir().unwrap();
-    let events = small_events(tmp.path());
-    let job = quick_job(tmp.path());
-    let out = tmp.path().join("out");
-    night(tmp.path(), &job, &events, &out, "2026-05-13", &[]);
+    let nights = Nights::after_the_first();
+    let events = &nights.events;
     // The first event of the data (so the first of its session), again under a new id four
     // days earlier, loaded with the next night's files.
-    let first = read_parquet(&parquet_files(&events)[0]);
+    let first = read_parquet(&parquet_files(events)[0]);
     let four_days = 4 * 24 * 3_600_000_000i64;
     let schema = first.schema().clone();
     let earlier = |c: &str| {
@@ -326,10 +362,7 @@ fn a_night_reads_every_file_when_a_session_gains_an_event_before_its_first_one()
     ParquetWriter::new(std::fs::File::create(file).unwrap())
         .finish(&mut again)
         .unwrap();
-    night(tmp.path(), &job, &events, &out, "2026-05-14", &[]);
-    let m = read(&out.join("2026-05-14"));
-    assert_eq!(m["read"], "full");
-    let reason = m["reason"].as_str().unwrap();
+    let reason = nights.reason_to_read_every_file("2026-05-14");
     assert!(
         reason.contains("gained an event before its first one"),
         "{reason}"
@@ -341,12 +374,10 @@ fn a_night_reads_every_file_when_a_session_gains_an_event_before_its_first_one()
 /// rather than publish a history that is not one run's.
 #[test]
 fn a_night_reads_every_file_when_the_history_kept_has_a_customer_unknown_to_identity() {
-    let tmp = tempfile::tempdir().unwrap();
-    let events = small_events(tmp.path());
-    let job = quick_job(tmp.path());
-    let out = tmp.path().join("out");
-    night(tmp.path(), &job, &events, &out, "2026-05-13", &[]);
-    let labels = out.join("_state/night-2026-05-13/increment/history/label_days.parquet");
+    let nights = Nights::after_the_first();
+    let labels = nights
+        .out
+        .join("_state/night-2026-05-13/increment/history/label_days.parquet");
     let kept = read_parquet(&labels);
     let mut ghost = kept
         .clone()
@@ -360,16 +391,13 @@ fn a_night_reads_every_file_when_the_history_kept_has_a_customer_unknown_to_iden
     ParquetWriter::new(std::fs::File::create(&labels).unwrap())
         .finish(&mut ghost)
         .unwrap();
-    night(tmp.path(), &job, &events, &out, "2026-05-14", &[]);
-    let m = read(&out.join("2026-05-14"));
-    assert_eq!(m["read"], "full");
-    let reason = m["reason"].as_str().unwrap();
+    let reason = nights.reason_to_read_every_file("2026-05-14");
     assert!(
         reason.contains(
             "1 customers of the history (such as ghost-customer) are not among the night's"
         ),
         "{reason}"
     );
-    night(tmp.path(), &job, &events, &out, "2026-05-15", &[]);
-    assert_eq!(read(&out.join("2026-05-15"))["read"], "incremental");
+    nights.run("2026-05-15");
+    assert_eq!(nights.read("2026-05-15")["read"], "incremental");
 }
