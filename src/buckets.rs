@@ -204,6 +204,12 @@ impl CustomerBuckets {
         Ok(CustomerBuckets { bounds })
     }
 
+    /// The buckets whose lower bounds, from the second bucket on, are `bounds` (ascending).
+    pub fn from_bounds(bounds: Vec<String>) -> CustomerBuckets {
+        debug_assert!(bounds.is_sorted());
+        CustomerBuckets { bounds }
+    }
+
     pub fn count(&self) -> usize {
         self.bounds.len() + 1
     }
@@ -688,8 +694,14 @@ mod tests {
             let files = |history: &crate::history::Stored, name: &str| {
                 let to = dir.path().join(format!("{name}-{write_above}"));
                 history.write(&to).unwrap();
+                // A history written by bucket records how its buckets cut it.
+                assert_eq!(
+                    to.join("parts.json").exists(),
+                    matches!(history, crate::history::Stored::Written(_))
+                );
                 let mut files: Vec<_> = std::fs::read_dir(&to)
                     .unwrap()
+                    .filter(|e| e.as_ref().unwrap().file_name() != "parts.json")
                     .map(|e| {
                         let path = e.unwrap().path();
                         (

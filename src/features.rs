@@ -513,6 +513,9 @@ pub struct Daily {
     sessions: Option<DataFrame>,
 }
 
+/// The file the one row per (customer, day) of `Daily` is kept in (`Daily::frames`).
+pub const DAILY_EVENTS: &str = "daily_events.parquet";
+
 impl Daily {
     /// The daily aggregates of `events` (canonical events with `customer_id` and, for
     /// features over sessions, `session_id`), sorted by their keys.
@@ -976,7 +979,7 @@ impl Daily {
 
     /// The frames, each with the file name it is kept under.
     pub fn frames(&self) -> Vec<(String, &DataFrame)> {
-        let mut out = vec![("daily_events.parquet".to_string(), &self.events)];
+        let mut out = vec![(DAILY_EVENTS.to_string(), &self.events)];
         out.extend(
             self.values
                 .iter()
@@ -992,7 +995,14 @@ impl Daily {
 
     /// Reads the frames `frames` wrote into `dir`, for `set`.
     pub fn read(dir: &std::path::Path, set: &FeatureSet) -> Result<Daily> {
-        let read = |name: String| crate::util::read_parquet(&dir.join(name));
+        Daily::read_with(set, |name| crate::util::read_parquet(&dir.join(name)))
+    }
+
+    /// The frames of `set` (by the file names `frames` gives them), each from `read`.
+    pub fn read_with(
+        set: &FeatureSet,
+        mut read: impl FnMut(String) -> Result<DataFrame>,
+    ) -> Result<Daily> {
         let mut values = std::collections::BTreeMap::new();
         let mut over_sessions = false;
         for (i, f) in set.features.iter().enumerate() {
@@ -1004,7 +1014,7 @@ impl Daily {
             }
         }
         Ok(Daily {
-            events: read("daily_events.parquet".into())?,
+            events: read(DAILY_EVENTS.into())?,
             values,
             sessions: if over_sessions {
                 Some(read("daily_sessions.parquet".into())?)

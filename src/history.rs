@@ -9,6 +9,7 @@ use std::path::Path;
 
 use polars::prelude::*;
 
+use crate::buckets::CustomerBuckets;
 use crate::config::{FeatureSet, LabelDef};
 use crate::error::{Context, Result};
 use crate::features::Daily;
@@ -358,6 +359,9 @@ impl Changes {
         for (name, _) in whole.daily.frames() {
             crate::util::link_or_copy(&base.join(&name), &dir.join(&name))?;
         }
+        if base.join(PARTS).exists() {
+            crate::util::link_or_copy(&base.join(PARTS), &dir.join(PARTS))?;
+        }
         crate::util::write_state(&whole.labels, &dir.join(LABELS))?;
         crate::util::write_state(&whole.signals, &dir.join(SIGNALS))?;
         for (name, df) in self.daily.frames() {
@@ -393,6 +397,26 @@ impl Changes {
                 .as_materialized_series()
                 .clone(),
         }))
+    }
+
+    /// The changes of the customers in bucket `i` of `buckets`.
+    fn within(&self, buckets: &CustomerBuckets, i: usize) -> Result<Changes> {
+        let removed = self
+            .removed
+            .clone()
+            .with_name(ev::CUSTOMER_ID.into())
+            .into_frame();
+        Ok(Changes {
+            daily: self
+                .daily
+                .clone()
+                .map(|df| rows_of_bucket(&df, &bucket_of_rows(&df, buckets)?, i))?,
+            removed: rows_of_bucket(&removed, &bucket_of_rows(&removed, buckets)?, i)?
+                .column(ev::CUSTOMER_ID)
+                .ctx("removed customers")?
+                .as_materialized_series()
+                .clone(),
+        })
     }
 
     /// The whole history: `base`'s rows with the stale ones replaced.
@@ -435,12 +459,16 @@ pub struct Writer {
 impl Writer {
     /// A writer into a new directory under `within`.
     pub fn create(within: &Path) -> Result<Writer> {
-        let dir = crate::util::scratch_dir(within, "history-")?;
-        Ok(Writer {
+        Ok(Writer::into(crate::util::scratch_dir(within, "history-")?))
+    }
+
+    /// A writer into `dir`, removed with the history written.
+    fn into(dir: tempfile::TempDir) -> Writer {
+        Writer {
             dir,
             buckets: Vec::new(),
             fingerprints: Vec::new(),
-        })
+        }
     }
 
     /// Writes the history of the next bucket of customers (`History::build` sorts it as
@@ -522,10 +550,24 @@ impl Stored {
             Stored::Written(written) => written,
         };
         std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
+        let mut parts = Parts {
+            firsts: Vec::new(),
+            rows: Default::default(),
+        };
         for name in &written.names {
             let mut file: Option<crate::util::ParquetAppender> = None;
             for bucket in &written.buckets {
                 let part = crate::util::read_parquet(&bucket.join(name))?;
+                if name == crate::features::DAILY_EVENTS {
+                    parts.firsts.push(first_customer(&part)?);
+                }
+                if name != LABELS && name != SIGNALS {
+                    parts
+                        .rows
+                        .entry(name.clone())
+                        .or_default()
+                        .push(part.height());
+                }
                 let file = match &mut file {
                     Some(f) => f,
                     None => file.insert(crate::util::ParquetAppender::create(
@@ -541,8 +583,140 @@ impl Stored {
                 file.finish()?;
             }
         }
-        Ok(())
+        std::fs::write(
+            dir.join(PARTS),
+            serde_json::to_string(&parts).expect("json") + "\n",
+        )
+        .ctx(format!("writing {}", dir.join(PARTS).display()))
     }
+
+    /// The history kept in `dir` (`History::write`, `Stored::write`, and the `Changes`
+    /// kept beside its base) as the night that kept it held it: whole, or, written from
+    /// buckets, read back a bucket at a time into a scratch directory under `within` (with
+    /// `prefix`) and never held whole (100M events: a history of about 2.5 GB held, and its
+    /// snapshots of ten cutoffs 6 GB more).
+    pub fn read(dir: &Path, features: &FeatureSet, within: &Path, prefix: &str) -> Result<Stored> {
+        let changes = Changes::read(dir, features)?;
+        let parts = match std::fs::read_to_string(dir.join(PARTS)) {
+            Ok(text) => {
+                serde_json::from_str::<Parts>(&text).map_err(|e| crate::error::Error::Io {
+                    context: format!("reading {}", dir.join(PARTS).display()),
+                    source: std::io::Error::other(e),
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let base = History::read(dir, features)?;
+                return Ok(Stored::Held(Box::new(match changes {
+                    Some(changes) => changes.apply(base)?,
+                    None => base,
+                })));
+            }
+            Err(e) => {
+                return Err(crate::error::Error::Io {
+                    context: format!("reading {}", dir.join(PARTS).display()),
+                    source: e,
+                });
+            }
+        };
+        // Buckets without days are read with a neighbour: each part starts at a bucket with
+        // days, the first at the first bucket.
+        let mut starts: Vec<usize> = (0..parts.firsts.len())
+            .filter(|&b| parts.firsts[b].is_some())
+            .collect();
+        match starts.first_mut() {
+            Some(first) => *first = 0,
+            None => starts.push(0),
+        }
+        let buckets = CustomerBuckets::from_bounds(
+            starts[1..]
+                .iter()
+                .map(|&b| parts.firsts[b].clone().expect("a bucket with days"))
+                .collect(),
+        );
+        let whole = |name: &str| -> Result<(DataFrame, UInt32Chunked)> {
+            let df = crate::util::read_parquet(&dir.join(name))?;
+            let of = bucket_of_rows(&df, &buckets)?;
+            Ok((df, of))
+        };
+        tracing::info!(
+            parts = starts.len(),
+            "the history kept by bucket, read back a bucket at a time"
+        );
+        let (labels, signals) = (whole(LABELS)?, whole(SIGNALS)?);
+        let mut writer = Writer::into(crate::util::scratch_dir(within, prefix)?);
+        for (i, &start) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(parts.firsts.len());
+            let daily = Daily::read_with(features, |name| {
+                let rows = parts
+                    .rows
+                    .get(&name)
+                    .ok_or_else(|| crate::error::Error::Io {
+                        context: format!("reading {}", dir.join(PARTS).display()),
+                        source: std::io::Error::other(format!("no rows recorded for {name}")),
+                    })?;
+                let offset = rows[..start].iter().sum();
+                let len = rows[start..end].iter().sum();
+                crate::util::read_parquet_rows(&dir.join(&name), offset, len)
+            })?;
+            let history = History {
+                daily,
+                labels: rows_of_bucket(&labels.0, &labels.1, i)?,
+                signals: rows_of_bucket(&signals.0, &signals.1, i)?,
+            };
+            writer.add(match &changes {
+                Some(changes) => changes.within(&buckets, i)?.apply(history)?,
+                None => history,
+            })?;
+        }
+        Ok(Stored::Written(std::sync::Arc::new(writer.finish())))
+    }
+}
+
+/// Where a history written whole from its buckets (`Stored::write`) records how they cut it,
+/// in its directory.
+const PARTS: &str = "parts.json";
+
+/// How the buckets of a history written by bucket cut it (`Stored::write`), for reading it
+/// back a bucket at a time (`Stored::read`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Parts {
+    /// Each bucket's first customer with days (none: a bucket without days).
+    firsts: Vec<Option<String>>,
+    /// Each daily frame's rows (by file name) in each bucket.
+    rows: std::collections::BTreeMap<String, Vec<usize>>,
+}
+
+/// The first customer of a frame sorted by customer, if it has rows.
+fn first_customer(df: &DataFrame) -> Result<Option<String>> {
+    if df.height() == 0 {
+        return Ok(None);
+    }
+    Ok(df
+        .column(ev::CUSTOMER_ID)
+        .ctx("the history's customers")?
+        .str()
+        .ctx("the history's customers")?
+        .get(0)
+        .map(str::to_string))
+}
+
+/// The bucket of `buckets` of each row's customer (bucket 0 for none).
+fn bucket_of_rows(df: &DataFrame, buckets: &CustomerBuckets) -> Result<UInt32Chunked> {
+    let ids = df
+        .column(ev::CUSTOMER_ID)
+        .ctx("the history's customers")?
+        .str()
+        .ctx("the history's customers")?;
+    Ok(ids
+        .iter()
+        .map(|id| Some(id.map_or(0, |id| buckets.of(id)) as u32))
+        .collect())
+}
+
+/// The rows of `df` in bucket `i` (`of`: each row's bucket).
+fn rows_of_bucket(df: &DataFrame, of: &UInt32Chunked, i: usize) -> Result<DataFrame> {
+    df.filter(&of.equal(i as u32))
+        .ctx("the history of a bucket of customers")
 }
 
 /// The distinct values of `parts`, one string series.
@@ -679,6 +853,96 @@ mod tests {
         let kept = ids.slice(2, ids.len() - 2);
         let dropped = history.dropped(&customers(kept)).unwrap();
         assert!(dropped.equals(&ids.slice(0, 2)), "{dropped:?}");
+    }
+
+    /// Every frame of `a` and `b` equal, and their fingerprints.
+    fn assert_same(a: &History, b: &History) {
+        for ((name, x), (_, y)) in a.frames().into_iter().zip(b.frames()) {
+            assert!(x.equals_missing(y), "{name}:\n{x}\n{y}");
+        }
+        assert_eq!(a.fingerprint().unwrap(), b.fingerprint().unwrap());
+    }
+
+    /// The whole history of `stored`, its parts appended.
+    fn whole(stored: &Stored, features: &FeatureSet) -> History {
+        History::append(
+            (0..stored.parts())
+                .map(|i| stored.part(i, features).unwrap().into_owned())
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_history_written_from_buckets_is_read_back_by_bucket_with_its_changes() {
+        let (features, label) = definitions();
+        let all = events(1);
+        let history = History::build(&all, &features, &label).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        // Written a bucket of customers at a time, as a night written aside writes it: two
+        // of the six buckets have no customers (bounds below every id, and repeated).
+        let customers = history
+            .daily
+            .customer_ids()
+            .unwrap()
+            .sort(Default::default())
+            .unwrap();
+        let customers: Vec<String> = customers
+            .str()
+            .unwrap()
+            .iter()
+            .map(|c| c.unwrap().to_string())
+            .collect();
+        let mut bounds = vec![String::new(), String::new()];
+        bounds.extend((1..4).map(|i| customers[i * customers.len() / 4].clone()));
+        let buckets = CustomerBuckets::from_bounds(bounds);
+        let of = bucket_of_rows(&all, &buckets).unwrap();
+        let mut writer = Writer::create(tmp.path()).unwrap();
+        for i in 0..buckets.count() {
+            let part = rows_of_bucket(&all, &of, i).unwrap();
+            writer
+                .add(History::build(&part, &features, &label).unwrap())
+                .unwrap();
+        }
+        let stored = Stored::Written(std::sync::Arc::new(writer.finish()));
+        let base = tmp.path().join("base");
+        stored.write(&base).unwrap();
+        let read = Stored::read(&base, &features, tmp.path(), "read-").unwrap();
+        assert!(matches!(read, Stored::Written(_)));
+        // The empty buckets are read with their neighbours.
+        assert_eq!(read.parts(), 4);
+        assert_eq!(read.fingerprint().unwrap(), history.fingerprint().unwrap());
+        assert_same(&whole(&read, &features), &history);
+
+        // The night after kept its changes beside this base: the days of another night's
+        // events of every third customer replace theirs, and two customers are gone.
+        let every_third = customers.iter().step_by(3).cloned().collect::<Vec<_>>();
+        let every_third = Series::new("c".into(), every_third);
+        let other = History::build(&events(2), &features, &label).unwrap();
+        let changes = Changes {
+            daily: other
+                .daily
+                .map(|df| {
+                    let mask = crate::util::rows_in(&df, ev::CUSTOMER_ID, every_third.clone())?;
+                    df.filter(&mask).ctx("test")
+                })
+                .unwrap(),
+            removed: Series::new(ev::CUSTOMER_ID.into(), &customers[1..3]),
+        };
+        let after = changes.clone().apply(history.clone()).unwrap();
+        let night = tmp.path().join("night");
+        changes.write(&base, &after, &night).unwrap();
+        let read = Stored::read(&night, &features, tmp.path(), "read-").unwrap();
+        assert!(matches!(read, Stored::Written(_)));
+        assert_same(&whole(&read, &features), &after);
+        assert_eq!(read.fingerprint().unwrap(), after.fingerprint().unwrap());
+
+        // A history written whole is read whole.
+        let held = tmp.path().join("held");
+        history.write(&held).unwrap();
+        let read = Stored::read(&held, &features, tmp.path(), "read-").unwrap();
+        assert!(matches!(read, Stored::Held(_)));
+        assert_same(&whole(&read, &features), &history);
     }
 
     #[test]

@@ -1039,8 +1039,14 @@ impl Prepared {
     }
 
     /// What the run of `night` kept in `dir` (a night's state, or a shard's part), for the
-    /// definitions of `job`.
-    fn load(dir: &std::path::Path, night: NaiveDate, job: &Job) -> Result<Prepared> {
+    /// definitions of `job`; a history the night wrote by bucket is read back by bucket into
+    /// `scratch` (a directory whose lock the caller holds).
+    fn load(
+        dir: &std::path::Path,
+        night: NaiveDate,
+        job: &Job,
+        scratch: &std::path::Path,
+    ) -> Result<Prepared> {
         let (kept, shards) = Night::load(dir, night)?;
         if let Some(n) = shards {
             return Err(crate::error::ConfigError::one(
@@ -1063,14 +1069,12 @@ impl Prepared {
         // again from the kept events, which only a night that read every file has.
         let (history, increment, events_used) = match record {
             Some(r) if r.definitions == increment_definitions(job) => (
-                {
-                    let dir = inc.join(HISTORY_DIR);
-                    let base = crate::history::History::read(&dir, &job.features)?;
-                    match crate::history::Changes::read(&dir, &job.features)? {
-                        Some(changes) => changes.apply(base)?,
-                        None => base,
-                    }
-                },
+                crate::history::Stored::read(
+                    &inc.join(HISTORY_DIR),
+                    &job.features,
+                    scratch,
+                    EVENTS_WRITING,
+                )?,
                 Increment::Linked(inc),
                 r.events,
             ),
@@ -1084,7 +1088,11 @@ impl Prepared {
                     events
                 };
                 (
-                    crate::history::History::build(&events, &job.features, &job.model.label)?,
+                    crate::history::Stored::Held(Box::new(crate::history::History::build(
+                        &events,
+                        &job.features,
+                        &job.model.label,
+                    )?)),
                     Increment::None,
                     events.height(),
                 )
@@ -1094,7 +1102,7 @@ impl Prepared {
             night: kept,
             fingerprint: history.fingerprint()?,
             sessions: Sessions::kept(stage.join(format!("{SESSIONS_FRAME}.parquet")))?,
-            history: crate::history::Stored::Held(Box::new(history)),
+            history,
             increment,
             events_used,
             events: NightEvents::Kept(events_file),
@@ -2307,7 +2315,7 @@ pub fn run_shard(opts: &RunOptions, shard: Shard) -> Result<ShardSummary> {
             })?;
             let held = lock(as_of)?;
             let part = shard.dir(&state, as_of).join(PART_DIR);
-            let prep = Prepared::load(&part, as_of, &job)?;
+            let prep = Prepared::load(&part, as_of, &job, &shard.dir(&state, as_of))?;
             let kept: PartRecord = std::fs::read_to_string(part.join(PART_RECORD))
                 .ok()
                 .and_then(|text| serde_json::from_str(&text).ok())
@@ -3059,7 +3067,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                             crate::error::ConfigError::one(state.root().display().to_string(), "--from-stage features needs a night already run; none is kept here")
                         })?,
                     };
-                    let prep = Prepared::load(&state.night(as_of), as_of, &job)?;
+                    let prep = Prepared::load(&state.night(as_of), as_of, &job, state.root())?;
                     for stage in ["ingest", "identity", "sessions", "history"] {
                         timer.lap(stage);
                     }

@@ -743,6 +743,20 @@ pub fn read_parquet_columns(path: &Path, columns: Option<&[&str]>) -> Result<Dat
         .ctx(format!("reading {}", path.display()))
 }
 
+/// Rows `offset..offset + len` of the Parquet file `path`: only the row groups that hold them
+/// are read.
+pub fn read_parquet_rows(path: &Path, offset: usize, len: usize) -> Result<DataFrame> {
+    let file = std::fs::File::open(path).ctx(format!("opening {}", path.display()))?;
+    ParquetReader::new(file)
+        .with_slice(Some((offset, len)))
+        .finish()
+        .ctx(format!(
+            "reading rows {offset}..{} of {}",
+            offset + len,
+            path.display()
+        ))
+}
+
 /// A lazy read of the Parquet file `path`.
 pub fn scan_parquet(path: &Path) -> Result<LazyFrame> {
     LazyFrame::scan_parquet(
