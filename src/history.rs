@@ -459,11 +459,13 @@ pub struct Writer {
 impl Writer {
     /// A writer into a new directory under `within`.
     pub fn create(within: &Path) -> Result<Writer> {
-        Ok(Writer::into(crate::util::scratch_dir(within, "history-")?))
+        Ok(Writer::within(crate::util::scratch_dir(
+            within, "history-",
+        )?))
     }
 
     /// A writer into `dir`, removed with the history written.
-    fn into(dir: tempfile::TempDir) -> Writer {
+    pub fn within(dir: tempfile::TempDir) -> Writer {
         Writer {
             dir,
             buckets: Vec::new(),
@@ -643,7 +645,7 @@ impl Stored {
             "the history kept by bucket, read back a bucket at a time"
         );
         let (labels, signals) = (whole(LABELS)?, whole(SIGNALS)?);
-        let mut writer = Writer::into(crate::util::scratch_dir(within, prefix)?);
+        let mut writer = Writer::within(crate::util::scratch_dir(within, prefix)?);
         for (i, &start) in starts.iter().enumerate() {
             let end = starts.get(i + 1).copied().unwrap_or(parts.firsts.len());
             let daily = Daily::read_with(features, |name| {

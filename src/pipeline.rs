@@ -827,39 +827,133 @@ fn compose_renames(renames: &DataFrame, now: &DataFrame) -> Result<DataFrame> {
         .ctx("identity renames")
 }
 
-/// Every event a night kept for `--from-stage features`: the kept events of the nights since
-/// the last full read under today's ids (suppressed customers left out), then its own.
-fn all_kept_events(
+/// Every event a night kept for `--from-stage features`, handed to `each` at most `rows` at
+/// a time (at least once, if with none): the kept events of the nights since the last full
+/// read under today's ids (suppressed customers left out), then its own (`own`).
+fn each_kept_event(
     inc: &std::path::Path,
-    own: DataFrame,
+    own: &std::path::Path,
     customers: &DataFrame,
-) -> Result<DataFrame> {
-    let renames = crate::util::read_parquet(&inc.join(format!("{RENAMES_FRAME}.parquet")))?;
-    let mut all = Vec::new();
-    for file in kept_events_before(inc)? {
-        let df = crate::util::categorical(crate::util::read_parquet(&file)?)?;
-        let schema = own.schema().clone();
-        all.push(
-            features::renamed(df.lazy(), Some(&renames))
-                .join(
-                    customers.clone().lazy().select([col(ev::CUSTOMER_ID)]),
-                    [col(ev::CUSTOMER_ID)],
-                    [col(ev::CUSTOMER_ID)],
-                    JoinArgs::new(JoinType::Semi),
-                )
-                .select(
-                    schema
-                        .iter_names()
-                        .map(|n| col(n.clone()))
-                        .collect::<Vec<_>>(),
-                ),
-        );
+    rows: usize,
+    mut each: impl FnMut(DataFrame) -> Result<()>,
+) -> Result<()> {
+    // A night that read only its new files kept only their events: the nights before it
+    // since the last full read kept the others.
+    let before = match inc.join(EVENTS_BEFORE_DIR).exists() {
+        true => kept_events_before(inc)?,
+        false => Vec::new(),
+    };
+    let renames = match before.is_empty() {
+        true => None,
+        false => Some(crate::util::read_parquet(
+            &inc.join(format!("{RENAMES_FRAME}.parquet")),
+        )?),
+    };
+    let names: Vec<Expr> = crate::util::scan_parquet(own)?
+        .collect_schema()
+        .ctx("the kept events")?
+        .iter_names()
+        .map(|n| col(n.clone()))
+        .collect();
+    let ours = |df: DataFrame| -> Result<DataFrame> {
+        features::renamed(df.lazy(), renames.as_ref())
+            .join(
+                customers.clone().lazy().select([col(ev::CUSTOMER_ID)]),
+                [col(ev::CUSTOMER_ID)],
+                [col(ev::CUSTOMER_ID)],
+                JoinArgs::new(JoinType::Semi),
+            )
+            .select(names.clone())
+            .collect()
+            .ctx("the events kept by the nights before")
+    };
+    for file in before.iter().map(PathBuf::as_path).chain([own]) {
+        let total = crate::util::parquet_rows(file)?;
+        let mut offset = 0;
+        loop {
+            let part =
+                crate::util::categorical(crate::util::read_parquet_rows(file, offset, rows)?)?;
+            each(if file == own { part } else { ours(part)? })?;
+            offset = offset.saturating_add(rows);
+            if offset >= total {
+                break;
+            }
+        }
     }
-    all.push(own.lazy());
-    concat(all, UnionArgs::default())
-        .ctx("the events kept by the nights before")?
-        .collect()
-        .ctx("the events kept by the nights before")
+    Ok(())
+}
+
+/// The history of every event a night kept (`each_kept_event`), built again for `job`'s
+/// definitions: from the events held, or, when they would take more memory than a night
+/// holds its events in (`buckets::write_buckets_above`), written by bucket of customers
+/// under `scratch` and built a bucket at a time (100M events: about 9 GB of kept events).
+/// Gives the history and the events it was built from.
+fn history_of_kept_events(
+    inc: &std::path::Path,
+    own: &std::path::Path,
+    customers: &DataFrame,
+    job: &Job,
+    scratch: &std::path::Path,
+) -> Result<(crate::history::Stored, usize)> {
+    let mut files = vec![own.to_path_buf()];
+    if inc.join(EVENTS_BEFORE_DIR).exists() {
+        files.extend(kept_events_before(inc)?);
+    }
+    let (mut rows, mut bytes) = (0, 0);
+    for file in &files {
+        rows += crate::util::parquet_rows(file)?;
+        bytes += std::fs::metadata(file)
+            .ctx(format!("reading {}", file.display()))?
+            .len();
+    }
+    let build = |events: &DataFrame| {
+        crate::history::History::build(events, &job.features, &job.model.label)
+    };
+    if bytes <= crate::buckets::write_buckets_above(job) {
+        let mut parts = Vec::new();
+        each_kept_event(inc, own, customers, usize::MAX, |part| {
+            parts.push(part.lazy());
+            Ok(())
+        })?;
+        let events = concat(parts, UnionArgs::default())
+            .ctx("the kept events")?
+            .collect()
+            .ctx("the kept events")?;
+        let history = build(&events)?;
+        return Ok((
+            crate::history::Stored::Held(Box::new(history)),
+            events.height(),
+        ));
+    }
+    let count = crate::buckets::buckets_for(rows, job.events_per_bucket);
+    tracing::info!(
+        mib = bytes >> 20,
+        buckets = count,
+        "the history built again from the kept events a bucket at a time"
+    );
+    let buckets = crate::buckets::CustomerBuckets::cut(
+        customers
+            .column(ev::CUSTOMER_ID)
+            .ctx("the night's customers")?,
+        count,
+    )?;
+    let mut written = crate::buckets::BucketFiles::create(Some(scratch), count)?;
+    let mut events = 0;
+    each_kept_event(inc, own, customers, job.events_per_bucket, |part| {
+        events += part.height();
+        crate::buckets::append_by_customer(&mut written, &buckets, &part)
+    })?;
+    let written = written.finish()?;
+    let mut history = crate::history::Writer::within(NightEvents::scratch(scratch)?);
+    for i in 0..count {
+        if let Some(part) = written.read(i)? {
+            history.add(build(&crate::util::categorical(part)?)?)?;
+        }
+    }
+    Ok((
+        crate::history::Stored::Written(std::sync::Arc::new(history.finish())),
+        events,
+    ))
 }
 
 /// The kept event keys of `files`, read lazily.
@@ -1079,23 +1173,9 @@ impl Prepared {
                 r.events,
             ),
             _ => {
-                // A night that read only its new files kept only their events: the nights
-                // before it since the last full read kept the others.
-                let events = crate::util::categorical(crate::util::read_parquet(&events_file)?)?;
-                let events = if inc.join(EVENTS_BEFORE_DIR).exists() {
-                    all_kept_events(&inc, events, &kept.customers)?
-                } else {
-                    events
-                };
-                (
-                    crate::history::Stored::Held(Box::new(crate::history::History::build(
-                        &events,
-                        &job.features,
-                        &job.model.label,
-                    )?)),
-                    Increment::None,
-                    events.height(),
-                )
+                let (history, events) =
+                    history_of_kept_events(&inc, &events_file, &kept.customers, job, scratch)?;
+                (history, Increment::None, events)
             }
         };
         Ok(Prepared {

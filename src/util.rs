@@ -752,7 +752,7 @@ pub fn read_parquet_rows(path: &Path, offset: usize, len: usize) -> Result<DataF
         .finish()
         .ctx(format!(
             "reading rows {offset}..{} of {}",
-            offset + len,
+            offset.saturating_add(len),
             path.display()
         ))
 }

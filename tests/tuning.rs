@@ -108,60 +108,127 @@ fn rerunning_from_features_needs_no_raw_events_and_changes_only_what_was_edited(
     }
 }
 
+/// `propel run --from-stage features` of the night `as_of` in `out`, for `job`; its log.
+fn from_features(
+    cwd: &std::path::Path,
+    job: &std::path::Path,
+    out: &std::path::Path,
+    as_of: &str,
+) -> String {
+    let o = propel(
+        cwd,
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--job",
+            job.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--as-of",
+            as_of,
+            "--from-stage",
+            "features",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    stderr(&o)
+}
+
+/// The default feature set with `page_views_7d` over 14 days, and a job of it (with `extra`).
+fn edited_job(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let features = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("features/default.toml"),
+    )
+    .unwrap();
+    let start = features.find("name = \"page_views_7d\"").unwrap();
+    let window = start + features[start..].find("window = \"7d\"").unwrap();
+    let mut edited = features.clone();
+    edited.replace_range(window..window + "window = \"7d\"".len(), "window = \"14d\"");
+    std::fs::write(dir.join("edited.toml"), edited).unwrap();
+    let job = dir.join(format!("edited_job{}.toml", extra.len()));
+    std::fs::write(
+        &job,
+        format!("model = \"quick_model.toml\"\nfeatures = \"edited.toml\"\n{extra}"),
+    )
+    .unwrap();
+    job
+}
+
 #[test]
 fn a_night_written_by_bucket_reruns_from_features_a_bucket_at_a_time() {
     let tmp = tempfile::tempdir().unwrap();
     let events = small_events(tmp.path());
     // Buckets of 5,000 events (about five) written aside: the night's history is written by
-    // bucket, and kept whole with how the buckets cut it.
-    let job = quick_job(tmp.path());
-    std::fs::write(
-        &job,
-        std::fs::read_to_string(&job).unwrap()
-            + "[sessions]\nevents_per_bucket = 5000\nwrite_buckets_above_mib = 0\n",
-    )
-    .unwrap();
-    let out = tmp.path().join("out");
+    // bucket, and kept whole with how the buckets cut it; the same nights held, beside.
+    let held_job = quick_job(tmp.path());
+    let bucketed = "[sessions]\nevents_per_bucket = 5000\nwrite_buckets_above_mib = 0\n";
+    let job = tmp.path().join("bucketed.toml");
+    std::fs::write(&job, std::fs::read_to_string(&held_job).unwrap() + bucketed).unwrap();
+    let (out, held) = (tmp.path().join("out"), tmp.path().join("held"));
     // The second night reads only its new file: it keeps the first night's history as its
-    // base, with the days changed since.
+    // base, with the days changed since, and the first night's events as kept before it.
     for night in ["2026-05-14", "2026-05-15"] {
-        let o = propel(tmp.path(), &run_args(&job, &events, &out, night));
-        assert!(o.status.success(), "{}", stderr(&o));
+        for (job, out) in [(&job, &out), (&held_job, &held)] {
+            let o = propel(tmp.path(), &run_args(job, &events, out, night));
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
     }
-    let changed = out.join("_state/night-2026-05-15/increment/history/changed");
-    assert!(changed.exists());
+    assert!(
+        out.join("_state/night-2026-05-15/increment/history/changed")
+            .exists()
+    );
+    assert!(
+        out.join("_state/night-2026-05-15/increment/events-before")
+            .exists()
+    );
+    let manifest = |out: &std::path::Path, night: &str| {
+        std::fs::read(out.join(night).join("manifest.json")).unwrap()
+    };
     for night in ["2026-05-14", "2026-05-15"] {
-        let manifest = std::fs::read(out.join(night).join("manifest.json")).unwrap();
+        let before = manifest(&out, night);
         // The snapshots computed again, not taken from the cache.
         std::fs::remove_dir_all(out.join("_state/cache")).unwrap();
-        let o = propel(
-            tmp.path(),
-            &[
-                "--log-format",
-                "json",
-                "run",
-                "--job",
-                job.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--as-of",
-                night,
-                "--from-stage",
-                "features",
-            ],
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
+        let log = from_features(tmp.path(), &job, &out, night);
         assert!(
-            stderr(&o).contains("read back a bucket at a time"),
-            "{night}: {}",
-            stderr(&o)
+            log.contains("read back a bucket at a time"),
+            "{night}: {log}"
         );
-        assert_eq!(
-            std::fs::read(out.join(night).join("manifest.json")).unwrap(),
-            manifest,
+        assert!(
+            before == manifest(&out, night),
             "{night}: every output byte-identical"
         );
     }
+    // An edited feature: the history is built again from the kept events (the night's and
+    // those kept before it, under today's ids), a bucket at a time, and gives what the
+    // events held give.
+    let log = from_features(
+        tmp.path(),
+        &edited_job(tmp.path(), bucketed),
+        &out,
+        "2026-05-15",
+    );
+    assert!(
+        log.contains("built again from the kept events a bucket at a time"),
+        "{log}"
+    );
+    let log = from_features(tmp.path(), &edited_job(tmp.path(), ""), &held, "2026-05-15");
+    assert!(!log.contains("a bucket at a time"), "{log}");
+    // Every file alike but the two that name the output directory (the model's path).
+    let files = |out: &std::path::Path| {
+        let m: serde_json::Value = serde_json::from_slice(&manifest(out, "2026-05-15")).unwrap();
+        let mut files = m["files"].as_array().unwrap().clone();
+        files.retain(|f| {
+            !["metrics.json", "report/index.html"].contains(&f["path"].as_str().unwrap())
+        });
+        assert!(files.len() > 10, "{files:?}");
+        files
+    };
+    assert!(
+        files(&out) == files(&held),
+        "the edited night's outputs differ"
+    );
+    assert!(manifest(&out, "2026-05-15") != manifest(&out, "2026-05-14"));
 }
 
 #[test]
