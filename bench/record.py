@@ -112,7 +112,8 @@ def main() -> None:
         result["propel"].setdefault("stages_ms", record["timings_ms"])
         result["propel"]["customers"] = record["rows"]["customers"]
         for key, name in [("from_features_cold", "features_cold.time"),
-                          ("from_features_warm", "features_warm.time")]:
+                          ("from_features_warm", "features_warm.time"),
+                          ("from_features_edited", "features_edited.time")]:
             timed = gnu_time(d / name)
             text = (d / name).read_text() if (d / name).exists() else ""
             m = re.search(r"Exit status: (\d+)", text)

@@ -23,7 +23,9 @@ def rerun(r: dict) -> str:
     """A rerun's wall time, or why it has none."""
     if "failure" in r:
         return f"failed ({r['failure']}, {fmt(r.get('peak_rss_mib'), 'MiB')})"
-    return fmt(r.get("wall_s"))
+    if "wall_s" not in r:
+        return "-"
+    return f"{fmt(r.get('wall_s'))}, {fmt(r.get('peak_rss_mib'), 'MiB')}"
 
 
 def walls(xs: list) -> str:
@@ -61,14 +63,15 @@ def main() -> None:
     print("Each propel run is capped at 20 GiB (`LIMIT_GIB`): in a memory cgroup where the harness can "
           "make one, else by `ulimit -v` (two pairs of 10M runs by hand: 93 s and 87 s under ulimit, "
           "93 s and 82 s in a cgroup); DuckDB is not capped.\n")
-    print("| size | events | customers | propel end to end | propel peak | DuckDB features | DuckDB peak | bare scan | from features (cold) | from features (nothing changed) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| size | events | customers | propel end to end | propel peak | DuckDB features | DuckDB peak | bare scan | from features (cold) | from features (nothing changed) | from features (a feature edited) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for s, r in results.items():
         p, d = r.get("propel", {}), r.get("duckdb", {})
         e2e = fmt(p.get("wall_s")) if "failure" not in p else f"failed ({p['failure']})"
         print(f"| {s} | {r.get('events', '-'):,} | {p.get('customers', '-')} | {e2e} | {fmt(p.get('peak_rss_mib'), 'MiB')} "
               f"| {fmt(d.get('features_s'))} | {fmt(d.get('peak_rss_mib'), 'MiB')} | {fmt(d.get('scan_s'))} "
-              f"| {rerun(r.get('from_features_cold', {}))} | {rerun(r.get('from_features_warm', {}))} |")
+              f"| {rerun(r.get('from_features_cold', {}))} | {rerun(r.get('from_features_warm', {}))} "
+              f"| {rerun(r.get('from_features_edited', {}))} |")
     repeated = []
     for s, r in results.items():
         p, d = r.get("propel", {}), r.get("duckdb", {})

@@ -827,80 +827,99 @@ fn compose_renames(renames: &DataFrame, now: &DataFrame) -> Result<DataFrame> {
         .ctx("identity renames")
 }
 
-/// Every event a night kept for `--from-stage features`, handed to `each` at most `rows` at
-/// a time (at least once, if with none): the kept events of the nights since the last full
-/// read under today's ids (suppressed customers left out), then its own (`own`).
-fn each_kept_event(
-    inc: &std::path::Path,
-    own: &std::path::Path,
-    customers: &DataFrame,
-    rows: usize,
-    mut each: impl FnMut(DataFrame) -> Result<()>,
-) -> Result<()> {
-    // A night that read only its new files kept only their events: the nights before it
-    // since the last full read kept the others.
-    let before = match inc.join(EVENTS_BEFORE_DIR).exists() {
-        true => kept_events_before(inc)?,
-        false => Vec::new(),
-    };
-    let renames = match before.is_empty() {
-        true => None,
-        false => Some(crate::util::read_parquet(
-            &inc.join(format!("{RENAMES_FRAME}.parquet")),
-        )?),
-    };
-    let names: Vec<Expr> = crate::util::scan_parquet(own)?
-        .collect_schema()
-        .ctx("the kept events")?
-        .iter_names()
-        .map(|n| col(n.clone()))
-        .collect();
-    let ours = |df: DataFrame| -> Result<DataFrame> {
-        features::renamed(df.lazy(), renames.as_ref())
-            .join(
-                customers.clone().lazy().select([col(ev::CUSTOMER_ID)]),
-                [col(ev::CUSTOMER_ID)],
-                [col(ev::CUSTOMER_ID)],
-                JoinArgs::new(JoinType::Semi),
-            )
-            .select(names.clone())
-            .collect()
-            .ctx("the events kept by the nights before")
-    };
-    for file in before.iter().map(PathBuf::as_path).chain([own]) {
-        let total = crate::util::parquet_rows(file)?;
-        let mut offset = 0;
-        loop {
-            let part =
-                crate::util::categorical(crate::util::read_parquet_rows(file, offset, rows)?)?;
-            each(if file == own { part } else { ours(part)? })?;
-            offset = offset.saturating_add(rows);
-            if offset >= total {
-                break;
-            }
-        }
-    }
-    Ok(())
+/// The files of every event a night kept for `--from-stage features`: those of the nights
+/// since the last full read (under their nights' ids, which `renames` brings to today's),
+/// then its own. A night that read only its new files kept only their events.
+struct KeptEventFiles {
+    before: Vec<PathBuf>,
+    renames: Option<DataFrame>,
+    own: PathBuf,
 }
 
-/// The history of every event a night kept (`each_kept_event`), built again for `job`'s
-/// definitions: from the events held, or, when they would take more memory than a night
-/// holds its events in (`buckets::write_buckets_above`), written by bucket of customers
-/// under `scratch` and built a bucket at a time (100M events: about 9 GB of kept events).
-/// Gives the history and the events it was built from.
+impl KeptEventFiles {
+    /// The kept events of the night whose increment is `inc` and whose own kept events are
+    /// `own`.
+    fn of(inc: &std::path::Path, own: &std::path::Path) -> Result<KeptEventFiles> {
+        let before = match inc.join(EVENTS_BEFORE_DIR).exists() {
+            true => kept_events_before(inc)?,
+            false => Vec::new(),
+        };
+        let renames = match before.is_empty() {
+            true => None,
+            false => Some(crate::util::read_parquet(
+                &inc.join(format!("{RENAMES_FRAME}.parquet")),
+            )?),
+        };
+        Ok(KeptEventFiles {
+            before,
+            renames,
+            own: own.to_path_buf(),
+        })
+    }
+
+    fn files(&self) -> impl Iterator<Item = &std::path::Path> {
+        self.before.iter().chain([&self.own]).map(PathBuf::as_path)
+    }
+
+    /// Every event, handed to `each` at most `rows` at a time (at least once, if with none),
+    /// under today's ids, the suppressed customers' (those not in `customers`) left out.
+    fn each(
+        &self,
+        customers: &DataFrame,
+        rows: usize,
+        mut each: impl FnMut(DataFrame) -> Result<()>,
+    ) -> Result<()> {
+        let names: Vec<Expr> = crate::util::scan_parquet(&self.own)?
+            .collect_schema()
+            .ctx("the kept events")?
+            .iter_names()
+            .map(|n| col(n.clone()))
+            .collect();
+        let today = |df: DataFrame| -> Result<DataFrame> {
+            features::renamed(df.lazy(), self.renames.as_ref())
+                .join(
+                    customers.clone().lazy().select([col(ev::CUSTOMER_ID)]),
+                    [col(ev::CUSTOMER_ID)],
+                    [col(ev::CUSTOMER_ID)],
+                    JoinArgs::new(JoinType::Semi),
+                )
+                .select(names.clone())
+                .collect()
+                .ctx("the events kept by the nights before")
+        };
+        for file in self.files() {
+            let total = crate::util::parquet_rows(file)?;
+            let mut offset = 0;
+            loop {
+                let part =
+                    crate::util::categorical(crate::util::read_parquet_rows(file, offset, rows)?)?;
+                each(match file == self.own {
+                    true => part,
+                    false => today(part)?,
+                })?;
+                offset = offset.saturating_add(rows);
+                if offset >= total {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The history of every event a night kept, built again for `job`'s definitions: from the
+/// events held, or, when their files take more than a night holds its events in
+/// (`buckets::write_buckets_above`), written by bucket of customers under `scratch` and built
+/// a bucket at a time (100M events: about 9 GB of kept events). Gives the history and the
+/// events it was built from.
 fn history_of_kept_events(
-    inc: &std::path::Path,
-    own: &std::path::Path,
+    kept: &KeptEventFiles,
     customers: &DataFrame,
     job: &Job,
     scratch: &std::path::Path,
 ) -> Result<(crate::history::Stored, usize)> {
-    let mut files = vec![own.to_path_buf()];
-    if inc.join(EVENTS_BEFORE_DIR).exists() {
-        files.extend(kept_events_before(inc)?);
-    }
     let (mut rows, mut bytes) = (0, 0);
-    for file in &files {
+    for file in kept.files() {
         rows += crate::util::parquet_rows(file)?;
         bytes += std::fs::metadata(file)
             .ctx(format!("reading {}", file.display()))?
@@ -911,7 +930,7 @@ fn history_of_kept_events(
     };
     if bytes <= crate::buckets::write_buckets_above(job) {
         let mut parts = Vec::new();
-        each_kept_event(inc, own, customers, usize::MAX, |part| {
+        kept.each(customers, usize::MAX, |part| {
             parts.push(part.lazy());
             Ok(())
         })?;
@@ -939,7 +958,7 @@ fn history_of_kept_events(
     )?;
     let mut written = crate::buckets::BucketFiles::create(Some(scratch), count)?;
     let mut events = 0;
-    each_kept_event(inc, own, customers, job.events_per_bucket, |part| {
+    kept.each(customers, job.events_per_bucket, |part| {
         events += part.height();
         crate::buckets::append_by_customer(&mut written, &buckets, &part)
     })?;
@@ -1173,8 +1192,12 @@ impl Prepared {
                 r.events,
             ),
             _ => {
-                let (history, events) =
-                    history_of_kept_events(&inc, &events_file, &kept.customers, job, scratch)?;
+                let (history, events) = history_of_kept_events(
+                    &KeptEventFiles::of(&inc, &events_file)?,
+                    &kept.customers,
+                    job,
+                    scratch,
+                )?;
                 (history, Increment::None, events)
             }
         };
