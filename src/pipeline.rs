@@ -109,6 +109,9 @@ enum IdentityFrames {
         dir: std::sync::Arc<tempfile::TempDir>,
         rows: [usize; 3],
     },
+    /// What a night kept in its state directory `dir` (`keep`), not read: a rerun from the
+    /// features stage only passes them on (100M events: about 1.3 GB held); the frames' rows.
+    Kept { dir: PathBuf, rows: [usize; 3] },
 }
 
 const IDENTITY_FRAMES: [&str; 3] = ["identity", "identity_changes", "identity_shared"];
@@ -134,7 +137,7 @@ impl IdentityFrames {
     fn rows(&self) -> [usize; 3] {
         match self {
             IdentityFrames::Held { frames, .. } => frames.each_ref().map(DataFrame::height),
-            IdentityFrames::Written { rows, .. } => *rows,
+            IdentityFrames::Written { rows, .. } | IdentityFrames::Kept { rows, .. } => *rows,
         }
     }
 
@@ -146,6 +149,10 @@ impl IdentityFrames {
                 IdentityFrames::Held { frames, .. } => write_parquet(&frames[i], &to)?,
                 IdentityFrames::Written { dir, .. } => {
                     link_or_copy(&dir.path().join(format!("{name}.parquet")), &to)?
+                }
+                // Kept as a stage frame: published again, one frame at a time.
+                IdentityFrames::Kept { dir, .. } => {
+                    write_parquet(&read_stage_frame(&dir.join(STAGE_DIR), name)?, &to)?
                 }
             }
         }
@@ -164,18 +171,33 @@ impl IdentityFrames {
                 }
             }
             IdentityFrames::Written { dir: written, .. } => {
-                for file in identity::IdentityState::FILES {
-                    link_or_copy(&written.path().join(file), &dir.join(file))?;
-                }
-                std::fs::create_dir_all(&stage).ctx(format!("creating {}", stage.display()))?;
-                for name in IDENTITY_FRAMES {
-                    let file = format!("{name}.parquet");
-                    link_or_copy(&written.path().join(&file), &stage.join(&file))?;
-                }
+                link_identity(written.path(), written.path(), dir)?
+            }
+            IdentityFrames::Kept { dir: kept, .. } => {
+                link_identity(kept, &kept.join(STAGE_DIR), dir)?
             }
         }
         Ok(())
     }
+}
+
+/// Links the identity state in `state` and the frames in `frames` into the state directory
+/// `dir` and its `stage`.
+fn link_identity(
+    state: &std::path::Path,
+    frames: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<()> {
+    for file in identity::IdentityState::FILES {
+        link_or_copy(&state.join(file), &dir.join(file))?;
+    }
+    let stage = dir.join(STAGE_DIR);
+    std::fs::create_dir_all(&stage).ctx(format!("creating {}", stage.display()))?;
+    for name in IDENTITY_FRAMES {
+        let file = format!("{name}.parquet");
+        link_or_copy(&frames.join(&file), &stage.join(&file))?;
+    }
+    Ok(())
 }
 
 /// What the stages up to sessions produce: the night, and the events and sessions of the
@@ -1112,16 +1134,22 @@ impl Night {
                 as_of: counts.as_of,
                 first_day: counts.first_day,
                 customers: read("customers")?,
-                identity: IdentityFrames::Held {
-                    frames: Box::new([
-                        read("identity")?,
-                        read("identity_changes")?,
-                        read("identity_shared")?,
-                    ]),
-                    state: Box::new(
-                        identity::IdentityState::load(dir)?
-                            .ok_or_else(|| nothing_kept(dir, night))?,
-                    ),
+                identity: IdentityFrames::Kept {
+                    dir: match identity::IdentityState::FILES
+                        .iter()
+                        .all(|f| dir.join(f).exists())
+                    {
+                        true => dir.to_path_buf(),
+                        false => return Err(nothing_kept(dir, night)),
+                    },
+                    rows: {
+                        let mut rows = [0; 3];
+                        for (rows, name) in rows.iter_mut().zip(IDENTITY_FRAMES) {
+                            *rows =
+                                crate::util::parquet_rows(&stage.join(format!("{name}.parquet")))?;
+                        }
+                        rows
+                    },
                 },
                 quarantine: read("quarantine")?,
                 counts: counts.counts,
