@@ -822,6 +822,23 @@ def main() -> None:
   of ingest: the decide loop's reads 44.2 s -> 28.2 s (rows decided 88.3 s -> 78.3 s), ingest
   401 s, peak 2,642 MiB; 10M forced into 100 buckets: published files and state
   byte-identical to d7f7093's.
+- Session 33 (the same AMD EPYC machine, slower this session): the 100M line is this
+  session's harness run on 2a7dba8 (one run, debug logging, nothing beside it): 1,320.2 s at
+  a peak of 2,685 MiB. Nothing this session changes a night's own run (by hand at 10M, held:
+  published files and state identical to 7a293f7's, 56.6 s against its 59.2 s on the same
+  hour, against the table's 46.8 s from session 30); every stage took longer than in session
+  32's run on the same code (ingest 510 s against 428 s, of which rows decided 144 s against
+  104 s; identity 410 s against 290 s; sessions 189 s against 141 s). The reruns from the
+  features stage now hold no more than the night did. A night written aside keeps with its
+  history where each bucket of customers starts (55feb54), and the rerun reads it back a
+  bucket at a time, with the days changed since its base; with a feature edited, the kept
+  events (10 GB at 100M) are written by bucket of customers a part at a time and the history
+  is built again bucket by bucket (648c4d1); the identity graph and frames are passed on
+  unread (2a7dba8, about 1.3 GB at 100M). At 100M: cache dropped 115.6 s at 2,380 MiB
+  (session 32's table: 108.1 s at 19,534 MiB); nothing changed 45.3 s at 2,570 MiB (23.8 s
+  at 10,312 MiB: the history is now read and written again by bucket before the snapshots
+  read it); a feature's window edited 331.5 s at 2,434 MiB (new; before, it read the kept
+  events whole). Outputs of each against the same rerun held in memory: tests/tuning.rs.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
