@@ -29,24 +29,7 @@ fn rerunning_from_features_needs_no_raw_events_and_changes_only_what_was_edited(
     );
     // The raw events are gone: the rerun works from what the night kept.
     std::fs::remove_dir_all(&events).unwrap();
-    let from_features = |job: &std::path::Path| {
-        let o = propel(
-            tmp.path(),
-            &[
-                "run",
-                "--job",
-                job.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-                "--as-of",
-                "2026-05-15",
-                "--from-stage",
-                "features",
-            ],
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
-    };
-    from_features(&job);
+    from_features(tmp.path(), &job, &out, "2026-05-15");
     assert_eq!(
         std::fs::read(night.join("manifest.json")).unwrap(),
         manifest,
@@ -55,27 +38,13 @@ fn rerunning_from_features_needs_no_raw_events_and_changes_only_what_was_edited(
     let before = read_parquet(&night.join("features.parquet"));
 
     // Edit one feature's window; validate; rerun from features.
-    let features = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("features/default.toml"),
-    )
-    .unwrap();
-    let start = features.find("name = \"page_views_7d\"").unwrap();
-    let window = start + features[start..].find("window = \"7d\"").unwrap();
-    let mut edited = features.clone();
-    edited.replace_range(window..window + "window = \"7d\"".len(), "window = \"14d\"");
-    std::fs::write(tmp.path().join("edited.toml"), edited).unwrap();
-    let edited_job = tmp.path().join("edited_job.toml");
-    std::fs::write(
-        &edited_job,
-        "model = \"quick_model.toml\"\nfeatures = \"edited.toml\"\n",
-    )
-    .unwrap();
+    let edited_job = edited_job(tmp.path(), "");
     let o = propel(
         tmp.path(),
         &["validate", "--job", edited_job.to_str().unwrap()],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    from_features(&edited_job);
+    from_features(tmp.path(), &edited_job, &out, "2026-05-15");
     let after = read_parquet(&night.join("features.parquet"));
     for name in before.get_column_names() {
         let same = before
