@@ -839,6 +839,9 @@ def main() -> None:
   at 10,312 MiB: the history is now read and written again by bucket before the snapshots
   read it); a feature's window edited 331.5 s at 2,434 MiB (new; before, it read the kept
   events whole). Outputs of each against the same rerun held in memory: tests/tuning.rs.
+  The demo and 1M lines of the table are this session's harness runs too (run and DuckDB
+  steps, three runs each), on this machine rather than session 30's Intel Xeon; their
+  incremental nights are still that earlier run's.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
