@@ -175,7 +175,7 @@ def main() -> None:
         for key in ["events", "generate_s"]:
             if result.get(key) is None and before.get(key) is not None:
                 result[key] = before[key]
-        for key in ["incremental", "incremental_weekly", "shards"]:
+        for key in ["duckdb", "incremental", "incremental_weekly", "shards"]:
             if key not in result and key in before:
                 result[key] = before[key] | {
                     "measured": before[key].get("measured", "an earlier run of the harness"),
