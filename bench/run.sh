@@ -88,8 +88,8 @@ for size in ${SIZES:-demo 1m 10m 100m}; do
   cp "$run/run.json" "$dir/propel_run.json"
   echo "== $size: rerun from the features stage (cache cold: keep the events, drop the cache)"
   rm -rf "$dir/out/_state/cache"
-  # Under the cap too, and a failure recorded, not fatal (at 100M the rerun reads the kept
-  # events whole: past the machine's memory).
+  # Under the cap too, and a failure recorded, not fatal (until session 33 the rerun at 100M
+  # held the night's history whole, near 20 GB).
   set +e
   capped /usr/bin/time -v "$propel" run --output "$dir/out" --from-stage features > /dev/null 2> "$dir/features_cold.time"
   echo "== $size: rerun from the features stage (nothing changed)"

@@ -316,7 +316,7 @@ enum NightEvents {
     /// Being written aside (a night read incrementally).
     Aside(std::sync::Arc<Aside>),
     /// The file a night's state kept, not read (`--from-stage features` reads the events
-    /// only to build their history again: at 100M events they take more than the machine).
+    /// only to build their history again, a part at a time: `history_of_kept_events`).
     Kept(PathBuf),
 }
 
