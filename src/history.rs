@@ -399,23 +399,13 @@ impl Changes {
         }))
     }
 
-    /// The changes of the customers in bucket `i` of `buckets`.
-    fn within(&self, buckets: &CustomerBuckets, i: usize) -> Result<Changes> {
-        let removed = self
-            .removed
-            .clone()
-            .with_name(ev::CUSTOMER_ID.into())
-            .into_frame();
-        Ok(Changes {
-            daily: self
-                .daily
-                .clone()
-                .map(|df| rows_of_bucket(&df, &bucket_of_rows(&df, buckets)?, i))?,
-            removed: rows_of_bucket(&removed, &bucket_of_rows(&removed, buckets)?, i)?
-                .column(ev::CUSTOMER_ID)
-                .ctx("removed customers")?
-                .as_materialized_series()
-                .clone(),
+    /// These changes with each row's bucket of `buckets`, taken a bucket at a time
+    /// (`ChangesByBucket::bucket`): each row's bucket is looked up once.
+    fn by_bucket(self, buckets: &CustomerBuckets) -> Result<ChangesByBucket> {
+        let removed = self.removed.with_name(ev::CUSTOMER_ID.into()).into_frame();
+        Ok(ChangesByBucket {
+            daily: self.daily.map(|df| with_bucket(df, buckets))?,
+            removed: with_bucket(removed, buckets)?,
         })
     }
 
@@ -627,16 +617,13 @@ impl Stored {
                 .map(|&b| parts.firsts[b].clone().expect("a bucket with days"))
                 .collect(),
         );
-        let whole = |name: &str| -> Result<(DataFrame, UInt32Chunked)> {
-            let df = crate::util::read_parquet(&dir.join(name))?;
-            let of = bucket_of_rows(&df, &buckets)?;
-            Ok((df, of))
-        };
+        let whole = |name: &str| with_bucket(crate::util::read_parquet(&dir.join(name))?, &buckets);
         tracing::info!(
             parts = starts.len(),
             "the history kept by bucket, read back a bucket at a time"
         );
         let (labels, signals) = (whole(LABELS)?, whole(SIGNALS)?);
+        let changes = changes.map(|c| c.by_bucket(&buckets)).transpose()?;
         let mut writer = Writer::within(crate::util::scratch_dir(within, prefix)?);
         for (i, &start) in starts.iter().enumerate() {
             let end = starts.get(i + 1).copied().unwrap_or(parts.firsts.len());
@@ -652,15 +639,35 @@ impl Stored {
             })?;
             let history = History {
                 daily,
-                labels: rows_of_bucket(&labels.0, &labels.1, i)?,
-                signals: rows_of_bucket(&signals.0, &signals.1, i)?,
+                labels: rows_of_bucket(&labels, i)?,
+                signals: rows_of_bucket(&signals, i)?,
             };
             writer.add(match &changes {
-                Some(changes) => changes.within(&buckets, i)?.apply(history)?,
+                Some(changes) => changes.bucket(i)?.apply(history)?,
                 None => history,
             })?;
         }
         Ok(Stored::Written(std::sync::Arc::new(writer.finish())))
+    }
+}
+
+/// `Changes` with each row's bucket (`with_bucket`).
+struct ChangesByBucket {
+    daily: Daily,
+    removed: DataFrame,
+}
+
+impl ChangesByBucket {
+    /// The changes of the customers in bucket `i`.
+    fn bucket(&self, i: usize) -> Result<Changes> {
+        Ok(Changes {
+            daily: self.daily.clone().map(|df| rows_of_bucket(&df, i))?,
+            removed: rows_of_bucket(&self.removed, i)?
+                .column(ev::CUSTOMER_ID)
+                .ctx("removed customers")?
+                .as_materialized_series()
+                .clone(),
+        })
     }
 }
 
@@ -692,22 +699,34 @@ fn first_customer(df: &DataFrame) -> Result<Option<String>> {
         .map(str::to_string))
 }
 
-/// The bucket of `buckets` of each row's customer (bucket 0 for none).
-fn bucket_of_rows(df: &DataFrame, buckets: &CustomerBuckets) -> Result<UInt32Chunked> {
-    let ids = df
+/// The column `with_bucket` adds.
+const BUCKET: &str = "_bucket";
+
+/// `df` with the bucket of `buckets` of each row's customer (`BUCKET`; bucket 0 for none).
+fn with_bucket(mut df: DataFrame, buckets: &CustomerBuckets) -> Result<DataFrame> {
+    let of: UInt32Chunked = df
         .column(ev::CUSTOMER_ID)
         .ctx("the history's customers")?
         .str()
-        .ctx("the history's customers")?;
-    Ok(ids
+        .ctx("the history's customers")?
         .iter()
         .map(|id| Some(id.map_or(0, |id| buckets.of(id)) as u32))
-        .collect())
+        .collect();
+    df.with_column(of.with_name(BUCKET.into()).into_column())
+        .ctx("the history's buckets")?;
+    Ok(df)
 }
 
-/// The rows of `df` in bucket `i` (`of`: each row's bucket).
-fn rows_of_bucket(df: &DataFrame, of: &UInt32Chunked, i: usize) -> Result<DataFrame> {
+/// The rows of `df` (`with_bucket`'s) in bucket `i`, without their bucket.
+fn rows_of_bucket(df: &DataFrame, i: usize) -> Result<DataFrame> {
+    let of = df
+        .column(BUCKET)
+        .ctx("the history's buckets")?
+        .u32()
+        .ctx("the history's buckets")?;
     df.filter(&of.equal(i as u32))
+        .ctx("the history of a bucket of customers")?
+        .drop(BUCKET)
         .ctx("the history of a bucket of customers")
 }
 
@@ -888,10 +907,10 @@ mod tests {
         let mut bounds = vec![String::new(), String::new()];
         bounds.extend((1..4).map(|i| customers[i * customers.len() / 4].clone()));
         let buckets = CustomerBuckets::from_bounds(bounds);
-        let of = bucket_of_rows(&all, &buckets).unwrap();
+        let all = with_bucket(all, &buckets).unwrap();
         let mut writer = Writer::create(tmp.path()).unwrap();
         for i in 0..buckets.count() {
-            let part = rows_of_bucket(&all, &of, i).unwrap();
+            let part = rows_of_bucket(&all, i).unwrap();
             writer
                 .add(History::build(&part, &features, &label).unwrap())
                 .unwrap();

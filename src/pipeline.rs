@@ -1129,27 +1129,25 @@ impl Night {
         let counts: NightCounts =
             serde_json::from_str(&text).map_err(|_| nothing_kept(dir, night))?;
         let read = |name: &str| read_stage_frame(&stage, name);
+        // The identity state and frames are passed on unread (`IdentityFrames::Kept`).
+        if !identity::IdentityState::FILES
+            .iter()
+            .all(|f| dir.join(f).exists())
+        {
+            return Err(nothing_kept(dir, night));
+        }
+        let mut identity_rows = [0; 3];
+        for (rows, name) in identity_rows.iter_mut().zip(IDENTITY_FRAMES) {
+            *rows = crate::util::parquet_rows(&stage.join(format!("{name}.parquet")))?;
+        }
         Ok((
             Night {
                 as_of: counts.as_of,
                 first_day: counts.first_day,
                 customers: read("customers")?,
                 identity: IdentityFrames::Kept {
-                    dir: match identity::IdentityState::FILES
-                        .iter()
-                        .all(|f| dir.join(f).exists())
-                    {
-                        true => dir.to_path_buf(),
-                        false => return Err(nothing_kept(dir, night)),
-                    },
-                    rows: {
-                        let mut rows = [0; 3];
-                        for (rows, name) in rows.iter_mut().zip(IDENTITY_FRAMES) {
-                            *rows =
-                                crate::util::parquet_rows(&stage.join(format!("{name}.parquet")))?;
-                        }
-                        rows
-                    },
+                    dir: dir.to_path_buf(),
+                    rows: identity_rows,
                 },
                 quarantine: read("quarantine")?,
                 counts: counts.counts,

@@ -38,7 +38,7 @@ fn rerunning_from_features_needs_no_raw_events_and_changes_only_what_was_edited(
     let before = read_parquet(&night.join("features.parquet"));
 
     // Edit one feature's window; validate; rerun from features.
-    let edited_job = edited_job(tmp.path(), "");
+    let edited_job = edited_job(tmp.path(), "edited_job.toml", "");
     let o = propel(
         tmp.path(),
         &["validate", "--job", edited_job.to_str().unwrap()],
@@ -75,6 +75,29 @@ fn rerunning_from_features_needs_no_raw_events_and_changes_only_what_was_edited(
     for row in ["auc", "ece", "lift_top_decile", "feature importance", &top] {
         assert!(text.contains(row), "{row} missing:\n{text}");
     }
+
+    // A night whose identity graph is gone cannot be rerun: said, not half done.
+    std::fs::remove_file(out.join("_state/night-2026-05-15/identity_nodes.parquet")).unwrap();
+    let o = propel(
+        tmp.path(),
+        &[
+            "run",
+            "--job",
+            job.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--as-of",
+            "2026-05-15",
+            "--from-stage",
+            "features",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--from-stage features needs the night 2026-05-15 run in full first"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// `propel run --from-stage features` of the night `as_of` in `out`, for `job`; its log.
@@ -104,8 +127,9 @@ fn from_features(
     stderr(&o)
 }
 
-/// The default feature set with `page_views_7d` over 14 days, and a job of it (with `extra`).
-fn edited_job(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+/// The default feature set with `page_views_7d` over 14 days, and a job `name` of it (with
+/// `extra`).
+fn edited_job(dir: &std::path::Path, name: &str, extra: &str) -> std::path::PathBuf {
     let features = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("features/default.toml"),
     )
@@ -115,7 +139,7 @@ fn edited_job(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     let mut edited = features.clone();
     edited.replace_range(window..window + "window = \"7d\"".len(), "window = \"14d\"");
     std::fs::write(dir.join("edited.toml"), edited).unwrap();
-    let job = dir.join(format!("edited_job{}.toml", extra.len()));
+    let job = dir.join(name);
     std::fs::write(
         &job,
         format!("model = \"quick_model.toml\"\nfeatures = \"edited.toml\"\n{extra}"),
@@ -190,7 +214,7 @@ fn a_night_written_by_bucket_reruns_from_features_a_bucket_at_a_time() {
     // events held give.
     let log = from_features(
         tmp.path(),
-        &edited_job(tmp.path(), bucketed),
+        &edited_job(tmp.path(), "edited_bucketed.toml", bucketed),
         &out,
         "2026-05-15",
     );
@@ -198,7 +222,12 @@ fn a_night_written_by_bucket_reruns_from_features_a_bucket_at_a_time() {
         log.contains("built again from the kept events a bucket at a time"),
         "{log}"
     );
-    let log = from_features(tmp.path(), &edited_job(tmp.path(), ""), &held, "2026-05-15");
+    let log = from_features(
+        tmp.path(),
+        &edited_job(tmp.path(), "edited_job.toml", ""),
+        &held,
+        "2026-05-15",
+    );
     assert!(!log.contains("a bucket at a time"), "{log}");
     // Every file alike but the two that name the output directory (the model's path).
     let files = |out: &std::path::Path| {
