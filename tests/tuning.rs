@@ -78,20 +78,7 @@ fn rerunning_from_features_needs_no_raw_events_and_changes_only_what_was_edited(
 
     // A night whose identity graph is gone cannot be rerun: said, not half done.
     std::fs::remove_file(out.join("_state/night-2026-05-15/identity_nodes.parquet")).unwrap();
-    let o = propel(
-        tmp.path(),
-        &[
-            "run",
-            "--job",
-            job.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--as-of",
-            "2026-05-15",
-            "--from-stage",
-            "features",
-        ],
-    );
+    let o = run_from_features(tmp.path(), &job, &out, "2026-05-15");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("--from-stage features needs the night 2026-05-15 run in full first"),
@@ -100,14 +87,14 @@ fn rerunning_from_features_needs_no_raw_events_and_changes_only_what_was_edited(
     );
 }
 
-/// `propel run --from-stage features` of the night `as_of` in `out`, for `job`; its log.
-fn from_features(
+/// `propel run --from-stage features` of the night `as_of` in `out`, for `job`.
+fn run_from_features(
     cwd: &std::path::Path,
     job: &std::path::Path,
     out: &std::path::Path,
     as_of: &str,
-) -> String {
-    let o = propel(
+) -> std::process::Output {
+    propel(
         cwd,
         &[
             "--log-format",
@@ -122,7 +109,17 @@ fn from_features(
             "--from-stage",
             "features",
         ],
-    );
+    )
+}
+
+/// `run_from_features`, which must succeed; its log.
+fn from_features(
+    cwd: &std::path::Path,
+    job: &std::path::Path,
+    out: &std::path::Path,
+    as_of: &str,
+) -> String {
+    let o = run_from_features(cwd, job, out, as_of);
     assert!(o.status.success(), "{}", stderr(&o));
     stderr(&o)
 }
