@@ -151,12 +151,18 @@ PY
     last=$(ls "$idir/events" | sed -n 's/^load_tstamp_date=//p' | sort | tail -1)
     before=$(date -d "$last - 1 day" +%F)
     rm -rf "$idir/inc" "$idir/next-inc" "$idir/next-full"
-    # The default job with a model trained weekly ([model] retrain_every_days = 7).
+    # The default job, with its model trained weekly ([model] retrain_every_days = 7, the
+    # default, written out), and with a model trained every night (= 1).
+    for cadence in weekly nightly; do
+      mkdir -p "$dir/$cadence"
+      sed "s/^retrain_every_days = .*/retrain_every_days = $([ "$cadence" = weekly ] && echo 7 || echo 1)/" \
+        models/propensity.toml > "$dir/$cadence/model.toml"
+      sed -e "s|^model = .*|model = \"$dir/$cadence/model.toml\"|" -e "s|^features = \"\.\./|features = \"$PWD/|" \
+        jobs/default.toml > "$dir/$cadence/job.toml"
+    done
+    grep -q '^retrain_every_days = 1$' "$dir/nightly/model.toml"
+    grep -q '^retrain_every_days = 7$' "$dir/weekly/model.toml"
     weekly=$dir/weekly
-    mkdir -p "$weekly"
-    sed 's/^retrain_every_days = .*/retrain_every_days = 7/' models/propensity.toml > "$weekly/model.toml"
-    sed -e "s|^model = .*|model = \"$weekly/model.toml\"|" -e "s|^features = \"\.\./|features = \"$PWD/|" \
-      jobs/default.toml > "$weekly/job.toml"
     echo "== $size: the night $before over 180 days (it trains), then $last read incrementally and in full, with a model trained nightly and weekly"
     set +e
     capped "$propel" run --job "$weekly/job.toml" --input "$idir/events" --output "$idir/inc" --as-of "$before" --log-format json > /dev/null 2> "$idir/before.log"
@@ -167,12 +173,12 @@ PY
       rm -f "$dir/incremental.time"
     else
     cp "$idir/generate.txt" "$dir/incremental_generate.txt"
-    # The next night, from copies of the same state: with the default job (a model trained
-    # every night), and with the weekly job, which scores with the model the night before
-    # trained. Each once incrementally and once with --full-refresh.
+    # The next night, from copies of the same state: with a model trained every night, and
+    # with the default job (weekly), which scores with the model the night before trained.
+    # Each once incrementally and once with --full-refresh.
     for cadence in nightly weekly; do
       prefix=$([ "$cadence" = weekly ] && echo weekly_ || true)
-      job=$([ "$cadence" = weekly ] && echo "--job $weekly/job.toml" || true)
+      job="--job $dir/$cadence/job.toml"
       # Each read REPEATS times (default 3), alternating, each from a fresh copy of the state:
       # one run of a few seconds varies by a fifth here; record.py keeps the median.
       rm -f "$dir/${prefix}"incremental.*.time "$dir/${prefix}"incremental.*.run.json \

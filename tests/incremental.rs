@@ -221,7 +221,8 @@ fn nights_between_trainings_score_with_the_model_in_production_read_either_way()
     let job = quick_job(tmp.path());
     let model_file = tmp.path().join("quick_model.toml");
     let quick = std::fs::read_to_string(&model_file).unwrap();
-    std::fs::write(&model_file, format!("{quick}retrain_every_days = 3\n")).unwrap();
+    let every_three_days = quick.replace("retrain_every_days = 1", "retrain_every_days = 3");
+    std::fs::write(&model_file, &every_three_days).unwrap();
     let (inc, full) = (tmp.path().join("inc"), tmp.path().join("full"));
     let nights = [
         ("2026-05-13", "trained"),
@@ -289,10 +290,7 @@ fn nights_between_trainings_score_with_the_model_in_production_read_either_way()
     // Other definitions are a new model's: the night after a training retrains when they change.
     std::fs::write(
         &model_file,
-        format!(
-            "{}retrain_every_days = 3\n",
-            quick.replace("l2 = 1.0", "l2 = 0.5")
-        ),
+        every_three_days.replace("l2 = 1.0", "l2 = 0.5"),
     )
     .unwrap();
     night(tmp.path(), &job, &events, &inc, "2026-05-17", &[]);

@@ -129,7 +129,7 @@ pub struct ModelDef {
     pub reasons: usize,
     /// Train a new model every this many days; the nights between score with the model in
     /// production (trained on the same definitions) and measure it on their validation
-    /// cutoff. Default: 1 (every night).
+    /// cutoff. Default: 7 (train weekly, score nightly; 1 trains every night).
     pub retrain_every_days: i64,
     /// Refuse to train below this many positive training rows. Default: 20.
     pub min_positives: usize,
@@ -167,7 +167,7 @@ impl ModelDef {
         let step_days = positive("snapshots.step_days", snaps.step_days.unwrap_or(7));
         let retrain_every_days = positive(
             "model.retrain_every_days",
-            model.retrain_every_days.unwrap_or(1),
+            model.retrain_every_days.unwrap_or(7),
         );
         let min_history_days = positive(
             "snapshots.min_history_days",

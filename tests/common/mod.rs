@@ -106,10 +106,12 @@ pub fn strings(df: &DataFrame, column: &str) -> Vec<String> {
 }
 
 /// A job whose model is quick to fit, so that many runs fit in a test.
+/// A job with a fixed penalty and few iterations, trained every night (not weekly, the
+/// default), so that nights compare the features at every training cutoff.
 pub fn quick_job(dir: &Path) -> PathBuf {
     std::fs::write(
         dir.join("quick_model.toml"),
-        "[label]\nhorizon_days = 14\n[model]\nl2 = 1.0\nmax_iterations = 60\n",
+        "[label]\nhorizon_days = 14\n[model]\nl2 = 1.0\nmax_iterations = 60\nretrain_every_days = 1\n",
     )
     .unwrap();
     let job = dir.join("quick.toml");
