@@ -112,7 +112,9 @@ PY
     > /dev/null 2> "$dir/features_edited.time"
   set -e
   fi
-  run=$(find "$dir/out" -maxdepth 1 -name '20*' -type d 2>/dev/null | sort | tail -1)
+  # The night's run directory; none when this run left out the run step and no earlier
+  # run's outputs are left (record.py then keeps the earlier results).
+  run=$(find "$dir/out" -maxdepth 1 -name '20*' -type d 2>/dev/null | sort | tail -1 || true)
   shards=${SHARDS:-2}
   has shards || shards=0
   if [ "$shards" -gt 0 ]; then

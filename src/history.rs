@@ -534,6 +534,17 @@ impl Stored {
         }
     }
 
+    /// The contact and consent signals of part `i` (`part`'s `signals`), without its other
+    /// frames.
+    pub fn signals(&self, i: usize) -> Result<DataFrame> {
+        match self {
+            Stored::Held(history) => Ok(history.signals.clone()),
+            Stored::Written(written) => {
+                crate::util::read_parquet(&written.buckets[i].join(SIGNALS))
+            }
+        }
+    }
+
     /// What `History::write` writes of the whole history; written by bucket, each frame is
     /// the buckets' appended in turn.
     pub fn write(&self, dir: &Path) -> Result<()> {

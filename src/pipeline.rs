@@ -1413,14 +1413,34 @@ impl Cache {
         self.dir.join(format!("{kind}-{}.{ext}", &digest[..32]))
     }
 
+    /// Whether `name` is an entry being written (`store`), not an entry.
+    fn writing(name: &str) -> bool {
+        name.contains(".tmp-")
+    }
+
+    /// Removes what a run that crashed was writing into the cache under `state` (the lock is
+    /// held: no live run writes there).
+    fn clear_torn(state: &std::path::Path) -> Result<()> {
+        let dir = state.join("cache");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if Self::writing(&entry.file_name().to_string_lossy()) {
+                std::fs::remove_file(entry.path())
+                    .ctx(format!("removing {}", entry.path().display()))?;
+            }
+        }
+        Ok(())
+    }
+
     fn prune(&self, kind: &str) -> Result<()> {
         let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&self.dir)
             .ctx("listing the cache")?
             .filter_map(|e| e.ok())
             .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{kind}-"))
+                let name = e.file_name().to_string_lossy().to_string();
+                name.starts_with(&format!("{kind}-")) && !Self::writing(&name)
             })
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
@@ -2121,8 +2141,10 @@ fn per_customer(
     let snapshots = if cached.exists() {
         info!(kind = "snapshots", "reused from the cache");
         for i in 0..parts {
-            let part = history.part(i, &job.features)?;
-            contacts.push(crate::consent::contacts(&part.signals, &job.privacy)?);
+            contacts.push(crate::consent::contacts(
+                &history.signals(i)?,
+                &job.privacy,
+            )?);
         }
         Snapshots::file(cached.clone())?
     } else {
@@ -3152,6 +3174,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let mut timer = Timer::start(opts.as_of);
     // What a run that crashed was writing aside (the lock is held: no live run writes there).
     clear_aside(&state_dir, &[STAGE_WRITING, EVENTS_WRITING], None)?;
+    Cache::clear_torn(&state_dir)?;
 
     let state = crate::state::StateDir::new(state_dir.clone());
     let cache = |fingerprint: &str| Cache {

@@ -134,9 +134,21 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the snapshots added to `path`, sorted by cutoff and customer.
+    /// Writes the snapshots added to `path`, sorted by cutoff and customer. With no bucket
+    /// added there is no customer to train on or score: the model is refused, as it is for
+    /// held snapshots without rows.
     pub fn finish(self, path: &Path) -> Result<()> {
-        let schema = self.schema.as_ref().expect("a bucket was added");
+        let Some(schema) = self.schema.as_ref() else {
+            return Err(crate::error::ModelError::Ineligible {
+                what: "customers with a history",
+                found: 0,
+                needed: 1,
+                hint: "every customer's events were left out (suppressed, or quarantined): \
+                       there are no features to train on or score"
+                    .into(),
+            }
+            .into());
+        };
         let mut file =
             crate::util::ParquetAppender::create(path, schema, compression(), statistics())?;
         for part in self.cutoffs.values().flatten() {
@@ -201,6 +213,10 @@ mod tests {
             std::fs::read(&written).unwrap()
         );
         let file = Snapshots::file(written).unwrap();
+        // No bucket: the model is refused (exit code 4), not a panic.
+        let none = Writer::create(dir.path()).unwrap();
+        let refused = none.finish(&dir.path().join("none.parquet")).unwrap_err();
+        assert_eq!(refused.exit_code(), crate::error::exit_code::MODEL_REFUSED);
         assert_eq!(file.rows(), 80);
         let at = file.at(&[20]).unwrap();
         assert_eq!(at, Snapshots::Held(all).at(&[20]).unwrap());

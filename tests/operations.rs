@@ -178,9 +178,16 @@ fn kill_9_at_any_stage_leaves_the_last_outputs_and_state_intact() {
         "the killed night's events are not aside in the state location"
     );
 
+    // A cache entry a killed run was writing (the snapshots, say) is left under its
+    // temporary name.
+    let torn = state.join("cache/snapshots-0123456789abcdef.tmp-4194304");
+    std::fs::create_dir_all(torn.parent().unwrap()).unwrap();
+    std::fs::write(&torn, b"half a Parquet file").unwrap();
+
     // The next run succeeds and gives exactly what an uninterrupted run gives.
     let o = propel(tmp.path(), &night2);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!torn.exists(), "the torn cache entry is left");
     // What the killed runs were writing aside (the events kept bucket by bucket, the night's
     // state) is gone with them: the next run cleared it.
     let aside: Vec<String> = std::fs::read_dir(&state)

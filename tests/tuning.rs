@@ -205,6 +205,14 @@ fn a_night_written_by_bucket_reruns_from_features_a_bucket_at_a_time() {
             kept == identity(night),
             "{night}: the identity kept as it was"
         );
+        // Again, with the snapshots the rerun cached: only each bucket's signals are read
+        // (for the contacts), and the outputs stay the same.
+        let log = from_features(tmp.path(), &job, &out, night);
+        assert!(log.contains("reused from the cache"), "{night}: {log}");
+        assert!(
+            before == manifest(&out, night),
+            "{night}: every output byte-identical, the snapshots from the cache"
+        );
     }
     // An edited feature: the history is built again from the kept events (the night's and
     // those kept before it, under today's ids), a bucket at a time, and gives what the
