@@ -213,13 +213,18 @@ mod tests {
             std::fs::read(&written).unwrap()
         );
         let file = Snapshots::file(written).unwrap();
-        // No bucket: the model is refused (exit code 4), not a panic.
-        let none = Writer::create(dir.path()).unwrap();
-        let refused = none.finish(&dir.path().join("none.parquet")).unwrap_err();
-        assert_eq!(refused.exit_code(), crate::error::exit_code::MODEL_REFUSED);
         assert_eq!(file.rows(), 80);
         let at = file.at(&[20]).unwrap();
         assert_eq!(at, Snapshots::Held(all).at(&[20]).unwrap());
         assert_eq!(at.height(), 30);
+    }
+
+    #[test]
+    fn a_writer_given_no_bucket_refuses_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = Writer::create(dir.path()).unwrap();
+        let refused = none.finish(&dir.path().join("none.parquet")).unwrap_err();
+        assert_eq!(refused.exit_code(), crate::error::exit_code::MODEL_REFUSED);
+        assert!(!dir.path().join("none.parquet").exists());
     }
 }

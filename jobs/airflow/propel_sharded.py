@@ -3,8 +3,9 @@ r"""propel nightly in shards: the per-customer stages fanned out over N workers,
 The same night as propel_nightly.py (read its notes on dates, backfills and exit codes), cut
 by customer: N mapped tasks run `propel run --shard I/N` (Airflow dynamic task mapping), each
 computing sessions, labels, features and consent for the customers whose id hashes to I;
-then one task runs `propel run --merge-shards N`, which trains, scores, publishes and commits
-the night. The published files are byte-identical to those of one unsharded run.
+then one task runs `propel run --merge-shards N`, which trains (when a training is due),
+scores, publishes and commits the night. The published files are byte-identical to those
+of one unsharded run.
 
 Every shard and the merge must see the same state location (the job's `state`, or
 <output>/_state): a shared file system (NFS, EFS, a ReadWriteMany volume) when the workers

@@ -105,9 +105,9 @@ pub fn strings(df: &DataFrame, column: &str) -> Vec<String> {
         .collect()
 }
 
-/// A job whose model is quick to fit, so that many runs fit in a test.
-/// A job with a fixed penalty and few iterations, trained every night (not weekly, the
-/// default), so that nights compare the features at every training cutoff.
+/// A job whose model is quick to fit (a fixed penalty, few iterations), so that many runs
+/// fit in a test; trained every night (not weekly, the default), so that nights compare the
+/// features at every training cutoff.
 pub fn quick_job(dir: &Path) -> PathBuf {
     std::fs::write(
         dir.join("quick_model.toml"),
