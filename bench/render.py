@@ -158,10 +158,10 @@ def main() -> None:
             read = inc.get("read") or {}
             how = "read only its new file" if read.get("read") == "incremental" else f"READ EVERYTHING ({read.get('reason')})"
             decision = (inc.get("training") or {}).get("decision", "?")
-            ok = night <= 0.15 * full and inc["identical"] and read.get("read") == "incremental"
+            sound = inc["identical"] and read.get("read") == "incremental"
+            ok = sound and night <= 0.15 * full
             # The night that trains is over the line by design: it computes features at every
             # training cutoff over all the history and fits, which one day cannot shrink.
-            sound = inc["identical"] and read.get("read") == "incremental"
             verdict = ("met" if ok else "NOT met") if key == "incremental_weekly" or not sound else (
                 "under 15%" if ok else "over 15%, the night that trains")
             print(f"- {verdict}: "

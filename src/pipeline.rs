@@ -1422,10 +1422,12 @@ impl Cache {
     /// held: no live run writes there).
     fn clear_torn(state: &std::path::Path) -> Result<()> {
         let dir = state.join("cache");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(());
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            entries => entries.ctx(format!("listing {}", dir.display()))?,
         };
-        for entry in entries.filter_map(|e| e.ok()) {
+        for entry in entries {
+            let entry = entry.ctx(format!("listing {}", dir.display()))?;
             if Self::writing(&entry.file_name().to_string_lossy()) {
                 std::fs::remove_file(entry.path())
                     .ctx(format!("removing {}", entry.path().display()))?;
