@@ -250,6 +250,24 @@ impl History {
         ))
     }
 
+    /// Every frame through `f`, which keeps its columns and its order (a filter).
+    fn map(self, f: impl Fn(DataFrame) -> Result<DataFrame>) -> Result<History> {
+        Ok(History {
+            daily: self.daily.map(&f)?,
+            labels: f(self.labels)?,
+            signals: f(self.signals)?,
+        })
+    }
+
+    /// The rows of the customers in `ids` (`within`), or of the others.
+    fn of_customers(self, ids: &Series, within: bool) -> Result<History> {
+        self.map(|df| {
+            let mask = crate::util::rows_in(&df, ev::CUSTOMER_ID, ids.clone())?;
+            let mask = if within { mask } else { !&mask };
+            df.filter(&mask).ctx("the history of some customers")
+        })
+    }
+
     /// The customers of this history that are not in `customers` (a `customer_id` column),
     /// sorted.
     pub fn dropped(&self, customers: &DataFrame) -> Result<Series> {
@@ -380,6 +398,11 @@ impl Changes {
             .ctx("removed customers")?,
             &dir.join(CHANGES_DIR).join(REMOVED),
         )
+    }
+
+    /// Where the changes are kept in `dir` (a history's directory).
+    pub fn dir(dir: &Path) -> std::path::PathBuf {
+        dir.join(CHANGES_DIR)
     }
 
     /// The changes kept in `dir` (a history's directory), if any.
@@ -599,22 +622,141 @@ impl Stored {
     /// `prefix`) and never held whole (100M events: a rerun from the features stage peaked at
     /// 19.5 GB holding it whole, its snapshots held with it, and at 2.6 GB by bucket).
     pub fn read(dir: &Path, features: &FeatureSet, within: &Path, prefix: &str) -> Result<Stored> {
-        let changes = Changes::read(dir, features)?;
-        let context = || format!("reading {}", dir.join(PARTS).display());
-        let parts: Parts = match std::fs::read_to_string(dir.join(PARTS)) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let base = History::read(dir, features)?;
-                return Ok(Stored::Held(Box::new(match changes {
+        let Some(kept) = KeptByBucket::open(dir, features)? else {
+            let base = History::read(dir, features)?;
+            return Ok(Stored::Held(Box::new(
+                match Changes::read(dir, features)? {
                     Some(changes) => changes.apply(base)?,
                     None => base,
-                })));
+                },
+            )));
+        };
+        let mut writer = Writer::within(crate::util::scratch_dir(within, prefix)?);
+        for i in 0..kept.count() {
+            writer.add(kept.part(i, features)?)?;
+        }
+        Ok(Stored::Written(std::sync::Arc::new(writer.finish())))
+    }
+
+    /// The night before's history (`kept`) with a night's (`night`, of its events under
+    /// today's ids) added, a bucket of customers at a time: `History::add_night` of each
+    /// bucket, written by bucket under `within` (with `prefix`) and never held whole, with
+    /// its first day. `rename`
+    /// (`previous_id`, `customer_id`) moves the days of a customer merged away into the bucket
+    /// of the customer it merged into. Err: the customers of the history that are not among
+    /// `customers` (the night's), sorted, as `History::dropped` gives them.
+    pub fn add_night(
+        kept: &KeptByBucket,
+        night: History,
+        features: &FeatureSet,
+        rename: &DataFrame,
+        customers: &DataFrame,
+        within: &Path,
+        prefix: &str,
+    ) -> Result<std::result::Result<(Stored, Option<chrono::NaiveDate>), Series>> {
+        let ids = |name: &str| -> Result<Vec<String>> {
+            Ok(crate::util::strings(rename, name)?
+                .into_iter()
+                .map(Option::unwrap_or_default)
+                .collect())
+        };
+        let (from, to) = (
+            ids(crate::features::RENAME_FROM)?,
+            ids(crate::features::RENAME_TO)?,
+        );
+        // The bucket each merged-away customer's days go to, and the buckets they come from.
+        let target: Vec<usize> = to.iter().map(|id| kept.buckets.of(id)).collect();
+        let sources: std::collections::BTreeSet<usize> =
+            from.iter().map(|id| kept.buckets.of(id)).collect();
+        let from_all = Series::new(ev::CUSTOMER_ID.into(), &from);
+        let mut moved = Vec::new();
+        for &j in &sources {
+            moved.push(kept.part(j, features)?.of_customers(&from_all, true)?);
+        }
+        let moved = (!moved.is_empty())
+            .then(|| History::append(moved))
+            .transpose()?;
+        let night = night.map(|df| with_bucket(df, &kept.buckets))?;
+        let mut writer = Writer::within(crate::util::scratch_dir(within, prefix)?);
+        let mut first_day: Option<chrono::NaiveDate> = None;
+        for i in 0..kept.count() {
+            let mut before = kept.part(i, features)?;
+            if sources.contains(&i) {
+                before = before.of_customers(&from_all, false)?;
             }
+            let into = |names: &[String]| -> Vec<String> {
+                names
+                    .iter()
+                    .zip(&target)
+                    .filter(|(_, t)| **t == i)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            };
+            let (from_i, to_i) = (into(&from), into(&to));
+            if let Some(moved) = &moved
+                && !from_i.is_empty()
+            {
+                let ids = Series::new(ev::CUSTOMER_ID.into(), &from_i);
+                before = History::append(vec![before, moved.clone().of_customers(&ids, true)?])?;
+            }
+            let rename_i = DataFrame::new(
+                from_i.len(),
+                vec![
+                    Column::new(crate::features::RENAME_FROM.into(), &from_i),
+                    Column::new(crate::features::RENAME_TO.into(), &to_i),
+                ],
+            )
+            .ctx("renames of a bucket of customers")?;
+            let night_i = night.clone().map(|df| rows_of_bucket(&df, i))?;
+            let (history, _) = History::add_night(before, None, night_i, features, &rename_i)?;
+            let dropped = history.dropped(customers)?;
+            if !dropped.is_empty() {
+                return Ok(Err(dropped));
+            }
+            first_day = match (first_day, history.first_day()?) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            writer.add(history)?;
+        }
+        Ok(Ok((
+            Stored::Written(std::sync::Arc::new(writer.finish())),
+            first_day,
+        )))
+    }
+}
+
+/// A history kept by bucket (`Stored::write`, with the `Changes` kept beside its base), read
+/// a bucket of customers at a time (`part`), never whole.
+pub struct KeptByBucket {
+    dir: std::path::PathBuf,
+    parts: Parts,
+    /// The bucket of `parts` each part starts at: buckets without days are read with a
+    /// neighbour, the first part from the first bucket.
+    starts: Vec<usize>,
+    /// The parts' ranges of customers.
+    buckets: CustomerBuckets,
+    /// Labels and signals (a row or a few per customer), with their part (`with_bucket`).
+    labels: DataFrame,
+    signals: DataFrame,
+    changes: Option<ChangesByBucket>,
+}
+
+impl KeptByBucket {
+    /// Whether the history kept in `dir` was kept by bucket.
+    pub fn is_kept(dir: &Path) -> bool {
+        dir.join(PARTS).exists()
+    }
+
+    /// The history kept in `dir`, if it was kept by bucket (else `History::read` reads it).
+    pub fn open(dir: &Path, features: &FeatureSet) -> Result<Option<KeptByBucket>> {
+        let context = || format!("reading {}", dir.join(PARTS).display());
+        let parts: Parts = match std::fs::read_to_string(dir.join(PARTS)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             text => serde_json::from_str(&text.ctx(context())?)
                 .map_err(std::io::Error::other)
                 .ctx(context())?,
         };
-        // Buckets without days are read with a neighbour: each part starts at a bucket with
-        // days, the first at the first bucket.
         let mut starts: Vec<usize> = (0..parts.firsts.len())
             .filter(|&b| parts.firsts[b].is_some())
             .collect();
@@ -633,32 +775,53 @@ impl Stored {
             parts = starts.len(),
             "the history kept by bucket, read back a bucket at a time"
         );
-        let (labels, signals) = (whole(LABELS)?, whole(SIGNALS)?);
-        let changes = changes.map(|c| c.by_bucket(&buckets)).transpose()?;
-        let mut writer = Writer::within(crate::util::scratch_dir(within, prefix)?);
-        for (i, &start) in starts.iter().enumerate() {
-            let end = starts.get(i + 1).copied().unwrap_or(parts.firsts.len());
-            let daily = Daily::read_with(features, |name| {
-                let rows = parts
-                    .rows
-                    .get(&name)
-                    .ok_or_else(|| std::io::Error::other(format!("no rows recorded for {name}")))
-                    .ctx(context())?;
-                let offset = rows[..start].iter().sum();
-                let len = rows[start..end].iter().sum();
-                crate::util::read_parquet_rows(&dir.join(&name), offset, len)
-            })?;
-            let history = History {
-                daily,
-                labels: rows_of_bucket(&labels, i)?,
-                signals: rows_of_bucket(&signals, i)?,
-            };
-            writer.add(match &changes {
-                Some(changes) => changes.bucket(i)?.apply(history)?,
-                None => history,
-            })?;
+        let changes = Changes::read(dir, features)?
+            .map(|c| c.by_bucket(&buckets))
+            .transpose()?;
+        Ok(Some(KeptByBucket {
+            dir: dir.to_path_buf(),
+            labels: whole(LABELS)?,
+            signals: whole(SIGNALS)?,
+            parts,
+            starts,
+            buckets,
+            changes,
+        }))
+    }
+
+    /// The number of parts.
+    pub fn count(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// The history of the customers of part `i`, the changes kept applied.
+    pub fn part(&self, i: usize, features: &FeatureSet) -> Result<History> {
+        let (start, dir) = (self.starts[i], &self.dir);
+        let end = self
+            .starts
+            .get(i + 1)
+            .copied()
+            .unwrap_or(self.parts.firsts.len());
+        let daily = Daily::read_with(features, |name| {
+            let rows = self
+                .parts
+                .rows
+                .get(&name)
+                .ok_or_else(|| std::io::Error::other(format!("no rows recorded for {name}")))
+                .ctx(format!("reading {}", dir.join(PARTS).display()))?;
+            let offset = rows[..start].iter().sum();
+            let len = rows[start..end].iter().sum();
+            crate::util::read_parquet_rows(&dir.join(&name), offset, len)
+        })?;
+        let history = History {
+            daily,
+            labels: rows_of_bucket(&self.labels, i)?,
+            signals: rows_of_bucket(&self.signals, i)?,
+        };
+        match &self.changes {
+            Some(changes) => changes.bucket(i)?.apply(history),
+            None => Ok(history),
         }
-        Ok(Stored::Written(std::sync::Arc::new(writer.finish())))
     }
 }
 
@@ -1061,6 +1224,77 @@ mod tests {
                     "add_night, seed {seed}, {name}:\n{a}\n{b}"
                 );
             }
+            // The same night added a bucket at a time to night 1's history kept by bucket:
+            // the merged-away ids ("old-c2...") sort after every customer, so their days
+            // move from the last bucket into the buckets of their new ids.
+            let tmp = tempfile::tempdir().unwrap();
+            let before = History::build(&night1, &features, &label).unwrap();
+            let ids = crate::util::strings(
+                &before
+                    .daily
+                    .customer_ids()
+                    .unwrap()
+                    .sort(Default::default())
+                    .unwrap()
+                    .into_frame(),
+                ev::CUSTOMER_ID,
+            )
+            .unwrap();
+            let buckets = CustomerBuckets::from_bounds(
+                (1..4)
+                    .map(|k| ids[k * ids.len() / 4].clone().unwrap())
+                    .collect(),
+            );
+            let by_bucket = before.map(|df| with_bucket(df, &buckets)).unwrap();
+            let mut writer = Writer::create(tmp.path()).unwrap();
+            for i in 0..buckets.count() {
+                writer
+                    .add(by_bucket.clone().map(|df| rows_of_bucket(&df, i)).unwrap())
+                    .unwrap();
+            }
+            let base = tmp.path().join("base");
+            Stored::Written(std::sync::Arc::new(writer.finish()))
+                .write(&base)
+                .unwrap();
+            let kept = KeptByBucket::open(&base, &features).unwrap().unwrap();
+            assert_eq!(kept.count(), 4);
+            let old = kept.buckets.of(&format!("old-{}", ids[0].clone().unwrap()));
+            assert!(
+                crate::util::strings(&renamed, crate::features::RENAME_TO)
+                    .unwrap()
+                    .iter()
+                    .any(|id| kept.buckets.of(id.as_deref().unwrap()) != old),
+                "a merge across buckets"
+            );
+            let customers = whole.daily.customer_ids().unwrap().into_frame();
+            let (stored, first_day) = Stored::add_night(
+                &kept,
+                History::build(&night2, &features, &label).unwrap(),
+                &features,
+                &renamed,
+                &customers,
+                tmp.path(),
+                "night-",
+            )
+            .unwrap()
+            .unwrap();
+            assert_same(&self::whole(&stored, &features), &whole);
+            assert_eq!(first_day, whole.first_day().unwrap());
+            // A customer of the history the night does not know is reported, not dropped.
+            let fewer = customers.slice(1, customers.height());
+            let dropped = Stored::add_night(
+                &kept,
+                History::build(&night2, &features, &label).unwrap(),
+                &features,
+                &renamed,
+                &fewer,
+                tmp.path(),
+                "night-",
+            )
+            .unwrap()
+            .err()
+            .expect("a customer unknown to the night");
+            assert_eq!(dropped.len(), 1);
             // And so the features, which is what counts.
             let cutoffs: Vec<i64> = [1031, 1055, 1075]
                 .iter()

@@ -715,13 +715,70 @@ struct Before {
     record: IncrementRecord,
     ingest: ingest::IngestState,
     key_files: Vec<PathBuf>,
-    /// The history as the night before kept it: its base, the daily aggregates changed
-    /// since, and the directory it is kept in.
-    history: crate::history::History,
-    history_changes: Option<crate::history::Changes>,
+    /// The history and sessions as the night before kept them, and the directory its
+    /// history is kept in.
+    kept: Kept,
     history_dir: PathBuf,
-    sessions: DataFrame,
     identity: identity::IdentityState,
+}
+
+/// The night before's history and sessions: held, or, when they would take more memory than
+/// a night holds its events in (`buckets::write_buckets_above`), read a bucket of customers
+/// (the sessions a row group) at a time as the night adds its own (100M events over 180 days:
+/// 7.5 GB of history and 6.4 GB of sessions held).
+enum Kept {
+    Held {
+        /// The history's base and the daily aggregates changed since.
+        history: crate::history::History,
+        changes: Option<crate::history::Changes>,
+        sessions: DataFrame,
+    },
+    ByBucket {
+        history: crate::history::KeptByBucket,
+        sessions: PathBuf,
+    },
+}
+
+impl Kept {
+    /// The history kept in `history` and the sessions in `sessions`, held unless the history
+    /// was kept by bucket and both would take more than `job` holds.
+    fn read(history: &std::path::Path, sessions: &std::path::Path, job: &Job) -> Result<Kept> {
+        if crate::history::KeptByBucket::is_kept(history) {
+            let mut files = vec![sessions.to_path_buf()];
+            for dir in [history.to_path_buf(), crate::history::Changes::dir(history)] {
+                if let Ok(entries) = std::fs::read_dir(&dir) {
+                    for entry in entries {
+                        let path = entry.ctx(format!("listing {}", dir.display()))?.path();
+                        if path.extension().is_some_and(|e| e == "parquet") {
+                            files.push(path);
+                        }
+                    }
+                }
+            }
+            let mut bytes = 0;
+            for file in &files {
+                bytes += crate::util::held_size(file)?;
+            }
+            let limit = crate::buckets::write_buckets_above(job);
+            if bytes > limit {
+                info!(
+                    mib = bytes >> 20,
+                    limit_mib = limit >> 20,
+                    "the history and sessions of the nights before, too large to hold, read a bucket at a time"
+                );
+                return Ok(Kept::ByBucket {
+                    history: crate::history::KeptByBucket::open(history, &job.features)?
+                        .expect("a history kept by bucket"),
+                    sessions: sessions.to_path_buf(),
+                });
+            }
+        }
+        Ok(Kept::Held {
+            history: crate::history::History::read(history, &job.features)?,
+            changes: crate::history::Changes::read(history, &job.features)?,
+            sessions: crate::util::read_parquet(sessions)?,
+        })
+    }
 }
 
 /// The night before `as_of` (or the newest night) and its kept state, or why a night cannot
@@ -794,17 +851,17 @@ fn night_before(
     };
     laps.lap("ingest");
     let history_dir = inc.join(HISTORY_DIR);
-    let history = crate::history::History::read(&history_dir, &job.features)?;
-    let history_changes = crate::history::Changes::read(&history_dir, &job.features)?;
-    laps.lap("history");
-    let sessions = read_stage_frame(&dir.join(STAGE_DIR), SESSIONS_FRAME)?;
-    laps.lap("sessions");
+    let kept = Kept::read(
+        &history_dir,
+        &dir.join(STAGE_DIR)
+            .join(format!("{SESSIONS_FRAME}.parquet")),
+        job,
+    )?;
+    laps.lap("history and sessions");
     Ok(Ok(Before {
         ingest,
-        history,
-        history_changes,
+        kept,
         history_dir,
-        sessions,
         quarantine: read_stage_frame(&dir.join(STAGE_DIR), "quarantine")?,
         renames: read(RENAMES_FRAME)?,
         events_before,
@@ -1868,8 +1925,36 @@ fn prepare_incremental(
     timer.lap("identity");
 
     let mut laps = crate::util::Laps::start("incremental");
+    // The sessions of the nights before that the night's are combined with: all of them
+    // held, or, kept by bucket, those of the night's customers and of the customers identity
+    // merged (the others' are copied as they are).
+    let (held_history, by_bucket, sessions_before) = match before.kept {
+        Kept::Held {
+            history,
+            changes,
+            sessions,
+        } => (Some((history, changes)), None, sessions),
+        Kept::ByBucket { history, sessions } => {
+            let ids = |df: &DataFrame, name: &str| -> Result<Series> {
+                Ok(df
+                    .column(name)
+                    .ctx("customer ids")?
+                    .as_materialized_series()
+                    .clone()
+                    .with_name(ev::CUSTOMER_ID.into()))
+            };
+            let mut replaced = ids(&resolved_events, ev::CUSTOMER_ID)?;
+            for name in [features::RENAME_FROM, features::RENAME_TO] {
+                replaced.append(&ids(&rename, name)?).ctx("customer ids")?;
+            }
+            let replaced = replaced.unique().ctx("customer ids")?;
+            let of = sessions::kept_of(&sessions, &replaced)?;
+            laps.lap("sessions read");
+            (None, Some((history, sessions, replaced, of.height())), of)
+        }
+    };
     let sessions_before =
-        match sessions::carried_over(before.sessions, &rename, &resolved.customers)? {
+        match sessions::carried_over(sessions_before, &rename, &resolved.customers)? {
             Ok(s) => s,
             Err(why) => return Ok(Err(why)),
         };
@@ -1887,11 +1972,35 @@ fn prepare_incremental(
         Err(why) => return Ok(Err(why)),
     };
     laps.lap("sessions combined");
-    let sessions = Sessions::Aside {
-        rows: sessions.height(),
-        aside: Aside::start(state.root(), "sessions", move |to| {
-            sessions.write_parquet(&to.join(format!("{SESSIONS_FRAME}.parquet")))
-        })?,
+    let sessions_file = format!("{SESSIONS_FRAME}.parquet");
+    let (sessions, history_kept) = match by_bucket {
+        None => (
+            Sessions::Aside {
+                rows: sessions.height(),
+                aside: Aside::start(state.root(), "sessions", move |to| {
+                    sessions.write_parquet(&to.join(sessions_file))
+                })?,
+            },
+            None,
+        ),
+        Some((history, file, replaced, replaced_rows)) => {
+            let combined = sessions.gather()?;
+            let rows = crate::util::parquet_rows(&file)? - replaced_rows + combined.height();
+            let aside = Aside::start(state.root(), "sessions", move |to| {
+                let written =
+                    sessions::merge_kept(&file, &replaced, combined, &to.join(sessions_file))?;
+                if written != rows {
+                    return Err(crate::error::Error::Io {
+                        context: "merging the sessions".into(),
+                        source: std::io::Error::other(format!(
+                            "{written} sessions written, {rows} expected"
+                        )),
+                    });
+                }
+                Ok(())
+            })?;
+            (Sessions::Aside { rows, aside }, Some(history))
+        }
     };
     let kept_events = {
         let events = crate::history::kept_events(&events)?;
@@ -1901,20 +2010,12 @@ fn prepare_incremental(
     };
     timer.lap("sessions");
 
-    let (history, changes) = crate::history::History::add_night(
-        before.history,
-        before.history_changes,
-        crate::history::History::build(&events, &job.features, &job.model.label)?,
-        &job.features,
-        &rename,
-    )?;
-    laps.lap("history added");
+    let night_history = crate::history::History::build(&events, &job.features, &job.model.label)?;
     // Every customer of the history is the night's (it runs with no suppression list, and
     // identity renames merged ones): should one not be, every file says what the history is.
     // (Filtering the history against the customers anyway copied it: 0.3 s of the 10M night.)
-    let dropped = history.dropped(&resolved.customers)?;
-    if !dropped.is_empty() {
-        return Ok(Err(format!(
+    let not_the_nights = |dropped: Series| {
+        format!(
             "{} customers of the history (such as {}) are not among the night's",
             dropped.len(),
             dropped
@@ -1922,15 +2023,53 @@ fn prepare_incremental(
                 .ok()
                 .and_then(|s| s.get(0))
                 .unwrap_or_default()
-        )));
-    }
-    let history_changes = changes
-        .worth_keeping(&history)
-        .then_some((before.history_dir, changes));
-    laps.lap("history checked");
-    let first_day = history
-        .first_day()?
-        .expect("a night with events has a first day");
+        )
+    };
+    let (history, history_changes, first_day) = match (held_history, history_kept) {
+        (Some((history, changes)), _) => {
+            let (history, changes) = crate::history::History::add_night(
+                history,
+                changes,
+                night_history,
+                &job.features,
+                &rename,
+            )?;
+            laps.lap("history added");
+            let dropped = history.dropped(&resolved.customers)?;
+            if !dropped.is_empty() {
+                return Ok(Err(not_the_nights(dropped)));
+            }
+            let history_changes = changes
+                .worth_keeping(&history)
+                .then_some((before.history_dir, changes));
+            laps.lap("history checked");
+            let first_day = history.first_day()?;
+            (
+                crate::history::Stored::Held(Box::new(history)),
+                history_changes,
+                first_day,
+            )
+        }
+        (None, Some(kept)) => {
+            match crate::history::Stored::add_night(
+                &kept,
+                night_history,
+                &job.features,
+                &rename,
+                &resolved.customers,
+                state.root(),
+                EVENTS_WRITING,
+            )? {
+                Ok((history, first_day)) => {
+                    laps.lap("history added by bucket");
+                    (history, None, first_day)
+                }
+                Err(dropped) => return Ok(Err(not_the_nights(dropped))),
+            }
+        }
+        (None, None) => unreachable!("the history is held or kept by bucket"),
+    };
+    let first_day = first_day.expect("a night with events has a first day");
     let files = ingested.state.files.clone();
     let events_used = before.record.events + events.height();
     // What one read of every file counts and quarantines.
@@ -1985,7 +2124,7 @@ fn prepare_incremental(
         ),
         sessions,
         fingerprint: history.fingerprint()?,
-        history: crate::history::Stored::Held(Box::new(history)),
+        history,
         events_used,
         events: kept_events,
         increment,

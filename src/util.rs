@@ -766,6 +766,20 @@ pub fn scan_parquet(path: &Path) -> Result<LazyFrame> {
     .ctx(format!("reading {}", path.display()))
 }
 
+/// About how much memory the rows of the Parquet file `path` take held: polars' estimate
+/// for its first rows, scaled to all of them (the file is not read whole).
+pub fn held_size(path: &Path) -> Result<u64> {
+    let rows = parquet_rows(path)?;
+    if rows == 0 {
+        return Ok(0);
+    }
+    let sample = read_parquet_rows(path, 0, rows.min(1 << 16))?;
+    Ok(
+        (sample.estimated_size() as u64).saturating_mul(rows as u64)
+            / sample.height().max(1) as u64,
+    )
+}
+
 /// The rows of the Parquet file `path`, from its metadata.
 pub fn parquet_rows(path: &Path) -> Result<usize> {
     ParquetReader::new(std::fs::File::open(path).ctx(format!("opening {}", path.display()))?)

@@ -93,7 +93,9 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
     let job = quick_job(tmp.path());
     // The incremental nights start from a night that read every file in buckets of 5,000
     // events (about five) written aside, never holding the night's events (its keys, kept
-    // events, sessions and history written by bucket), the full reads in one, held.
+    // events, sessions and history written by bucket), the full reads in one, held. The two
+    // nights after it hold the history and sessions of the nights before; the last reads them
+    // a bucket at a time, as a night does when they are too large to hold.
     let bucketed = tmp.path().join("bucketed.toml");
     std::fs::write(
         &bucketed,
@@ -103,7 +105,7 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
     .unwrap();
     let (inc, full) = (tmp.path().join("inc"), tmp.path().join("full"));
     let nights = ["2026-05-13", "2026-05-14", "2026-05-15", "2026-05-16"];
-    let (mut merges, mut carried, mut changes_kept) = (0, 0, 0);
+    let (mut merges, mut carried, mut changes_kept, mut by_bucket) = (0, 0, 0, 0);
     for (i, as_of) in nights.iter().enumerate() {
         if *as_of == "2026-05-15" {
             // A late copy of a day already read, loaded with the new day: its events are
@@ -115,7 +117,12 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
             )
             .unwrap();
         }
-        night(tmp.path(), &bucketed, &events, &inc, as_of, &[]);
+        let by = if i == 0 || i == nights.len() - 1 {
+            &bucketed
+        } else {
+            &job
+        };
+        night(tmp.path(), by, &events, &inc, as_of, &[]);
         night(tmp.path(), &job, &events, &full, as_of, &["--full-refresh"]);
         let (a, b) = (inc.join(as_of), full.join(as_of));
         let (ra, rb) = (read(&a), read(&b));
@@ -128,9 +135,11 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
                 .unwrap();
             carried += ra["counts"]["carried"].as_u64().unwrap();
             // The history kept as the base of a night before and the days changed since.
-            changes_kept += inc
-                .join(format!("_state/night-{as_of}/increment/history/changed"))
-                .exists() as usize;
+            let history = inc.join(format!("_state/night-{as_of}/increment/history"));
+            changes_kept += history.join("changed").exists() as usize;
+            // A night that added its history by bucket writes it whole, by bucket.
+            by_bucket +=
+                (history.join("parts.json").exists() && !history.join("changed").exists()) as usize;
         }
         assert_eq!(rb["reason"], "--full-refresh");
         if i == 0 {
@@ -169,6 +178,9 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
         changes_kept >= 2,
         "{changes_kept} nights kept their history as changes"
     );
+    // And a night that read the history kept (a base and changes) and the sessions a bucket
+    // at a time.
+    assert_eq!(by_bucket, 1, "nights that added their history by bucket");
 }
 
 #[test]
