@@ -886,6 +886,23 @@ def main() -> None:
   are now compacted. 10M over 180 days forced into 98 buckets, as of the day before the
   last: peak 2,949 MiB -> 860 MiB, the step 18.6 s -> 11.8 s, outputs and state identical.
   The 100M night over 180 days was not run again (no time left this session).
+- Session 35 (the same AMD EPYC machine; by hand, not in the table): 100M events over 180
+  days (117.7M events, 634,920 customers), the default job under the harness's 20 GiB
+  cgroup, with debug logging. The night as of the day before the last, which session 34's
+  fix let finish: 23:35 at a peak of 2,809 MiB (files read 452 s, rows decided 150 s). The
+  incremental night after it (one new day, 870,601 events) was killed at 20 GiB 21 s in: it
+  read the nights before's history (7.5 GB held) and sessions (15.0 million, 6.4 GB held)
+  whole. Such a night now estimates what they would take held (polars' estimate of each
+  file's first rows, scaled: 10,911 MiB here) and, above what a night holds its events in
+  (`write_buckets_above_mib`, 6,026 MiB here), reads them a bucket of customers at a time:
+  the night's history is added bucket by bucket (a merged-away customer's days move to its
+  new id's bucket) and written by bucket, and only the sessions of the night's and merged
+  customers are read and combined, the others copied a row group at a time. That night:
+  3:05 (185 s) at a peak of 12.3 GB, against 23:35 for the full read the day before (13%);
+  published files byte-identical to a full read in tests/incremental.rs. The peak is in
+  ingest's deduplication of the new rows against the kept event keys (5.6 GB of key files),
+  not looked into yet; after it the night stays under 10 GB (sessions combined, 9.6 GB
+  resident). A full refresh of the same night was not run (23 minutes, no time left).
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
