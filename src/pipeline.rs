@@ -746,12 +746,15 @@ impl Kept {
         if crate::history::KeptByBucket::is_kept(history) {
             let mut files = vec![sessions.to_path_buf()];
             for dir in [history.to_path_buf(), crate::history::Changes::dir(history)] {
-                if let Ok(entries) = std::fs::read_dir(&dir) {
-                    for entry in entries {
-                        let path = entry.ctx(format!("listing {}", dir.display()))?.path();
-                        if path.extension().is_some_and(|e| e == "parquet") {
-                            files.push(path);
-                        }
+                let entries = match std::fs::read_dir(&dir) {
+                    // No changes kept beside the base.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    entries => entries.ctx(format!("listing {}", dir.display()))?,
+                };
+                for entry in entries {
+                    let path = entry.ctx(format!("listing {}", dir.display()))?.path();
+                    if path.extension().is_some_and(|e| e == "parquet") {
+                        files.push(path);
                     }
                 }
             }
