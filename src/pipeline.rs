@@ -1057,26 +1057,24 @@ fn history_of_kept_events(
     ))
 }
 
-/// The kept event keys of `files`, read lazily.
-fn scan_keys(files: &[PathBuf]) -> Result<LazyFrame> {
+/// The kept event keys of `files`, a lazy read of each.
+fn scan_keys(files: &[PathBuf]) -> Result<Vec<LazyFrame>> {
     if files.is_empty() {
-        return Ok(DataFrame::new(
-            0,
-            vec![
-                Column::new_empty(ev::EVENT_ID.into(), &DataType::String),
-                Column::new_empty(ev::COLLECTOR_TSTAMP.into(), &DataType::Int64),
-                Column::new_empty(ingest::INPUT.into(), &DataType::UInt32),
-                Column::new_empty(ingest::KEY_HASH.into(), &DataType::UInt64),
-            ],
-        )
-        .ctx("event keys")?
-        .lazy());
+        return Ok(vec![
+            DataFrame::new(
+                0,
+                vec![
+                    Column::new_empty(ev::EVENT_ID.into(), &DataType::String),
+                    Column::new_empty(ev::COLLECTOR_TSTAMP.into(), &DataType::Int64),
+                    Column::new_empty(ingest::INPUT.into(), &DataType::UInt32),
+                    Column::new_empty(ingest::KEY_HASH.into(), &DataType::UInt64),
+                ],
+            )
+            .ctx("event keys")?
+            .lazy(),
+        ]);
     }
-    let scans = files
-        .iter()
-        .map(|f| crate::util::scan_parquet(f))
-        .collect::<Result<Vec<_>>>()?;
-    concat(scans, UnionArgs::default()).ctx("reading the kept event keys")
+    files.iter().map(|f| crate::util::scan_parquet(f)).collect()
 }
 
 #[derive(Serialize, serde::Deserialize)]
