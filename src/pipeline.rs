@@ -1926,70 +1926,82 @@ fn prepare_incremental(
     timer.lap("identity");
 
     let mut laps = crate::util::Laps::start("incremental");
-    // The sessions of the nights before that the night's are combined with: all of them
-    // held, or, kept by bucket, those of the night's customers and of the customers identity
-    // merged (the others' are copied as they are).
-    let (held_history, by_bucket, sessions_before) = match before.kept {
+    let sessions_file = format!("{SESSIONS_FRAME}.parquet");
+    let (held_history, history_kept, events, sessions) = match before.kept {
         Kept::Held {
             history,
             changes,
             sessions,
-        } => (Some((history, changes)), None, sessions),
-        Kept::ByBucket { history, sessions } => {
-            let ids = |df: &DataFrame, name: &str| -> Result<Series> {
-                Ok(df
-                    .column(name)
-                    .ctx("customer ids")?
-                    .as_materialized_series()
-                    .clone()
-                    .with_name(ev::CUSTOMER_ID.into()))
+        } => {
+            let sessions_before =
+                match sessions::carried_over(sessions, &rename, &resolved.customers)? {
+                    Ok(s) => s,
+                    Err(why) => return Ok(Err(why)),
+                };
+            laps.lap("carried over");
+            let carry = sessions::gap_carry(&sessions_before)?;
+            laps.lap("gap carry");
+            let (events, sessions_now) = sessions::sessionize(
+                resolved_events,
+                job.session_inactivity_minutes,
+                Some(&carry),
+            )?;
+            laps.lap("sessionized");
+            let sessions = match sessions::combine(sessions_before, sessions_now)? {
+                Ok(s) => s,
+                Err(why) => return Ok(Err(why)),
             };
-            let mut replaced = ids(&resolved_events, ev::CUSTOMER_ID)?;
-            for name in [features::RENAME_FROM, features::RENAME_TO] {
-                replaced.append(&ids(&rename, name)?).ctx("customer ids")?;
-            }
-            let replaced = replaced.unique().ctx("customer ids")?;
-            let of = sessions::kept_of(&sessions, &replaced)?;
-            laps.lap("sessions read");
-            (None, Some((history, sessions, replaced, of.height())), of)
-        }
-    };
-    let sessions_before =
-        match sessions::carried_over(sessions_before, &rename, &resolved.customers)? {
-            Ok(s) => s,
-            Err(why) => return Ok(Err(why)),
-        };
-    laps.lap("carried over");
-    let carry = sessions::gap_carry(&sessions_before)?;
-    laps.lap("gap carry");
-    let (events, sessions_now) = sessions::sessionize(
-        resolved_events,
-        job.session_inactivity_minutes,
-        Some(&carry),
-    )?;
-    laps.lap("sessionized");
-    let sessions = match sessions::combine(sessions_before, sessions_now)? {
-        Ok(s) => s,
-        Err(why) => return Ok(Err(why)),
-    };
-    laps.lap("sessions combined");
-    let sessions_file = format!("{SESSIONS_FRAME}.parquet");
-    let (sessions, history_kept) = match by_bucket {
-        None => (
-            Sessions::Aside {
+            laps.lap("sessions combined");
+            let sessions = Sessions::Aside {
                 rows: sessions.height(),
                 aside: Aside::start(state.root(), "sessions", move |to| {
                     sessions.write_parquet(&to.join(sessions_file))
                 })?,
-            },
-            None,
-        ),
-        Some((history, file, replaced, replaced_rows)) => {
-            let combined = sessions.gather()?;
-            let rows = crate::util::parquet_rows(&file)? - replaced_rows + combined.height();
+            };
+            (Some((history, changes)), None, events, sessions)
+        }
+        // Only the sessions the night continues, and every session of the customers identity
+        // merged, are read and combined with the night's; the others are copied as they are.
+        Kept::ByBucket { history, sessions } => {
+            let ids = |df: &DataFrame, names: &[&str]| -> Result<Series> {
+                let mut all = Series::new_empty(ev::CUSTOMER_ID.into(), &DataType::String);
+                for name in names {
+                    let ids = df
+                        .column(name)
+                        .ctx("customer ids")?
+                        .as_materialized_series();
+                    all.append(&ids.clone().with_name(ev::CUSTOMER_ID.into()))
+                        .ctx("customer ids")?;
+                }
+                all.unique().ctx("customer ids")
+            };
+            let merged = ids(&rename, &[features::RENAME_FROM, features::RENAME_TO])?;
+            let carry =
+                sessions::kept_gap_carry(&sessions, &ids(&resolved_events, &[ev::CUSTOMER_ID])?)?;
+            laps.lap("gap carry");
+            let (events, sessions_now) = sessions::sessionize(
+                resolved_events,
+                job.session_inactivity_minutes,
+                Some(&carry),
+            )?;
+            laps.lap("sessionized");
+            let before = sessions::kept_of(&sessions, &sessions_now, &merged)?;
+            laps.lap("sessions read");
+            let replaced = sessions::keys(&before)?;
+            let before = match sessions::carried_over(before, &rename, &resolved.customers)? {
+                Ok(s) => s,
+                Err(why) => return Ok(Err(why)),
+            };
+            laps.lap("carried over");
+            let combined = match sessions::combine(before, sessions_now)? {
+                Ok(s) => s.gather()?,
+                Err(why) => return Ok(Err(why)),
+            };
+            laps.lap("sessions combined");
+            let rows = crate::util::parquet_rows(&sessions)? - replaced.len() + combined.height();
             let aside = Aside::start(state.root(), "sessions", move |to| {
                 let written =
-                    sessions::merge_kept(&file, &replaced, combined, &to.join(sessions_file))?;
+                    sessions::merge_kept(&sessions, &replaced, combined, &to.join(sessions_file))?;
                 if written != rows {
                     return Err(crate::error::Error::Io {
                         context: "merging the sessions".into(),
@@ -2000,7 +2012,7 @@ fn prepare_incremental(
                 }
                 Ok(())
             })?;
-            (Sessions::Aside { rows, aside }, Some(history))
+            (None, Some(history), events, Sessions::Aside { rows, aside })
         }
     };
     let kept_events = {

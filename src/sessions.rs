@@ -43,9 +43,28 @@ const GAP_PREFIX: &str = "gap:";
 /// sessions of the nights before): a night's events without a tracker session continue it, or
 /// start the next one.
 pub fn gap_carry(sessions: &DataFrame) -> Result<DataFrame> {
+    gap_carry_of(sessions.clone().lazy())
+        .collect()
+        .ctx("gap sessions of the nights before")
+}
+
+/// `gap_carry` of the customers in `customers` from the sessions kept in `file` (a night's),
+/// read by the streaming engine, never whole.
+pub fn kept_gap_carry(file: &std::path::Path, customers: &Series) -> Result<DataFrame> {
+    gap_carry_of(
+        crate::util::scan_parquet(file)?
+            .filter(col(ev::CUSTOMER_ID).is_in(lit(customers.clone()).implode(false), false)),
+    )
+    .collect_with_engine(Engine::Streaming)
+    .ctx(format!(
+        "gap sessions of the nights before in {}",
+        file.display()
+    ))
+    .map(|q| q.unwrap_single())
+}
+
+fn gap_carry_of(sessions: LazyFrame) -> LazyFrame {
     sessions
-        .clone()
-        .lazy()
         .filter(col(ev::SESSION_ID).str().starts_with(lit(GAP_PREFIX)))
         .select([
             col(ev::CUSTOMER_ID),
@@ -60,8 +79,6 @@ pub fn gap_carry(sessions: &DataFrame) -> Result<DataFrame> {
         ])
         .group_by([col(ev::CUSTOMER_ID)])
         .agg([col(CARRY_T).max(), col(CARRY_IDX).max()])
-        .collect()
-        .ctx("gap sessions of the nights before")
 }
 
 /// The event columns a session is built from.
@@ -462,21 +479,57 @@ pub fn combine(
     Ok(Ok(all))
 }
 
-/// The sessions in `file` (a night's kept sessions) of the customers in `customers`, read
-/// by the streaming engine: never the whole file at once.
-pub fn kept_of(file: &std::path::Path, customers: &Series) -> Result<DataFrame> {
+/// The sessions kept in `file` (a night's) that a night's sessions (`now`) may continue
+/// (one of theirs, of one of their customers or of a customer identity merged), and every
+/// session of the customers in `merged` (merged away, or merged into): what `combine`
+/// changes of them (`merge_kept` copies the others). Read by the streaming engine, never
+/// whole.
+pub fn kept_of(file: &std::path::Path, now: &DataFrame, merged: &Series) -> Result<DataFrame> {
+    let of = |name: &str| -> Result<Series> {
+        now.column(name)
+            .ctx("the night's sessions")?
+            .as_materialized_series()
+            .unique()
+            .ctx("the night's sessions")
+    };
+    let mut customers = of(ev::CUSTOMER_ID)?;
+    customers.append(merged).ctx("customer ids")?;
+    let is_in = |name: &str, values: Series| col(name).is_in(lit(values).implode(false), false);
     crate::util::scan_parquet(file)?
-        .filter(col(ev::CUSTOMER_ID).is_in(lit(customers.clone()).implode(false), false))
+        .filter(
+            is_in(ev::SESSION_ID, of(ev::SESSION_ID)?)
+                .and(is_in(ev::CUSTOMER_ID, customers))
+                .or(is_in(ev::CUSTOMER_ID, merged.clone())),
+        )
         .collect_with_engine(Engine::Streaming)
         .ctx(format!("reading {}", file.display()))
         .map(|q| q.unwrap_single())
 }
 
+/// Each session's key (its id and customer), as one string, for `merge_kept`.
+pub fn keys(sessions: &DataFrame) -> Result<Series> {
+    sessions
+        .clone()
+        .lazy()
+        .select([
+            concat_str([col(ev::SESSION_ID), col(ev::CUSTOMER_ID)], "\u{1f}", false)
+                .alias(ev::SESSION_ID),
+        ])
+        .collect()
+        .ctx("session keys")?
+        .column(ev::SESSION_ID)
+        .ctx("session keys")
+        .map(|c| c.as_materialized_series().clone())
+}
+
+/// The order of a night's sessions: by customer, start and session (`combine_sorted`).
+const ORDER: [&str; 3] = [ev::CUSTOMER_ID, START, ev::SESSION_ID];
+
 /// Writes to `out`, as a run publishes a frame, what `combine` gives of the sessions kept in
-/// `file` (sorted by customer, start and session) and a night's: the kept sessions but those
-/// of the customers in `replaced`, merged with `combined` (sorted by customer, of customers
-/// in `replaced` or not in `file`). `file` is read a row group at a time, never whole (100M
-/// events over 180 days: 15 million sessions, 6.4 GB held). Gives the rows written.
+/// `file` (in `ORDER`) and a night's: the kept sessions but those `replaced` (their `keys`),
+/// merged with `combined` (in `ORDER`: those replaced, as `combine` left them, and the
+/// night's). `file` is read a row group at a time, never whole (100M events over 180 days:
+/// 15 million sessions, 6.4 GB held). Gives the rows written.
 pub fn merge_kept(
     file: &std::path::Path,
     replaced: &Series,
@@ -484,6 +537,32 @@ pub fn merge_kept(
     out: &std::path::Path,
 ) -> Result<usize> {
     merge_kept_by(file, replaced, combined, out, crate::util::ROW_GROUP)
+}
+
+/// A session's place in `ORDER`.
+type Place = (String, i64, String);
+
+/// The places of every row of `sessions`.
+fn places(sessions: &DataFrame) -> Result<Vec<Place>> {
+    let start = sessions
+        .column(START)
+        .ctx("sessions")?
+        .cast(&DataType::Int64)
+        .ctx("sessions")?;
+    let start = start.i64().ctx("sessions")?;
+    let strings = |name: &str| crate::util::strings(sessions, name);
+    Ok(strings(ev::CUSTOMER_ID)?
+        .into_iter()
+        .zip(start.iter())
+        .zip(strings(ev::SESSION_ID)?)
+        .map(|((c, t), s)| {
+            (
+                c.unwrap_or_default(),
+                t.unwrap_or_default(),
+                s.unwrap_or_default(),
+            )
+        })
+        .collect())
 }
 
 /// `merge_kept`, reading `file` `chunk` rows at a time.
@@ -495,7 +574,7 @@ fn merge_kept_by(
     chunk: usize,
 ) -> Result<usize> {
     let rows = crate::util::parquet_rows(file)?;
-    let ids = crate::util::strings(&combined, ev::CUSTOMER_ID)?;
+    let order = places(&combined)?;
     let mut at = 0;
     let mut writer: Option<crate::util::ParquetAppender> = None;
     let mut written = 0;
@@ -509,24 +588,24 @@ fn merge_kept_by(
     };
     for offset in (0..rows).step_by(chunk) {
         let chunk = crate::util::read_parquet_rows(file, offset, chunk)?;
-        let last = crate::util::strings(&chunk.tail(Some(1)), ev::CUSTOMER_ID)?
+        let last = places(&chunk.tail(Some(1)))?
             .pop()
-            .flatten()
-            .unwrap_or_default();
-        let kept = !&crate::util::rows_in(&chunk, ev::CUSTOMER_ID, replaced.clone())?;
+            .expect("a chunk has rows");
+        let kept = !&crate::util::rows_in(
+            &keys(&chunk)?.into_frame(),
+            ev::SESSION_ID,
+            replaced.clone(),
+        )?;
         let chunk = chunk.filter(&kept).ctx("merging sessions")?;
-        // The combined sessions of customers up to the chunk's last go in with it: the next
-        // chunk's customers all come after.
-        let now = ids[at..]
-            .iter()
-            .take_while(|c| c.as_deref().unwrap_or_default() <= last.as_str())
-            .count();
+        // The combined sessions up to the chunk's last go in with it: the next chunk's all
+        // come after.
+        let now = order[at..].iter().take_while(|p| **p <= last).count();
         let now_rows = combined.slice(at as i64, now);
         at += now;
-        write(crate::util::merged(chunk, now_rows, &[ev::CUSTOMER_ID])?.gather()?)?;
+        write(crate::util::merged(chunk, now_rows, &ORDER)?.gather()?)?;
     }
-    if at < ids.len() || rows == 0 {
-        write(combined.slice(at as i64, ids.len() - at))?;
+    if at < order.len() || rows == 0 {
+        write(combined.slice(at as i64, order.len() - at))?;
     }
     writer.expect("a chunk or the rest written").finish()?;
     Ok(written)
@@ -645,29 +724,64 @@ mod tests {
     use crate::util::utc;
 
     /// Kept sessions merged with a night's a few rows at a time are the file one merge of
-    /// them all writes, whatever the chunks cut: a replaced customer at a chunk's edge, a
-    /// customer across two chunks, new customers before, between and after the kept ones.
+    /// them all writes, whatever the chunks cut: sessions replaced at a chunk's edge, a
+    /// customer across two chunks, the night's sessions before, between and after the kept
+    /// ones and among a kept customer's.
     #[test]
     fn kept_sessions_merged_a_chunk_at_a_time_are_one_merge_of_them_all() {
-        let frame = |customers: &[&str], tag: &str| {
-            df!(
-                ev::CUSTOMER_ID => customers,
-                "n" => (0..customers.len() as u32).collect::<Vec<_>>(),
-                "tag" => vec![tag; customers.len()],
+        // (customer, start minute, session)
+        let frame = |rows: &[(&str, i64, &str)]| {
+            let mut df = df!(
+                ev::CUSTOMER_ID => rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                START => rows.iter().map(|r| r.1 * 60_000_000).collect::<Vec<_>>(),
+                ev::SESSION_ID => rows.iter().map(|r| r.2).collect::<Vec<_>>(),
             )
-            .unwrap()
+            .unwrap();
+            let start = df.column(START).unwrap().cast(&utc()).unwrap();
+            df.with_column(start).unwrap();
+            df
         };
         let dir = tempfile::tempdir().unwrap();
-        let kept = frame(&["a", "a", "b", "c", "c", "d", "e", "e", "e", "f"], "kept");
+        let kept = frame(&[
+            ("a", 1, "s1"),
+            ("a", 5, "s2"),
+            ("b", 2, "s3"),
+            ("c", 1, "s4"),
+            ("c", 9, "s5"),
+            ("d", 3, "s6"),
+            ("e", 1, "s7"),
+            ("e", 2, "s8"),
+            ("e", 8, "s9"),
+            ("f", 4, "s10"),
+        ]);
         let file = dir.path().join("kept.parquet");
         crate::util::write_parquet(&kept, &file).unwrap();
-        let replaced = Series::new(ev::CUSTOMER_ID.into(), ["c", "e", "g", "0"]);
-        let combined = frame(&["0", "c", "c", "cc", "e", "g", "z"], "night");
+        // Replaced: c's last session (continued), e's first two (merged away and back).
+        let replaced =
+            super::keys(&frame(&[("c", 9, "s5"), ("e", 1, "s7"), ("e", 2, "s8")])).unwrap();
+        let combined = frame(&[
+            ("0", 1, "n1"),
+            ("a", 3, "n2"),
+            ("c", 9, "s5"),
+            ("c", 20, "n3"),
+            ("cc", 1, "n4"),
+            ("e", 1, "s7"),
+            ("e", 9, "n5"),
+            ("z", 1, "n6"),
+        ]);
         let untouched = kept
-            .filter(&!&crate::util::rows_in(&kept, ev::CUSTOMER_ID, replaced.clone()).unwrap())
+            .filter(
+                &!&crate::util::rows_in(
+                    &super::keys(&kept).unwrap().into_frame(),
+                    ev::SESSION_ID,
+                    replaced.clone(),
+                )
+                .unwrap(),
+            )
             .unwrap();
+        assert_eq!(untouched.height(), 7);
         let whole = dir.path().join("whole.parquet");
-        crate::util::merged(untouched.clone(), combined.clone(), &[ev::CUSTOMER_ID])
+        crate::util::merged(untouched.clone(), combined.clone(), &ORDER)
             .unwrap()
             .write_parquet(&whole)
             .unwrap();

@@ -93,9 +93,10 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
     let job = quick_job(tmp.path());
     // The incremental nights start from a night that read every file in buckets of 5,000
     // events (about five) written aside, never holding the night's events (its keys, kept
-    // events, sessions and history written by bucket), the full reads in one, held. The two
-    // nights after it hold the history and sessions of the nights before; the last reads them
-    // a bucket at a time, as a night does when they are too large to hold.
+    // events, sessions and history written by bucket), the full reads in one, held. The
+    // second and the last night read the history and sessions of the nights before a bucket
+    // at a time, as a night does when they are too large to hold (the last from a base and
+    // the days changed since); the others hold them.
     let bucketed = tmp.path().join("bucketed.toml");
     std::fs::write(
         &bucketed,
@@ -104,8 +105,15 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
     )
     .unwrap();
     let (inc, full) = (tmp.path().join("inc"), tmp.path().join("full"));
-    let nights = ["2026-05-13", "2026-05-14", "2026-05-15", "2026-05-16"];
-    let (mut merges, mut carried, mut changes_kept, mut by_bucket) = (0, 0, 0, 0);
+    let nights = [
+        "2026-05-13",
+        "2026-05-14",
+        "2026-05-15",
+        "2026-05-16",
+        "2026-05-17",
+    ];
+    let (mut merges, mut carried, mut changes_kept) = (0, 0, 0);
+    let (mut by_bucket, mut merges_by_bucket) = (0, 0);
     for (i, as_of) in nights.iter().enumerate() {
         if *as_of == "2026-05-15" {
             // A late copy of a day already read, loaded with the new day: its events are
@@ -117,12 +125,15 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
             )
             .unwrap();
         }
-        let by = if i == 0 || i == nights.len() - 1 {
-            &bucketed
-        } else {
-            &job
-        };
-        night(tmp.path(), by, &events, &inc, as_of, &[]);
+        let by_buckets = [0, 1, nights.len() - 1].contains(&i);
+        night(
+            tmp.path(),
+            if by_buckets { &bucketed } else { &job },
+            &events,
+            &inc,
+            as_of,
+            &[],
+        );
         night(tmp.path(), &job, &events, &full, as_of, &["--full-refresh"]);
         let (a, b) = (inc.join(as_of), full.join(as_of));
         let (ra, rb) = (read(&a), read(&b));
@@ -130,16 +141,20 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
             assert_eq!(ra["read"], "incremental", "{as_of}: {ra}");
             assert_eq!(ra["from"], nights[i - 1]);
             assert_eq!(ra["counts"]["files"], 1 + (*as_of == "2026-05-15") as u64);
-            merges += json(&a, "metrics.json")["rows"]["identity_merges"]
+            let merged = json(&a, "metrics.json")["rows"]["identity_merges"]
                 .as_u64()
                 .unwrap();
+            merges += merged;
             carried += ra["counts"]["carried"].as_u64().unwrap();
             // The history kept as the base of a night before and the days changed since.
             let history = inc.join(format!("_state/night-{as_of}/increment/history"));
             changes_kept += history.join("changed").exists() as usize;
             // A night that added its history by bucket writes it whole, by bucket.
-            by_bucket +=
-                (history.join("parts.json").exists() && !history.join("changed").exists()) as usize;
+            let added_by_bucket =
+                history.join("parts.json").exists() && !history.join("changed").exists();
+            assert_eq!(added_by_bucket, by_buckets, "{as_of}");
+            by_bucket += by_buckets as usize;
+            merges_by_bucket += merged * by_buckets as u64;
         }
         assert_eq!(rb["reason"], "--full-refresh");
         if i == 0 {
@@ -178,9 +193,13 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
         changes_kept >= 2,
         "{changes_kept} nights kept their history as changes"
     );
-    // And a night that read the history kept (a base and changes) and the sessions a bucket
-    // at a time.
-    assert_eq!(by_bucket, 1, "nights that added their history by bucket");
+    // And nights that read the history kept (a base and changes) and the sessions a bucket
+    // at a time, one of them with customers merged.
+    assert_eq!(by_bucket, 2, "nights that added their history by bucket");
+    assert!(
+        merges_by_bucket > 0,
+        "no identity merge on a night read by bucket"
+    );
 }
 
 #[test]
