@@ -896,13 +896,16 @@ def main() -> None:
   file's first rows, scaled: 10,911 MiB here) and, above what a night holds its events in
   (`write_buckets_above_mib`, 6,026 MiB here), reads them a bucket of customers at a time:
   the night's history is added bucket by bucket (a merged-away customer's days move to its
-  new id's bucket) and written by bucket, and only the sessions of the night's and merged
-  customers are read and combined, the others copied a row group at a time. That night:
-  3:05 (185 s) at a peak of 12.3 GB, against 23:35 for the full read the day before (13%);
-  published files byte-identical to a full read in tests/incremental.rs. The peak is in
-  ingest's deduplication of the new rows against the kept event keys (5.6 GB of key files),
-  not looked into yet; after it the night stays under 10 GB (sessions combined, 9.6 GB
-  resident). A full refresh of the same night was not run (23 minutes, no time left).
+  new id's bucket) and written by bucket; of the sessions, only those the night continues and
+  those of customers identity merged are read and combined, and the others copied in order a
+  row group at a time. The kept event keys (112 files of a million) are read a file at a
+  time through the night's filter: scanned as one, they were decoded whole before it (+8 GB).
+  That night, with each change in turn: 3:05 at a peak of 12.3 GB (history and sessions by
+  bucket); 4.2 GB to the end of ingest (keys a file at a time); 2:21 (141 s, its snapshots
+  from the cache; 22 s more without) at a peak of 9.2 GB, set early in the history added by
+  bucket while the sessions are merged beside it (not looked into yet), against 23:35 for
+  the full read the day before (about 11%). Published files byte-identical to a full read in
+  tests/incremental.rs, whose second and last nights go this way.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
