@@ -902,10 +902,14 @@ def main() -> None:
   time through the night's filter: scanned as one, they were decoded whole before it (+8 GB).
   That night, with each change in turn: 3:05 at a peak of 12.3 GB (history and sessions by
   bucket); 4.2 GB to the end of ingest (keys a file at a time); 2:21 (141 s, its snapshots
-  from the cache; 22 s more without) at a peak of 9.2 GB, set early in the history added by
-  bucket while the sessions are merged beside it (not looked into yet), against 23:35 for
-  the full read the day before (about 11%). Published files byte-identical to a full read in
-  tests/incremental.rs, whose second and last nights go this way.
+  from the cache; 22 s more without) at a peak of 9.2 GB; and, letting go of the night
+  before's ingest state, identity graph and raw events once the night's are made, a peak of
+  6.4 GB (4:50 beside a CI build, not timed alone), set early in the history added by bucket
+  while the sessions are merged beside it (not looked into yet). Against 23:35 for the full
+  read the day before, about 11%. The same night with `--full-refresh` (27:55, half of it
+  beside a CI build; peak 3,076 MiB, over 3 GiB on this larger data set) published the same
+  46 files byte for byte (all but run.json). tests/incremental.rs has two of its nights go
+  this way, one with an identity merge, one from a base and changes.
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
