@@ -407,7 +407,7 @@ impl Changes {
 
     /// The changes kept in `dir` (a history's directory), if any.
     pub fn read(dir: &Path, features: &FeatureSet) -> Result<Option<Changes>> {
-        let changed = dir.join(CHANGES_DIR);
+        let changed = Changes::dir(dir);
         if !changed.exists() {
             return Ok(None);
         }

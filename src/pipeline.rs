@@ -1933,28 +1933,60 @@ fn prepare_incremental(
     timer.lap("identity");
 
     let mut laps = crate::util::Laps::start("incremental");
-    let sessions_file = format!("{SESSIONS_FRAME}.parquet");
-    let (held_history, history_kept, events, sessions) = match before.kept {
+    let ids = |df: &DataFrame, names: &[&str]| -> Result<Series> {
+        let mut all = Series::new_empty(ev::CUSTOMER_ID.into(), &DataType::String);
+        for name in names {
+            let ids = df
+                .column(name)
+                .ctx("customer ids")?
+                .as_materialized_series();
+            all.append(&ids.clone().with_name(ev::CUSTOMER_ID.into()))
+                .ctx("customer ids")?;
+        }
+        all.unique().ctx("customer ids")
+    };
+    // The gap sessions the night's continue: of the sessions held, carried over to today's
+    // ids, or of the night's customers among those kept by bucket.
+    let (carry, kept) = match before.kept {
         Kept::Held {
             history,
             changes,
             sessions,
         } => {
-            let sessions_before =
-                match sessions::carried_over(sessions, &rename, &resolved.customers)? {
-                    Ok(s) => s,
-                    Err(why) => return Ok(Err(why)),
-                };
+            let sessions = match sessions::carried_over(sessions, &rename, &resolved.customers)? {
+                Ok(s) => s,
+                Err(why) => return Ok(Err(why)),
+            };
             laps.lap("carried over");
-            let carry = sessions::gap_carry(&sessions_before)?;
-            laps.lap("gap carry");
-            let (events, sessions_now) = sessions::sessionize(
-                resolved_events,
-                job.session_inactivity_minutes,
-                Some(&carry),
-            )?;
-            laps.lap("sessionized");
-            let sessions = match sessions::combine(sessions_before, sessions_now)? {
+            let carry = sessions::gap_carry(&sessions)?;
+            let kept = Kept::Held {
+                history,
+                changes,
+                sessions,
+            };
+            (carry, kept)
+        }
+        Kept::ByBucket { history, sessions } => {
+            let customers = ids(&resolved_events, &[ev::CUSTOMER_ID])?;
+            let carry = sessions::kept_gap_carry(&sessions, &customers)?;
+            (carry, Kept::ByBucket { history, sessions })
+        }
+    };
+    laps.lap("gap carry");
+    let (events, sessions_now) = sessions::sessionize(
+        resolved_events,
+        job.session_inactivity_minutes,
+        Some(&carry),
+    )?;
+    laps.lap("sessionized");
+    let sessions_file = format!("{SESSIONS_FRAME}.parquet");
+    let (held_history, history_kept, sessions) = match kept {
+        Kept::Held {
+            history,
+            changes,
+            sessions,
+        } => {
+            let sessions = match sessions::combine(sessions, sessions_now)? {
                 Ok(s) => s,
                 Err(why) => return Ok(Err(why)),
             };
@@ -1965,33 +1997,12 @@ fn prepare_incremental(
                     sessions.write_parquet(&to.join(sessions_file))
                 })?,
             };
-            (Some((history, changes)), None, events, sessions)
+            (Some((history, changes)), None, sessions)
         }
         // Only the sessions the night continues, and every session of the customers identity
         // merged, are read and combined with the night's; the others are copied as they are.
         Kept::ByBucket { history, sessions } => {
-            let ids = |df: &DataFrame, names: &[&str]| -> Result<Series> {
-                let mut all = Series::new_empty(ev::CUSTOMER_ID.into(), &DataType::String);
-                for name in names {
-                    let ids = df
-                        .column(name)
-                        .ctx("customer ids")?
-                        .as_materialized_series();
-                    all.append(&ids.clone().with_name(ev::CUSTOMER_ID.into()))
-                        .ctx("customer ids")?;
-                }
-                all.unique().ctx("customer ids")
-            };
             let merged = ids(&rename, &[features::RENAME_FROM, features::RENAME_TO])?;
-            let carry =
-                sessions::kept_gap_carry(&sessions, &ids(&resolved_events, &[ev::CUSTOMER_ID])?)?;
-            laps.lap("gap carry");
-            let (events, sessions_now) = sessions::sessionize(
-                resolved_events,
-                job.session_inactivity_minutes,
-                Some(&carry),
-            )?;
-            laps.lap("sessionized");
             let before = sessions::kept_of(&sessions, &sessions_now, &merged)?;
             laps.lap("sessions read");
             let replaced = sessions::keys(&before)?;
@@ -2019,7 +2030,7 @@ fn prepare_incremental(
                 }
                 Ok(())
             })?;
-            (None, Some(history), events, Sessions::Aside { rows, aside })
+            (None, Some(history), Sessions::Aside { rows, aside })
         }
     };
     let kept_events = {
