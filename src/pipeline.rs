@@ -539,11 +539,13 @@ impl NewKeys {
 }
 
 fn write_ingest_frames(state: &ingest::IngestState, to: &std::path::Path) -> Result<()> {
-    for (name, df) in INGEST_FRAMES
+    let path = |name: &str| to.join(format!("{name}.parquet"));
+    state.sessions.write(&path(INGEST_FRAMES[0]))?;
+    for (name, df) in INGEST_FRAMES[1..]
         .iter()
-        .zip([&state.sessions, &state.orders, &state.deferred])
+        .zip([&state.orders, &state.deferred])
     {
-        crate::util::write_state(df, &to.join(format!("{name}.parquet")))?;
+        crate::util::write_state(df, &path(name))?;
     }
     Ok(())
 }
@@ -848,7 +850,7 @@ fn night_before(
     events_before.push((format!("{}.parquet", record.as_of), own));
     let ingest = ingest::IngestState {
         files: record.files.clone(),
-        sessions: read(INGEST_FRAMES[0])?,
+        sessions: ingest::SessionStarts::Kept(inc.join(format!("{}.parquet", INGEST_FRAMES[0]))),
         orders: read(INGEST_FRAMES[1])?,
         deferred: read(INGEST_FRAMES[2])?,
     };
@@ -1852,7 +1854,10 @@ fn prepare_incremental(
     let ingest_frames = {
         let kept = ingest::IngestState {
             files: Vec::new(),
-            sessions: std::mem::take(&mut ingested.state.sessions),
+            sessions: std::mem::replace(
+                &mut ingested.state.sessions,
+                ingest::SessionStarts::Held(DataFrame::empty()),
+            ),
             orders: std::mem::take(&mut ingested.state.orders),
             deferred: std::mem::take(&mut ingested.state.deferred),
         };
@@ -1930,6 +1935,12 @@ fn prepare_incremental(
         ])
         .collect()
         .ctx("identity changes")?;
+    let mut resolved = NightIdentity::from(resolved);
+    // A night that reads its state by bucket writes the identity frames and graph aside at
+    // once (100M events: 450 MB by polars' estimate, held through the history).
+    if matches!(before.kept, Kept::ByBucket { .. }) {
+        resolved.frames = resolved.frames.write_aside(state.root())?;
+    }
     timer.lap("identity");
 
     let mut laps = crate::util::Laps::start("incremental");
@@ -2042,6 +2053,8 @@ fn prepare_incremental(
     timer.lap("sessions");
 
     let night_history = crate::history::History::build(&events, &job.features, &job.model.label)?;
+    let events_used = before.record.events + events.height();
+    drop(events);
     // Every customer of the history is the night's (it runs with no suppression list, and
     // identity renames merged ones): should one not be, every file says what the history is.
     // (Filtering the history against the customers anyway copied it: 0.3 s of the 10M night.)
@@ -2102,7 +2115,6 @@ fn prepare_incremental(
     };
     let first_day = first_day.expect("a night with events has a first day");
     let files = ingested.state.files.clone();
-    let events_used = before.record.events + events.height();
     // What one read of every file counts and quarantines.
     let counts = cumulative(&before.record.counts, &ingested.counts);
     let quarantine = if ingested.quarantine.height() == 0 {
@@ -2146,13 +2158,7 @@ fn prepare_incremental(
         },
     }));
     let prep = Prepared {
-        night: Night::of(
-            ingested.as_of,
-            first_day,
-            resolved.into(),
-            quarantine,
-            counts,
-        ),
+        night: Night::of(ingested.as_of, first_day, resolved, quarantine, counts),
         sessions,
         fingerprint: history.fingerprint()?,
         history,

@@ -60,7 +60,7 @@ pub fn kept_gap_carry(file: &std::path::Path, customers: &Series) -> Result<Data
         "gap sessions of the nights before in {}",
         file.display()
     ))
-    .map(|q| q.unwrap_single())
+    .map(|q| crate::util::compact_text(q.unwrap_single()))
 }
 
 fn gap_carry_of(sessions: LazyFrame) -> LazyFrame {
@@ -482,7 +482,7 @@ pub fn combine(
 /// The sessions kept in `file` (a night's) that a night's sessions (`now`) may continue
 /// (one of theirs, of one of their customers or of a customer identity merged), and every
 /// session of the customers in `merged` (merged away, or merged into): what `combine`
-/// changes of them (`merge_kept` copies the others). Read by the streaming engine, never
+/// changes of them (`merge_kept` copies the others). Read a row group at a time, never
 /// whole.
 pub fn kept_of(file: &std::path::Path, now: &DataFrame, merged: &Series) -> Result<DataFrame> {
     let of = |name: &str| -> Result<Series> {
@@ -495,15 +495,12 @@ pub fn kept_of(file: &std::path::Path, now: &DataFrame, merged: &Series) -> Resu
     let mut customers = of(ev::CUSTOMER_ID)?;
     customers.append(merged).ctx("customer ids")?;
     let is_in = |name: &str, values: Series| col(name).is_in(lit(values).implode(false), false);
-    crate::util::scan_parquet(file)?
-        .filter(
-            is_in(ev::SESSION_ID, of(ev::SESSION_ID)?)
-                .and(is_in(ev::CUSTOMER_ID, customers))
-                .or(is_in(ev::CUSTOMER_ID, merged.clone())),
-        )
-        .collect_with_engine(Engine::Streaming)
-        .ctx(format!("reading {}", file.display()))
-        .map(|q| q.unwrap_single())
+    crate::util::filter_file(
+        file,
+        is_in(ev::SESSION_ID, of(ev::SESSION_ID)?)
+            .and(is_in(ev::CUSTOMER_ID, customers))
+            .or(is_in(ev::CUSTOMER_ID, merged.clone())),
+    )
 }
 
 /// Each session's key (its id and customer), as one string, for `merge_kept`.
@@ -539,32 +536,6 @@ pub fn merge_kept(
     merge_kept_by(file, replaced, combined, out, crate::util::ROW_GROUP)
 }
 
-/// A session's place in `ORDER`.
-type Place = (String, i64, String);
-
-/// The places of every row of `sessions`.
-fn places(sessions: &DataFrame) -> Result<Vec<Place>> {
-    let start = sessions
-        .column(START)
-        .ctx("sessions")?
-        .cast(&DataType::Int64)
-        .ctx("sessions")?;
-    let start = start.i64().ctx("sessions")?;
-    let strings = |name: &str| crate::util::strings(sessions, name);
-    Ok(strings(ev::CUSTOMER_ID)?
-        .into_iter()
-        .zip(start.iter())
-        .zip(strings(ev::SESSION_ID)?)
-        .map(|((c, t), s)| {
-            (
-                c.unwrap_or_default(),
-                t.unwrap_or_default(),
-                s.unwrap_or_default(),
-            )
-        })
-        .collect())
-}
-
 /// `merge_kept`, reading `file` `chunk` rows at a time.
 fn merge_kept_by(
     file: &std::path::Path,
@@ -573,42 +544,17 @@ fn merge_kept_by(
     out: &std::path::Path,
     chunk: usize,
 ) -> Result<usize> {
-    let rows = crate::util::parquet_rows(file)?;
-    let order = places(&combined)?;
-    let mut at = 0;
-    let mut writer: Option<crate::util::ParquetAppender> = None;
-    let mut written = 0;
-    let mut write = |df: DataFrame| -> Result<()> {
-        written += df.height();
-        let writer = match &mut writer {
-            Some(w) => w,
-            None => writer.insert(crate::util::ParquetAppender::published(out, df.schema())?),
-        };
-        writer.append(&df)
+    let replaced = |chunk: &DataFrame| {
+        crate::util::rows_in(&keys(chunk)?.into_frame(), ev::SESSION_ID, replaced.clone())
     };
-    for offset in (0..rows).step_by(chunk) {
-        let chunk = crate::util::read_parquet_rows(file, offset, chunk)?;
-        let last = places(&chunk.tail(Some(1)))?
-            .pop()
-            .expect("a chunk has rows");
-        let kept = !&crate::util::rows_in(
-            &keys(&chunk)?.into_frame(),
-            ev::SESSION_ID,
-            replaced.clone(),
-        )?;
-        let chunk = chunk.filter(&kept).ctx("merging sessions")?;
-        // The combined sessions up to the chunk's last go in with it: the next chunk's all
-        // come after.
-        let now = order[at..].iter().take_while(|p| **p <= last).count();
-        let now_rows = combined.slice(at as i64, now);
-        at += now;
-        write(crate::util::merged(chunk, now_rows, &ORDER)?.gather()?)?;
-    }
-    if at < order.len() || rows == 0 {
-        write(combined.slice(at as i64, order.len() - at))?;
-    }
-    writer.expect("a chunk or the rest written").finish()?;
-    Ok(written)
+    crate::util::merge_file(
+        file,
+        combined,
+        &ORDER,
+        &replaced,
+        |schema| crate::util::ParquetAppender::published(out, schema),
+        chunk,
+    )
 }
 
 /// `combine` of every row of `before` and `now`, sorted whole.

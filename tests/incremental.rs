@@ -172,6 +172,20 @@ fn nights_that_read_only_new_files_publish_what_reading_every_file_does() {
             let used = json(&a, "metrics.json")["rows"]["events"].as_u64().unwrap();
             assert!(used > 15_000, "{used} events: too few for several buckets");
         }
+        // The ingest state kept for the next night is the one a full read keeps: the tracker
+        // sessions' starts (written from the night before's file and the sessions the night
+        // has, never held whole) and the orders. (The events after the as-of date are kept in
+        // the order the night read them.)
+        for frame in ["session_starts", "orders"] {
+            let kept = |out: &std::path::Path| {
+                let f = out.join(format!("_state/night-{as_of}/increment/{frame}.parquet"));
+                std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+            };
+            assert!(
+                kept(&inc) == kept(&full),
+                "{as_of}: the kept {frame} differ"
+            );
+        }
         assert_eq!(files(&a), files(&b), "{as_of}");
         for f in files(&a) {
             if READ_DEPENDENT.contains(&f.as_str()) {
