@@ -1103,21 +1103,15 @@ impl SessionStarts {
     }
 
     /// The starts of the sessions in `keys` (a `SESSION_KEY` frame).
-    fn of(&self, keys: LazyFrame) -> Result<DataFrame> {
-        let kept = match self {
-            SessionStarts::Held(df) => df.clone().lazy(),
-            SessionStarts::Kept(file) => crate::util::scan_parquet(file)?,
+    fn of(&self, sessions: &DataFrame) -> Result<DataFrame> {
+        let keys = session_keys(sessions)?;
+        let of_keys = |kept: &DataFrame| in_keys(kept, &keys);
+        match self {
+            SessionStarts::Held(df) => df.filter(&of_keys(df)?).ctx("session starts"),
+            // A row group at a time (by the streaming engine, 450 MB at 100M events).
+            SessionStarts::Kept(file) => crate::util::filter_file(file, &of_keys),
             SessionStarts::Merged { .. } => unreachable!("a night's starts are only written"),
-        };
-        kept.join(
-            keys,
-            session_key(),
-            session_key(),
-            JoinArgs::new(JoinType::Semi),
-        )
-        .collect_with_engine(Engine::Streaming)
-        .ctx("session starts")
-        .map(|q| q.unwrap_single())
+        }
     }
 
     /// These starts with those of `now` (sorted) in place of theirs.
@@ -1157,16 +1151,7 @@ impl SessionStarts {
             }),
             SessionStarts::Merged { file, now } => {
                 let replaced = session_keys(now)?;
-                let replaced = |part: &DataFrame| -> Result<BooleanChunked> {
-                    let (hi, lo) = key_columns(part)?;
-                    Ok(hi
-                        .iter()
-                        .zip(lo.iter())
-                        .map(|(hi, lo)| {
-                            Some(replaced.contains(&[hi.unwrap_or(0), lo.unwrap_or(0)]))
-                        })
-                        .collect())
-                };
+                let replaced = |part: &DataFrame| in_keys(part, &replaced);
                 crate::util::merge_file(
                     file,
                     now.clone(),
@@ -1208,6 +1193,19 @@ fn session_keys(sessions: &DataFrame) -> Result<polars_utils::aliases::PlHashSet
         .iter()
         .zip(lo.iter())
         .map(|(hi, lo)| [hi.unwrap_or(0), lo.unwrap_or(0)])
+        .collect())
+}
+
+/// Whether each of `sessions` is among `keys`.
+fn in_keys(
+    sessions: &DataFrame,
+    keys: &polars_utils::aliases::PlHashSet<[u64; 2]>,
+) -> Result<BooleanChunked> {
+    let (hi, lo) = key_columns(sessions)?;
+    Ok(hi
+        .iter()
+        .zip(lo.iter())
+        .map(|(hi, lo)| Some(keys.contains(&[hi.unwrap_or(0), lo.unwrap_or(0)])))
         .collect())
 }
 
@@ -1405,7 +1403,7 @@ pub fn ingest_from(
             let continued = p
                 .state
                 .sessions
-                .of(sessions_now.clone().lazy().select(session_key()))?;
+                .of(&sessions_now)?;
             // The session cap measures from a session's first usable row: one that moves it
             // earlier can quarantine rows the night before used.
             let moved = sessions_now

@@ -495,12 +495,21 @@ pub fn kept_of(file: &std::path::Path, now: &DataFrame, merged: &Series) -> Resu
     let mut customers = of(ev::CUSTOMER_ID)?;
     customers.append(merged).ctx("customer ids")?;
     let is_in = |name: &str, values: Series| col(name).is_in(lit(values).implode(false), false);
-    crate::util::filter_file(
-        file,
-        is_in(ev::SESSION_ID, of(ev::SESSION_ID)?)
-            .and(is_in(ev::CUSTOMER_ID, customers))
-            .or(is_in(ev::CUSTOMER_ID, merged.clone())),
-    )
+    let kept = is_in(ev::SESSION_ID, of(ev::SESSION_ID)?)
+        .and(is_in(ev::CUSTOMER_ID, customers))
+        .or(is_in(ev::CUSTOMER_ID, merged.clone()));
+    crate::util::filter_file(file, &|part| {
+        part.clone()
+            .lazy()
+            .select([kept.clone()])
+            .collect()
+            .ctx("the sessions a night changes")?
+            .select_at_idx(0)
+            .expect("one column")
+            .bool()
+            .ctx("the sessions a night changes")
+            .cloned()
+    })
 }
 
 /// Each session's key (its id and customer), as one string, for `merge_kept`.
