@@ -910,6 +910,38 @@ def main() -> None:
   beside a CI build; peak 3,076 MiB, over 3 GiB on this larger data set) published the same
   46 files byte for byte (all but run.json). tests/incremental.rs has two of its nights go
   this way, one with an identity merge, one from a base and changes.
+- Session 36 (the same AMD EPYC machine): the incremental lines above are this session's
+  harness run (incremental step only, 1M and 10M, three runs each) on 11a51ad. The 1M
+  default night is now 13% (0.8 s against 6.4 s); the 10M one took 7.1 s against session
+  34's 8.0 s, but its full refresh took 46.9 s against 55.3 s on this faster day, so the
+  ratio is 15.1%, over the line by a tenth of a point. By hand, that 10M night spends 1.4 s
+  in ingest, 0.9 s of it system time, mostly reading the nights before's history and
+  sessions whole (1.4 GB of fresh pages). The 100M incremental night of session 35 (117.7M
+  events over 180 days, one new day; by hand, under the harness's 20 GiB cgroup, debug
+  logging) no longer goes over 3 GiB. With session 35's code it took 2:51 at a peak of 6,422
+  MiB this session. It now takes 2:11 (131 s) at a peak of 2,983 MiB, about 9% of the full
+  read the day before (23:35). Its 46 published files are byte-identical to session 35's
+  night (and so to the same night's full refresh). Each change, by hand, at the night's peak:
+  - The days of the customers identity merged, taken from every part of the history, kept
+    each part's text alive (string views): 2.8 GB during the history by bucket. Now compacted:
+    4,239 MiB.
+  - The kept sessions a night continues, read by the streaming engine, likewise pointed into
+    every row group read (1.5 GB to the end of the night). They are now read a row group at a
+    time and compacted.
+  - Ingest read the nights before's tracker-session starts whole (15 million, 1 GB held) and
+    held its own new table beside them. It now reads only those of the night's sessions, and
+    writes its own merged from the file a row group at a time (`ingest::SessionStarts`,
+    `util::merge_file`, which the sessions' merge now uses too). The state files are
+    byte-identical; tests/incremental.rs now compares them with a full read's. Ingest's peak
+    went from 4.3-4.5 GB to 2.9 GB.
+  - A night that reads its state by bucket writes the identity frames and graph aside as soon
+    as identity ends (450 MB by polars' estimate), and lets go of its events before adding its
+    history: 3,326 MiB.
+  - The kept history's labels and signals (300 MB) are read when the night adds its history,
+    not held through ingest and identity. The session starts a night continues are read a row
+    group at a time (the streaming engine's semi-join peaked 450 MB higher): 2,983 MiB.
+  The night still reads every kept event key (112 files of a million; 34-57 s of the 131 s)
+  and writes its whole history by bucket (38 s).
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
