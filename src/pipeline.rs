@@ -1058,26 +1058,6 @@ fn history_of_kept_events(
     ))
 }
 
-/// The kept event keys of `files`, a lazy read of each.
-fn scan_keys(files: &[PathBuf]) -> Result<Vec<LazyFrame>> {
-    if files.is_empty() {
-        return Ok(vec![
-            DataFrame::new(
-                0,
-                vec![
-                    Column::new_empty(ev::EVENT_ID.into(), &DataType::String),
-                    Column::new_empty(ev::COLLECTOR_TSTAMP.into(), &DataType::Int64),
-                    Column::new_empty(ingest::INPUT.into(), &DataType::UInt32),
-                    Column::new_empty(ingest::KEY_HASH.into(), &DataType::UInt64),
-                ],
-            )
-            .ctx("event keys")?
-            .lazy(),
-        ]);
-    }
-    files.iter().map(|f| crate::util::scan_parquet(f)).collect()
-}
-
 #[derive(Serialize, serde::Deserialize)]
 struct NightCounts {
     as_of: NaiveDate,
@@ -1827,7 +1807,7 @@ fn prepare_incremental(
     info!(inputs = ?inputs, since = %before.record.as_of, "ingest");
     let previous = ingest::Previous {
         state: &before.ingest,
-        keys: scan_keys(&before.key_files)?,
+        keys: &before.key_files,
     };
     // A night's new files are read whole (they are one day's).
     let mut ingested = match ingest::ingest_from(
@@ -1842,7 +1822,6 @@ fn prepare_incremental(
     };
     // The night before's ingest state is the night's now (100M events over 180 days: 1.2 GB
     // held), which is written aside and let go.
-    drop(previous);
     drop(before.ingest);
     if ingested.as_of <= before.record.as_of {
         return Ok(Err(format!(
