@@ -911,10 +911,12 @@ def main() -> None:
   46 files byte for byte (all but run.json). tests/incremental.rs has two of its nights go
   this way, one with an identity merge, one from a base and changes.
 - Session 36 (the same AMD EPYC machine): the incremental lines above are this session's
-  harness run (incremental step only, 1M and 10M, three runs each) on 11a51ad. The 1M
-  default night is now 13% (0.8 s against 6.4 s); the 10M one took 7.1 s against session
-  34's 8.0 s, but its full refresh took 46.9 s against 55.3 s on this faster day, so the
-  ratio is 15.1%, over the line by a tenth of a point. By hand, that 10M night spends 1.4 s
+  second harness run (incremental step only, 1M and 10M, three runs each), on a89bb01: the
+  1M default night 14% (0.8 s against 5.5 s), the 10M one 14% (8.7 s against 59.9 s). Its
+  first run, an hour earlier on 11a51ad (before the kept keys were read by their hashes
+  first), gave 13% at 1M (0.8 s against 6.4 s) and 15.1% at 10M: 7.1 s against a full
+  refresh of 46.9 s, this machine being faster that hour (session 34: 8.0 s against 55.3
+  s). The 10M line moves with the machine's hour by about a point. By hand, that 10M night spends 1.4 s
   in ingest, 0.9 s of it system time, mostly reading the nights before's history and
   sessions whole (1.4 GB of fresh pages). The 100M incremental night of session 35 (117.7M
   events over 180 days, one new day; by hand, under the harness's 20 GiB cgroup, debug
@@ -940,8 +942,12 @@ def main() -> None:
   - The kept history's labels and signals (300 MB) are read when the night adds its history,
     not held through ingest and identity. The session starts a night continues are read a row
     group at a time (the streaming engine's semi-join peaked 450 MB higher): 2,983 MiB.
-  The night still reads every kept event key (112 files of a million; 34-57 s of the 131 s)
-  and writes its whole history by bucket (38 s).
+  Each kept event-key file is now read in two passes, its hashes first and then only the
+  row groups that hold a match (a89bb01): polars decoded every kept event id through the
+  filter. At 10M forced into 98 buckets: 7.0 s -> 2.3 s (by hand, beside a CI run). At
+  100M: 34-57 s -> 28 s, since the night's 8,479 duplicates match row groups of most files.
+  The 100M night on a89bb01: 2:24 (142 s) at a peak of 2,997 MiB, with the same published
+  files. It still writes its whole history by bucket every night (38-41 s).
 - An incremental night that trains spends most of its time on what does not shrink with one
   day: features at every training cutoff for every customer, and fitting the model. With a
   weekly model (`[model] retrain_every_days = 7`) the six nights between trainings compute
