@@ -855,14 +855,14 @@ fn kept_keys_of(files: &[std::path::PathBuf], hashes: &Series) -> Result<DataFra
     };
     let context =
         |file: &std::path::Path| format!("reading the kept event keys in {}", file.display());
-    let matching = || col(KEY_HASH).is_in(lit(hashes.clone()).implode(false), false);
+    let matching = |keys: &DataFrame| crate::util::rows_in(keys, KEY_HASH, hashes.clone());
     let mut kept = crate::util::read_parquet_rows(first, 0, 0)?;
     for file in files {
         const ROW: &str = "_row";
         let rows = crate::util::scan_parquet(file)?
             .with_row_index(ROW, None)
             .select([col(ROW), col(KEY_HASH)])
-            .filter(matching())
+            .filter(col(KEY_HASH).is_in(lit(hashes.clone()).implode(false), false))
             .collect()
             .ctx(context(file))?;
         let groups: std::collections::BTreeSet<usize> = rows
@@ -873,19 +873,8 @@ fn kept_keys_of(files: &[std::path::PathBuf], hashes: &Series) -> Result<DataFra
             .into_no_null_iter()
             .map(|row| row as usize / crate::util::ROW_GROUP)
             .collect();
-        for group in groups {
-            let part = crate::util::read_parquet_rows(
-                file,
-                group * crate::util::ROW_GROUP,
-                crate::util::ROW_GROUP,
-            )?;
-            let part = part
-                .lazy()
-                .filter(matching())
-                .collect()
-                .ctx(context(file))?;
-            kept.vstack_mut_owned(part).ctx(context(file))?;
-        }
+        let part = crate::util::filter_row_groups(file, groups, &matching)?;
+        kept.vstack_mut_owned(part).ctx(context(file))?;
     }
     Ok(kept)
 }
